@@ -1,0 +1,107 @@
+/*
+ * GenNative's NIF library: the function table, the atoms, and
+ * load/upgrade/unload. Each concern's NIFs live in their own file
+ * (mailbox.c, ...); this file only wires them up.
+ */
+#include "gen_native.h"
+#include "mailbox.h"
+
+ERL_NIF_TERM gn_am_ok;
+ERL_NIF_TERM gn_am_error;
+ERL_NIF_TERM gn_am_true;
+ERL_NIF_TERM gn_am_false;
+ERL_NIF_TERM gn_am_not_native;
+ERL_NIF_TERM gn_am_already_exists;
+ERL_NIF_TERM gn_am_gn;
+ERL_NIF_TERM gn_am_length;
+ERL_NIF_TERM gn_am_accepted;
+ERL_NIF_TERM gn_am_max_length;
+
+gn_priv *gn_current;
+
+static void gn_make_atoms(ErlNifEnv *env)
+{
+    gn_am_ok = enif_make_atom(env, "ok");
+    gn_am_error = enif_make_atom(env, "error");
+    gn_am_true = enif_make_atom(env, "true");
+    gn_am_false = enif_make_atom(env, "false");
+    gn_am_not_native = enif_make_atom(env, "not_native");
+    gn_am_already_exists = enif_make_atom(env, "already_exists");
+    gn_am_gn = enif_make_atom(env, "$gn");
+    gn_am_length = enif_make_atom(env, "length");
+    gn_am_accepted = enif_make_atom(env, "accepted");
+    gn_am_max_length = enif_make_atom(env, "max_length");
+}
+
+static gn_priv *gn_priv_open(ErlNifEnv *env, gn_registry *shared, ErlNifResourceFlags flags)
+{
+    gn_priv *priv = enif_alloc(sizeof(*priv));
+    if (!priv)
+        return NULL;
+    priv->registry = shared;
+    priv->reaper = gn_reaper_start();
+    if (!priv->reaper || !gn_mailbox_load(env, priv, flags))
+        goto fail;
+    if (shared)
+        gn_registry_retain(shared);
+    else if (!(priv->registry = gn_registry_new()))
+        goto fail;
+    gn_current = priv;
+    return priv;
+
+fail:
+    gn_reaper_stop(priv->reaper);
+    enif_free(priv);
+    return NULL;
+}
+
+static int gn_load(ErlNifEnv *env, void **priv_data, ERL_NIF_TERM info)
+{
+    (void)info;
+    gn_make_atoms(env);
+    gn_priv *priv = gn_priv_open(env, NULL, ERL_NIF_RT_CREATE);
+    if (!priv)
+        return 1;
+    *priv_data = priv;
+    return 0;
+}
+
+/* A new version of the library takes over the resource types, so live
+ * mailboxes are destroyed by the new code, and shares the old registry so
+ * that servers started before the upgrade stay reachable. */
+static int gn_upgrade(ErlNifEnv *env, void **priv_data, void **old_priv_data, ERL_NIF_TERM info)
+{
+    (void)info;
+    gn_make_atoms(env);
+    gn_priv *old = *old_priv_data;
+    gn_priv *priv = gn_priv_open(env, old->registry, ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER);
+    if (!priv)
+        return 1;
+    *priv_data = priv;
+    return 0;
+}
+
+static void gn_unload(ErlNifEnv *env, void *priv_data)
+{
+    (void)env;
+    gn_priv *priv = priv_data;
+    if (gn_current == priv)
+        gn_current = NULL;
+    gn_reaper_stop(priv->reaper);
+    gn_registry_release(priv->registry);
+    enif_free(priv);
+}
+
+/* clang-format off */
+static ErlNifFunc gn_funcs[] = {
+    /* name,             arity, function,               flags */
+    {"mailbox_new",      0,     gn_mailbox_new_nif,     0},
+    {"mailbox_cast",     2,     gn_mailbox_cast_nif,    0},
+    {"mailbox_call",     2,     gn_mailbox_call_nif,    0},
+    {"mailbox_take",     2,     gn_mailbox_take_nif,    0},
+    {"mailbox_length",   1,     gn_mailbox_length_nif, 0},
+    {"mailbox_info",     1,     gn_mailbox_info_nif,    0},
+};
+/* clang-format on */
+
+ERL_NIF_INIT(Elixir.GenNative.Native, gn_funcs, gn_load, NULL, gn_upgrade, gn_unload)

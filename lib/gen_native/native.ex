@@ -1,0 +1,39 @@
+defmodule GenNative.Native do
+  # The NIF stubs, and nothing else: argument checking and friendly errors
+  # live in the modules that call these (GenNative.Mailbox, GenNative.Server).
+  @moduledoc false
+
+  @compile {:autoload, false}
+  @on_load :load_nif
+
+  for file <- Path.wildcard(Path.join(__DIR__, "../../c_src/*.[ch]")) do
+    @external_resource file
+  end
+
+  @doc false
+  def load_nif do
+    path = :filename.join(:code.priv_dir(:gen_native), ~c"gen_native_nif")
+    :erlang.load_nif(path, 0)
+  end
+
+  @typep mailbox :: reference()
+  @typep item :: {:cast, term()} | {:call, GenServer.from(), term()}
+
+  @spec mailbox_new() :: mailbox() | {:error, :already_exists}
+  def mailbox_new, do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_cast(pid(), item()) :: :ok | :not_native
+  def mailbox_cast(_pid, _item), do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_call(pid(), item()) :: :ok | :not_native
+  def mailbox_call(_pid, _item), do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_take(mailbox(), pos_integer()) :: [item() | non_neg_integer()]
+  def mailbox_take(_mailbox, _max), do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_length(mailbox()) :: non_neg_integer()
+  def mailbox_length(_mailbox), do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_info(pid()) :: map() | :not_native
+  def mailbox_info(_pid), do: :erlang.nif_error(:not_loaded)
+end
