@@ -1,0 +1,135 @@
+# The mailbox suite: the same counter server as a GenServer and as a GenNative
+# server, called and cast to through each one's own client API.
+#
+#     bin/bench mailbox
+#     GN_BENCH_QUICK=1 bin/bench mailbox
+
+defmodule GenNative.Bench.Mailbox.PeerCounter do
+  @moduledoc false
+  use GenServer
+
+  @impl true
+  def init(count), do: {:ok, count}
+
+  @impl true
+  def handle_call(:inc, _from, count), do: {:reply, count + 1, count + 1}
+  def handle_call(:get, _from, count), do: {:reply, count, count}
+
+  @impl true
+  def handle_cast(:inc, count), do: {:noreply, count + 1}
+end
+
+defmodule GenNative.Bench.Mailbox.NativeCounter do
+  @moduledoc false
+  use GenNative
+
+  @impl true
+  def init(count), do: {:ok, count}
+
+  @impl true
+  def handle_call(:inc, _from, count), do: {:reply, count + 1, count + 1}
+  def handle_call(:get, _from, count), do: {:reply, count, count}
+
+  @impl true
+  def handle_cast(:inc, count), do: {:noreply, count + 1}
+end
+
+defmodule GenNative.Bench.Mailbox do
+  @moduledoc false
+  alias GenNative.Bench
+  alias GenNative.Bench.Mailbox.{NativeCounter, PeerCounter}
+
+  # Each side is {client module, server pid}: the client module is GenServer
+  # or GenNative, so both sides run the same code through their own API.
+  def scenarios do
+    [latency()] ++
+      Enum.map([1, 8, 64], &call_throughput/1) ++
+      Enum.map([1, 4], &cast_throughput/1)
+  end
+
+  defp latency do
+    %{
+      name: "call round trip, 1 caller",
+      unit: :latency_us,
+      setup: &setup/0,
+      teardown: &teardown/1,
+      peer: fn %{peer: {mod, pid}} -> mod.call(pid, :inc) end,
+      native: fn %{native: {mod, pid}} -> mod.call(pid, :inc) end
+    }
+  end
+
+  defp call_throughput(callers) do
+    run = fn {mod, pid}, n ->
+      checked(mod, pid, callers * n, fn ->
+        Bench.concurrently(callers, fn _ -> repeat(n, fn -> mod.call(pid, :inc) end) end)
+      end)
+    end
+
+    %{
+      name: "call throughput, #{callers} caller#{if callers > 1, do: "s"}",
+      unit: :ops_per_s,
+      setup: &setup/0,
+      teardown: &teardown/1,
+      peer: fn ctx, n -> run.(ctx.peer, n) end,
+      native: fn ctx, n -> run.(ctx.native, n) end
+    }
+  end
+
+  # End to end: each producer sends n casts, then one call, which the server
+  # handles after all of that producer's casts; the clock stops when the last
+  # producer's call returns, so every cast has been handled, not just queued.
+  defp cast_throughput(producers) do
+    run = fn {mod, pid}, n ->
+      checked(mod, pid, producers * n, fn ->
+        Bench.concurrently(producers, fn _ ->
+          repeat(n, fn -> mod.cast(pid, :inc) end)
+          mod.call(pid, :get)
+        end)
+      end)
+    end
+
+    %{
+      name: "cast throughput, #{producers} producer#{if producers > 1, do: "s"}",
+      unit: :ops_per_s,
+      setup: &setup/0,
+      teardown: &teardown/1,
+      peer: fn ctx, n -> run.(ctx.peer, n) end,
+      native: fn ctx, n -> run.(ctx.native, n) end
+    }
+  end
+
+  defp setup do
+    {:ok, peer} = GenServer.start_link(PeerCounter, 0)
+    {:ok, native} = GenNative.start_link(NativeCounter, 0)
+    %{peer: {GenServer, peer}, native: {GenNative, native}}
+  end
+
+  defp teardown(%{peer: {GenServer, peer}, native: {GenNative, native}}) do
+    :ok = GenServer.stop(peer)
+    :ok = GenNative.stop(native)
+  end
+
+  # Runs the timed function and checks, outside the timed part, that the
+  # server handled exactly `ops` requests: a lost or duplicated request must
+  # fail the benchmark rather than flatter it.
+  defp checked(mod, pid, ops, timed) do
+    before = mod.call(pid, :get)
+    elapsed = timed.()
+    handled = mod.call(pid, :get) - before
+
+    if handled != ops do
+      raise "#{inspect(mod)} server handled #{handled} requests, expected #{ops}"
+    end
+
+    {ops, elapsed}
+  end
+
+  defp repeat(0, _fun), do: :ok
+
+  defp repeat(n, fun) do
+    fun.()
+    repeat(n - 1, fun)
+  end
+end
+
+GenNative.Bench.run("mailbox", GenNative.Bench.Mailbox.scenarios())

@@ -1,0 +1,82 @@
+defmodule Mix.Tasks.GenNative.Bench do
+  @shortdoc "Runs the GenServer vs GenNative benchmarks in bench/"
+
+  @moduledoc """
+  Runs the side-by-side benchmark suites in `bench/`, each comparing GenNative
+  with the module it replaces in the same run, and prints one table per suite.
+
+      mix gen_native.bench              # every bench/*_bench.exs
+      mix gen_native.bench mailbox      # bench/mailbox_bench.exs only
+
+  A suite is named by the file's base name without `_bench.exs`, or given as a
+  path. Each table is also written as Markdown to `bench/results/<suite>.md`,
+  with a description of the machine it ran on.
+
+  Run it as `bin/bench`, which checks the system packages and builds with
+  `MIX_ENV=prod`, so that the NIF is compiled without debug flags.
+
+  ## Options
+
+    * `--quick` - short runs (about 15 seconds per suite) to check that the
+      suites work; the numbers are only indicative. Same as `GN_BENCH_QUICK=1`.
+
+  The suites and their harness (`bench/harness.ex`) are loaded from the
+  repository; they are not part of the compiled package.
+  """
+
+  use Mix.Task
+
+  @bench_dir "bench"
+  @harness "bench/harness.ex"
+
+  @impl Mix.Task
+  def run(args) do
+    {opts, names} = OptionParser.parse!(args, strict: [quick: :boolean])
+
+    if opts[:quick], do: System.put_env("GN_BENCH_QUICK", "1")
+
+    files = suites!(names)
+
+    if Mix.env() != :prod do
+      Mix.shell().info(
+        "note: MIX_ENV=#{Mix.env()}; bin/bench runs the benchmarks with MIX_ENV=prod"
+      )
+    end
+
+    Mix.Task.run("compile")
+    Mix.Task.run("app.start")
+
+    Code.require_file(@harness)
+    Enum.each(files, &Code.require_file/1)
+  end
+
+  defp suites!(names) do
+    available = Path.wildcard(Path.join(@bench_dir, "*_bench.exs"))
+
+    if available == [] or not File.regular?(@harness) do
+      Mix.raise(
+        "no benchmark suites in #{@bench_dir}/; run mix gen_native.bench " <>
+          "from the root of the gen_native repository"
+      )
+    end
+
+    case names do
+      [] -> available
+      names -> names |> Enum.map(&suite_file!(&1, available)) |> Enum.uniq()
+    end
+  end
+
+  defp suite_file!(name, available) do
+    file =
+      if File.regular?(name),
+        do: Path.relative_to_cwd(Path.expand(name)),
+        else: Path.join(@bench_dir, "#{name}_bench.exs")
+
+    if File.regular?(file) do
+      file
+    else
+      known = Enum.map_join(available, ", ", &Path.basename(&1, "_bench.exs"))
+      Mix.raise("unknown benchmark suite #{inspect(name)}; available suites: #{known}")
+    end
+  end
+end
