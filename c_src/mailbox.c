@@ -2,25 +2,29 @@
  * The native mailbox and the pid registry.
  *
  * A mailbox is a FIFO of items, each carrying a sequence number. An item is
- * either a *payload* (a term copied into its own environment, so the
- * sender's heap is never referenced) or a *placeholder* (no term: the request
- * itself travels as a direct message {'$gn', Seq, Item} to the owner).
+ * either a *payload* (a term copied into the environment of the chunk that
+ * holds it, so the sender's heap is never referenced) or a *placeholder* (no
+ * term: the request itself travels as a direct message {'$gn', Seq, Item} to
+ * the owner). Items live in fixed-size chunks; a chunk, with its environment
+ * and every term in it, is freed once all its items have been taken, so one
+ * environment is allocated per GN_CHUNK_ITEMS requests, not per request.
  *
  * The owner is woken by one message when the queue goes from idle to busy,
  * not by one message per request: the first request after idle is sent
  * directly (leaving a placeholder to keep its place in the FIFO) and sets
  * `signaled`; later requests are queued as payloads until the owner drains
  * the queue empty, which clears `signaled`. Calls always travel directly
- * (with a placeholder), so that a message their sender sent before them is
- * in the owner's process mailbox first; the Elixir side (GenNative.Server)
+ * (with a placeholder, or as {'$gn', Item} with none when the queue is idle),
+ * so that a message their sender sent before them is in the owner's process
+ * mailbox first; the Elixir side (GenNative.Server)
  * handles items strictly in sequence order and waits at a placeholder until
  * its direct message has arrived.
  *
- * Locks: `mb->lock` protects everything in a gn_mailbox except `signaled`,
- * which is also read without the lock as a hint (an atomic). Each registry
- * shard's rwlock protects that shard's buckets. Lock order: registry shard,
- * then mailbox; no code holds both at once except none (lookups keep a
- * resource reference and drop the shard lock before taking the mailbox lock).
+ * Locks: `mb->lock` protects everything in a gn_mailbox (`signaled` is an
+ * atomic so it can also be read as a hint). Each registry shard's rwlock
+ * protects that shard's buckets and keeps the mailboxes in them alive while
+ * held. Lock order: registry shard, then mailbox (gn_enqueue holds both);
+ * the down callback takes them one after the other, never nested.
  *
  * Lifetime: the registry holds one resource reference per live mailbox. The
  * owner's exit fires the monitor's down callback, which closes the mailbox,
@@ -37,12 +41,12 @@
 
 typedef struct gn_item {
     uint64_t seq;
-    ErlNifEnv *env; /* NULL for a placeholder */
-    ERL_NIF_TERM term;
+    ERL_NIF_TERM term; /* 0 for a placeholder, else a term in the chunk's env */
 } gn_item;
 
 typedef struct gn_chunk {
     struct gn_chunk *next;
+    ErlNifEnv *env; /* allocated with the chunk's first payload */
     unsigned head, tail; /* items[head..tail) are live */
     gn_item items[GN_CHUNK_ITEMS];
 } gn_chunk;
@@ -62,7 +66,6 @@ typedef struct gn_mailbox {
     int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
     uint64_t next_seq;
     gn_lane normal;
-    gn_chunk *spare; /* one cached empty chunk, to avoid malloc churn */
     uint64_t accepted;
     size_t max_length;
 } gn_mailbox;
@@ -83,25 +86,19 @@ static ErlNifResourceType *gn_mailbox_rtype;
 /* ------------------------------------------------------------------------ */
 /* Lanes                                                                     */
 
-static gn_chunk *gn_chunk_alloc(gn_mailbox *mb)
-{
-    gn_chunk *c = mb->spare;
-    if (c)
-        mb->spare = NULL;
-    else if (!(c = enif_alloc(sizeof(*c))))
-        return NULL;
-    c->next = NULL;
-    c->head = c->tail = 0;
-    return c;
-}
-
-static int gn_lane_push(gn_mailbox *mb, gn_lane *lane, gn_item item)
+/* Appends an item to the lane; `term` (0 for a placeholder) is copied into
+ * the tail chunk's environment. Call with mb->lock held. Returns 0 when out
+ * of memory, leaving the lane unchanged. */
+static int gn_lane_push(gn_lane *lane, uint64_t seq, ERL_NIF_TERM term)
 {
     gn_chunk *c = lane->last;
     if (!c || c->tail == GN_CHUNK_ITEMS) {
-        gn_chunk *n = gn_chunk_alloc(mb);
+        gn_chunk *n = enif_alloc(sizeof(*n));
         if (!n)
             return 0;
+        n->next = NULL;
+        n->env = NULL;
+        n->head = n->tail = 0;
         if (c)
             c->next = n;
         else
@@ -109,37 +106,47 @@ static int gn_lane_push(gn_mailbox *mb, gn_lane *lane, gn_item item)
         lane->last = n;
         c = n;
     }
-    c->items[c->tail++] = item;
+    gn_item *item = &c->items[c->tail];
+    item->seq = seq;
+    item->term = 0;
+    if (term) {
+        if (!c->env && !(c->env = enif_alloc_env()))
+            return 0;
+        item->term = enif_make_copy(c->env, term);
+    }
+    c->tail++;
     lane->len++;
     return 1;
 }
 
-static gn_item gn_lane_pop(gn_mailbox *mb, gn_lane *lane)
+/* Pops the head item into `dst` as a term of `env`: its payload, or its
+ * sequence number for a placeholder. A chunk whose items are all taken is
+ * unlinked and pushed on *done, for the caller to free after unlocking. Call
+ * with mb->lock held and the lane non-empty. */
+static ERL_NIF_TERM gn_lane_pop(ErlNifEnv *env, gn_lane *lane, gn_chunk **done)
 {
     gn_chunk *c = lane->first;
-    gn_item item = c->items[c->head++];
+    gn_item *item = &c->items[c->head++];
+    ERL_NIF_TERM t = item->term ? enif_make_copy(env, item->term) : enif_make_uint64(env, item->seq);
     lane->len--;
-    if (c->head == c->tail) {
+    if (c->head == GN_CHUNK_ITEMS) {
         lane->first = c->next;
         if (!lane->first)
             lane->last = NULL;
-        if (!mb->spare)
-            mb->spare = c;
-        else
-            enif_free(c);
+        c->next = *done;
+        *done = c;
     }
-    return item;
+    return t;
 }
 
-/* Frees a detached chain of chunks and every term in it (reaper job). */
+/* Frees a chain of chunks and every term in them. */
 static void gn_chunks_free(void *arg)
 {
     gn_chunk *c = arg;
     while (c) {
-        for (unsigned i = c->head; i < c->tail; i++)
-            if (c->items[i].env)
-                enif_free_env(c->items[i].env);
         gn_chunk *next = c->next;
+        if (c->env)
+            enif_free_env(c->env);
         enif_free(c);
         c = next;
     }
@@ -208,21 +215,25 @@ static inline ErlNifRWLock *gn_shard_lock(gn_registry *reg, unsigned bucket)
     return reg->locks[bucket & (GN_REG_SHARDS - 1)];
 }
 
+/* The mailbox of `pid` in bucket b, or NULL. Call with the shard locked. */
+static gn_mailbox *gn_bucket_find(gn_registry *reg, unsigned b, const ErlNifPid *pid)
+{
+    for (gn_reg_entry *e = reg->buckets[b]; e; e = e->next)
+        if (enif_compare_pids(&e->mb->owner, pid) == 0)
+            return e->mb;
+    return NULL;
+}
+
 /* Returns the live mailbox of `pid` with a resource reference the caller
  * must release, or NULL. */
 static gn_mailbox *gn_registry_lookup(gn_registry *reg, ERL_NIF_TERM pid_term, const ErlNifPid *pid)
 {
     unsigned b = gn_bucket_of(enif_hash(ERL_NIF_INTERNAL_HASH, pid_term, 0));
     ErlNifRWLock *lock = gn_shard_lock(reg, b);
-    gn_mailbox *found = NULL;
     enif_rwlock_rlock(lock);
-    for (gn_reg_entry *e = reg->buckets[b]; e; e = e->next) {
-        if (enif_compare_pids(&e->mb->owner, pid) == 0) {
-            found = e->mb;
-            enif_keep_resource(found);
-            break;
-        }
-    }
+    gn_mailbox *found = gn_bucket_find(reg, b, pid);
+    if (found)
+        enif_keep_resource(found);
     enif_rwlock_runlock(lock);
     return found;
 }
@@ -237,12 +248,10 @@ static int gn_registry_insert(gn_registry *reg, gn_mailbox *mb)
     if (!entry)
         return 0;
     enif_rwlock_rwlock(lock);
-    for (gn_reg_entry *e = reg->buckets[b]; e; e = e->next) {
-        if (enif_compare_pids(&e->mb->owner, &mb->owner) == 0) {
-            enif_rwlock_rwunlock(lock);
-            enif_free(entry);
-            return 0;
-        }
+    if (gn_bucket_find(reg, b, &mb->owner)) {
+        enif_rwlock_rwunlock(lock);
+        enif_free(entry);
+        return 0;
     }
     entry->mb = mb;
     entry->next = reg->buckets[b];
@@ -281,8 +290,6 @@ static void gn_mailbox_dtor(ErlNifEnv *env, void *obj)
     (void)env;
     gn_mailbox *mb = obj;
     gn_lane_discard(&mb->normal);
-    if (mb->spare)
-        enif_free(mb->spare);
     if (mb->lock)
         enif_mutex_destroy(mb->lock);
 }
@@ -374,113 +381,81 @@ static void gn_note_accepted(gn_mailbox *mb)
         mb->max_length = mb->normal.len;
 }
 
-/* mailbox_cast(Pid, Item) -> ok | not_native
- * Queues Item for Pid's mailbox; if the owner is idle, sends it directly and
- * leaves a placeholder. A mailbox whose owner has died drops Item, as send/2
- * to a dead process does. */
-ERL_NIF_TERM gn_mailbox_cast_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+/* Queues one request for the mailbox of `pid`. A placeholder is left when
+ * `direct` is set or the owner is idle, and the request is then sent to the
+ * owner as {'$gn', Seq, Item}; otherwise the request is copied into the
+ * queue. A mailbox whose owner has died drops it, as send/2 to a dead
+ * process does. */
+static ERL_NIF_TERM gn_enqueue(ErlNifEnv *env, const ERL_NIF_TERM argv[], int direct)
 {
-    (void)argc;
     ErlNifPid pid;
     if (!enif_is_pid(env, argv[0]))
         return enif_make_badarg(env);
-    gn_mailbox *mb = gn_lookup_arg(env, argv[0], &pid);
-    if (!mb)
+    if (!enif_get_local_pid(env, argv[0], &pid))
         return gn_am_not_native;
 
-    /* Copy outside the lock when the owner is probably busy (the common case
-     * under load); the hint is re-checked under the lock. */
-    ErlNifEnv *item_env = NULL;
-    ERL_NIF_TERM copy = 0;
-    if (__atomic_load_n(&mb->signaled, __ATOMIC_ACQUIRE)) {
-        if (!(item_env = enif_alloc_env())) {
-            enif_release_resource(mb);
-            return enif_raise_exception(env, enif_make_atom(env, "enomem"));
-        }
-        copy = enif_make_copy(item_env, argv[1]);
+    /* The shard's read lock is held until the item is queued, which keeps
+     * the mailbox alive without touching its reference count. */
+    gn_registry *reg = ((gn_priv *)enif_priv_data(env))->registry;
+    unsigned b = gn_bucket_of(enif_hash(ERL_NIF_INTERNAL_HASH, argv[0], 0));
+    ErlNifRWLock *shard = gn_shard_lock(reg, b);
+    enif_rwlock_rlock(shard);
+    gn_mailbox *mb = gn_bucket_find(reg, b, &pid);
+    if (!mb) {
+        enif_rwlock_runlock(shard);
+        return gn_am_not_native;
     }
 
     ERL_NIF_TERM result = gn_am_ok;
-    int direct = 0;
-    uint64_t seq = 0;
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
         enif_mutex_unlock(mb->lock);
-        goto out;
+        enif_rwlock_runlock(shard);
+        return gn_am_ok;
     }
-    seq = mb->next_seq++;
-    gn_item item = {.seq = seq, .env = NULL, .term = 0};
-    if (__atomic_load_n(&mb->signaled, __ATOMIC_RELAXED)) {
-        if (!item_env) {
-            if (!(item_env = enif_alloc_env())) {
-                mb->next_seq--;
-                enif_mutex_unlock(mb->lock);
-                result = enif_raise_exception(env, enif_make_atom(env, "enomem"));
-                goto out;
-            }
-            copy = enif_make_copy(item_env, argv[1]);
-        }
-        item.env = item_env;
-        item.term = copy;
-    } else {
-        direct = 1;
-    }
-    if (!gn_lane_push(mb, &mb->normal, item)) {
-        mb->next_seq--;
+    int idle = !__atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
+    if (idle && direct && mb->normal.len == 0) {
+        /* A call to an idle server needs no place in the queue: nothing is
+         * queued before it, and its sender waits for the reply, so it cannot
+         * overtake anything the sender sends later. */
+        mb->accepted++;
         enif_mutex_unlock(mb->lock);
-        result = enif_raise_exception(env, enif_make_atom(env, "enomem"));
-        goto out;
+        enif_rwlock_runlock(shard);
+        enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gn, argv[1]));
+        return gn_am_ok;
     }
-    if (item.env)
-        item_env = NULL; /* owned by the queue now */
+    if (idle)
+        direct = 1;
+    uint64_t seq = mb->next_seq;
+    if (!gn_lane_push(&mb->normal, seq, direct ? 0 : argv[1])) {
+        enif_mutex_unlock(mb->lock);
+        enif_rwlock_runlock(shard);
+        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    }
+    mb->next_seq++;
     __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
     gn_note_accepted(mb);
     enif_mutex_unlock(mb->lock);
+    enif_rwlock_runlock(shard);
     if (direct)
         result = gn_send_direct(env, &pid, seq, argv[1]);
-
-out:
-    if (item_env)
-        enif_free_env(item_env);
-    enif_release_resource(mb);
     return result;
 }
 
+/* mailbox_cast(Pid, Item) -> ok | not_native */
+ERL_NIF_TERM gn_mailbox_cast_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    return gn_enqueue(env, argv, 0);
+}
+
 /* mailbox_call(Pid, Item) -> ok | not_native
- * Leaves a placeholder and sends Item directly, so that it cannot overtake
- * a message its sender sent to the owner before. */
+ * Always direct, so that a call cannot overtake a message its sender sent
+ * to the owner before it. */
 ERL_NIF_TERM gn_mailbox_call_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
-    ErlNifPid pid;
-    if (!enif_is_pid(env, argv[0]))
-        return enif_make_badarg(env);
-    gn_mailbox *mb = gn_lookup_arg(env, argv[0], &pid);
-    if (!mb)
-        return gn_am_not_native;
-
-    ERL_NIF_TERM result = gn_am_ok;
-    enif_mutex_lock(mb->lock);
-    if (mb->closed) {
-        enif_mutex_unlock(mb->lock);
-        goto out;
-    }
-    uint64_t seq = mb->next_seq++;
-    gn_item item = {.seq = seq, .env = NULL, .term = 0};
-    if (!gn_lane_push(mb, &mb->normal, item)) {
-        mb->next_seq--;
-        enif_mutex_unlock(mb->lock);
-        result = enif_raise_exception(env, enif_make_atom(env, "enomem"));
-        goto out;
-    }
-    __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
-    gn_note_accepted(mb);
-    enif_mutex_unlock(mb->lock);
-    result = gn_send_direct(env, &pid, seq, argv[1]);
-
-out:
-    enif_release_resource(mb);
-    return result;
+    return gn_enqueue(env, argv, 1);
 }
 
 /* Resolves a mailbox handle the calling process owns; NULL (badarg) for a
@@ -508,7 +483,8 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     if (!mb || !enif_get_uint(env, argv[1], &max) || max == 0 || max > GN_MAILBOX_MAX_BATCH)
         return enif_make_badarg(env);
 
-    gn_item batch[GN_MAILBOX_MAX_BATCH];
+    ERL_NIF_TERM batch[GN_MAILBOX_MAX_BATCH];
+    gn_chunk *done = NULL;
     unsigned n = 0;
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
@@ -516,23 +492,12 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         return enif_make_badarg(env);
     }
     while (n < max && mb->normal.len > 0)
-        batch[n++] = gn_lane_pop(mb, &mb->normal);
+        batch[n++] = gn_lane_pop(env, &mb->normal, &done);
     if (mb->normal.len == 0)
         __atomic_store_n(&mb->signaled, 0, __ATOMIC_RELEASE);
     enif_mutex_unlock(mb->lock);
-
-    ERL_NIF_TERM list = enif_make_list(env, 0);
-    for (unsigned i = n; i-- > 0;) {
-        ERL_NIF_TERM t;
-        if (batch[i].env) {
-            t = enif_make_copy(env, batch[i].term);
-            enif_free_env(batch[i].env);
-        } else {
-            t = enif_make_uint64(env, batch[i].seq);
-        }
-        list = enif_make_list_cell(env, t, list);
-    }
-    return list;
+    gn_chunks_free(done);
+    return enif_make_list_from_array(env, batch, n);
 }
 
 /* mailbox_length(Ref) -> non_neg_integer() */

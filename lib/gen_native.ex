@@ -127,6 +127,10 @@ defmodule GenNative do
         GenNative.Server.handle_direct(__MODULE__, seq, item, state)
       end
 
+      def handle_info({:"$gn", item}, state) do
+        GenNative.Server.handle_solo(__MODULE__, item, state)
+      end
+
       def handle_info(:"$gn_wake", state) do
         GenNative.Server.handle_wake(__MODULE__, state)
       end

@@ -39,9 +39,8 @@ defmodule GenNative.Server do
   @pending :"$gn_pending"
   # %{seq => item}: direct messages that arrived before their turn
   @early :"$gn_early"
-  # true while the engine is running a user callback
-  @engine :"$gn_engine"
-  # the GenServer-shaped message being handled, for crash reports
+  # the GenServer-shaped message the engine is handling, for crash reports;
+  # nil when the engine is not running a callback
   @last :"$gn_last_message"
   # {from, reply} of a queued call that returned {:stop, r, reply, s}
   @stop_reply :"$gn_stop_reply"
@@ -73,6 +72,28 @@ defmodule GenNative.Server do
   end
 
   @doc false
+  # handle_info({:"$gn", item}, state): a call sent while the queue was idle,
+  # with no placeholder. Nothing queued can come before it, except items
+  # already taken out while we wait at a placeholder: then it goes last.
+  def handle_solo(module, item, state) do
+    case Process.get(@pending) do
+      [] ->
+        case handle_item(module, item, state) do
+          {:cont, state, timeout} ->
+            Process.put(@last, nil)
+            reply_to_gen_server(state, timeout)
+
+          stop ->
+            stop
+        end
+
+      pending ->
+        Process.put(@pending, pending ++ [{:solo, item}])
+        {:noreply, state}
+    end
+  end
+
+  @doc false
   # handle_info(:"$gn_wake", state): the engine's own "more to do"
   def handle_wake(module, state) do
     run(module, nil, state, @batch)
@@ -82,25 +103,30 @@ defmodule GenNative.Server do
   # Before a message that did not come through the native mailbox: handle
   # what was queued before it. Returns {:cont, state} or a stop tuple.
   def before_foreign(module, state) do
-    case Process.get(@mailbox) do
-      nil ->
-        {:cont, state}
+    # Checked first: the engine itself calls the user's callbacks through
+    # these wrappers, and that path must stay short.
+    if Process.get(@last) == nil do
+      case Process.get(@mailbox) do
+        nil -> {:cont, state}
+        mailbox -> drain_queued(module, mailbox, state)
+      end
+    else
+      {:cont, state}
+    end
+  end
 
-      mailbox ->
-        if Process.get(@engine) do
-          {:cont, state}
-        else
-          case Process.get(@pending) do
-            [] ->
-              case Native.mailbox_length(mailbox) do
-                0 -> {:cont, state}
-                n -> drain_before(module, state, n)
-              end
-
-            pending ->
-              drain_before(module, state, length(pending) + Native.mailbox_length(mailbox))
-          end
+  # Handles what is queued now, not what arrives meanwhile: producers faster
+  # than the server must not starve the message that is waiting.
+  defp drain_queued(module, mailbox, state) do
+    case Process.get(@pending) do
+      [] ->
+        case Native.mailbox_length(mailbox) do
+          0 -> {:cont, state}
+          n -> drain_before(module, state, n)
         end
+
+      pending ->
+        drain_before(module, state, length(pending) + Native.mailbox_length(mailbox))
     end
   end
 
@@ -139,35 +165,41 @@ defmodule GenNative.Server do
   # being handled, when its turn comes) and returns a handle_info/2 result.
   defp run(module, incoming, state, budget) do
     mailbox = Process.get(@mailbox)
-    Process.put(@engine, true)
     items = Process.put(@pending, [])
-    result = loop(module, mailbox, items, incoming, state, budget, nil)
-    Process.put(@engine, false)
-    Process.put(@last, nil)
-    result
+
+    case loop(module, mailbox, items, incoming, state, budget, nil) do
+      {:stop, _, _} = stop ->
+        # Keep @last: the crash report names the request that stopped us.
+        stop
+
+      result ->
+        Process.put(@last, nil)
+        result
+    end
   end
 
   defp loop(module, mailbox, [], incoming, state, budget, timeout) do
-    if budget <= 0 do
-      # More may be queued: come back after a look at the process mailbox.
-      park_incoming(incoming)
-      send(self(), :"$gn_wake")
-      {:noreply, state}
-    else
-      want = min(budget, @batch)
+    cond do
+      budget == :empty ->
+        # The last take emptied the queue; only `incoming` can be left, if
+        # its placeholder was consumed already. Never drop a request.
+        case incoming do
+          nil -> reply_to_gen_server(state, timeout)
+          {_seq, item} -> step(module, mailbox, item, [], nil, state, :empty, timeout)
+        end
 
-      case Native.mailbox_take(mailbox, want) do
-        [] ->
-          # Only possible with `incoming` set if its placeholder was already
-          # consumed; never drop a request.
-          case incoming do
-            nil -> reply_to_gen_server(state, timeout)
-            {_seq, item} -> step(module, mailbox, item, [], nil, state, 0, timeout)
-          end
+      budget <= 0 ->
+        # More may be queued: come back after a look at the process mailbox.
+        park_incoming(incoming)
+        send(self(), :"$gn_wake")
+        {:noreply, state}
 
-        items ->
-          loop(module, mailbox, items, incoming, state, budget, timeout)
-      end
+      true ->
+        want = min(budget, @batch)
+        items = Native.mailbox_take(mailbox, want)
+        taken = length(items)
+        budget = if taken < want, do: :empty, else: budget - taken
+        loop(module, mailbox, items, incoming, state, budget, timeout)
     end
   end
 
@@ -175,7 +207,7 @@ defmodule GenNative.Server do
        when is_integer(seq) do
     case incoming do
       {^seq, item} ->
-        step(module, mailbox, item, rest, nil, state, budget - 1, timeout)
+        step(module, mailbox, item, rest, nil, state, budget, timeout)
 
       _ ->
         early = Process.get(@early)
@@ -183,7 +215,7 @@ defmodule GenNative.Server do
         case early do
           %{^seq => item} ->
             Process.put(@early, Map.delete(early, seq))
-            step(module, mailbox, item, rest, incoming, state, budget - 1, timeout)
+            step(module, mailbox, item, rest, incoming, state, budget, timeout)
 
           _ ->
             # Its direct message is still on the way: stall until it comes.
@@ -195,7 +227,7 @@ defmodule GenNative.Server do
   end
 
   defp loop(module, mailbox, [item | rest], incoming, state, budget, timeout) do
-    step(module, mailbox, item, rest, incoming, state, budget - 1, timeout)
+    step(module, mailbox, item, rest, incoming, state, budget, timeout)
   end
 
   defp step(module, mailbox, item, rest, incoming, state, budget, _timeout) do
@@ -222,6 +254,8 @@ defmodule GenNative.Server do
   defp reply_to_gen_server(state, timeout), do: {:noreply, state, timeout}
 
   ## One request
+
+  defp handle_item(module, {:solo, item}, state), do: handle_item(module, item, state)
 
   defp handle_item(module, {:cast, request}, state) do
     Process.put(@last, {:"$gen_cast", request})
