@@ -67,21 +67,76 @@ defmodule GenNative do
 
   @doc false
   defmacro __using__(opts) do
+    # The same child_spec/1 and default callbacks as `use GenServer`, defined
+    # here rather than by `use GenServer` because our wrappers call `super`,
+    # which Elixir deprecates for GenServer's own defaults.
     quote location: :keep, bind_quoted: [opts: opts] do
-      use GenServer, opts
+      @behaviour GenServer
+
+      unless Module.has_attribute?(__MODULE__, :doc) do
+        @doc """
+        Returns a specification to start this module under a supervisor.
+
+        See `Supervisor`.
+        """
+      end
+
+      def child_spec(init_arg) do
+        default = %{id: __MODULE__, start: {__MODULE__, :start_link, [init_arg]}}
+        Supervisor.child_spec(default, unquote(Macro.escape(opts)))
+      end
+
+      defoverridable child_spec: 1
+
+      @doc false
+      def handle_call(request, _from, state) do
+        GenNative.Server.default_handle_call(request, state)
+      end
+
+      @doc false
+      def handle_cast(request, state) do
+        GenNative.Server.default_handle_cast(request, state)
+      end
+
+      @doc false
+      def handle_info(message, state) do
+        GenNative.Server.default_handle_info(__MODULE__, message, state)
+      end
+
+      @doc false
+      def terminate(_reason, _state), do: :ok
+
+      @doc false
+      def code_change(_old_vsn, state, _extra), do: {:ok, state}
+
+      defoverridable handle_call: 3, handle_cast: 2, handle_info: 2, terminate: 2, code_change: 3
+
       @before_compile GenNative
     end
   end
 
   @doc false
   defmacro __before_compile__(env) do
+    init =
+      unless Module.defines?(env.module, {:init, 1}) do
+        IO.warn(
+          "function init/1 required by behaviour GenServer is not implemented " <>
+            "(in module #{inspect(env.module)}); a default returning {:ok, init_arg} is used",
+          Macro.Env.stacktrace(env)
+        )
+
+        quote do
+          def init(init_arg), do: {:ok, init_arg}
+        end
+      end
+
     format_status =
       cond do
         Module.defines?(env.module, {:format_status, 1}) ->
           quote do
             defoverridable format_status: 1
 
-            @impl true
+            @doc false
             def format_status(status), do: super(GenNative.Server.format_status(status))
           end
 
@@ -92,21 +147,20 @@ defmodule GenNative do
 
         true ->
           quote do
-            @impl true
+            @doc false
             def format_status(status), do: GenNative.Server.format_status(status)
           end
       end
 
     quote location: :keep do
+      unquote(init)
       defoverridable init: 1, handle_call: 3, handle_cast: 2, handle_info: 2, terminate: 2
 
-      @impl true
       def init(init_arg) do
         GenNative.Server.init_mailbox(__MODULE__)
         super(init_arg)
       end
 
-      @impl true
       def handle_call(request, from, state) do
         case GenNative.Server.before_foreign(__MODULE__, state) do
           {:cont, state} -> super(request, from, state)
@@ -114,7 +168,6 @@ defmodule GenNative do
         end
       end
 
-      @impl true
       def handle_cast(request, state) do
         case GenNative.Server.before_foreign(__MODULE__, state) do
           {:cont, state} -> super(request, state)
@@ -122,7 +175,6 @@ defmodule GenNative do
         end
       end
 
-      @impl true
       def handle_info({:"$gn", seq, item}, state) when is_integer(seq) do
         GenNative.Server.handle_direct(__MODULE__, seq, item, state)
       end
@@ -142,7 +194,6 @@ defmodule GenNative do
         end
       end
 
-      @impl true
       def terminate(reason, state) do
         super(reason, state)
       after

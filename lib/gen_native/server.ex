@@ -138,6 +138,55 @@ defmodule GenNative.Server do
     end
   end
 
+  ## The defaults `use GenNative` gives, which behave as `use GenServer`'s
+
+  @doc false
+  def default_handle_call(request, state) do
+    # phash2 keeps Dialyzer from flagging the raise as the only return.
+    case :erlang.phash2(1, 1) do
+      0 ->
+        raise "attempted to call GenServer #{inspect(registered_name())} but no handle_call/3 clause was provided"
+
+      1 ->
+        {:stop, {:bad_call, request}, state}
+    end
+  end
+
+  @doc false
+  def default_handle_cast(request, state) do
+    case :erlang.phash2(1, 1) do
+      0 ->
+        raise "attempted to cast GenServer #{inspect(registered_name())} but no handle_cast/2 clause was provided"
+
+      1 ->
+        {:stop, {:bad_cast, request}, state}
+    end
+  end
+
+  @doc false
+  def default_handle_info(module, message, state) do
+    :logger.error(
+      %{
+        label: {GenServer, :no_handle_info},
+        report: %{module: module, message: message, name: registered_name()}
+      },
+      %{
+        domain: [:otp, :elixir],
+        error_logger: %{tag: :error_msg},
+        report_cb: &GenServer.format_report/1
+      }
+    )
+
+    {:noreply, state}
+  end
+
+  defp registered_name do
+    case Process.info(self(), :registered_name) do
+      {_, []} -> self()
+      {_, name} -> name
+    end
+  end
+
   @doc false
   # Called after the user's terminate/2, whatever it did.
   def after_terminate do
