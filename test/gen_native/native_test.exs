@@ -1,0 +1,274 @@
+defmodule GenNative.NativeTest do
+  # The C mailbox's safety: bad handles, scheduler hygiene, memory.
+  # Not async: :erlang.system_monitor/2 is node-wide, and the memory checks
+  # want the node quiet.
+  use ExUnit.Case, async: false
+
+  alias GenNative.Native
+
+  defmodule Sink do
+    use GenNative
+
+    @impl true
+    def init(test), do: {:ok, test}
+
+    @impl true
+    def handle_cast(_request, state), do: {:noreply, state}
+
+    @impl true
+    def handle_call(:mailbox, _from, state),
+      do: {:reply, Process.get(:"$gn_mailbox"), state}
+  end
+
+  defp start_sink do
+    {:ok, pid} = GenNative.start(Sink, self())
+    pid
+  end
+
+  # A process that owns a mailbox but never drains it by itself.
+  defp spawn_owner do
+    test = self()
+
+    pid =
+      spawn(fn ->
+        send(test, {:mailbox, Native.mailbox_new()})
+
+        receive do
+          :stop -> :ok
+        end
+      end)
+
+    receive do
+      {:mailbox, ref} -> {pid, ref}
+    end
+  end
+
+  describe "bad handles" do
+    test "a foreign or forged term is rejected with ArgumentError" do
+      forged = :erlang.binary_to_term(:erlang.term_to_binary(make_ref()))
+
+      for bad <- [make_ref(), forged, :atomics.new(1, []), :not_a_ref, 123, self()] do
+        assert_raise ArgumentError, fn -> Native.mailbox_take(bad, 1) end
+        assert_raise ArgumentError, fn -> Native.mailbox_length(bad) end
+      end
+    end
+
+    test "a handle owned by another process is rejected" do
+      {owner, ref} = spawn_owner()
+      assert_raise ArgumentError, fn -> Native.mailbox_take(ref, 1) end
+      assert_raise ArgumentError, fn -> Native.mailbox_length(ref) end
+      send(owner, :stop)
+    end
+
+    test "the handle of a dead server is rejected, and a copy of it is harmless" do
+      pid = start_sink()
+      ref = GenNative.call(pid, :mailbox)
+      assert is_reference(ref)
+      GenNative.stop(pid)
+      assert_raise ArgumentError, fn -> Native.mailbox_take(ref, 1) end
+      assert_raise ArgumentError, fn -> Native.mailbox_length(ref) end
+      # sending to a dead native server is a no-op, as send/2 is
+      assert :ok = GenNative.cast(pid, :late)
+    end
+
+    test "take rejects batch sizes outside 1..1024" do
+      parent = self()
+
+      spawn_link(fn ->
+        ref = Native.mailbox_new()
+
+        for bad <- [0, -1, 1025, :x, 1.0] do
+          assert_raise ArgumentError, fn -> Native.mailbox_take(ref, bad) end
+        end
+
+        assert [] = Native.mailbox_take(ref, 1024)
+        send(parent, :done)
+      end)
+
+      assert_receive :done
+    end
+
+    test "enqueue and info reject what is not a pid" do
+      for bad <- [:name, {:a, :b}, make_ref(), "pid"] do
+        assert_raise ArgumentError, fn -> Native.mailbox_cast(bad, {:cast, 1}) end
+        assert_raise ArgumentError, fn -> Native.mailbox_call(bad, {:cast, 1}) end
+        assert_raise ArgumentError, fn -> Native.mailbox_info(bad) end
+      end
+    end
+
+    test "a process can own one mailbox only" do
+      parent = self()
+
+      spawn_link(fn ->
+        assert is_reference(Native.mailbox_new())
+        assert {:error, :already_exists} = Native.mailbox_new()
+        send(parent, :done)
+      end)
+
+      assert_receive :done
+    end
+
+    test "a plain GenServer is not native" do
+      {:ok, agent} = Agent.start_link(fn -> 0 end)
+      assert Native.mailbox_info(agent) == :not_native
+      assert Native.mailbox_cast(agent, {:cast, :x}) == :not_native
+    end
+  end
+
+  describe "scheduling" do
+    # long_schedule reports any timeslice over 1 ms, including one stretched
+    # because the OS preempted the scheduler thread on a busy machine. So each
+    # watched NIF call gets a timeslice of its own (`:erlang.yield/0` before
+    # and after), and the whole scenario is retried: a NIF that takes over
+    # 1 ms does so on every attempt, a preemption does not.
+    @tag timeout: 300_000
+    test "no NIF runs longer than 1 ms on a normal scheduler, with a million queued terms" do
+      attempts = for _ <- 1..3, do: long_schedules_in_scenario()
+
+      assert Enum.any?(attempts, &(&1 == [])),
+             "long schedules: #{inspect(attempts, pretty: true)}"
+    end
+  end
+
+  defp long_schedules_in_scenario do
+    payload = {:item, "some binary", [1, 2, 3], %{k: :v}}
+
+    # A server with a million queued casts, filled by 4 producers.
+    server = start_sink()
+    :ok = :sys.suspend(server)
+    run_all(4, fn -> for i <- 1..250_000, do: GenNative.cast(server, {payload, i}) end)
+
+    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
+
+    watched =
+      try do
+        # Enqueue and introspect against the million-deep queue.
+        [prober] =
+          run_all(1, fn ->
+            for i <- 1..2_000 do
+              isolated(fn -> GenNative.cast(server, {payload, i}) end)
+              isolated(fn -> Native.mailbox_info(server) end)
+            end
+          end)
+
+        assert %{length: length} = Native.mailbox_info(server)
+        assert length > 1_000_000
+
+        # The largest batches take/2 allows, by an owner draining 200k items.
+        parent = self()
+
+        drainer =
+          spawn(fn ->
+            ref = Native.mailbox_new()
+            send(parent, {:drainer_ready, self()})
+
+            receive do
+              :go -> send(parent, {:drained, drain(ref, 0)})
+            end
+          end)
+
+        assert_receive {:drainer_ready, ^drainer}
+
+        run_all(2, fn ->
+          for i <- 1..100_000, do: Native.mailbox_cast(drainer, {:cast, {payload, i}})
+        end)
+
+        send(drainer, :go)
+        # one item per producer may have travelled as a direct message
+        assert_receive {:drained, drained} when drained >= 199_998, 60_000
+
+        # Destroying the server with its million pending terms.
+        ref = Process.monitor(server)
+        Process.exit(server, :kill)
+        assert_receive {:DOWN, ^ref, _, _, :killed}
+        Process.sleep(100)
+        [server, prober, drainer]
+      after
+        restore_monitor(previous)
+      end
+
+    for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
+  end
+
+  defp isolated(fun) do
+    :erlang.yield()
+    result = fun.()
+    :erlang.yield()
+    result
+  end
+
+  # Runs n copies of fun, each in its own process, and waits for them all.
+  defp run_all(n, fun) do
+    tasks = for _ <- 1..n, do: Task.async(fun)
+    Enum.each(tasks, &Task.await(&1, :infinity))
+    Enum.map(tasks, & &1.pid)
+  end
+
+  defp drain(ref, count) do
+    case isolated(fn -> Native.mailbox_take(ref, 1024) end) do
+      [] -> count
+      items -> drain(ref, count + Enum.count(items, &match?({:cast, _}, &1)))
+    end
+  end
+
+  defp restore_monitor({pid, opts}), do: :erlang.system_monitor(pid, opts)
+  defp restore_monitor(:undefined), do: :erlang.system_monitor(:undefined)
+
+  defp collect_long_schedules(acc) do
+    receive do
+      {:monitor, pid, :long_schedule, info} -> collect_long_schedules([{pid, info} | acc])
+    after
+      0 -> acc
+    end
+  end
+
+  describe "memory" do
+    @tag timeout: 300_000
+    test "starting and stopping 100k servers with queued work leaves memory flat" do
+      churn = fn n ->
+        for _ <- 1..n do
+          pid = start_sink()
+          :ok = :sys.suspend(pid)
+          for i <- 1..5, do: GenNative.cast(pid, {:work, i, "payload"})
+          GenNative.stop(pid)
+        end
+      end
+
+      # warm allocators and code up first
+      churn.(5_000)
+      before = settled_memory()
+      churn.(100_000)
+      after_churn = settled_memory()
+
+      assert after_churn - before < 8 * 1024 * 1024,
+             "memory grew by #{after_churn - before} bytes over 100k start/stop cycles"
+    end
+
+    test "a killed server's queue of a million terms is freed" do
+      before = settled_memory()
+      pid = start_sink()
+      :ok = :sys.suspend(pid)
+      for i <- 1..1_000_000, do: GenNative.cast(pid, {:work, i, "payload"})
+      loaded = :erlang.memory(:total)
+      assert loaded - before > 20 * 1024 * 1024
+      Process.exit(pid, :kill)
+      after_kill = settled_memory()
+
+      assert after_kill - before < 8 * 1024 * 1024,
+             "#{after_kill - before} bytes still held after the server died"
+    end
+  end
+
+  # Total VM memory once the reaper has caught up and garbage is collected.
+  defp settled_memory do
+    Enum.reduce_while(1..50, nil, fn _, last ->
+      :erlang.garbage_collect()
+      Process.sleep(50)
+      now = :erlang.memory(:total)
+
+      if last && abs(now - last) < 256 * 1024,
+        do: {:halt, now},
+        else: {:cont, now}
+    end)
+  end
+end
