@@ -138,9 +138,12 @@ defmodule Conformance.ContinueTimeoutHibernateTest do
       result =
         conform(Scripted, fn gen, mod ->
           pid = server(gen, mod)
-          :ok = gen.cast(pid, run(fn s -> {:noreply, s, 300} end))
+          # Suspended, so :first is queued before the timeout is armed.
+          :ok = :sys.suspend(pid)
+          :ok = gen.cast(pid, run(fn s -> {:noreply, s, 100} end))
           send(pid, :first)
-          {next({:info, :first, _}), next({:info, :timeout, _}, 500)}
+          :ok = :sys.resume(pid)
+          {next({:info, :first, _}), next({:info, :timeout, _}, 300)}
         end)
 
       assert result == {{:info, :first, []}, :none}

@@ -54,6 +54,22 @@ defmodule Conformance.OrderingTest do
     assert result == expected
   end
 
+  test "a plain message sent between two casts is handled between them" do
+    result =
+      conform(Recorder, fn gen, mod ->
+        pid = start!(gen, mod, [])
+        # Suspended, so all three are queued before the server looks.
+        :ok = :sys.suspend(pid)
+        :ok = gen.cast(pid, :cast1)
+        send(pid, :plain2)
+        :ok = gen.cast(pid, :cast3)
+        :ok = :sys.resume(pid)
+        gen.call(pid, :log)
+      end)
+
+    assert result == [{:cast, :cast1}, {:info, :plain2}, {:cast, :cast3}]
+  end
+
   test "a cast sent before a call is handled before it" do
     result =
       conform(Recorder, fn gen, mod ->
