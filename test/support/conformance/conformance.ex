@@ -12,10 +12,7 @@ defmodule Conformance do
 
   import ExUnit.Assertions
 
-  # DEV-ONLY toggle, removed before the final commit.
-  @impls if System.get_env("CONF_GENSERVER_ONLY") == "1",
-           do: [GenServer],
-           else: [GenServer, GenNative]
+  @impls [GenServer, GenNative]
 
   @doc "The client modules, reference implementation first."
   def impls, do: @impls
