@@ -1,24 +1,24 @@
 /*
  * The native mailbox and the pid registry.
  *
- * A mailbox is a FIFO of items, each carrying a sequence number. An item is
- * either a *payload* (a term copied into the environment of the chunk that
- * holds it, so the sender's heap is never referenced) or a *placeholder* (no
- * term: the request itself travels as a direct message {'$gn', Seq, Item} to
- * the owner). Items live in fixed-size chunks; a chunk, with its environment
- * and every term in it, is freed once all its items have been taken, so one
- * environment is allocated per GN_CHUNK_ITEMS requests, not per request.
+ * A mailbox is a FIFO of cast requests owned by one server process. Each
+ * request is copied into the environment of the chunk that holds it, so the
+ * sender's heap is never referenced; a chunk, with its environment and every
+ * term in it, is freed once all its items are taken, so one environment is
+ * allocated per GN_CHUNK_ITEMS requests, not per request.
  *
- * The owner is woken by one message when the queue goes from idle to busy,
- * not by one message per request: the first request after idle is sent
- * directly (leaving a placeholder to keep its place in the FIFO) and sets
- * `signaled`; later requests are queued as payloads until the owner drains
- * the queue empty, which clears `signaled`. Calls always travel directly
- * (with a placeholder, or as {'$gn', Item} with none when the queue is idle),
- * so that a message their sender sent before them is in the owner's process
- * mailbox first; the Elixir side (GenNative.Server)
- * handles items strictly in sequence order and waits at a placeholder until
- * its direct message has arrived.
+ * Delivery. A cast to an idle server (empty queue, no wake pending, no
+ * direct cast in flight) is sent directly as {'$gen_cast', Request}, exactly
+ * as GenServer.cast would, and counted in `inflight` until the owner acks
+ * it. Otherwise the request is queued, and the *sender* wakes the owner with
+ * one '$gn_wake' message if no wake is pending (`signaled`). Because the
+ * sender sends the wake, it lands in the owner's process mailbox before any
+ * message the sender sends afterwards; the owner drains the queue until it
+ * is empty (the take that empties it clears `signaled`) or, when process
+ * messages are waiting, up to the queue's length at that moment. Together
+ * these give GenServer's guarantee that whatever a process queued before
+ * sending a message is handled before that message, system messages
+ * included, without ever starving the process mailbox.
  *
  * Locks: `mb->lock` protects everything in a gn_mailbox (`signaled` is an
  * atomic so it can also be read as a hint). Each registry shard's rwlock
@@ -40,8 +40,7 @@
 #define GN_REG_BUCKETS (1u << 16)
 
 typedef struct gn_item {
-    uint64_t seq;
-    ERL_NIF_TERM term; /* 0 for a placeholder, else a term in the chunk's env */
+    ERL_NIF_TERM term; /* in the chunk's env */
 } gn_item;
 
 typedef struct gn_chunk {
@@ -64,7 +63,7 @@ typedef struct gn_mailbox {
     uint64_t reg_hash;
     int closed; /* the owner has exited */
     int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
-    uint64_t next_seq;
+    uint64_t inflight; /* direct casts sent and not yet acked by the owner */
     gn_lane normal;
     uint64_t accepted;
     size_t max_length;
@@ -86,10 +85,9 @@ static ErlNifResourceType *gn_mailbox_rtype;
 /* ------------------------------------------------------------------------ */
 /* Lanes                                                                     */
 
-/* Appends an item to the lane; `term` (0 for a placeholder) is copied into
- * the tail chunk's environment. Call with mb->lock held. Returns 0 when out
- * of memory, leaving the lane unchanged. */
-static int gn_lane_push(gn_lane *lane, uint64_t seq, ERL_NIF_TERM term)
+/* Appends a copy of `term` to the lane. Call with mb->lock held. Returns 0
+ * when out of memory, leaving the lane unchanged. */
+static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term)
 {
     gn_chunk *c = lane->last;
     if (!c || c->tail == GN_CHUNK_ITEMS) {
@@ -106,28 +104,20 @@ static int gn_lane_push(gn_lane *lane, uint64_t seq, ERL_NIF_TERM term)
         lane->last = n;
         c = n;
     }
-    gn_item *item = &c->items[c->tail];
-    item->seq = seq;
-    item->term = 0;
-    if (term) {
-        if (!c->env && !(c->env = enif_alloc_env()))
-            return 0;
-        item->term = enif_make_copy(c->env, term);
-    }
-    c->tail++;
+    if (!c->env && !(c->env = enif_alloc_env()))
+        return 0;
+    c->items[c->tail++].term = enif_make_copy(c->env, term);
     lane->len++;
     return 1;
 }
 
-/* Pops the head item into `dst` as a term of `env`: its payload, or its
- * sequence number for a placeholder. A chunk whose items are all taken is
- * unlinked and pushed on *done, for the caller to free after unlocking. Call
- * with mb->lock held and the lane non-empty. */
+/* Pops the head item as a term of `env`. A chunk whose items are all taken
+ * is unlinked and pushed on *done, for the caller to free after unlocking.
+ * Call with mb->lock held and the lane non-empty. */
 static ERL_NIF_TERM gn_lane_pop(ErlNifEnv *env, gn_lane *lane, gn_chunk **done)
 {
     gn_chunk *c = lane->first;
-    gn_item *item = &c->items[c->head++];
-    ERL_NIF_TERM t = item->term ? enif_make_copy(env, item->term) : enif_make_uint64(env, item->seq);
+    ERL_NIF_TERM t = enif_make_copy(env, c->items[c->head++].term);
     lane->len--;
     if (c->head == GN_CHUNK_ITEMS) {
         lane->first = c->next;
@@ -367,13 +357,6 @@ static gn_mailbox *gn_lookup_arg(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifPi
     return gn_registry_lookup(priv->registry, pid_term, pid);
 }
 
-static ERL_NIF_TERM gn_send_direct(ErlNifEnv *env, ErlNifPid *to, uint64_t seq, ERL_NIF_TERM item)
-{
-    ERL_NIF_TERM msg = enif_make_tuple3(env, gn_am_gn, enif_make_uint64(env, seq), item);
-    enif_send(env, to, NULL, msg); /* fails only if the owner died: dropped, as with send/2 */
-    return gn_am_ok;
-}
-
 static void gn_note_accepted(gn_mailbox *mb)
 {
     mb->accepted++;
@@ -381,11 +364,6 @@ static void gn_note_accepted(gn_mailbox *mb)
         mb->max_length = mb->normal.len;
 }
 
-/* Queues one request for the mailbox of `pid`. A placeholder is left when
- * `direct` is set or the owner is idle, and the request is then sent to the
- * owner as {'$gn', Seq, Item}; otherwise the request is copied into the
- * queue. A mailbox whose owner has died drops it, as send/2 to a dead
- * process does. */
 /* An enqueue costs far more than the one reduction a NIF call is charged,
  * most of all under contention; unreported, a producer's timeslice stretches
  * past a millisecond. Charge 1% of a timeslice (about 10 us) every 8 calls
@@ -398,16 +376,20 @@ static void gn_charge_enqueue(ErlNifEnv *env)
         enif_consume_timeslice(env, 1);
 }
 
-static ERL_NIF_TERM gn_enqueue(ErlNifEnv *env, const ERL_NIF_TERM argv[], int direct)
+/* mailbox_cast(Pid, Request) -> ok | not_native
+ * Delivers a cast to the native mailbox of Pid (see the top of this file).
+ * A mailbox whose owner has died drops it, as send/2 to a dead process does. */
+ERL_NIF_TERM gn_mailbox_cast_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
-    gn_charge_enqueue(env);
+    (void)argc;
     ErlNifPid pid;
     if (!enif_is_pid(env, argv[0]))
         return enif_make_badarg(env);
     if (!enif_get_local_pid(env, argv[0], &pid))
         return gn_am_not_native;
+    gn_charge_enqueue(env);
 
-    /* The shard's read lock is held until the item is queued, which keeps
+    /* The shard's read lock is held until the request is queued, which keeps
      * the mailbox alive without touching its reference count. */
     gn_registry *reg = ((gn_priv *)enif_priv_data(env))->registry;
     unsigned b = gn_bucket_of(enif_hash(ERL_NIF_INTERNAL_HASH, argv[0], 0));
@@ -419,56 +401,40 @@ static ERL_NIF_TERM gn_enqueue(ErlNifEnv *env, const ERL_NIF_TERM argv[], int di
         return gn_am_not_native;
     }
 
-    ERL_NIF_TERM result = gn_am_ok;
+    enum { QUEUED, DIRECT, WAKE } how = QUEUED;
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
         enif_mutex_unlock(mb->lock);
         enif_rwlock_runlock(shard);
         return gn_am_ok;
     }
-    int idle = !__atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
-    if (idle && direct && mb->normal.len == 0) {
-        /* A call to an idle server needs no place in the queue: nothing is
-         * queued before it, and its sender waits for the reply, so it cannot
-         * overtake anything the sender sends later. */
-        mb->accepted++;
-        enif_mutex_unlock(mb->lock);
-        enif_rwlock_runlock(shard);
-        enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gn, argv[1]));
-        return gn_am_ok;
+    int signaled = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
+    if (!signaled && mb->normal.len == 0 && mb->inflight == 0) {
+        mb->inflight++;
+        how = DIRECT;
+    } else {
+        if (!gn_lane_push(&mb->normal, argv[1])) {
+            enif_mutex_unlock(mb->lock);
+            enif_rwlock_runlock(shard);
+            return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        }
+        if (!signaled) {
+            __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
+            how = WAKE;
+        }
     }
-    if (idle)
-        direct = 1;
-    uint64_t seq = mb->next_seq;
-    if (!gn_lane_push(&mb->normal, seq, direct ? 0 : argv[1])) {
-        enif_mutex_unlock(mb->lock);
-        enif_rwlock_runlock(shard);
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
-    }
-    mb->next_seq++;
-    __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
     gn_note_accepted(mb);
     enif_mutex_unlock(mb->lock);
     enif_rwlock_runlock(shard);
-    if (direct)
-        result = gn_send_direct(env, &pid, seq, argv[1]);
-    return result;
-}
 
-/* mailbox_cast(Pid, Item) -> ok | not_native */
-ERL_NIF_TERM gn_mailbox_cast_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
-{
-    (void)argc;
-    return gn_enqueue(env, argv, 0);
-}
-
-/* mailbox_call(Pid, Item) -> ok | not_native
- * Always direct, so that a call cannot overtake a message its sender sent
- * to the owner before it. */
-ERL_NIF_TERM gn_mailbox_call_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
-{
-    (void)argc;
-    return gn_enqueue(env, argv, 1);
+    /* Sent from the caller's environment, so it is ordered with the caller's
+     * other messages to the owner; fails only if the owner died (dropped, as
+     * with send/2). */
+    if (how == DIRECT)
+        enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
+    else if (how == WAKE)
+        enif_send(env, &pid, NULL, gn_am_wake);
+    return gn_am_ok;
 }
 
 /* Resolves a mailbox handle the calling process owns; NULL (badarg) for a
@@ -484,9 +450,8 @@ static gn_mailbox *gn_owned_mailbox(ErlNifEnv *env, ERL_NIF_TERM term)
     return mb;
 }
 
-/* mailbox_take(Ref, Max) -> [Item]
- * Pops up to Max items in order: a payload comes out as its term, a
- * placeholder as its sequence number. Emptying the queue clears `signaled`,
+/* mailbox_take(Ref, Max) -> [Request]
+ * Pops up to Max requests in order. Emptying the queue clears `signaled`,
  * so that the next request wakes the owner again. */
 ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
@@ -512,6 +477,23 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     gn_chunks_free(done);
     enif_consume_timeslice(env, 1 + (int)(n / 32));
     return enif_make_list_from_array(env, batch, n);
+}
+
+/* mailbox_ack(Ref) -> ok
+ * The owner has handled a direct cast. Also called for casts that did not
+ * come through the mailbox (GenServer.cast), hence the floor at zero:
+ * `inflight` only steers casts between the direct and the queued path. */
+ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
+    if (!mb)
+        return enif_make_badarg(env);
+    enif_mutex_lock(mb->lock);
+    if (mb->inflight > 0)
+        mb->inflight--;
+    enif_mutex_unlock(mb->lock);
+    return gn_am_ok;
 }
 
 /* mailbox_length(Ref) -> non_neg_integer() */

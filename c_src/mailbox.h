@@ -1,6 +1,7 @@
 /*
- * The native mailbox: a multi-producer, single-consumer queue of terms owned
- * by one server process, and the registry that maps a server's pid to it.
+ * The native mailbox: a multi-producer, single-consumer queue of cast
+ * requests owned by one server process, and the registry that maps a
+ * server's pid to it.
  */
 #ifndef GN_MAILBOX_H
 #define GN_MAILBOX_H
@@ -16,8 +17,8 @@ void gn_registry_release(gn_registry *reg);
 
 ERL_NIF_TERM gn_mailbox_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_cast_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
-ERL_NIF_TERM gn_mailbox_call_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_length_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 

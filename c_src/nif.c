@@ -12,7 +12,8 @@ ERL_NIF_TERM gn_am_true;
 ERL_NIF_TERM gn_am_false;
 ERL_NIF_TERM gn_am_not_native;
 ERL_NIF_TERM gn_am_already_exists;
-ERL_NIF_TERM gn_am_gn;
+ERL_NIF_TERM gn_am_gen_cast;
+ERL_NIF_TERM gn_am_wake;
 ERL_NIF_TERM gn_am_length;
 ERL_NIF_TERM gn_am_accepted;
 ERL_NIF_TERM gn_am_max_length;
@@ -27,7 +28,8 @@ static void gn_make_atoms(ErlNifEnv *env)
     gn_am_false = enif_make_atom(env, "false");
     gn_am_not_native = enif_make_atom(env, "not_native");
     gn_am_already_exists = enif_make_atom(env, "already_exists");
-    gn_am_gn = enif_make_atom(env, "$gn");
+    gn_am_gen_cast = enif_make_atom(env, "$gen_cast");
+    gn_am_wake = enif_make_atom(env, "$gn_wake");
     gn_am_length = enif_make_atom(env, "length");
     gn_am_accepted = enif_make_atom(env, "accepted");
     gn_am_max_length = enif_make_atom(env, "max_length");
@@ -97,8 +99,8 @@ static ErlNifFunc gn_funcs[] = {
     /* name,             arity, function,               flags */
     {"mailbox_new",      0,     gn_mailbox_new_nif,     0},
     {"mailbox_cast",     2,     gn_mailbox_cast_nif,    0},
-    {"mailbox_call",     2,     gn_mailbox_call_nif,    0},
     {"mailbox_take",     2,     gn_mailbox_take_nif,    0},
+    {"mailbox_ack",      1,     gn_mailbox_ack_nif,     0},
     {"mailbox_length",   1,     gn_mailbox_length_nif, 0},
     {"mailbox_info",     1,     gn_mailbox_info_nif,    0},
 };

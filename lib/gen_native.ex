@@ -38,21 +38,27 @@ defmodule GenNative do
   A GenNative server is a real `:gen_server` process whose callback module is
   yours, so supervisors, `Registry`, `:global`, `:sys`, hibernation, timeouts
   and crash reports behave as they do for a `GenServer`. What changes is the
-  path of a request: `call/3` and `cast/2` put it in a native queue owned by
-  the server (see `c_src/mailbox.c`). The server is woken by one message when
-  its queue goes from empty to busy and then takes requests out in batches,
-  so a server under load does not pay for one process message per request.
+  path of a cast: `cast/2` puts it in a native queue owned by the server (see
+  `c_src/mailbox.c`) whenever the server is busy. The server is woken by one
+  message when its queue goes from empty to busy and then takes casts out in
+  batches, so a server under load does not pay for one process message per
+  cast, and the queued casts live outside its heap. A cast to an idle server
+  is sent as the same message `GenServer.cast/2` sends.
+
+  Calls are `GenServer` calls: the caller waits for its reply, so a call
+  costs one message each way whatever carries it.
 
   Ordering matches `GenServer`'s: the requests one process sends are handled
-  in the order it sent them, whatever mix of `GenNative.call/cast`,
-  `GenServer.call/cast` and `send/2` it uses, with one exception under load:
-  a `GenNative.cast` may be handled before a plain `send/2` message the same
-  process sent earlier (a `GenNative.call` never is).
+  in the order it sent them, and whatever a process cast before it sends any
+  other message (a call, `send/2`, a `:sys` request, `stop/3`) is handled
+  before that message. The one difference: while the server has a backlog, a
+  cast may be handled before a plain `send/2` message that the same process
+  sent earlier. A call never overtakes anything sent before it.
 
-  `GenServer.call/cast` and `send/2` to a GenNative server work (they skip
-  the native queue), and `GenNative.call/cast` to a plain `GenServer` or to a
-  server on another node work too (they fall back to `GenServer`'s messages).
-  The native queue is unbounded by default, as a process mailbox is.
+  `GenServer.call/cast` and `send/2` to a GenNative server work, and
+  `GenNative.call/cast` to a plain `GenServer` or to a server on another node
+  work too (casts fall back to `GenServer`'s message). The native queue is
+  unbounded by default, as a process mailbox is.
 
   ## use GenNative
 
@@ -154,51 +160,23 @@ defmodule GenNative do
 
     quote location: :keep do
       unquote(init)
-      defoverridable init: 1, handle_call: 3, handle_cast: 2, handle_info: 2, terminate: 2
+      defoverridable init: 1, handle_cast: 2, handle_info: 2
 
       def init(init_arg) do
         GenNative.Server.init_mailbox(__MODULE__)
         super(init_arg)
       end
 
-      def handle_call(request, from, state) do
-        case GenNative.Server.before_foreign(__MODULE__, state) do
-          {:cont, state} -> super(request, from, state)
-          stop -> stop
-        end
-      end
-
       def handle_cast(request, state) do
-        case GenNative.Server.before_foreign(__MODULE__, state) do
-          {:cont, state} -> super(request, state)
-          stop -> stop
-        end
-      end
-
-      def handle_info({:"$gn", seq, item}, state) when is_integer(seq) do
-        GenNative.Server.handle_direct(__MODULE__, seq, item, state)
-      end
-
-      def handle_info({:"$gn", item}, state) do
-        GenNative.Server.handle_solo(__MODULE__, item, state)
+        GenNative.Server.ack()
+        super(request, state)
       end
 
       def handle_info(:"$gn_wake", state) do
         GenNative.Server.handle_wake(__MODULE__, state)
       end
 
-      def handle_info(message, state) do
-        case GenNative.Server.before_foreign(__MODULE__, state) do
-          {:cont, state} -> super(message, state)
-          stop -> stop
-        end
-      end
-
-      def terminate(reason, state) do
-        super(reason, state)
-      after
-        GenNative.Server.after_terminate()
-      end
+      def handle_info(message, state), do: super(message, state)
 
       unquote(format_status)
     end
@@ -241,12 +219,6 @@ defmodule GenNative do
       pid when pid == self() ->
         exit({:calling_self, {__MODULE__, :call, [server, request, timeout]}})
 
-      pid when is_pid(pid) and node(pid) == node() and (is_integer(timeout) and timeout >= 0) ->
-        native_call(pid, server, request, timeout)
-
-      pid when is_pid(pid) and node(pid) == node() and timeout == :infinity ->
-        native_call(pid, server, request, timeout)
-
       dest ->
         try do
           :gen.call(dest, :"$gen_call", request, timeout)
@@ -254,36 +226,6 @@ defmodule GenNative do
           :exit, reason -> exit({reason, {__MODULE__, :call, [server, request, timeout]}})
         else
           {:ok, reply} -> reply
-        end
-    end
-  end
-
-  defp native_call(pid, server, request, timeout) do
-    # As :gen.call: the alias makes a late reply undeliverable once we stop
-    # waiting, and the monitor turns the server's exit into ours.
-    mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
-    from = {self(), [:alias | mref]}
-
-    case Native.mailbox_call(pid, {:call, from, request}) do
-      :ok -> :ok
-      :not_native -> send(pid, {:"$gen_call", from, request})
-    end
-
-    receive do
-      {[:alias | ^mref], reply} ->
-        :erlang.demonitor(mref, [:flush])
-        reply
-
-      {:DOWN, ^mref, _, _, reason} ->
-        exit({reason, {__MODULE__, :call, [server, request, timeout]}})
-    after
-      timeout ->
-        :erlang.demonitor(mref, [:flush])
-
-        receive do
-          {[:alias | ^mref], reply} -> reply
-        after
-          0 -> exit({:timeout, {__MODULE__, :call, [server, request, timeout]}})
         end
     end
   end
@@ -318,7 +260,7 @@ defmodule GenNative do
   end
 
   defp native_cast(pid, request) do
-    case Native.mailbox_cast(pid, {:cast, request}) do
+    case Native.mailbox_cast(pid, request) do
       :ok -> :ok
       :not_native -> send(pid, {:"$gen_cast", request})
     end

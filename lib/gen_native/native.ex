@@ -17,19 +17,18 @@ defmodule GenNative.Native do
   end
 
   @typep mailbox :: reference()
-  @typep item :: {:cast, term()} | {:call, GenServer.from(), term()}
 
   @spec mailbox_new() :: mailbox() | {:error, :already_exists}
   def mailbox_new, do: :erlang.nif_error(:not_loaded)
 
-  @spec mailbox_cast(pid(), item()) :: :ok | :not_native
-  def mailbox_cast(_pid, _item), do: :erlang.nif_error(:not_loaded)
+  @spec mailbox_cast(pid(), term()) :: :ok | :not_native
+  def mailbox_cast(_pid, _request), do: :erlang.nif_error(:not_loaded)
 
-  @spec mailbox_call(pid(), item()) :: :ok | :not_native
-  def mailbox_call(_pid, _item), do: :erlang.nif_error(:not_loaded)
-
-  @spec mailbox_take(mailbox(), pos_integer()) :: [item() | non_neg_integer()]
+  @spec mailbox_take(mailbox(), pos_integer()) :: [term()]
   def mailbox_take(_mailbox, _max), do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_ack(mailbox()) :: :ok
+  def mailbox_ack(_mailbox), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_length(mailbox()) :: non_neg_integer()
   def mailbox_length(_mailbox), do: :erlang.nif_error(:not_loaded)

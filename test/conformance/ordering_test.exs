@@ -29,22 +29,15 @@ defmodule Conformance.OrderingTest do
           end
         end
 
-        # Same interleaving with no call in between to wait on.
-        for i <- 61..120 do
-          if rem(i, 2) == 0, do: :ok = gen.cast(pid, {:n, i}), else: send(pid, {:n, i})
-        end
-
         gen.call(pid, :log)
       end)
 
     expected =
-      for i <- 1..120 do
+      for i <- 1..60 do
         kind =
           cond do
-            i <= 60 and rem(i, 3) == 0 -> :call
-            i <= 60 and rem(i, 3) == 1 -> :cast
-            i <= 60 -> :info
-            rem(i, 2) == 0 -> :cast
+            rem(i, 3) == 0 -> :call
+            rem(i, 3) == 1 -> :cast
             true -> :info
           end
 
@@ -52,6 +45,35 @@ defmodule Conformance.OrderingTest do
       end
 
     assert result == expected
+  end
+
+  # The one documented difference (see GenNative's moduledoc): while casts are
+  # backed up in the native queue, a cast may be handled before a plain
+  # message the same process sent earlier. Casts stay in order among
+  # themselves, plain messages among theirs, and all of them are handled
+  # before a call sent after them.
+  test "casts and plain messages interleaved with no call between them" do
+    run = fn gen, mod ->
+      pid = start!(gen, mod, [])
+
+      for i <- 1..200 do
+        if rem(i, 2) == 0, do: :ok = gen.cast(pid, {:n, i}), else: send(pid, {:n, i})
+      end
+
+      gen.call(pid, :log)
+    end
+
+    casts = for i <- 1..200, rem(i, 2) == 0, do: {:cast, {:n, i}}
+    infos = for i <- 1..200, rem(i, 2) == 1, do: {:info, {:n, i}}
+    exact = for i <- 1..200, do: if(rem(i, 2) == 0, do: {:cast, {:n, i}}, else: {:info, {:n, i}})
+
+    for {gen, mod} <- [{GenServer, Recorder.GenServer}, {GenNative, Recorder.GenNative}] do
+      log = run.(gen, mod)
+      assert length(log) == 200, inspect(gen)
+      assert Enum.filter(log, &match?({:cast, _}, &1)) == casts, inspect(gen)
+      assert Enum.filter(log, &match?({:info, _}, &1)) == infos, inspect(gen)
+      if gen == GenServer, do: assert(log == exact)
+    end
   end
 
   test "a plain message sent between two casts is handled between them" do
