@@ -22,9 +22,8 @@
  *
  * Locks: `mb->lock` protects everything in a gn_mailbox (`signaled` is an
  * atomic so it can also be read as a hint). Each registry shard's rwlock
- * protects that shard's buckets and keeps the mailboxes in them alive while
- * held. Lock order: registry shard, then mailbox (gn_enqueue holds both);
- * the down callback takes them one after the other, never nested.
+ * protects that shard's buckets. No code holds a shard lock and a mailbox
+ * lock at once.
  *
  * Lifetime: the registry holds one resource reference per live mailbox. The
  * owner's exit fires the monitor's down callback, which closes the mailbox,
@@ -376,6 +375,36 @@ static void gn_charge_enqueue(ErlNifEnv *env)
         enif_consume_timeslice(env, 1);
 }
 
+/* Each scheduler thread remembers the last mailbox it delivered to, with a
+ * resource reference that keeps it allocated, so a producer casting to one
+ * server in a loop skips the registry (a hash and a shared lock). A cached
+ * mailbox found closed is dropped and looked up again. At most one
+ * reference per thread is held this way. */
+static __thread gn_mailbox *gn_cache_mb;
+
+static void gn_cache_forget(gn_mailbox *mb)
+{
+    if (gn_cache_mb == mb) {
+        gn_cache_mb = NULL;
+        enif_release_resource(mb);
+    }
+}
+
+static gn_mailbox *gn_cached_mailbox(ErlNifEnv *env, ERL_NIF_TERM pid_term, const ErlNifPid *pid)
+{
+    gn_mailbox *mb = gn_cache_mb;
+    if (mb && enif_compare_pids(&mb->owner, pid) == 0)
+        return mb;
+    gn_priv *priv = enif_priv_data(env);
+    if (!(mb = gn_registry_lookup(priv->registry, pid_term, pid)))
+        return NULL;
+    /* The lookup's reference becomes the cache's. */
+    if (gn_cache_mb)
+        enif_release_resource(gn_cache_mb);
+    gn_cache_mb = mb;
+    return mb;
+}
+
 /* mailbox_cast(Pid, Request) -> ok | not_native
  * Delivers a cast to the native mailbox of Pid (see the top of this file).
  * A mailbox whose owner has died drops it, as send/2 to a dead process does. */
@@ -389,24 +418,24 @@ ERL_NIF_TERM gn_mailbox_cast_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         return gn_am_not_native;
     gn_charge_enqueue(env);
 
-    /* The shard's read lock is held until the request is queued, which keeps
-     * the mailbox alive without touching its reference count. */
-    gn_registry *reg = ((gn_priv *)enif_priv_data(env))->registry;
-    unsigned b = gn_bucket_of(enif_hash(ERL_NIF_INTERNAL_HASH, argv[0], 0));
-    ErlNifRWLock *shard = gn_shard_lock(reg, b);
-    enif_rwlock_rlock(shard);
-    gn_mailbox *mb = gn_bucket_find(reg, b, &pid);
-    if (!mb) {
-        enif_rwlock_runlock(shard);
+    gn_mailbox *mb = gn_cached_mailbox(env, argv[0], &pid);
+    if (!mb)
         return gn_am_not_native;
-    }
 
     enum { QUEUED, DIRECT, WAKE } how = QUEUED;
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
+        /* Its owner died. Forget it, and look again: the pid may have been
+         * reused by a new server. */
         enif_mutex_unlock(mb->lock);
-        enif_rwlock_runlock(shard);
-        return gn_am_ok;
+        gn_cache_forget(mb);
+        if (!(mb = gn_cached_mailbox(env, argv[0], &pid)))
+            return gn_am_not_native;
+        enif_mutex_lock(mb->lock);
+        if (mb->closed) {
+            enif_mutex_unlock(mb->lock);
+            return gn_am_ok;
+        }
     }
     int signaled = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
     if (!signaled && mb->normal.len == 0 && mb->inflight == 0) {
@@ -415,7 +444,6 @@ ERL_NIF_TERM gn_mailbox_cast_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     } else {
         if (!gn_lane_push(&mb->normal, argv[1])) {
             enif_mutex_unlock(mb->lock);
-            enif_rwlock_runlock(shard);
             return enif_raise_exception(env, enif_make_atom(env, "enomem"));
         }
         if (!signaled) {
@@ -425,7 +453,6 @@ ERL_NIF_TERM gn_mailbox_cast_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     }
     gn_note_accepted(mb);
     enif_mutex_unlock(mb->lock);
-    enif_rwlock_runlock(shard);
 
     /* Sent from the caller's environment, so it is ordered with the caller's
      * other messages to the owner; fails only if the owner died (dropped, as
