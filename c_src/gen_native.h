@@ -24,7 +24,7 @@ extern ERL_NIF_TERM gn_am_false;
 extern ERL_NIF_TERM gn_am_not_native;
 extern ERL_NIF_TERM gn_am_already_exists;
 extern ERL_NIF_TERM gn_am_gen_cast; /* '$gen_cast' */
-extern ERL_NIF_TERM gn_am_wake; /* '$gn_wake', the message that wakes an owner */
+extern ERL_NIF_TERM gn_am_wake;     /* '$gn_wake', the message that wakes an owner */
 extern ERL_NIF_TERM gn_am_length;
 extern ERL_NIF_TERM gn_am_accepted;
 extern ERL_NIF_TERM gn_am_max_length;

@@ -44,7 +44,7 @@ typedef struct gn_item {
 
 typedef struct gn_chunk {
     struct gn_chunk *next;
-    ErlNifEnv *env; /* allocated with the chunk's first payload */
+    ErlNifEnv *env;      /* allocated with the chunk's first payload */
     unsigned head, tail; /* items[head..tail) are live */
     gn_item items[GN_CHUNK_ITEMS];
 } gn_chunk;
@@ -60,8 +60,8 @@ typedef struct gn_mailbox {
     ErlNifMonitor monitor;
     gn_registry *registry;
     uint64_t reg_hash;
-    int closed; /* the owner has exited */
-    int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
+    int closed;        /* the owner has exited */
+    int signaled;      /* atomic: a wake is on its way to, or being handled by, the owner */
     uint64_t inflight; /* direct casts sent and not yet acked by the owner */
     gn_lane normal;
     uint64_t accepted;

@@ -3,19 +3,11 @@ defmodule Conformance.CallTest do
 
   @moduletag :capture_log
 
-  @absent :"conf_absent@127.0.0.1"
-
-  defp server(gen, mod, state \\ :s0) do
-    start!(gen, mod, {self(), fn -> {:ok, state} end})
-  end
-
-  defp run(fun), do: {:run, fun}
-
   describe "replies" do
     test "{:reply, reply, state}" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           reply = gen.call(pid, run(fn _from, s -> {:reply, {:got, s}, :s1} end))
           {reply, gen.call(pid, :state, :infinity)}
         end)
@@ -26,7 +18,7 @@ defmodule Conformance.CallTest do
     test "from is {caller_pid, tag}" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           {caller, _tag} = from = gen.call(pid, run(fn from, s -> {:reply, from, s} end))
           {from, caller == self()}
         end)
@@ -38,7 +30,7 @@ defmodule Conformance.CallTest do
     test "{:noreply, state} then reply/2 from another process" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           owner = self()
 
           reply =
@@ -59,7 +51,7 @@ defmodule Conformance.CallTest do
     test "reply/2 inside handle_call/3, then {:noreply, state}" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
 
           reply =
             gen.call(
@@ -79,7 +71,7 @@ defmodule Conformance.CallTest do
     test "{:reply, reply, state, timeout | :hibernate | {:continue, arg}}" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           timeout = gen.call(pid, run(fn _, s -> {:reply, :with_timeout, s, 10} end))
           timeout_msg = next({:info, :timeout, _})
           hibernate = gen.call(pid, run(fn _, s -> {:reply, :with_hibernate, s, :hibernate} end))
@@ -100,7 +92,7 @@ defmodule Conformance.CallTest do
     test "a throw in handle_call/3 is taken as the return value" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           reply = gen.call(pid, run(fn _, s -> throw({:reply, :thrown, {:after_throw, s}}) end))
           {reply, gen.call(pid, :state)}
         end)
@@ -114,7 +106,7 @@ defmodule Conformance.CallTest do
           atom = unique_name()
           global = unique_name()
           via = unique_name()
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           start!(gen, mod, {self(), fn -> {:ok, :atom} end}, name: atom)
           start!(gen, mod, {self(), fn -> {:ok, :global} end}, name: {:global, global})
           start!(gen, mod, {self(), fn -> {:ok, :via} end}, name: {:via, :global, via})
@@ -130,7 +122,7 @@ defmodule Conformance.CallTest do
     test "call with an :infinity timeout" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           gen.call(pid, :state, :infinity)
         end)
 
@@ -142,7 +134,7 @@ defmodule Conformance.CallTest do
     test "raw {:\"$gen_call\", {pid, tag}, request} with a ref tag and an alias tag" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           ref = make_ref()
           send(pid, {:"$gen_call", {self(), ref}, :state})
           by_ref = next({^ref, _})
@@ -160,7 +152,7 @@ defmodule Conformance.CallTest do
     test "reply/2 answers every tag form, directly and from another process" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
 
           direct = fn _from, s -> {:reply, {:direct, s}, s} end
 
@@ -219,7 +211,7 @@ defmodule Conformance.CallTest do
     test "timeout exits {:timeout, location} and the late reply never lands" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           request = run(fn from, _ -> {:noreply, from} end)
           exit = outcome(gen.call(pid, request, 50))
 
@@ -247,7 +239,7 @@ defmodule Conformance.CallTest do
     test "a non-integer, non-:infinity or negative timeout raises FunctionClauseError" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
 
           for timeout <- [:bad, 1.5, -1, nil] do
             case outcome(gen.call(pid, :state, timeout)) do
@@ -263,19 +255,7 @@ defmodule Conformance.CallTest do
     test "noproc for a dead pid and unknown names" do
       result =
         conform(Scripted, fn gen, _mod ->
-          dead = spawn(fn -> :ok end)
-          await_exit(dead)
-
-          for server <- [
-                dead,
-                unique_name(),
-                nil,
-                {:global, unique_name()},
-                {:via, :global, unique_name()},
-                {unique_name(), node()}
-              ] do
-            outcome(gen.call(server, :ping))
-          end
+          for server <- missing_servers(), do: outcome(gen.call(server, :ping))
         end)
 
       assert [
@@ -352,7 +332,7 @@ defmodule Conformance.CallTest do
     test "the server killed during the call: {reason, location} with the default 5000" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
 
           request =
             run(fn _, s ->
@@ -370,7 +350,7 @@ defmodule Conformance.CallTest do
     test "a raise in handle_call/3: {{exception, stacktrace}, location}, terminate/2 runs" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           ref = Process.monitor(pid)
           exit = outcome(gen.call(pid, run(fn _, _ -> raise "boom in call" end)))
           {exit, await_exit(ref), next({:terminate, _, _})}
@@ -385,7 +365,7 @@ defmodule Conformance.CallTest do
     test "an exit in handle_call/3: {reason, location}, terminate/2 runs" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           ref = Process.monitor(pid)
           exit = outcome(gen.call(pid, run(fn _, _ -> exit(:call_exit) end)))
           {exit, await_exit(ref), next({:terminate, _, _})}
@@ -398,7 +378,7 @@ defmodule Conformance.CallTest do
     test "a bad return: server reason and caller reason {:bad_return_value, value}" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           ref = Process.monitor(pid)
           exit = outcome(gen.call(pid, run(fn _, _ -> :bogus end)))
           {exit, await_exit(ref), next({:terminate, _, _})}
@@ -430,7 +410,7 @@ defmodule Conformance.CallTest do
     test "{:stop, reason, reply, state}: terminate/2 runs, then the reply, then the exit" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           ref = Process.monitor(pid)
           reply = gen.call(pid, run(fn _, s -> {:stop, :normal, :bye, {:last, s}} end))
           # terminate/2 notified us before replying, so its message is here now.
@@ -445,7 +425,7 @@ defmodule Conformance.CallTest do
       result =
         conform(Scripted, fn gen, mod ->
           for reason <- [:normal, :shutdown, {:shutdown, :x}, :custom] do
-            pid = server(gen, mod)
+            pid = scripted_server(gen, mod)
             ref = Process.monitor(pid)
             exit = outcome(gen.call(pid, run(fn _, s -> {:stop, reason, s} end)))
             {exit, await_exit(ref), next({:terminate, _, _})}

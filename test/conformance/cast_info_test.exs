@@ -3,14 +3,6 @@ defmodule Conformance.CastInfoTest do
 
   @moduletag :capture_log
 
-  @absent :"conf_absent@127.0.0.1"
-
-  defp server(gen, mod, state \\ :s0) do
-    start!(gen, mod, {self(), fn -> {:ok, state} end})
-  end
-
-  defp run(fun), do: {:run, fun}
-
   # Delivers `{:run, fun}` through cast or as a plain message.
   defp deliver(:cast, gen, pid, fun), do: gen.cast(pid, run(fun))
   defp deliver(:info, _gen, pid, fun), do: send(pid, run(fun)) && :ok
@@ -19,7 +11,7 @@ defmodule Conformance.CastInfoTest do
     test "returns :ok and runs handle_cast/2" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           res = gen.cast(pid, run(fn s -> {:noreply, {:cast, s}} end))
           {res, gen.call(pid, :state)}
         end)
@@ -30,18 +22,7 @@ defmodule Conformance.CastInfoTest do
     test "returns :ok for dead pids, unknown names and unreachable nodes" do
       result =
         conform(Scripted, fn gen, _mod ->
-          dead = spawn(fn -> :ok end)
-          await_exit(dead)
-
-          for server <- [
-                dead,
-                unique_name(),
-                nil,
-                {:global, unique_name()},
-                {:via, :global, unique_name()},
-                {unique_name(), node()},
-                {unique_name(), @absent}
-              ] do
+          for server <- missing_servers() ++ [{unique_name(), @absent}] do
             gen.cast(server, :hello)
           end
         end)
@@ -104,7 +85,7 @@ defmodule Conformance.CastInfoTest do
     test "plain messages reach handle_info/2" do
       result =
         conform(Scripted, fn gen, mod ->
-          pid = server(gen, mod)
+          pid = scripted_server(gen, mod)
           send(pid, :plain)
           send(pid, {:tuple, 1})
           {next({:info, :plain, _}), next({:info, {:tuple, 1}, _})}
@@ -154,7 +135,7 @@ defmodule Conformance.CastInfoTest do
       test "#{via}: {:noreply, state, timeout} delivers :timeout" do
         result =
           conform(Scripted, fn gen, mod ->
-            pid = server(gen, mod)
+            pid = scripted_server(gen, mod)
             :ok = deliver(@via, gen, pid, fn s -> {:noreply, {:timed, s}, 10} end)
             next({:info, :timeout, _})
           end)
@@ -165,7 +146,7 @@ defmodule Conformance.CastInfoTest do
       test "#{via}: {:noreply, state, :hibernate} hibernates" do
         result =
           conform(Scripted, fn gen, mod ->
-            pid = server(gen, mod)
+            pid = scripted_server(gen, mod)
             :ok = deliver(@via, gen, pid, fn s -> {:noreply, {:hib, s}, :hibernate} end)
             {await_hibernated(pid), gen.call(pid, :state)}
           end)
@@ -176,7 +157,7 @@ defmodule Conformance.CastInfoTest do
       test "#{via}: {:noreply, state, {:continue, arg}} runs handle_continue/2" do
         result =
           conform(Scripted, fn gen, mod ->
-            pid = server(gen, mod)
+            pid = scripted_server(gen, mod)
             :ok = deliver(@via, gen, pid, fn s -> {:noreply, {:c, s}, {:continue, :next}} end)
             {next({:continue, :next, _}), gen.call(pid, :state)}
           end)
@@ -188,7 +169,7 @@ defmodule Conformance.CastInfoTest do
         result =
           conform(Scripted, fn gen, mod ->
             for reason <- [:normal, {:shutdown, :done}, :custom] do
-              pid = server(gen, mod)
+              pid = scripted_server(gen, mod)
               ref = Process.monitor(pid)
               :ok = deliver(@via, gen, pid, fn s -> {:stop, reason, {:last, s}} end)
               {next({:terminate, _, _}), await_exit(ref)}
@@ -205,7 +186,7 @@ defmodule Conformance.CastInfoTest do
       test "#{via}: a throw is taken as the return value" do
         result =
           conform(Scripted, fn gen, mod ->
-            pid = server(gen, mod)
+            pid = scripted_server(gen, mod)
             ref = Process.monitor(pid)
             :ok = deliver(@via, gen, pid, fn s -> throw({:noreply, {:thrown, s}}) end)
             state = gen.call(pid, :state)
@@ -225,7 +206,7 @@ defmodule Conformance.CastInfoTest do
                   fn _ -> exit(:cast_exit) end,
                   fn _ -> {:reply, :no_reply_in_cast, :s} end
                 ] do
-              pid = server(gen, mod)
+              pid = scripted_server(gen, mod)
               ref = Process.monitor(pid)
               :ok = deliver(@via, gen, pid, fun)
               {next({:terminate, _, _}), await_exit(ref)}

@@ -17,8 +17,6 @@ defmodule Conformance.ContinueTimeoutHibernateTest do
     start!(gen, mod, {self(), fn -> {:ok, state} end})
   end
 
-  defp run(fun), do: {:run, fun}
-
   describe "handle_continue/2" do
     test "runs before any other message, even one the server sent itself" do
       result =

@@ -3,8 +3,6 @@ defmodule Conformance.StartupTest do
 
   @moduletag :capture_log
 
-  @absent :"conf_absent@127.0.0.1"
-
   defserver WithSpec, restart: :transient, shutdown: 10_000 do
     @impl true
     def init(arg), do: {:ok, arg}

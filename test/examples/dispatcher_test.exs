@@ -97,6 +97,8 @@ end
 defmodule GenNative.Examples.DispatcherTest do
   use ExUnit.Case, async: true
 
+  import GenNative.TestHelpers
+
   alias GenNative.Examples.Dispatcher
 
   setup do
@@ -133,14 +135,6 @@ defmodule GenNative.Examples.DispatcherTest do
 
   # The dispatcher learns of a death through its own monitor, which no message
   # of ours can be ordered against, so wait until it has acted on it.
-  defp wait_until(fun) do
-    if fun.() do
-      :ok
-    else
-      Process.sleep(1)
-      wait_until(fun)
-    end
-  end
 
   describe "notify/3" do
     test "reaches every subscriber of the topic and no one else", %{dispatcher: d} do

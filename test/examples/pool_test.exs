@@ -247,6 +247,8 @@ end
 defmodule GenNative.Examples.PoolTest do
   use ExUnit.Case, async: true
 
+  import GenNative.TestHelpers
+
   alias GenNative.Examples.Pool
   alias GenNative.Examples.Pool.{Manager, Worker}
 
@@ -260,15 +262,6 @@ defmodule GenNative.Examples.PoolTest do
 
   defp worker_pids(sup) do
     for {{Worker, _}, pid, :worker, _} <- Supervisor.which_children(sup), do: pid
-  end
-
-  defp wait_until(fun) do
-    if fun.() do
-      :ok
-    else
-      Process.sleep(1)
-      wait_until(fun)
-    end
   end
 
   describe "startup" do

@@ -95,6 +95,8 @@ end
 defmodule GenNative.Examples.RateLimiterTest do
   use ExUnit.Case, async: true
 
+  import GenNative.TestHelpers
+
   alias GenNative.Examples.RateLimiter
 
   setup do
@@ -202,15 +204,6 @@ defmodule GenNative.Examples.RateLimiterTest do
 
       assert GenNative.start(RateLimiter, interval: :never) ==
                {:error, {:invalid_option, :interval, :never}}
-    end
-  end
-
-  defp wait_until(fun) do
-    if fun.() do
-      :ok
-    else
-      Process.sleep(1)
-      wait_until(fun)
     end
   end
 end

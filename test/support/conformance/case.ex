@@ -7,6 +7,9 @@ defmodule Conformance.Case do
     quote do
       import Conformance
       alias Conformance.{Defaults, Recorder, Scripted}
+
+      # a node name that is never up
+      @absent :"conf_absent@127.0.0.1"
     end
   end
 end

@@ -199,6 +199,32 @@ defmodule Conformance do
   @doc "A fresh atom name, the same shape on both sides (normalised by `normalize/1`)."
   def unique_name, do: :"conf_#{System.unique_integer([:positive])}"
 
+  @doc "A `Scripted` request that runs `fun.(from_or_nil, state)` in the server."
+  def run(fun), do: {:run, fun}
+
+  @doc "Starts a `Scripted` server whose init/1 returns `{:ok, state}`."
+  def scripted_server(gen, mod, state \\ :s0) do
+    start!(gen, mod, {self(), fn -> {:ok, state} end})
+  end
+
+  @doc """
+  Servers that do not exist: a dead pid, and unregistered local, global,
+  via and `{name, node()}` names, in that order.
+  """
+  def missing_servers do
+    dead = spawn(fn -> :ok end)
+    await_exit(dead)
+
+    [
+      dead,
+      unique_name(),
+      nil,
+      {:global, unique_name()},
+      {:via, :global, unique_name()},
+      {unique_name(), node()}
+    ]
+  end
+
   @doc """
   Waits for a process to exit and returns its exit reason. Takes a pid (for
   a process that cannot have exited yet) or the ref of a monitor set up
