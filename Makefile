@@ -31,6 +31,7 @@ NIF_OBJ := $(NIF_SRC:c_src/%.c=$(OBJ)/nif/%.o)
 NIF_SO  := $(PRIV)/gen_native_nif.so
 
 all: $(NIF_SO)
+	@: # a recipe, so make stays quiet when nothing is stale
 
 $(NIF_SO): $(NIF_OBJ) | $(PRIV)
 	$(CC) $(LDFLAGS_NIF) -o $@ $^

@@ -12,7 +12,6 @@ defmodule GenNative.MixProject do
       compilers: [:gen_native_make] ++ Mix.compilers(),
       elixirc_paths: elixirc_paths(Mix.env()),
       deps: [],
-      test_coverage: [ignore_modules: []],
       docs: [main: "GenNative"]
     ]
   end
