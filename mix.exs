@@ -17,7 +17,7 @@ defmodule GenNative.MixProject do
   end
 
   def application do
-    [extra_applications: [:logger]]
+    [extra_applications: [:logger], mod: {GenNative.Application, []}]
   end
 
   defp elixirc_paths(:test), do: ["lib", "test/support"]

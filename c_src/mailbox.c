@@ -1,50 +1,71 @@
 /*
- * The native mailbox and the pid registry.
+ * The native mailbox: the queue of requests owned by one server process.
  *
- * A mailbox is a FIFO of cast requests owned by one server process. Each
- * request is copied into the environment of the chunk that holds it, so the
- * sender's heap is never referenced; a chunk, with its environment and every
- * term in it, is freed once all its items are taken, so one environment is
- * allocated per GN_CHUNK_ITEMS requests, not per request.
+ * Two lanes, `normal` (casts) and `high` (priority casts and calls), each a
+ * FIFO holding at most `capacity` requests. A request is copied into the
+ * environment of the chunk that holds it, so the sender's heap is never
+ * referenced; a chunk, with its environment and every term in it, is freed
+ * once all its items are taken, so one environment is allocated per
+ * GN_CHUNK_ITEMS requests, not per request. The owner takes the high lane
+ * first.
  *
- * Delivery. A cast to an idle server (empty queue, no wake pending, no
- * direct cast in flight) is sent directly as {'$gen_cast', Request}, exactly
- * as GenServer.cast would, and counted in `inflight` until the owner acks
- * it. Otherwise the request is queued, and the *sender* wakes the owner with
- * one '$gn_wake' message if no wake is pending (`signaled`). Because the
- * sender sends the wake, it lands in the owner's process mailbox before any
- * message the sender sends afterwards; the owner drains the queue until it
- * is empty (the take that empties it clears `signaled`) or, when process
- * messages are waiting, up to the queue's length at that moment. Together
- * these give GenServer's guarantee that whatever a process queued before
- * sending a message is handled before that message, system messages
- * included, without ever starving the process mailbox.
+ * Delivery. A normal cast to an idle server (both lanes empty, no wake
+ * pending, no direct cast in flight, nobody blocked) is sent directly as
+ * {'$gen_cast', Request}, exactly as GenServer.cast would, and counted in
+ * `inflight` until the owner acks it. Otherwise the request is queued, and
+ * the *sender* wakes the owner with one '$gn_wake' message if no wake is
+ * pending (`signaled`). Because the sender sends the wake, it lands in the
+ * owner's process mailbox before any message the sender sends afterwards;
+ * the owner drains until the lanes are empty (the take that empties them
+ * clears `signaled`) or, when process messages are waiting, up to what is
+ * queued at that moment. So whatever a process queued before it sent a
+ * message is handled before that message, system messages included.
+ *
+ * A normal call is not queued (it travels as a gen_server call); it is only
+ * admitted against the normal lane's capacity, under the same policy.
+ *
+ * Overflow, when a lane is full: `reject` refuses the new request; `drop_newest`
+ * discards it; `drop_oldest` discards the lane's oldest request (a dropped
+ * high-lane call is handed back to the sender, which tells its caller);
+ * `block` parks the sender in a FIFO of waiters, admitted in arrival order as
+ * room appears (their casts are queued for them) and released with `closed`
+ * if the owner dies. While anyone waits, newcomers wait behind them.
+ *
+ * keep_on_crash: a `keep` mailbox survives its owner's exit (closed, out of
+ * the registry, lanes intact) until a new owner adopts it or it is discarded;
+ * calls queued before an adoption are skipped by the new owner (each item
+ * carries the `epoch` it was queued in).
  *
  * Locks: `mb->lock` protects everything in a gn_mailbox (`signaled` is an
- * atomic so it can also be read as a hint). Each registry shard's rwlock
- * protects that shard's buckets. No code holds a shard lock and a mailbox
- * lock at once.
+ * atomic so that it can also be read as a hint). No code holds a registry
+ * lock and a mailbox lock at once.
  *
  * Lifetime: the registry holds one resource reference per live mailbox. The
  * owner's exit fires the monitor's down callback, which closes the mailbox,
- * hands its items to the reaper and drops the registry's reference, all in
- * O(1), whatever the queue holds.
+ * releases blocked senders, hands the queued items to the reaper (unless
+ * `keep`) and drops the registry's reference, all in O(1) whatever the
+ * queue holds.
  */
 #include <string.h>
 
 #include "mailbox.h"
+#include "registry.h"
 
 #define GN_CHUNK_ITEMS 256
-#define GN_REG_SHARDS 64
-#define GN_REG_BUCKETS (1u << 16)
+#define GN_NORMAL 0
+#define GN_HIGH 1
+
+typedef enum { GN_REJECT, GN_DROP_NEWEST, GN_DROP_OLDEST, GN_BLOCK } gn_overflow;
 
 typedef struct gn_item {
     ERL_NIF_TERM term; /* in the chunk's env */
+    uint32_t epoch;
+    uint32_t is_call;
 } gn_item;
 
 typedef struct gn_chunk {
     struct gn_chunk *next;
-    ErlNifEnv *env;      /* allocated with the chunk's first payload */
+    ErlNifEnv *env;      /* allocated with the chunk's first item */
     unsigned head, tail; /* items[head..tail) are live */
     gn_item items[GN_CHUNK_ITEMS];
 } gn_chunk;
@@ -54,30 +75,35 @@ typedef struct gn_lane {
     size_t len;
 } gn_lane;
 
+typedef struct gn_waiter {
+    struct gn_waiter *next;
+    ErlNifPid pid;
+    ErlNifEnv *env; /* holds tag and item */
+    ERL_NIF_TERM tag;
+    ERL_NIF_TERM item; /* 0 for a call waiting to be admitted */
+    int lane;
+    int is_call;
+} gn_waiter;
+
 typedef struct gn_mailbox {
     ErlNifMutex *lock;
     ErlNifPid owner;
     ErlNifMonitor monitor;
-    gn_registry *registry;
     uint64_t reg_hash;
-    int closed;        /* the owner has exited */
-    int signaled;      /* atomic: a wake is on its way to, or being handled by, the owner */
+    int closed;   /* no live owner */
+    int keep;     /* keep_on_crash */
+    int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
+    uint32_t epoch;
     uint64_t inflight; /* direct casts sent and not yet acked by the owner */
-    gn_lane normal;
-    uint64_t accepted;
+    gn_lane lanes[2];
+    size_t capacity; /* per lane; SIZE_MAX for infinity */
+    gn_overflow overflow;
+    gn_waiter *wait_head, *wait_tail;
+    size_t waiting;
+    uint64_t accepted; /* atomic: an unbounded mailbox admits calls without the lock */
+    uint64_t rejected, dropped;
     size_t max_length;
 } gn_mailbox;
-
-typedef struct gn_reg_entry {
-    struct gn_reg_entry *next;
-    gn_mailbox *mb;
-} gn_reg_entry;
-
-struct gn_registry {
-    ErlNifRWLock *locks[GN_REG_SHARDS];
-    gn_reg_entry *buckets[GN_REG_BUCKETS];
-    int refs; /* library instances sharing it; changed only in load/upgrade/unload */
-};
 
 static ErlNifResourceType *gn_mailbox_rtype;
 
@@ -86,7 +112,7 @@ static ErlNifResourceType *gn_mailbox_rtype;
 
 /* Appends a copy of `term` to the lane. Call with mb->lock held. Returns 0
  * when out of memory, leaving the lane unchanged. */
-static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term)
+static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint32_t epoch, int is_call)
 {
     gn_chunk *c = lane->last;
     if (!c || c->tail == GN_CHUNK_ITEMS) {
@@ -105,18 +131,21 @@ static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term)
     }
     if (!c->env && !(c->env = enif_alloc_env()))
         return 0;
-    c->items[c->tail++].term = enif_make_copy(c->env, term);
+    gn_item *item = &c->items[c->tail++];
+    item->term = enif_make_copy(c->env, term);
+    item->epoch = epoch;
+    item->is_call = (uint32_t)is_call;
     lane->len++;
     return 1;
 }
 
-/* Pops the head item as a term of `env`. A chunk whose items are all taken
- * is unlinked and pushed on *done, for the caller to free after unlocking.
- * Call with mb->lock held and the lane non-empty. */
-static ERL_NIF_TERM gn_lane_pop(ErlNifEnv *env, gn_lane *lane, gn_chunk **done)
+/* Unlinks the head item and returns a pointer to it, valid until the chunks
+ * pushed on *done are freed (after unlocking). Call with mb->lock held and
+ * the lane non-empty. */
+static gn_item *gn_lane_pop(gn_lane *lane, gn_chunk **done)
 {
     gn_chunk *c = lane->first;
-    ERL_NIF_TERM t = enif_make_copy(env, c->items[c->head++].term);
+    gn_item *item = &c->items[c->head++];
     lane->len--;
     if (c->head == GN_CHUNK_ITEMS) {
         lane->first = c->next;
@@ -125,7 +154,7 @@ static ERL_NIF_TERM gn_lane_pop(ErlNifEnv *env, gn_lane *lane, gn_chunk **done)
         c->next = *done;
         *done = c;
     }
-    return t;
+    return item;
 }
 
 /* Frees a chain of chunks and every term in them. */
@@ -150,125 +179,81 @@ static void gn_lane_discard(gn_lane *lane)
     lane->len = 0;
 }
 
+static size_t gn_queued(const gn_mailbox *mb)
+{
+    return mb->lanes[GN_NORMAL].len + mb->lanes[GN_HIGH].len;
+}
+
+static void gn_note_length(gn_mailbox *mb)
+{
+    size_t len = gn_queued(mb);
+    if (len > mb->max_length)
+        mb->max_length = len;
+}
+
 /* ------------------------------------------------------------------------ */
-/* Registry                                                                  */
+/* Blocked senders                                                           */
 
-gn_registry *gn_registry_new(void)
+/* Messages to send once mb->lock is released. */
+typedef struct gn_outbox {
+    gn_waiter *released; /* waiters to tell {Tag, Result}, then free */
+    ERL_NIF_TERM result; /* ok (admitted) or closed */
+} gn_outbox;
+
+static void gn_waiter_free(gn_waiter *w)
 {
-    gn_registry *reg = enif_alloc(sizeof(*reg));
-    if (!reg)
-        return NULL;
-    memset(reg, 0, sizeof(*reg));
-    for (int i = 0; i < GN_REG_SHARDS; i++) {
-        if (!(reg->locks[i] = enif_rwlock_create("gn_registry_shard"))) {
-            reg->refs = 1;
-            gn_registry_release(reg);
-            return NULL;
-        }
+    if (w->env)
+        enif_free_env(w->env);
+    enif_free(w);
+}
+
+static void gn_outbox_flush(ErlNifEnv *caller_env, gn_outbox *out)
+{
+    gn_waiter *w = out->released;
+    while (w) {
+        gn_waiter *next = w->next;
+        ERL_NIF_TERM msg = enif_make_tuple2(w->env, w->tag, out->result);
+        enif_send(caller_env, &w->pid, w->env, msg); /* fails only if the sender died */
+        gn_waiter_free(w);
+        w = next;
     }
-    reg->refs = 1;
-    return reg;
+    out->released = NULL;
 }
 
-void gn_registry_retain(gn_registry *reg)
+/* Moves waiters whose lane has room, in arrival order, into the lanes; they
+ * are to be told `ok`. Stops at the first that does not fit. Call with
+ * mb->lock held. */
+static void gn_admit_waiters(gn_mailbox *mb, gn_outbox *out)
 {
-    reg->refs++;
-}
-
-void gn_registry_release(gn_registry *reg)
-{
-    if (--reg->refs > 0)
-        return;
-    for (unsigned b = 0; b < GN_REG_BUCKETS; b++) {
-        gn_reg_entry *e = reg->buckets[b];
-        while (e) {
-            gn_reg_entry *next = e->next;
-            enif_release_resource(e->mb);
-            enif_free(e);
-            e = next;
-        }
-    }
-    for (int i = 0; i < GN_REG_SHARDS; i++)
-        if (reg->locks[i])
-            enif_rwlock_destroy(reg->locks[i]);
-    enif_free(reg);
-}
-
-static inline unsigned gn_bucket_of(uint64_t hash)
-{
-    return (unsigned)(hash & (GN_REG_BUCKETS - 1));
-}
-
-static inline ErlNifRWLock *gn_shard_lock(gn_registry *reg, unsigned bucket)
-{
-    return reg->locks[bucket & (GN_REG_SHARDS - 1)];
-}
-
-/* The mailbox of `pid` in bucket b, or NULL. Call with the shard locked. */
-static gn_mailbox *gn_bucket_find(gn_registry *reg, unsigned b, const ErlNifPid *pid)
-{
-    for (gn_reg_entry *e = reg->buckets[b]; e; e = e->next)
-        if (enif_compare_pids(&e->mb->owner, pid) == 0)
-            return e->mb;
-    return NULL;
-}
-
-/* Returns the live mailbox of `pid` with a resource reference the caller
- * must release, or NULL. */
-static gn_mailbox *gn_registry_lookup(gn_registry *reg, ERL_NIF_TERM pid_term, const ErlNifPid *pid)
-{
-    unsigned b = gn_bucket_of(enif_hash(ERL_NIF_INTERNAL_HASH, pid_term, 0));
-    ErlNifRWLock *lock = gn_shard_lock(reg, b);
-    enif_rwlock_rlock(lock);
-    gn_mailbox *found = gn_bucket_find(reg, b, pid);
-    if (found)
-        enif_keep_resource(found);
-    enif_rwlock_runlock(lock);
-    return found;
-}
-
-/* Adds mb under its owner; the registry takes a resource reference.
- * Returns 0 if the owner already has a mailbox. */
-static int gn_registry_insert(gn_registry *reg, gn_mailbox *mb)
-{
-    unsigned b = gn_bucket_of(mb->reg_hash);
-    ErlNifRWLock *lock = gn_shard_lock(reg, b);
-    gn_reg_entry *entry = enif_alloc(sizeof(*entry));
-    if (!entry)
-        return 0;
-    enif_rwlock_rwlock(lock);
-    if (gn_bucket_find(reg, b, &mb->owner)) {
-        enif_rwlock_rwunlock(lock);
-        enif_free(entry);
-        return 0;
-    }
-    entry->mb = mb;
-    entry->next = reg->buckets[b];
-    reg->buckets[b] = entry;
-    enif_keep_resource(mb);
-    enif_rwlock_rwunlock(lock);
-    return 1;
-}
-
-/* Removes mb and drops the registry's reference, if it was registered. */
-static void gn_registry_remove(gn_registry *reg, gn_mailbox *mb)
-{
-    unsigned b = gn_bucket_of(mb->reg_hash);
-    ErlNifRWLock *lock = gn_shard_lock(reg, b);
-    gn_reg_entry *removed = NULL;
-    enif_rwlock_rwlock(lock);
-    for (gn_reg_entry **p = &reg->buckets[b]; *p; p = &(*p)->next) {
-        if ((*p)->mb == mb) {
-            removed = *p;
-            *p = removed->next;
+    gn_waiter **tail = &out->released;
+    while (*tail)
+        tail = &(*tail)->next;
+    while (mb->wait_head) {
+        gn_waiter *w = mb->wait_head;
+        gn_lane *lane = &mb->lanes[w->lane];
+        if (lane->len >= mb->capacity)
             break;
-        }
+        if (w->item && !gn_lane_push(lane, w->item, mb->epoch, w->is_call))
+            break; /* out of memory: it stays blocked */
+        mb->wait_head = w->next;
+        if (!mb->wait_head)
+            mb->wait_tail = NULL;
+        mb->waiting--;
+        __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
+        w->next = NULL;
+        *tail = w;
+        tail = &w->next;
     }
-    enif_rwlock_rwunlock(lock);
-    if (removed) {
-        enif_free(removed);
-        enif_release_resource(mb);
-    }
+    gn_note_length(mb);
+}
+
+/* Detaches every waiter, to be told `closed`. Call with mb->lock held. */
+static void gn_release_waiters(gn_mailbox *mb, gn_outbox *out)
+{
+    out->released = mb->wait_head;
+    out->result = gn_am_closed;
+    mb->wait_head = mb->wait_tail = NULL;
+    mb->waiting = 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -278,23 +263,37 @@ static void gn_mailbox_dtor(ErlNifEnv *env, void *obj)
 {
     (void)env;
     gn_mailbox *mb = obj;
-    gn_lane_discard(&mb->normal);
+    gn_lane_discard(&mb->lanes[GN_NORMAL]);
+    gn_lane_discard(&mb->lanes[GN_HIGH]);
+    gn_waiter *w = mb->wait_head;
+    while (w) {
+        gn_waiter *next = w->next;
+        gn_waiter_free(w);
+        w = next;
+    }
     if (mb->lock)
         enif_mutex_destroy(mb->lock);
 }
 
 static void gn_mailbox_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
 {
-    (void)env;
     (void)pid;
     (void)mon;
     gn_mailbox *mb = obj;
+    gn_outbox out = {NULL, gn_am_closed};
     enif_mutex_lock(mb->lock);
     mb->closed = 1;
-    gn_lane_discard(&mb->normal);
+    mb->inflight = 0;
     __atomic_store_n(&mb->signaled, 0, __ATOMIC_RELEASE);
+    if (!mb->keep) {
+        gn_lane_discard(&mb->lanes[GN_NORMAL]);
+        gn_lane_discard(&mb->lanes[GN_HIGH]);
+    }
+    gn_release_waiters(mb, &out);
     enif_mutex_unlock(mb->lock);
-    gn_registry_remove(mb->registry, mb); /* may drop the last reference: last */
+    gn_outbox_flush(env, &out);
+    /* may drop the last reference: last */
+    gn_registry_remove(gn_current->registry, mb->reg_hash, mb);
 }
 
 int gn_mailbox_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
@@ -313,155 +312,94 @@ int gn_mailbox_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
 }
 
 /* ------------------------------------------------------------------------ */
-/* NIFs                                                                      */
+/* Owner side                                                                */
 
-/* mailbox_new() -> Ref | {error, already_exists}
- * Creates the calling process's mailbox and registers it under its pid. */
+static int gn_get_overflow(ErlNifEnv *env, ERL_NIF_TERM t, gn_overflow *out)
+{
+    (void)env;
+    if (enif_is_identical(t, gn_am_reject))
+        *out = GN_REJECT;
+    else if (enif_is_identical(t, gn_am_drop_newest))
+        *out = GN_DROP_NEWEST;
+    else if (enif_is_identical(t, gn_am_drop_oldest))
+        *out = GN_DROP_OLDEST;
+    else if (enif_is_identical(t, gn_am_block))
+        *out = GN_BLOCK;
+    else
+        return 0;
+    return 1;
+}
+
+static ERL_NIF_TERM gn_make_overflow(gn_overflow o)
+{
+    switch (o) {
+    case GN_REJECT:
+        return gn_am_reject;
+    case GN_DROP_NEWEST:
+        return gn_am_drop_newest;
+    case GN_DROP_OLDEST:
+        return gn_am_drop_oldest;
+    default:
+        return gn_am_block;
+    }
+}
+
+/* Makes the calling process the owner of mb: monitor and registry. */
+static int gn_take_ownership(ErlNifEnv *env, gn_mailbox *mb)
+{
+    if (!enif_self(env, &mb->owner))
+        return 0;
+    mb->reg_hash = gn_registry_hash(enif_make_pid(env, &mb->owner));
+    if (enif_monitor_process(env, mb, &mb->owner, &mb->monitor) != 0)
+        return 0;
+    if (!gn_registry_insert(gn_current->registry, mb->reg_hash, &mb->owner, mb)) {
+        enif_demonitor_process(env, mb, &mb->monitor);
+        return 0;
+    }
+    return 1;
+}
+
+/* mailbox_new(Capacity, Overflow, Keep) -> Ref | {error, already_exists}
+ * Creates the calling process's mailbox and registers it under its pid.
+ * Capacity: pos_integer() | infinity; Overflow: reject | drop_newest |
+ * drop_oldest | block; Keep: boolean(). */
 ERL_NIF_TERM gn_mailbox_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
-    (void)argv;
-    gn_priv *priv = enif_priv_data(env);
+    ErlNifUInt64 cap;
+    gn_overflow overflow;
+    size_t capacity;
+    if (enif_is_identical(argv[0], gn_am_infinity))
+        capacity = SIZE_MAX;
+    else if (enif_get_uint64(env, argv[0], &cap) && cap > 0)
+        capacity = (size_t)cap;
+    else
+        return enif_make_badarg(env);
+    if (!gn_get_overflow(env, argv[1], &overflow))
+        return enif_make_badarg(env);
+    if (!enif_is_identical(argv[2], gn_am_true) && !enif_is_identical(argv[2], gn_am_false))
+        return enif_make_badarg(env);
+
     gn_mailbox *mb = enif_alloc_resource(gn_mailbox_rtype, sizeof(*mb));
     if (!mb)
         return enif_raise_exception(env, enif_make_atom(env, "enomem"));
     memset(mb, 0, sizeof(*mb));
-    mb->registry = priv->registry;
-    mb->lock = enif_mutex_create("gn_mailbox");
-    if (!mb->lock || !enif_self(env, &mb->owner)) {
+    mb->capacity = capacity;
+    mb->overflow = overflow;
+    mb->keep = enif_is_identical(argv[2], gn_am_true);
+    mb->closed = 1; /* until owned: the destructor must not find it live */
+    if (!(mb->lock = enif_mutex_create("gn_mailbox"))) {
         enif_release_resource(mb);
-        return enif_make_badarg(env);
+        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
     }
-    mb->reg_hash = enif_hash(ERL_NIF_INTERNAL_HASH, enif_make_pid(env, &mb->owner), 0);
-    if (enif_monitor_process(env, mb, &mb->owner, &mb->monitor) != 0) {
-        enif_release_resource(mb);
-        return enif_make_badarg(env);
-    }
-    if (!gn_registry_insert(priv->registry, mb)) {
-        enif_demonitor_process(env, mb, &mb->monitor);
-        mb->closed = 1;
+    if (!gn_take_ownership(env, mb)) {
         enif_release_resource(mb);
         return enif_make_tuple2(env, gn_am_error, gn_am_already_exists);
     }
+    mb->closed = 0;
     ERL_NIF_TERM ref = enif_make_resource(env, mb);
     enif_release_resource(mb);
     return ref;
-}
-
-static gn_mailbox *gn_lookup_arg(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifPid *pid)
-{
-    if (!enif_get_local_pid(env, pid_term, pid))
-        return NULL;
-    gn_priv *priv = enif_priv_data(env);
-    return gn_registry_lookup(priv->registry, pid_term, pid);
-}
-
-static void gn_note_accepted(gn_mailbox *mb)
-{
-    mb->accepted++;
-    if (mb->normal.len > mb->max_length)
-        mb->max_length = mb->normal.len;
-}
-
-/* An enqueue costs far more than the one reduction a NIF call is charged,
- * most of all under contention; unreported, a producer's timeslice stretches
- * past a millisecond. Charge 1% of a timeslice (about 10 us) every 8 calls
- * per scheduler thread. */
-static __thread unsigned gn_enqueue_calls;
-
-static void gn_charge_enqueue(ErlNifEnv *env)
-{
-    if ((++gn_enqueue_calls & 7) == 0)
-        enif_consume_timeslice(env, 1);
-}
-
-/* Each scheduler thread remembers the last mailbox it delivered to, with a
- * resource reference that keeps it allocated, so a producer casting to one
- * server in a loop skips the registry (a hash and a shared lock). A cached
- * mailbox found closed is dropped and looked up again. At most one
- * reference per thread is held this way. */
-static __thread gn_mailbox *gn_cache_mb;
-
-static void gn_cache_forget(gn_mailbox *mb)
-{
-    if (gn_cache_mb == mb) {
-        gn_cache_mb = NULL;
-        enif_release_resource(mb);
-    }
-}
-
-static gn_mailbox *gn_cached_mailbox(ErlNifEnv *env, ERL_NIF_TERM pid_term, const ErlNifPid *pid)
-{
-    gn_mailbox *mb = gn_cache_mb;
-    if (mb && enif_compare_pids(&mb->owner, pid) == 0)
-        return mb;
-    gn_priv *priv = enif_priv_data(env);
-    if (!(mb = gn_registry_lookup(priv->registry, pid_term, pid)))
-        return NULL;
-    /* The lookup's reference becomes the cache's. */
-    if (gn_cache_mb)
-        enif_release_resource(gn_cache_mb);
-    gn_cache_mb = mb;
-    return mb;
-}
-
-/* mailbox_cast(Pid, Request) -> ok | not_native
- * Delivers a cast to the native mailbox of Pid (see the top of this file).
- * A mailbox whose owner has died drops it, as send/2 to a dead process does. */
-ERL_NIF_TERM gn_mailbox_cast_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
-{
-    (void)argc;
-    ErlNifPid pid;
-    if (!enif_is_pid(env, argv[0]))
-        return enif_make_badarg(env);
-    if (!enif_get_local_pid(env, argv[0], &pid))
-        return gn_am_not_native;
-    gn_charge_enqueue(env);
-
-    gn_mailbox *mb = gn_cached_mailbox(env, argv[0], &pid);
-    if (!mb)
-        return gn_am_not_native;
-
-    enum { QUEUED, DIRECT, WAKE } how = QUEUED;
-    enif_mutex_lock(mb->lock);
-    if (mb->closed) {
-        /* Its owner died. Forget it, and look again: the pid may have been
-         * reused by a new server. */
-        enif_mutex_unlock(mb->lock);
-        gn_cache_forget(mb);
-        if (!(mb = gn_cached_mailbox(env, argv[0], &pid)))
-            return gn_am_not_native;
-        enif_mutex_lock(mb->lock);
-        if (mb->closed) {
-            enif_mutex_unlock(mb->lock);
-            return gn_am_ok;
-        }
-    }
-    int signaled = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
-    if (!signaled && mb->normal.len == 0 && mb->inflight == 0) {
-        mb->inflight++;
-        how = DIRECT;
-    } else {
-        if (!gn_lane_push(&mb->normal, argv[1])) {
-            enif_mutex_unlock(mb->lock);
-            return enif_raise_exception(env, enif_make_atom(env, "enomem"));
-        }
-        if (!signaled) {
-            __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
-            how = WAKE;
-        }
-    }
-    gn_note_accepted(mb);
-    enif_mutex_unlock(mb->lock);
-
-    /* Sent from the caller's environment, so it is ordered with the caller's
-     * other messages to the owner; fails only if the owner died (dropped, as
-     * with send/2). */
-    if (how == DIRECT)
-        enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
-    else if (how == WAKE)
-        enif_send(env, &pid, NULL, gn_am_wake);
-    return gn_am_ok;
 }
 
 /* Resolves a mailbox handle the calling process owns; NULL (badarg) for a
@@ -478,8 +416,10 @@ static gn_mailbox *gn_owned_mailbox(ErlNifEnv *env, ERL_NIF_TERM term)
 }
 
 /* mailbox_take(Ref, Max) -> [Request]
- * Pops up to Max requests in order. Emptying the queue clears `signaled`,
- * so that the next request wakes the owner again. */
+ * Pops up to Max requests, the high lane first, then admits blocked senders
+ * into the room made. Calls queued before the last adoption are skipped.
+ * Fewer than Max means the lanes were emptied: that clears `signaled`, so
+ * the next request wakes the owner again. */
 ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
@@ -490,18 +430,38 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 
     ERL_NIF_TERM batch[GN_MAILBOX_MAX_BATCH];
     gn_chunk *done = NULL;
+    gn_outbox out = {NULL, gn_am_ok};
     unsigned n = 0;
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
         enif_mutex_unlock(mb->lock);
         return enif_make_badarg(env);
     }
-    while (n < max && mb->normal.len > 0)
-        batch[n++] = gn_lane_pop(env, &mb->normal, &done);
-    if (mb->normal.len == 0)
+    for (int l = GN_HIGH; l >= GN_NORMAL; l--) {
+        gn_lane *lane = &mb->lanes[l];
+        while (n < max && lane->len > 0) {
+            gn_item *item = gn_lane_pop(lane, &done);
+            if (item->is_call && item->epoch != mb->epoch)
+                mb->dropped++; /* its caller exited with the old owner */
+            else
+                batch[n++] = enif_make_copy(env, item->term);
+        }
+    }
+    /* Senders admitted into the room made may refill the lanes after the
+     * owner saw a short batch: then the owner gets a wake, as from a sender. */
+    int refilled = 0;
+    if (mb->waiting) {
+        size_t before = gn_queued(mb);
+        gn_admit_waiters(mb, &out);
+        refilled = gn_queued(mb) > before;
+    }
+    if (gn_queued(mb) == 0)
         __atomic_store_n(&mb->signaled, 0, __ATOMIC_RELEASE);
     enif_mutex_unlock(mb->lock);
     gn_chunks_free(done);
+    gn_outbox_flush(env, &out);
+    if (refilled)
+        enif_send(env, &mb->owner, NULL, gn_am_wake);
     enif_consume_timeslice(env, 1 + (int)(n / 32));
     return enif_make_list_from_array(env, batch, n);
 }
@@ -523,7 +483,7 @@ ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     return gn_am_ok;
 }
 
-/* mailbox_length(Ref) -> non_neg_integer() */
+/* mailbox_length(Ref) -> non_neg_integer(), both lanes */
 ERL_NIF_TERM gn_mailbox_length_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
@@ -531,12 +491,294 @@ ERL_NIF_TERM gn_mailbox_length_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     if (!mb)
         return enif_make_badarg(env);
     enif_mutex_lock(mb->lock);
-    size_t len = mb->normal.len;
+    size_t len = gn_queued(mb);
     enif_mutex_unlock(mb->lock);
     return enif_make_uint64(env, len);
 }
 
-/* mailbox_info(Pid) -> #{length, accepted, max_length} | not_native
+/* mailbox_adopt(Ref) -> non_neg_integer() | not_ready
+ * The calling process becomes the owner of a kept mailbox whose owner has
+ * exited; returns how many requests wait in it. Calls queued for the old
+ * owner will be skipped. not_ready: the old owner's exit has not reached
+ * the mailbox yet. */
+ERL_NIF_TERM gn_mailbox_adopt_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    gn_mailbox *mb;
+    if (!enif_get_resource(env, argv[0], gn_mailbox_rtype, (void **)&mb))
+        return enif_make_badarg(env);
+    enif_mutex_lock(mb->lock);
+    if (!mb->closed && mb->keep) {
+        enif_mutex_unlock(mb->lock);
+        return gn_am_not_ready;
+    }
+    if (!mb->closed || !mb->keep || !gn_take_ownership(env, mb)) {
+        enif_mutex_unlock(mb->lock);
+        return enif_make_badarg(env);
+    }
+    mb->closed = 0;
+    mb->epoch++;
+    size_t len = gn_queued(mb);
+    /* The new owner wakes itself if anything waits. */
+    __atomic_store_n(&mb->signaled, len > 0, __ATOMIC_RELEASE);
+    enif_mutex_unlock(mb->lock);
+    return enif_make_uint64(env, len);
+}
+
+/* mailbox_discard(Ref) -> ok
+ * The mailbox is not to be kept: frees what it holds if its owner has
+ * exited, or lets the owner's exit free it. */
+ERL_NIF_TERM gn_mailbox_discard_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    gn_mailbox *mb;
+    if (!enif_get_resource(env, argv[0], gn_mailbox_rtype, (void **)&mb))
+        return enif_make_badarg(env);
+    enif_mutex_lock(mb->lock);
+    mb->keep = 0;
+    if (mb->closed) {
+        gn_lane_discard(&mb->lanes[GN_NORMAL]);
+        gn_lane_discard(&mb->lanes[GN_HIGH]);
+    }
+    enif_mutex_unlock(mb->lock);
+    return gn_am_ok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Sender side                                                               */
+
+/* An enqueue costs far more than the one reduction a NIF call is charged,
+ * most of all under contention; unreported, a producer's timeslice stretches
+ * past a millisecond. Charge 1% of a timeslice (about 10 us) every 8 calls
+ * per scheduler thread. */
+static __thread unsigned gn_enqueue_calls;
+
+static void gn_charge_enqueue(ErlNifEnv *env)
+{
+    if ((++gn_enqueue_calls & 7) == 0)
+        enif_consume_timeslice(env, 1);
+}
+
+/* Each scheduler thread remembers the last mailbox it delivered to, with a
+ * resource reference that keeps it allocated, so a producer casting to one
+ * server in a loop skips the registry (a hash and a shared lock). A cached
+ * mailbox found closed is dropped and looked up again (the pid may belong
+ * to a new server). At most one reference per thread is held this way. */
+static __thread gn_mailbox *gn_cache_mb;
+
+static void gn_cache_forget(gn_mailbox *mb)
+{
+    if (gn_cache_mb == mb) {
+        gn_cache_mb = NULL;
+        enif_release_resource(mb);
+    }
+}
+
+static gn_mailbox *gn_cached_mailbox(ERL_NIF_TERM pid_term, const ErlNifPid *pid)
+{
+    gn_mailbox *mb = gn_cache_mb;
+    if (mb && enif_compare_pids(&mb->owner, pid) == 0)
+        return mb;
+    uint64_t hash = gn_registry_hash(pid_term);
+    if (!(mb = gn_registry_lookup(gn_current->registry, hash, pid)))
+        return NULL;
+    /* The lookup's reference becomes the cache's. */
+    if (gn_cache_mb)
+        enif_release_resource(gn_cache_mb);
+    gn_cache_mb = mb;
+    return mb;
+}
+
+/* Returns the live mailbox of `pid_term`, locked, or NULL if it has none. */
+static gn_mailbox *gn_lock_target(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifPid *pid)
+{
+    if (!enif_get_local_pid(env, pid_term, pid))
+        return NULL;
+    gn_mailbox *mb = gn_cached_mailbox(pid_term, pid);
+    if (!mb)
+        return NULL;
+    enif_mutex_lock(mb->lock);
+    if (!mb->closed)
+        return mb;
+    enif_mutex_unlock(mb->lock);
+    gn_cache_forget(mb);
+    if (!(mb = gn_cached_mailbox(pid_term, pid)))
+        return NULL;
+    enif_mutex_lock(mb->lock);
+    return mb; /* possibly closed: the caller drops the request */
+}
+
+/* mailbox_send(Pid, Item, Lane, Kind) ->
+ *     ok | {ok, DroppedCall} | not_native | full | dropped | {wait, Tag}
+ *
+ * Lane: normal | high. Kind: cast (Item is queued), call (a high-lane call,
+ * Item is queued) or admit (a normal call, nothing is queued: it only needs
+ * room). See the top of this file for what each result means. */
+ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    ErlNifPid pid;
+    int lane_ix, is_call, admit;
+    if (!enif_is_pid(env, argv[0]))
+        return enif_make_badarg(env);
+    if (enif_is_identical(argv[2], gn_am_normal))
+        lane_ix = GN_NORMAL;
+    else if (enif_is_identical(argv[2], gn_am_high))
+        lane_ix = GN_HIGH;
+    else
+        return enif_make_badarg(env);
+    admit = enif_is_identical(argv[3], gn_am_admit);
+    is_call = admit || enif_is_identical(argv[3], gn_am_call);
+    if (!is_call && !enif_is_identical(argv[3], gn_am_cast))
+        return enif_make_badarg(env);
+    if ((admit && lane_ix != GN_NORMAL) || (is_call && !admit && lane_ix != GN_HIGH))
+        return enif_make_badarg(env);
+    gn_charge_enqueue(env);
+
+    if (admit) {
+        /* A call to an unbounded mailbox only needs counting. */
+        if (!enif_get_local_pid(env, argv[0], &pid))
+            return gn_am_not_native;
+        gn_mailbox *mb = gn_cached_mailbox(argv[0], &pid);
+        if (!mb)
+            return gn_am_not_native;
+        if (mb->capacity == SIZE_MAX) {
+            __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
+            return gn_am_ok;
+        }
+    }
+
+    gn_mailbox *mb = gn_lock_target(env, argv[0], &pid);
+    if (!mb)
+        return gn_am_not_native;
+    if (mb->closed) {
+        enif_mutex_unlock(mb->lock);
+        return gn_am_ok; /* dropped, as send/2 to a dead process is */
+    }
+
+    enum { QUEUED, DIRECT, WAKE, NONE } how = NONE;
+    ERL_NIF_TERM result = gn_am_ok;
+    gn_chunk *done = NULL;
+    gn_lane *lane = &mb->lanes[lane_ix];
+    int full = mb->waiting > 0 || lane->len >= mb->capacity;
+
+    if (full) {
+        switch (mb->overflow) {
+        case GN_REJECT:
+            mb->rejected++;
+            result = gn_am_full;
+            goto unlock;
+        case GN_DROP_NEWEST:
+            mb->dropped++;
+            result = gn_am_dropped;
+            goto unlock;
+        case GN_DROP_OLDEST:
+            if (lane->len > 0) {
+                gn_item *old = gn_lane_pop(lane, &done);
+                mb->dropped++;
+                if (old->is_call && old->epoch == mb->epoch)
+                    result = enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, old->term));
+            }
+            break;
+        case GN_BLOCK: {
+            gn_waiter *w = enif_alloc(sizeof(*w));
+            ErlNifEnv *wenv = w ? enif_alloc_env() : NULL;
+            if (!wenv) {
+                if (w)
+                    enif_free(w);
+                enif_mutex_unlock(mb->lock);
+                return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+            }
+            w->next = NULL;
+            enif_self(env, &w->pid);
+            w->env = wenv;
+            w->tag = enif_make_ref(wenv);
+            w->item = admit ? 0 : enif_make_copy(wenv, argv[1]);
+            w->lane = lane_ix;
+            w->is_call = is_call;
+            if (mb->wait_tail)
+                mb->wait_tail->next = w;
+            else
+                mb->wait_head = w;
+            mb->wait_tail = w;
+            mb->waiting++;
+            result = enif_make_tuple2(env, gn_am_wait, enif_make_copy(env, w->tag));
+            goto unlock;
+        }
+        }
+    }
+
+    __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
+    if (admit)
+        goto unlock;
+    int signaled = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
+    if (lane_ix == GN_NORMAL && !signaled && gn_queued(mb) == 0 && mb->inflight == 0) {
+        mb->inflight++;
+        how = DIRECT;
+    } else {
+        if (!gn_lane_push(lane, argv[1], mb->epoch, is_call)) {
+            __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
+            enif_mutex_unlock(mb->lock);
+            gn_chunks_free(done);
+            return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        }
+        gn_note_length(mb);
+        how = QUEUED;
+        if (!signaled) {
+            __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
+            how = WAKE;
+        }
+    }
+
+unlock:
+    enif_mutex_unlock(mb->lock);
+    gn_chunks_free(done);
+    /* Sent from the caller's environment, so it is ordered with the caller's
+     * other messages to the owner; fails only if the owner died (dropped, as
+     * with send/2). */
+    if (how == DIRECT)
+        enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
+    else if (how == WAKE)
+        enif_send(env, &pid, NULL, gn_am_wake);
+    return result;
+}
+
+/* mailbox_cancel(Pid, Tag) -> cancelled | not_found
+ * A blocked sender gives up. not_found: it was admitted or released
+ * already, and {Tag, Result} is on its way to it. */
+ERL_NIF_TERM gn_mailbox_cancel_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    ErlNifPid pid;
+    if (!enif_is_pid(env, argv[0]) || !enif_is_ref(env, argv[1]))
+        return enif_make_badarg(env);
+    gn_mailbox *mb = gn_lock_target(env, argv[0], &pid);
+    if (!mb)
+        return gn_am_not_found;
+    gn_waiter *found = NULL;
+    for (gn_waiter **p = &mb->wait_head, *prev = NULL; *p; prev = *p, p = &(*p)->next) {
+        if (enif_is_identical((*p)->tag, argv[1])) {
+            found = *p;
+            *p = found->next;
+            if (mb->wait_tail == found)
+                mb->wait_tail = prev;
+            mb->waiting--;
+            break;
+        }
+    }
+    /* Those behind it may fit now. */
+    gn_outbox out = {NULL, gn_am_ok};
+    if (found && mb->waiting && !mb->closed)
+        gn_admit_waiters(mb, &out);
+    enif_mutex_unlock(mb->lock);
+    gn_outbox_flush(env, &out);
+    if (!found)
+        return gn_am_not_found;
+    gn_waiter_free(found);
+    return gn_am_cancelled;
+}
+
+/* mailbox_info(Pid) -> map() | not_native
  * O(1), without a message to the owner. */
 ERL_NIF_TERM gn_mailbox_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
@@ -544,19 +786,25 @@ ERL_NIF_TERM gn_mailbox_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     ErlNifPid pid;
     if (!enif_is_pid(env, argv[0]))
         return enif_make_badarg(env);
-    gn_mailbox *mb = gn_lookup_arg(env, argv[0], &pid);
+    gn_mailbox *mb = gn_lock_target(env, argv[0], &pid);
     if (!mb)
         return gn_am_not_native;
-    enif_mutex_lock(mb->lock);
-    ERL_NIF_TERM keys[] = {gn_am_length, gn_am_accepted, gn_am_max_length};
+    ERL_NIF_TERM keys[] = {gn_am_length,   gn_am_high_length, gn_am_capacity,
+                           gn_am_overflow, gn_am_accepted,    gn_am_rejected,
+                           gn_am_dropped,  gn_am_max_length,  gn_am_blocked_senders};
     ERL_NIF_TERM vals[] = {
-        enif_make_uint64(env, mb->normal.len),
-        enif_make_uint64(env, mb->accepted),
+        enif_make_uint64(env, mb->lanes[GN_NORMAL].len),
+        enif_make_uint64(env, mb->lanes[GN_HIGH].len),
+        mb->capacity == SIZE_MAX ? gn_am_infinity : enif_make_uint64(env, mb->capacity),
+        gn_make_overflow(mb->overflow),
+        enif_make_uint64(env, __atomic_load_n(&mb->accepted, __ATOMIC_RELAXED)),
+        enif_make_uint64(env, mb->rejected),
+        enif_make_uint64(env, mb->dropped),
         enif_make_uint64(env, mb->max_length),
+        enif_make_uint64(env, mb->waiting),
     };
     enif_mutex_unlock(mb->lock);
-    enif_release_resource(mb);
     ERL_NIF_TERM map;
-    enif_make_map_from_arrays(env, keys, vals, 3, &map);
+    enif_make_map_from_arrays(env, keys, vals, sizeof(keys) / sizeof(keys[0]), &map);
     return map;
 }

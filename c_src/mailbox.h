@@ -1,7 +1,6 @@
 /*
- * The native mailbox: a multi-producer, single-consumer queue of cast
- * requests owned by one server process, and the registry that maps a
- * server's pid to it.
+ * The native mailbox: the two-lane, bounded or unbounded, multi-producer
+ * single-consumer queue of requests owned by one server process.
  */
 #ifndef GN_MAILBOX_H
 #define GN_MAILBOX_H
@@ -11,12 +10,11 @@
 /* Opens (or, on upgrade, takes over) the mailbox resource type. */
 int gn_mailbox_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags);
 
-gn_registry *gn_registry_new(void);
-void gn_registry_retain(gn_registry *reg);
-void gn_registry_release(gn_registry *reg);
-
 ERL_NIF_TERM gn_mailbox_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
-ERL_NIF_TERM gn_mailbox_cast_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+ERL_NIF_TERM gn_mailbox_cancel_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+ERL_NIF_TERM gn_mailbox_adopt_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+ERL_NIF_TERM gn_mailbox_discard_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_length_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);

@@ -6,33 +6,19 @@
 #include "gen_native.h"
 #include "mailbox.h"
 
-ERL_NIF_TERM gn_am_ok;
-ERL_NIF_TERM gn_am_error;
-ERL_NIF_TERM gn_am_true;
-ERL_NIF_TERM gn_am_false;
-ERL_NIF_TERM gn_am_not_native;
-ERL_NIF_TERM gn_am_already_exists;
-ERL_NIF_TERM gn_am_gen_cast;
-ERL_NIF_TERM gn_am_wake;
-ERL_NIF_TERM gn_am_length;
-ERL_NIF_TERM gn_am_accepted;
-ERL_NIF_TERM gn_am_max_length;
+#define GN_DEFINE_ATOM(name) ERL_NIF_TERM gn_am_##name;
+GN_ATOMS(GN_DEFINE_ATOM)
+#undef GN_DEFINE_ATOM
 
 gn_priv *gn_current;
 
 static void gn_make_atoms(ErlNifEnv *env)
 {
-    gn_am_ok = enif_make_atom(env, "ok");
-    gn_am_error = enif_make_atom(env, "error");
-    gn_am_true = enif_make_atom(env, "true");
-    gn_am_false = enif_make_atom(env, "false");
-    gn_am_not_native = enif_make_atom(env, "not_native");
-    gn_am_already_exists = enif_make_atom(env, "already_exists");
     gn_am_gen_cast = enif_make_atom(env, "$gen_cast");
     gn_am_wake = enif_make_atom(env, "$gn_wake");
-    gn_am_length = enif_make_atom(env, "length");
-    gn_am_accepted = enif_make_atom(env, "accepted");
-    gn_am_max_length = enif_make_atom(env, "max_length");
+#define GN_MAKE_ATOM(name) gn_am_##name = enif_make_atom(env, #name);
+    GN_ATOMS_PLAIN(GN_MAKE_ATOM)
+#undef GN_MAKE_ATOM
 }
 
 static gn_priv *gn_priv_open(ErlNifEnv *env, gn_registry *shared, ErlNifResourceFlags flags)
@@ -97,12 +83,15 @@ static void gn_unload(ErlNifEnv *env, void *priv_data)
 /* clang-format off */
 static ErlNifFunc gn_funcs[] = {
     /* name,             arity, function,               flags */
-    {"mailbox_new",      0,     gn_mailbox_new_nif,     0},
-    {"mailbox_cast",     2,     gn_mailbox_cast_nif,    0},
+    {"mailbox_new",      3,     gn_mailbox_new_nif,     0},
+    {"mailbox_send",     4,     gn_mailbox_send_nif,    0},
+    {"mailbox_cancel",   2,     gn_mailbox_cancel_nif,  0},
     {"mailbox_take",     2,     gn_mailbox_take_nif,    0},
     {"mailbox_ack",      1,     gn_mailbox_ack_nif,     0},
-    {"mailbox_length",   1,     gn_mailbox_length_nif, 0},
+    {"mailbox_length",   1,     gn_mailbox_length_nif,  0},
     {"mailbox_info",     1,     gn_mailbox_info_nif,    0},
+    {"mailbox_adopt",    1,     gn_mailbox_adopt_nif,   0},
+    {"mailbox_discard",  1,     gn_mailbox_discard_nif, 0},
 };
 /* clang-format on */
 

@@ -71,13 +71,36 @@ defmodule GenNative do
 
   @default_timeout 5000
 
+  @doc """
+  Handles up to `:batch_size` queued casts at once, in the order they were
+  sent (optional).
+
+  When the module exports it, consecutive casts taken from the native
+  mailbox are handed over together instead of one by one to
+  `c:GenServer.handle_cast/2`; it returns what `handle_cast/2` returns. A
+  call, a priority request or any process message between two casts ends
+  the batch, so the order requests are handled in never changes. A cast to
+  an idle server, sent as a plain message, still goes to `handle_cast/2`.
+  """
+  @callback handle_batch(requests :: [term()], state :: term()) ::
+              {:noreply, new_state}
+              | {:noreply, new_state, timeout() | :hibernate | {:continue, term()}}
+              | {:stop, reason :: term(), new_state}
+            when new_state: term()
+
+  @optional_callbacks handle_batch: 2
+
   @doc false
   defmacro __using__(opts) do
     # The same child_spec/1 and default callbacks as `use GenServer`, defined
     # here rather than by `use GenServer` because our wrappers call `super`,
     # which Elixir deprecates for GenServer's own defaults.
-    quote location: :keep, bind_quoted: [opts: opts] do
+    {mailbox, opts} = Keyword.pop(opts, :mailbox, [])
+    mailbox = GenNative.Mailbox.validate!(mailbox)
+
+    quote location: :keep, bind_quoted: [opts: opts, mailbox: mailbox] do
       @behaviour GenServer
+      @behaviour GenNative
 
       unless Module.has_attribute?(__MODULE__, :doc) do
         @doc """
@@ -116,6 +139,9 @@ defmodule GenNative do
       def code_change(_old_vsn, state, _extra), do: {:ok, state}
 
       defoverridable handle_call: 3, handle_cast: 2, handle_info: 2, terminate: 2, code_change: 3
+
+      @doc false
+      def __gn_mailbox__, do: unquote(Macro.escape(mailbox))
 
       @before_compile GenNative
     end
@@ -160,11 +186,16 @@ defmodule GenNative do
 
     quote location: :keep do
       unquote(init)
-      defoverridable init: 1, handle_cast: 2, handle_info: 2
+      defoverridable init: 1, handle_cast: 2, handle_info: 2, terminate: 2
 
       def init(init_arg) do
-        GenNative.Server.init_mailbox(__MODULE__)
-        super(init_arg)
+        super(GenNative.Server.init_mailbox(__MODULE__, init_arg))
+      end
+
+      def terminate(reason, state) do
+        super(reason, state)
+      after
+        GenNative.Server.after_terminate()
       end
 
       def handle_cast(request, state) do
@@ -186,10 +217,14 @@ defmodule GenNative do
   Starts a `GenNative` server linked to the current process.
 
   Same arguments, options (`:name`, `:timeout`, `:debug`, `:spawn_opt`,
-  `:hibernate_after`) and return values as `GenServer.start_link/3`.
+  `:hibernate_after`) and return values as `GenServer.start_link/3`, plus
+  `:mailbox`, which overrides the module's `use GenNative, mailbox: ...`
+  options for this server (see `GenNative.Mailbox`). Invalid mailbox options
+  raise `ArgumentError`.
   """
   @spec start_link(module(), term(), GenServer.options()) :: GenServer.on_start()
   def start_link(module, init_arg, options \\ []) when is_atom(module) and is_list(options) do
+    {init_arg, options} = with_mailbox(module, init_arg, options)
     GenServer.start_link(module, init_arg, options)
   end
 
@@ -198,7 +233,31 @@ defmodule GenNative do
   """
   @spec start(module(), term(), GenServer.options()) :: GenServer.on_start()
   def start(module, init_arg, options \\ []) when is_atom(module) and is_list(options) do
+    {init_arg, options} = with_mailbox(module, init_arg, options)
     GenServer.start(module, init_arg, options)
+  end
+
+  # The :mailbox option, over the module's `use GenNative, mailbox: ...`,
+  # travels to init/1 with the server's name, wrapped around init_arg.
+  defp with_mailbox(module, init_arg, options) do
+    {mailbox, options} = Keyword.pop(options, :mailbox)
+
+    if mailbox == nil and not function_exported?(module, :__gn_mailbox__, 0) do
+      # a plain GenServer started through GenNative
+      {init_arg, options}
+    else
+      defaults =
+        if function_exported?(module, :__gn_mailbox__, 0), do: module.__gn_mailbox__(), else: []
+
+      mailbox = GenNative.Mailbox.validate!(Keyword.merge(defaults, mailbox || []))
+      name = options[:name]
+
+      if mailbox[:keep_on_crash] and name == nil do
+        raise ArgumentError, "mailbox option keep_on_crash: true requires a registered :name"
+      end
+
+      {{:"$gn_init", mailbox, name, init_arg}, options}
+    end
   end
 
   @doc """
@@ -209,9 +268,22 @@ defmodule GenNative do
   `reason` is `:timeout`, `:noproc`, `:calling_self`, `{:nodedown, node}` or
   the reason the server exited with. A reply that comes after the timeout is
   discarded, never delivered to the caller's mailbox.
+
+  A bounded mailbox (see `GenNative.Mailbox`) adds `:mailbox_full` as a
+  reason: the call met a full mailbox under `overflow: :reject` or
+  `:drop_newest`, or was dropped under `:drop_oldest`. Under
+  `overflow: :block` the wait for room counts against `timeout`.
+
+  ## Options
+
+    * `:priority` - `:normal` (default) or `:high`. A high-priority call is
+      handled before every normal request still queued, in FIFO order with
+      other high-priority requests; it may overtake anything sent before it.
   """
-  @spec call(GenServer.server(), term(), timeout()) :: term()
-  def call(server, request, timeout \\ @default_timeout) do
+  @spec call(GenServer.server(), term(), timeout(), keyword()) :: term()
+  def call(server, request, timeout \\ @default_timeout, options \\ []) do
+    priority = priority!(options)
+
     case whereis(server) do
       nil ->
         exit({:noproc, {__MODULE__, :call, [server, request, timeout]}})
@@ -219,54 +291,258 @@ defmodule GenNative do
       pid when pid == self() ->
         exit({:calling_self, {__MODULE__, :call, [server, request, timeout]}})
 
+      pid
+      when is_pid(pid) and node(pid) == node() and
+             (timeout == :infinity or (is_integer(timeout) and timeout >= 0)) ->
+        if priority == :high,
+          do: high_call(pid, server, request, timeout),
+          else: admitted_call(pid, server, request, timeout)
+
       dest ->
-        try do
-          :gen.call(dest, :"$gen_call", request, timeout)
-        catch
-          :exit, reason -> exit({reason, {__MODULE__, :call, [server, request, timeout]}})
-        else
-          {:ok, reply} -> reply
+        gen_call(dest, server, request, timeout, timeout)
+    end
+  end
+
+  defp gen_call(dest, server, request, timeout, wait) do
+    :gen.call(dest, :"$gen_call", request, wait)
+  catch
+    :exit, reason -> exit({reason, {__MODULE__, :call, [server, request, timeout]}})
+  else
+    {:ok, reply} -> reply
+  end
+
+  # A normal call travels as a gen_server call once the mailbox admits it.
+  defp admitted_call(pid, server, request, timeout) do
+    case Native.mailbox_send(pid, nil, :normal, :admit) do
+      result when result in [:ok, :not_native] ->
+        gen_call(pid, server, request, timeout, timeout)
+
+      {:wait, tag} ->
+        started = now()
+
+        case wait_room(pid, tag, timeout) do
+          :ok -> gen_call(pid, server, request, timeout, remaining(timeout, started))
+          :closed -> exit({:noproc, {__MODULE__, :call, [server, request, timeout]}})
+          :timeout -> exit({:timeout, {__MODULE__, :call, [server, request, timeout]}})
+        end
+
+      full when full in [:full, :dropped] ->
+        exit({:mailbox_full, {__MODULE__, :call, [server, request, timeout]}})
+    end
+  end
+
+  # A priority call is queued in the high lane and answered from there.
+  defp high_call(pid, server, request, timeout) do
+    mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
+    from = {self(), [:alias | mref]}
+    loc = {__MODULE__, :call, [server, request, timeout]}
+
+    case Native.mailbox_send(pid, {:"$gn_high", {:call, from, request}}, :high, :call) do
+      :ok ->
+        await_reply(mref, loc, timeout)
+
+      {:ok, dropped} ->
+        notify_dropped(dropped)
+        await_reply(mref, loc, timeout)
+
+      :not_native ->
+        :erlang.demonitor(mref, [:flush])
+        gen_call(pid, server, request, timeout, timeout)
+
+      {:wait, tag} ->
+        started = now()
+
+        case wait_room(pid, tag, timeout) do
+          :timeout -> give_up(mref, {:timeout, loc})
+          # admitted, or the server died: the monitor tells which
+          _ -> await_reply(mref, loc, remaining(timeout, started))
+        end
+
+      full when full in [:full, :dropped] ->
+        give_up(mref, {:mailbox_full, loc})
+    end
+  end
+
+  defp await_reply(mref, loc, wait) do
+    receive do
+      {[:alias | ^mref], {:"$gn_mailbox_full", ^mref}} ->
+        give_up(mref, {:mailbox_full, loc})
+
+      {[:alias | ^mref], reply} ->
+        :erlang.demonitor(mref, [:flush])
+        reply
+
+      {:DOWN, ^mref, _, _, reason} ->
+        exit({reason, loc})
+    after
+      wait ->
+        :erlang.demonitor(mref, [:flush])
+
+        receive do
+          {[:alias | ^mref], {:"$gn_mailbox_full", ^mref}} -> exit({:mailbox_full, loc})
+          {[:alias | ^mref], reply} -> reply
+        after
+          0 -> exit({:timeout, loc})
+        end
+    end
+  end
+
+  defp give_up(mref, reason) do
+    :erlang.demonitor(mref, [:flush])
+    exit(reason)
+  end
+
+  # The caller of a priority call dropped to make room exits at once.
+  defp notify_dropped({:"$gn_high", {:call, {_pid, [:alias | mref]} = from, _request}}) do
+    :gen.reply(from, {:"$gn_mailbox_full", mref})
+  end
+
+  defp notify_dropped(_), do: :ok
+
+  # Blocked under overflow: :block until the mailbox says {tag, result}.
+  defp wait_room(pid, tag, wait) do
+    receive do
+      {^tag, result} -> result
+    after
+      wait ->
+        case Native.mailbox_cancel(pid, tag) do
+          :cancelled ->
+            :timeout
+
+          :not_found ->
+            receive do
+              {^tag, result} -> result
+            end
+        end
+    end
+  end
+
+  defp now, do: System.monotonic_time(:millisecond)
+
+  defp remaining(:infinity, _started), do: :infinity
+  defp remaining(timeout, started), do: max(timeout - (now() - started), 0)
+
+  defp priority!([]), do: :normal
+
+  defp priority!(options) do
+    case Keyword.get(options, :priority, :normal) do
+      p when p in [:normal, :high] ->
+        p
+
+      other ->
+        raise ArgumentError, "expected :priority to be :normal or :high, got: #{inspect(other)}"
+    end
+  end
+
+  @doc """
+  Sends an asynchronous request to `server`.
+
+  As `GenServer.cast/2`, returns `:ok`, even when the server is dead, unknown
+  or on an unreachable node. A bounded mailbox (see `GenNative.Mailbox`)
+  adds `{:error, :mailbox_full}`: the cast met a full mailbox under
+  `overflow: :reject`, or waited longer than `:timeout` under `:block`.
+
+  ## Options
+
+    * `:priority` - `:normal` (default) or `:high`: a high-priority cast is
+      handled before every normal request still queued.
+    * `:timeout` - under `overflow: :block`, how long to wait for room, in
+      milliseconds or `:infinity` (default).
+  """
+  @spec cast(GenServer.server(), term(), keyword()) :: :ok | {:error, :mailbox_full}
+  def cast(server, request, options \\ [])
+
+  def cast(pid, request, options) when is_pid(pid) and node(pid) == node(),
+    do: native_cast(pid, request, options)
+
+  def cast(name, request, options) when is_atom(name) do
+    case Process.whereis(name) do
+      nil -> :ok
+      pid -> native_cast(pid, request, options)
+    end
+  end
+
+  def cast({name, node}, request, options) when is_atom(name) and node == node(),
+    do: cast(name, request, options)
+
+  def cast({tag, _} = server, request, options) when tag == :global,
+    do: cast_registered(server, request, options)
+
+  def cast({:via, _, _} = server, request, options), do: cast_registered(server, request, options)
+  def cast(server, request, _options), do: GenServer.cast(server, request)
+
+  defp cast_registered(server, request, options) do
+    case whereis(server) do
+      pid when is_pid(pid) and node(pid) == node() -> native_cast(pid, request, options)
+      _ -> GenServer.cast(server, request)
+    end
+  end
+
+  defp native_cast(pid, request, []),
+    do: cast_result(pid, request, Native.mailbox_send(pid, request, :normal, :cast), :infinity)
+
+  defp native_cast(pid, request, options) do
+    timeout = Keyword.get(options, :timeout, :infinity)
+
+    unless timeout == :infinity or (is_integer(timeout) and timeout >= 0) do
+      raise ArgumentError,
+            "expected :timeout to be a non-negative integer or :infinity, got: #{inspect(timeout)}"
+    end
+
+    result =
+      case priority!(options) do
+        :normal -> Native.mailbox_send(pid, request, :normal, :cast)
+        :high -> Native.mailbox_send(pid, {:"$gn_high", {:cast, request}}, :high, :cast)
+      end
+
+    cast_result(pid, request, result, timeout)
+  end
+
+  defp cast_result(pid, request, result, timeout) do
+    case result do
+      :ok ->
+        :ok
+
+      :not_native ->
+        send(pid, {:"$gen_cast", request})
+        :ok
+
+      {:ok, dropped} ->
+        notify_dropped(dropped)
+        :ok
+
+      :dropped ->
+        :ok
+
+      :full ->
+        {:error, :mailbox_full}
+
+      {:wait, tag} ->
+        case wait_room(pid, tag, timeout) do
+          :timeout -> {:error, :mailbox_full}
+          _admitted_or_closed -> :ok
         end
     end
   end
 
   @doc """
-  Sends an asynchronous request to `server`; always returns `:ok`, even when
-  the server is dead, unknown or on an unreachable node (as `GenServer.cast/2`).
+  The state of `server`'s native mailbox, read in O(1) without sending the
+  server a message:
+
+      %{length: n, high_length: n, capacity: c, overflow: policy,
+        accepted: n, rejected: n, dropped: n, max_length: n, blocked_senders: n}
+
+  `length` and `high_length` are the requests queued in each lane now;
+  `accepted`, `rejected` and `dropped` count every request since the
+  server started (`accepted + rejected + dropped` is what was sent, calls
+  included); `max_length` is the most ever queued; `blocked_senders` the
+  senders waiting under `overflow: :block`. Returns `{:error, :not_native}`
+  for a plain `GenServer` and `{:error, :noproc}` when there is no such
+  process.
   """
-  @spec cast(GenServer.server(), term()) :: :ok
-  def cast(server, request)
-
-  def cast(pid, request) when is_pid(pid) and node(pid) == node(), do: native_cast(pid, request)
-
-  def cast(name, request) when is_atom(name) do
-    case Process.whereis(name) do
-      nil -> :ok
-      pid -> native_cast(pid, request)
-    end
-  end
-
-  def cast({name, node}, request) when is_atom(name) and node == node(), do: cast(name, request)
-
-  def cast({tag, _} = server, request) when tag == :global, do: cast_registered(server, request)
-  def cast({:via, _, _} = server, request), do: cast_registered(server, request)
-  def cast(server, request), do: GenServer.cast(server, request)
-
-  defp cast_registered(server, request) do
-    case whereis(server) do
-      pid when is_pid(pid) and node(pid) == node() -> native_cast(pid, request)
-      _ -> GenServer.cast(server, request)
-    end
-  end
-
-  defp native_cast(pid, request) do
-    case Native.mailbox_cast(pid, request) do
-      :ok -> :ok
-      :not_native -> send(pid, {:"$gen_cast", request})
-    end
-
-    :ok
-  end
+  @spec mailbox_info(GenServer.server()) ::
+          GenNative.Mailbox.info() | {:error, :not_native | :noproc}
+  defdelegate mailbox_info(server), to: GenNative.Mailbox, as: :info
 
   @doc """
   Replies to a client from inside or outside the server; returns `:ok`.

@@ -18,11 +18,16 @@ defmodule GenNative.Native do
 
   @typep mailbox :: reference()
 
-  @spec mailbox_new() :: mailbox() | {:error, :already_exists}
-  def mailbox_new, do: :erlang.nif_error(:not_loaded)
+  @spec mailbox_new(pos_integer() | :infinity, atom(), boolean()) ::
+          mailbox() | {:error, :already_exists}
+  def mailbox_new(_capacity, _overflow, _keep), do: :erlang.nif_error(:not_loaded)
 
-  @spec mailbox_cast(pid(), term()) :: :ok | :not_native
-  def mailbox_cast(_pid, _request), do: :erlang.nif_error(:not_loaded)
+  @spec mailbox_send(pid(), term(), :normal | :high, :cast | :call | :admit) ::
+          :ok | {:ok, term()} | :not_native | :full | :dropped | {:wait, reference()}
+  def mailbox_send(_pid, _item, _lane, _kind), do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_cancel(pid(), reference()) :: :cancelled | :not_found
+  def mailbox_cancel(_pid, _tag), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_take(mailbox(), pos_integer()) :: [term()]
   def mailbox_take(_mailbox, _max), do: :erlang.nif_error(:not_loaded)
@@ -35,4 +40,10 @@ defmodule GenNative.Native do
 
   @spec mailbox_info(pid()) :: map() | :not_native
   def mailbox_info(_pid), do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_adopt(mailbox()) :: non_neg_integer()
+  def mailbox_adopt(_mailbox), do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_discard(mailbox()) :: :ok
+  def mailbox_discard(_mailbox), do: :erlang.nif_error(:not_loaded)
 end

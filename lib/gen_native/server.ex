@@ -26,26 +26,87 @@ defmodule GenNative.Server do
 
   # the mailbox resource, or nil when init/1 ran outside a server
   @mailbox :"$gn_mailbox"
+  # {batch_size, handle_batch/2 exported?}
+  @config :"$gn_config"
+  # {from, reply} of a priority call that returned {:stop, r, reply, s}
+  @stop_reply :"$gn_stop_reply"
   # while a queued cast is being handled: that cast, shaped as GenServer
   # would have received it ({:"$gen_cast", request}), for crash reports and
   # for the handle_cast/2 wrapper to tell a queued cast from a direct one
   @last :"$gn_last_message"
 
-  # Casts handled per take, and between two looks at the process mailbox.
-  @batch 64
-
   @doc false
-  @spec init_mailbox(module()) :: :ok
-  def init_mailbox(module) do
+  # init/1 wrapper: sets up the mailbox; returns the user's init argument.
+  # GenNative.start_link/3 wraps the argument with the per-server options
+  # and name; a server started some other way (GenServer.start_link/3) gets
+  # the module's `use GenNative, mailbox: ...` options.
+  @spec init_mailbox(module(), term()) :: term()
+  def init_mailbox(module, {:"$gn_init", opts, name, arg}) do
+    setup(module, opts, name)
+    arg
+  end
+
+  def init_mailbox(module, arg) do
+    opts = GenNative.Mailbox.validate!(module.__gn_mailbox__())
+
+    name =
+      case Process.info(self(), :registered_name) do
+        {:registered_name, name} when is_atom(name) and name != [] -> name
+        _ -> nil
+      end
+
+    setup(module, opts, name)
+    arg
+  end
+
+  defp setup(module, opts, name) do
     # Only a server process gets a mailbox; a test that calls init/1
     # directly must not turn the test process into a native server.
     with {^module, :init, 1} <- Process.get(:"$initial_call"),
-         nil <- Process.get(@mailbox),
-         ref when is_reference(ref) <- Native.mailbox_new() do
+         nil <- Process.get(@mailbox) do
+      ref = open_mailbox(module, opts, name)
       Process.put(@mailbox, ref)
+      Process.put(@config, {opts[:batch_size], function_exported?(module, :handle_batch, 2)})
     end
+  end
 
-    :ok
+  defp open_mailbox(module, opts, name) do
+    capacity = opts[:capacity]
+    overflow = opts[:overflow]
+
+    if opts[:keep_on_crash] do
+      if name == nil do
+        raise ArgumentError, "mailbox option keep_on_crash: true requires a registered :name"
+      end
+
+      ref =
+        case GenNative.Janitor.adopt(name, module) do
+          {:ok, ref} -> adopt(ref)
+          :none -> Native.mailbox_new(capacity, overflow, true)
+        end
+
+      GenNative.Janitor.keep(name, module, ref)
+      ref
+    else
+      Native.mailbox_new(capacity, overflow, false)
+    end
+  end
+
+  # The old owner's exit reaches the mailbox within microseconds of its
+  # DOWN message; wait for it.
+  defp adopt(ref, tries \\ 1000) do
+    case Native.mailbox_adopt(ref) do
+      :not_ready when tries > 0 ->
+        Process.sleep(1)
+        adopt(ref, tries - 1)
+
+      0 ->
+        ref
+
+      _waiting ->
+        send(self(), :"$gn_wake")
+        ref
+    end
   end
 
   @doc false
@@ -92,24 +153,34 @@ defmodule GenNative.Server do
 
   def format_status(status), do: status
 
-  # `budget` is :open (until the queue is empty) or how many more casts to
-  # take before returning to the process mailbox.
+  @doc false
+  # Called after the user's terminate/2, whatever it did.
+  def after_terminate do
+    case Process.delete(@stop_reply) do
+      {from, reply} -> :gen.reply(from, reply)
+      nil -> :ok
+    end
+  end
+
+  # `budget` is :open (until the queue is empty) or how many more requests
+  # to take before returning to the process mailbox.
   defp drain(_module, _mailbox, state, 0, timeout), do: reply(state, timeout)
 
   defp drain(module, mailbox, state, budget, timeout) do
-    want = if budget == :open, do: @batch, else: min(budget, @batch)
+    {batch_size, batch?} = Process.get(@config)
+    want = if budget == :open, do: batch_size, else: min(budget, batch_size)
 
     case Native.mailbox_take(mailbox, want) do
       [] ->
         reply(state, timeout)
 
       requests ->
-        case handle_casts(module, requests, state, timeout) do
+        case handle_requests(module, requests, batch?, state, timeout) do
           {:cont, state, timeout} ->
             taken = length(requests)
 
             cond do
-              # that take emptied the queue (and re-armed the wake)
+              # a short take emptied the queue (and re-armed the wake)
               taken < want -> reply(state, timeout)
               budget == :open -> drain(module, mailbox, state, open_budget(mailbox), timeout)
               true -> drain(module, mailbox, state, budget - taken, timeout)
@@ -134,16 +205,47 @@ defmodule GenNative.Server do
     end
   end
 
-  # A timeout or :hibernate returned by the last cast handled applies only
-  # if nothing else is handled after it, as in GenServer.
+  # A timeout or :hibernate returned by the last request handled applies
+  # only if nothing else is handled after it, as in GenServer.
   defp reply(state, nil), do: {:noreply, state}
   defp reply(state, timeout), do: {:noreply, state, timeout}
 
-  defp handle_casts(_module, [], state, timeout), do: {:cont, state, timeout}
+  # Priority requests come first in a take, wrapped as {:"$gn_high", _};
+  # then normal casts, bare.
+  defp handle_requests(_module, [], _batch?, state, timeout), do: {:cont, state, timeout}
 
-  defp handle_casts(module, [request | rest], state, _timeout) do
+  defp handle_requests(module, [{:"$gn_high", {:call, from, request}} | rest], batch?, state, _) do
+    Process.put(@last, {:"$gen_call", from, request})
+
+    case call_result(module, from, run(fn -> module.handle_call(request, from, state) end), state) do
+      {:cont, state, timeout} -> handle_requests(module, rest, batch?, state, timeout)
+      stop -> stop
+    end
+  end
+
+  defp handle_requests(module, [{:"$gn_high", {:cast, request}} | rest], batch?, state, _) do
     Process.put(@last, {:"$gen_cast", request})
 
+    case noreply(module, run(fn -> module.handle_cast(request, state) end), state) do
+      {:cont, state, timeout} -> handle_requests(module, rest, batch?, state, timeout)
+      stop -> stop
+    end
+  end
+
+  defp handle_requests(module, requests, true, state, _timeout) do
+    {batch, rest} = Enum.split_while(requests, &(not high?(&1)))
+    Process.put(@last, {:"$gen_cast", {:"$gn_batch", batch}})
+
+    case noreply(module, run(fn -> module.handle_batch(batch, state) end), state) do
+      {:cont, state, timeout} -> handle_requests(module, rest, true, state, timeout)
+      stop -> stop
+    end
+  end
+
+  defp handle_requests(module, [request | rest], false, state, _timeout) do
+    Process.put(@last, {:"$gen_cast", request})
+
+    # the hot path: no closure
     result =
       try do
         module.handle_cast(request, state)
@@ -152,8 +254,42 @@ defmodule GenNative.Server do
       end
 
     case noreply(module, result, state) do
-      {:cont, state, timeout} -> handle_casts(module, rest, state, timeout)
+      {:cont, state, timeout} -> handle_requests(module, rest, false, state, timeout)
       stop -> stop
+    end
+  end
+
+  defp high?({:"$gn_high", _}), do: true
+  defp high?(_), do: false
+
+  # A throw in a callback is taken as its return value, as in gen_server.
+  defp run(fun) do
+    fun.()
+  catch
+    :throw, value -> value
+  end
+
+  defp call_result(module, from, result, state) do
+    case result do
+      {:reply, reply, new_state} ->
+        :gen.reply(from, reply)
+        {:cont, new_state, nil}
+
+      {:reply, reply, new_state, extra} ->
+        if valid_extra?(extra) do
+          :gen.reply(from, reply)
+          noreply(module, {:noreply, new_state, extra}, state)
+        else
+          {:stop, {:bad_return_value, result}, state}
+        end
+
+      {:stop, reason, reply, new_state} ->
+        # terminate/2 runs first, then the reply is sent, as in gen_server
+        Process.put(@stop_reply, {from, reply})
+        {:stop, reason, new_state}
+
+      other ->
+        noreply(module, other, state)
     end
   end
 
@@ -161,26 +297,20 @@ defmodule GenNative.Server do
 
   defp noreply(module, {:noreply, new_state, {:continue, arg}}, _state) do
     # {:continue, arg} runs before anything else, so it runs right here.
-    result =
-      try do
-        module.handle_continue(arg, new_state)
-      catch
-        :throw, value -> value
-      end
-
-    noreply(module, result, new_state)
+    noreply(module, run(fn -> module.handle_continue(arg, new_state) end), new_state)
   end
 
   defp noreply(_module, {:noreply, new_state, extra} = result, state) do
-    if extra == :hibernate or extra == :infinity or (is_integer(extra) and extra >= 0) do
-      {:cont, new_state, extra}
-    else
-      {:stop, {:bad_return_value, result}, state}
-    end
+    if valid_extra?(extra),
+      do: {:cont, new_state, extra},
+      else: {:stop, {:bad_return_value, result}, state}
   end
 
   defp noreply(_module, {:stop, reason, new_state}, _state), do: {:stop, reason, new_state}
   defp noreply(_module, other, state), do: {:stop, {:bad_return_value, other}, state}
+
+  defp valid_extra?(extra),
+    do: extra == :hibernate or extra == :infinity or (is_integer(extra) and extra >= 0)
 
   ## The defaults `use GenNative` gives, which behave as `use GenServer`'s
 

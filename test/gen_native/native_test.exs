@@ -31,7 +31,7 @@ defmodule GenNative.NativeTest do
 
     pid =
       spawn(fn ->
-        send(test, {:mailbox, Native.mailbox_new()})
+        send(test, {:mailbox, Native.mailbox_new(:infinity, :reject, false)})
 
         receive do
           :stop -> :ok
@@ -76,7 +76,7 @@ defmodule GenNative.NativeTest do
       parent = self()
 
       spawn_link(fn ->
-        ref = Native.mailbox_new()
+        ref = Native.mailbox_new(:infinity, :reject, false)
 
         for bad <- [0, -1, 1025, :x, 1.0] do
           assert_raise ArgumentError, fn -> Native.mailbox_take(ref, bad) end
@@ -91,17 +91,47 @@ defmodule GenNative.NativeTest do
 
     test "enqueue and info reject what is not a pid" do
       for bad <- [:name, {:a, :b}, make_ref(), "pid"] do
-        assert_raise ArgumentError, fn -> Native.mailbox_cast(bad, :request) end
+        assert_raise ArgumentError, fn -> Native.mailbox_send(bad, :request, :normal, :cast) end
+        assert_raise ArgumentError, fn -> Native.mailbox_cancel(bad, make_ref()) end
         assert_raise ArgumentError, fn -> Native.mailbox_info(bad) end
       end
+    end
+
+    test "mailbox_new, send, adopt and discard reject bad arguments" do
+      for {cap, ov, keep} <- [
+            {0, :reject, false},
+            {-1, :reject, false},
+            {:x, :reject, false},
+            {1, :nope, false},
+            {1, :reject, :maybe}
+          ] do
+        assert_raise ArgumentError, fn -> Native.mailbox_new(cap, ov, keep) end
+      end
+
+      pid = start_sink()
+      assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :sideways, :cast) end
+      assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :normal, :shout) end
+      # a normal-lane call is admitted, not queued; a queued call is high-lane
+      assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :high, :admit) end
+      assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :normal, :call) end
+      assert_raise ArgumentError, fn -> Native.mailbox_cancel(pid, :not_a_ref) end
+
+      for bad <- [make_ref(), :atomics.new(1, []), :x] do
+        assert_raise ArgumentError, fn -> Native.mailbox_adopt(bad) end
+        assert_raise ArgumentError, fn -> Native.mailbox_discard(bad) end
+      end
+
+      # a live, not-kept mailbox cannot be adopted
+      ref = GenNative.call(pid, :mailbox)
+      assert_raise ArgumentError, fn -> Native.mailbox_adopt(ref) end
     end
 
     test "a process can own one mailbox only" do
       parent = self()
 
       spawn_link(fn ->
-        assert is_reference(Native.mailbox_new())
-        assert {:error, :already_exists} = Native.mailbox_new()
+        assert is_reference(Native.mailbox_new(:infinity, :reject, false))
+        assert {:error, :already_exists} = Native.mailbox_new(:infinity, :reject, false)
         send(parent, :done)
       end)
 
@@ -111,7 +141,7 @@ defmodule GenNative.NativeTest do
     test "a plain GenServer is not native" do
       {:ok, agent} = Agent.start_link(fn -> 0 end)
       assert Native.mailbox_info(agent) == :not_native
-      assert Native.mailbox_cast(agent, :x) == :not_native
+      assert Native.mailbox_send(agent, :x, :normal, :cast) == :not_native
     end
   end
 
@@ -159,7 +189,7 @@ defmodule GenNative.NativeTest do
 
         drainer =
           spawn(fn ->
-            ref = Native.mailbox_new()
+            ref = Native.mailbox_new(:infinity, :reject, false)
             send(parent, {:drainer_ready, self()})
 
             receive do
@@ -170,7 +200,7 @@ defmodule GenNative.NativeTest do
         assert_receive {:drainer_ready, ^drainer}
 
         run_all(2, fn ->
-          for i <- 1..100_000, do: Native.mailbox_cast(drainer, {payload, i})
+          for i <- 1..100_000, do: Native.mailbox_send(drainer, {payload, i}, :normal, :cast)
         end)
 
         send(drainer, :go)

@@ -1,0 +1,150 @@
+defmodule GenNative.Mailbox do
+  @moduledoc """
+  Options of a GenNative server's native mailbox.
+
+  Given to `use GenNative, mailbox: [...]`, and overridable per server with
+  the `mailbox: [...]` option of `GenNative.start_link/3` and
+  `GenNative.start/3`.
+
+  ## Options
+
+    * `:capacity` - a positive integer or `:infinity` (default). The most
+      requests the normal lane holds; the priority lane holds as many.
+      A normal call is admitted against the normal lane's capacity too.
+
+    * `:overflow` - what happens to a request that meets a full lane
+      (default `:reject`):
+      * `:reject` - `GenNative.cast/2,3` returns `{:error, :mailbox_full}`;
+        `GenNative.call/2,3,4` exits with
+        `{:mailbox_full, {GenNative, :call, [server, request, timeout]}}` at once.
+      * `:drop_newest` - the new request is discarded and counted; a cast
+        returns `:ok`, a call exits with `{:mailbox_full, location}` at once.
+      * `:drop_oldest` - the lane's oldest queued request is discarded and
+        counted to make room; if it was a (priority) call, its caller exits
+        with `{:mailbox_full, location}` at once.
+      * `:block` - the sender waits, without spinning or polling, until there
+        is room. A call's wait counts against its timeout; a cast waits up to
+        its `:timeout` option (default `:infinity`) and returns
+        `{:error, :mailbox_full}` if it runs out. Blocked senders are served
+        in arrival order; if the server dies, blocked casts return `:ok` and
+        blocked calls exit with `{:noproc, location}`, as for a dead server.
+
+    * `:batch_size` - the most casts handed to `c:GenNative.handle_batch/2` at
+      once, and how many queued requests the server handles before it looks
+      at its process mailbox again (default #{64}, at most 1024).
+
+    * `:keep_on_crash` - `true` or `false` (default). With `true`, casts still
+      queued when the server crashes are delivered, in order, to the next
+      server started under the same registered name with the same module
+      (typically by its supervisor); calls queued by the dead server are
+      dropped, their callers having exited already. A registered name is
+      required. The queue is freed when the server stops with `:normal`,
+      `:shutdown` or `{:shutdown, _}`, and otherwise kept for
+      `Application.get_env(:gen_native, :keep_on_crash_ms, 5000)` ms after
+      the crash: if no new server has adopted it by then, it is freed.
+  """
+
+  alias GenNative.Native
+
+  @type overflow :: :reject | :drop_newest | :drop_oldest | :block
+  @type option ::
+          {:capacity, pos_integer() | :infinity}
+          | {:overflow, overflow()}
+          | {:batch_size, pos_integer()}
+          | {:keep_on_crash, boolean()}
+
+  @type info :: %{
+          length: non_neg_integer(),
+          high_length: non_neg_integer(),
+          capacity: pos_integer() | :infinity,
+          overflow: overflow(),
+          accepted: non_neg_integer(),
+          rejected: non_neg_integer(),
+          dropped: non_neg_integer(),
+          max_length: non_neg_integer(),
+          blocked_senders: non_neg_integer()
+        }
+
+  @defaults [capacity: :infinity, overflow: :reject, batch_size: 64, keep_on_crash: false]
+  @max_batch 1024
+
+  @doc false
+  def defaults, do: @defaults
+
+  @doc """
+  Validates mailbox options and fills in the defaults; raises
+  `ArgumentError` naming the option at fault.
+  """
+  @spec validate!(term()) :: [option()]
+  def validate!(opts) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError, "expected :mailbox to be a keyword list, got: #{inspect(opts)}"
+    end
+
+    Enum.each(opts, &check!/1)
+    Keyword.merge(@defaults, opts)
+  end
+
+  defp check!({:capacity, c}) when (is_integer(c) and c > 0) or c == :infinity, do: :ok
+
+  defp check!({:overflow, o}) when o in [:reject, :drop_newest, :drop_oldest, :block], do: :ok
+
+  defp check!({:batch_size, b}) when is_integer(b) and b > 0 and b <= @max_batch, do: :ok
+  defp check!({:keep_on_crash, k}) when is_boolean(k), do: :ok
+
+  defp check!({:capacity, c}) do
+    raise ArgumentError,
+          "invalid value for mailbox option :capacity, expected a positive integer or :infinity, got: #{inspect(c)}"
+  end
+
+  defp check!({:overflow, o}) do
+    raise ArgumentError,
+          "invalid value for mailbox option :overflow, expected :reject, :drop_newest, " <>
+            ":drop_oldest or :block, got: #{inspect(o)}"
+  end
+
+  defp check!({:batch_size, b}) do
+    raise ArgumentError,
+          "invalid value for mailbox option :batch_size, expected an integer from 1 to #{@max_batch}, got: #{inspect(b)}"
+  end
+
+  defp check!({:keep_on_crash, k}) do
+    raise ArgumentError,
+          "invalid value for mailbox option :keep_on_crash, expected a boolean, got: #{inspect(k)}"
+  end
+
+  defp check!({key, _}) do
+    raise ArgumentError,
+          "unknown mailbox option #{inspect(key)}, expected one of: " <>
+            Enum.map_join(Keyword.keys(@defaults), ", ", &inspect/1)
+  end
+
+  @doc """
+  The state of `server`'s native mailbox, read in O(1) without sending the
+  server a message. See `GenNative.mailbox_info/1`.
+  """
+  @spec info(GenServer.server()) :: info() | {:error, :not_native | :noproc}
+  def info(server) do
+    case GenServer.whereis(server) do
+      pid when is_pid(pid) and node(pid) == node() ->
+        case Native.mailbox_info(pid) do
+          :not_native ->
+            if Process.alive?(pid), do: {:error, :not_native}, else: {:error, :noproc}
+
+          info ->
+            info
+        end
+
+      nil ->
+        {:error, :noproc}
+
+      remote ->
+        :erpc.call(node_of(remote), __MODULE__, :info, [local_name(remote)])
+    end
+  end
+
+  defp node_of({_name, node}), do: node
+  defp node_of(pid) when is_pid(pid), do: node(pid)
+  defp local_name({name, _node}), do: name
+  defp local_name(pid), do: pid
+end
