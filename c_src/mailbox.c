@@ -147,7 +147,9 @@ static gn_item *gn_lane_pop(gn_lane *lane, gn_chunk **done)
     gn_chunk *c = lane->first;
     gn_item *item = &c->items[c->head++];
     lane->len--;
-    if (c->head == GN_CHUNK_ITEMS) {
+    /* A used-up chunk goes, unless it is the tail chunk with room left
+     * (requeued chunks in front can be partly filled). */
+    if (c->head == c->tail && (c->tail == GN_CHUNK_ITEMS || c->next)) {
         lane->first = c->next;
         if (!lane->first)
             lane->last = NULL;
@@ -464,6 +466,59 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         enif_send(env, &mb->owner, NULL, gn_am_wake);
     enif_consume_timeslice(env, 1 + (int)(n / 32));
     return enif_make_list_from_array(env, batch, n);
+}
+
+/* Which lane a request taken out goes back to: the high lane for the
+ * {'$gn_high', {cast | call, ...}} wrappers GenNative puts there. */
+static int gn_requeue_lane(ErlNifEnv *env, ERL_NIF_TERM item, int *is_call)
+{
+    const ERL_NIF_TERM *outer, *inner;
+    int arity;
+    *is_call = 0;
+    if (!enif_get_tuple(env, item, &arity, &outer) || arity != 2 ||
+        !enif_is_identical(outer[0], gn_am_gn_high) ||
+        !enif_get_tuple(env, outer[1], &arity, &inner) || arity < 1)
+        return GN_NORMAL;
+    *is_call = enif_is_identical(inner[0], gn_am_call);
+    return GN_HIGH;
+}
+
+/* mailbox_requeue(Ref, [Request]) -> ok
+ * Puts requests the owner took out but did not handle (its batch, when it
+ * crashed) back at the front of their lanes, in order, so that a
+ * keep_on_crash mailbox hands them to the next owner. At most one batch. */
+ERL_NIF_TERM gn_mailbox_requeue_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    unsigned n;
+    gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
+    if (!mb || !enif_get_list_length(env, argv[1], &n) || n > GN_MAILBOX_MAX_BATCH)
+        return enif_make_badarg(env);
+    gn_lane front[2] = {{NULL, NULL, 0}, {NULL, NULL, 0}};
+    ERL_NIF_TERM head, tail = argv[1];
+    while (enif_get_list_cell(env, tail, &head, &tail)) {
+        int is_call;
+        int l = gn_requeue_lane(env, head, &is_call);
+        if (!gn_lane_push(&front[l], head, mb->epoch, is_call)) {
+            gn_chunks_free(front[GN_NORMAL].first);
+            gn_chunks_free(front[GN_HIGH].first);
+            return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        }
+    }
+    enif_mutex_lock(mb->lock);
+    for (int l = GN_NORMAL; l <= GN_HIGH; l++) {
+        gn_lane *lane = &mb->lanes[l];
+        if (!front[l].first)
+            continue;
+        front[l].last->next = lane->first;
+        if (!lane->last)
+            lane->last = front[l].last;
+        lane->first = front[l].first;
+        lane->len += front[l].len;
+    }
+    gn_note_length(mb);
+    enif_mutex_unlock(mb->lock);
+    return gn_am_ok;
 }
 
 /* mailbox_ack(Ref) -> ok

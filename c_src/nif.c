@@ -16,6 +16,7 @@ static void gn_make_atoms(ErlNifEnv *env)
 {
     gn_am_gen_cast = enif_make_atom(env, "$gen_cast");
     gn_am_wake = enif_make_atom(env, "$gn_wake");
+    gn_am_gn_high = enif_make_atom(env, "$gn_high");
 #define GN_MAKE_ATOM(name) gn_am_##name = enif_make_atom(env, #name);
     GN_ATOMS_PLAIN(GN_MAKE_ATOM)
 #undef GN_MAKE_ATOM
@@ -92,6 +93,7 @@ static ErlNifFunc gn_funcs[] = {
     {"mailbox_info",     1,     gn_mailbox_info_nif,    0},
     {"mailbox_adopt",    1,     gn_mailbox_adopt_nif,   0},
     {"mailbox_discard",  1,     gn_mailbox_discard_nif, 0},
+    {"mailbox_requeue",  2,     gn_mailbox_requeue_nif, 0},
 };
 /* clang-format on */
 

@@ -44,6 +44,9 @@ defmodule GenNative.Native do
   @spec mailbox_adopt(mailbox()) :: non_neg_integer()
   def mailbox_adopt(_mailbox), do: :erlang.nif_error(:not_loaded)
 
+  @spec mailbox_requeue(mailbox(), [term()]) :: :ok
+  def mailbox_requeue(_mailbox, _requests), do: :erlang.nif_error(:not_loaded)
+
   @spec mailbox_discard(mailbox()) :: :ok
   def mailbox_discard(_mailbox), do: :erlang.nif_error(:not_loaded)
 end

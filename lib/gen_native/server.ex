@@ -26,8 +26,10 @@ defmodule GenNative.Server do
 
   # the mailbox resource, or nil when init/1 ran outside a server
   @mailbox :"$gn_mailbox"
-  # {batch_size, handle_batch/2 exported?}
+  # {batch_size, {handle_batch/2 exported?, keep_on_crash?}}
   @config :"$gn_config"
+  # keep_on_crash: requests taken out but not handled yet
+  @pending :"$gn_pending"
   # {from, reply} of a priority call that returned {:stop, r, reply, s}
   @stop_reply :"$gn_stop_reply"
   # while a queued cast is being handled: that cast, shaped as GenServer
@@ -66,7 +68,8 @@ defmodule GenNative.Server do
          nil <- Process.get(@mailbox) do
       ref = open_mailbox(module, opts, name)
       Process.put(@mailbox, ref)
-      Process.put(@config, {opts[:batch_size], function_exported?(module, :handle_batch, 2)})
+      batch? = function_exported?(module, :handle_batch, 2)
+      Process.put(@config, {opts[:batch_size], {batch?, opts[:keep_on_crash]}})
     end
   end
 
@@ -129,15 +132,47 @@ defmodule GenNative.Server do
         {:noreply, state}
 
       mailbox ->
-        case drain(module, mailbox, state, :open, nil) do
-          {:stop, _reason, _state} = stop ->
-            # Keep @last: the crash report names the cast that stopped us.
-            stop
-
-          result ->
-            Process.put(@last, nil)
-            result
+        case Process.get(@config) do
+          {_, {_, true}} -> drain_keeping(module, mailbox, state)
+          _ -> finish(drain(module, mailbox, state, :open, nil))
         end
+    end
+  end
+
+  defp finish({:stop, _reason, _state} = stop) do
+    # Keep @last: the crash report names the request that stopped us.
+    stop
+  end
+
+  defp finish(result) do
+    Process.put(@last, nil)
+    result
+  end
+
+  # keep_on_crash: what was taken out and not handled when a callback
+  # crashes or stops the server goes back to the mailbox for the next one.
+  defp drain_keeping(module, mailbox, state) do
+    result =
+      try do
+        drain(module, mailbox, state, :open, nil)
+      catch
+        kind, reason ->
+          requeue(mailbox)
+          :erlang.raise(kind, reason, __STACKTRACE__)
+      end
+
+    case result do
+      {:stop, _, _} -> requeue(mailbox)
+      _ -> Process.delete(@pending)
+    end
+
+    finish(result)
+  end
+
+  defp requeue(mailbox) do
+    case Process.delete(@pending) do
+      [_ | _] = rest -> Native.mailbox_requeue(mailbox, rest)
+      _ -> :ok
     end
   end
 
@@ -167,7 +202,7 @@ defmodule GenNative.Server do
   defp drain(_module, _mailbox, state, 0, timeout), do: reply(state, timeout)
 
   defp drain(module, mailbox, state, budget, timeout) do
-    {batch_size, batch?} = Process.get(@config)
+    {batch_size, mode} = Process.get(@config)
     want = if budget == :open, do: batch_size, else: min(budget, batch_size)
 
     case Native.mailbox_take(mailbox, want) do
@@ -175,7 +210,7 @@ defmodule GenNative.Server do
         reply(state, timeout)
 
       requests ->
-        case handle_requests(module, requests, batch?, state, timeout) do
+        case handle_requests(module, requests, mode, state, timeout) do
           {:cont, state, timeout} ->
             taken = length(requests)
 
@@ -211,38 +246,44 @@ defmodule GenNative.Server do
   defp reply(state, timeout), do: {:noreply, state, timeout}
 
   # Priority requests come first in a take, wrapped as {:"$gn_high", _};
-  # then normal casts, bare.
-  defp handle_requests(_module, [], _batch?, state, timeout), do: {:cont, state, timeout}
+  # then normal casts, bare. `mode` is {handle_batch/2 exported?,
+  # keep_on_crash?}; with keep_on_crash the requests not handled yet are
+  # kept in @pending, to go back to the mailbox if a callback crashes.
+  defp handle_requests(_module, [], _mode, state, timeout), do: {:cont, state, timeout}
 
-  defp handle_requests(module, [{:"$gn_high", {:call, from, request}} | rest], batch?, state, _) do
+  defp handle_requests(module, [{:"$gn_high", {:call, from, request}} | rest], mode, state, _) do
+    track(mode, rest)
     Process.put(@last, {:"$gen_call", from, request})
 
     case call_result(module, from, run(fn -> module.handle_call(request, from, state) end), state) do
-      {:cont, state, timeout} -> handle_requests(module, rest, batch?, state, timeout)
+      {:cont, state, timeout} -> handle_requests(module, rest, mode, state, timeout)
       stop -> stop
     end
   end
 
-  defp handle_requests(module, [{:"$gn_high", {:cast, request}} | rest], batch?, state, _) do
+  defp handle_requests(module, [{:"$gn_high", {:cast, request}} | rest], mode, state, _) do
+    track(mode, rest)
     Process.put(@last, {:"$gen_cast", request})
 
     case noreply(module, run(fn -> module.handle_cast(request, state) end), state) do
-      {:cont, state, timeout} -> handle_requests(module, rest, batch?, state, timeout)
+      {:cont, state, timeout} -> handle_requests(module, rest, mode, state, timeout)
       stop -> stop
     end
   end
 
-  defp handle_requests(module, requests, true, state, _timeout) do
+  defp handle_requests(module, requests, {true, _} = mode, state, _timeout) do
     {batch, rest} = Enum.split_while(requests, &(not high?(&1)))
+    track(mode, rest)
     Process.put(@last, {:"$gen_cast", {:"$gn_batch", batch}})
 
     case noreply(module, run(fn -> module.handle_batch(batch, state) end), state) do
-      {:cont, state, timeout} -> handle_requests(module, rest, true, state, timeout)
+      {:cont, state, timeout} -> handle_requests(module, rest, mode, state, timeout)
       stop -> stop
     end
   end
 
-  defp handle_requests(module, [request | rest], false, state, _timeout) do
+  defp handle_requests(module, [request | rest], mode, state, _timeout) do
+    track(mode, rest)
     Process.put(@last, {:"$gen_cast", request})
 
     # the hot path: no closure
@@ -254,10 +295,13 @@ defmodule GenNative.Server do
       end
 
     case noreply(module, result, state) do
-      {:cont, state, timeout} -> handle_requests(module, rest, false, state, timeout)
+      {:cont, state, timeout} -> handle_requests(module, rest, mode, state, timeout)
       stop -> stop
     end
   end
+
+  defp track({_, true}, rest), do: Process.put(@pending, rest)
+  defp track(_mode, _rest), do: :ok
 
   defp high?({:"$gn_high", _}), do: true
   defp high?(_), do: false
