@@ -443,8 +443,11 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         gn_lane *lane = &mb->lanes[l];
         while (n < max && lane->len > 0) {
             gn_item *item = gn_lane_pop(lane, &done);
-            if (item->is_call && item->epoch != mb->epoch)
-                mb->dropped++; /* its caller exited with the old owner */
+            if (item->is_call && item->epoch != mb->epoch) {
+                /* its caller exited with the old owner */
+                __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
+                mb->dropped++;
+            }
             else
                 batch[n++] = enif_make_copy(env, item->term);
         }
@@ -729,7 +732,10 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             goto unlock;
         case GN_DROP_OLDEST:
             if (lane->len > 0) {
+                /* The evicted request moves from accepted to dropped, so
+                 * that accepted + rejected + dropped is what was sent. */
                 gn_item *old = gn_lane_pop(lane, &done);
+                __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
                 mb->dropped++;
                 if (old->is_call && old->epoch == mb->epoch)
                     result = enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, old->term));

@@ -534,9 +534,11 @@ defmodule GenNative do
 
   `length` and `high_length` are the requests queued in each lane now;
   `accepted`, `rejected` and `dropped` count every request since the
-  server started (`accepted + rejected + dropped` is what was sent, calls
-  included); `max_length` is the most ever queued; `blocked_senders` the
-  senders waiting under `overflow: :block`. Returns `{:error, :not_native}`
+  server started, calls included, each in exactly one of them, so that
+  `accepted + rejected + dropped` is what was sent: a request evicted under
+  `overflow: :drop_oldest` moves from `accepted` to `dropped`.
+  `max_length` is the most ever queued (both lanes); `blocked_senders` the
+  senders waiting under `overflow: :block`, who count once admitted. Returns `{:error, :not_native}`
   for a plain `GenServer` and `{:error, :noproc}` when there is no such
   process.
   """
