@@ -64,7 +64,16 @@ defmodule GenNative do
 
   `use GenNative` takes the same options as `use GenServer` (`:id`,
   `:restart`, `:shutdown`, ...), which go into the overridable `child_spec/1`
-  it defines, and gives the same default callbacks.
+  it defines, and gives the same default callbacks. It also takes
+  `mailbox: [...]`, the native mailbox's options: a capacity with an
+  overflow policy or backpressure, the batch size for `c:handle_batch/2`,
+  and whether queued casts survive a crash; see `GenNative.Mailbox`. Each
+  server can override them with the `:mailbox` option of `start_link/3`:
+
+      use GenNative, mailbox: [capacity: 10_000, overflow: :reject]
+
+  Priority requests (`cast/3` and `call/4` with `priority: :high`) and
+  `mailbox_info/1` work with every mailbox.
   """
 
   alias GenNative.Native
