@@ -250,6 +250,8 @@ defmodule GenNative do
   # travels to init/1 with the server's name, wrapped around init_arg.
   defp with_mailbox(module, init_arg, options) do
     {mailbox, options} = Keyword.pop(options, :mailbox)
+    # function_exported?/3 is false for a module not loaded yet
+    Code.ensure_loaded(module)
 
     if mailbox == nil and not function_exported?(module, :__gn_mailbox__, 0) do
       # a plain GenServer started through GenNative
