@@ -22,7 +22,7 @@ ifeq ($(DEBUG),1)
 CFLAGS += -g -O0
 endif
 ifeq ($(SANITIZE),1)
-CFLAGS += -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined
+CFLAGS += -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -DGN_SANITIZE
 LDFLAGS_NIF += -fsanitize=address,undefined
 endif
 

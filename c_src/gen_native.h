@@ -14,6 +14,18 @@
 #include "reaper.h"
 #include "registry.h"
 
+/* Our own allocations. A sanitized build (make SANITIZE=1) takes them from
+ * malloc, which AddressSanitizer tracks exactly; the VM's allocators behind
+ * enif_alloc hide overflows inside their blocks. */
+#ifdef GN_SANITIZE
+#include <stdlib.h>
+#define gn_alloc malloc
+#define gn_free free
+#else
+#define gn_alloc enif_alloc
+#define gn_free enif_free
+#endif
+
 /* Atoms, created in gn_make_atoms() at load; atoms are global to the VM so
  * they stay valid across upgrades. gn_am_gen_cast is '$gen_cast' and
  * gn_am_wake '$gn_wake', the message that wakes a mailbox's owner;
@@ -22,9 +34,10 @@
 #define GN_ATOMS_PLAIN(X)                                                                          \
     X(ok)                                                                                          \
     X(error)                                                                                       \
-    X(true) X(false) X(not_native) X(already_exists) X(length) X(high_length) X(capacity)          \
-        X(overflow) X(accepted) X(rejected) X(dropped) X(max_length) X(blocked_senders) X(closed)  \
-            X(full) X(wait) X(normal) X(high) X(cast) X(call) X(admit) X(cancelled) X(not_found)   \
+    X(true)                                                                                        \
+    X(false) X(not_native) X(already_exists) X(length) X(high_length) X(capacity) X(overflow)      \
+        X(accepted) X(rejected) X(dropped) X(max_length) X(blocked_senders) X(closed) X(full)      \
+            X(wait) X(normal) X(high) X(cast) X(call) X(admit) X(cancelled) X(not_found)           \
                 X(infinity) X(reject) X(drop_newest) X(drop_oldest) X(block) X(not_ready)
 #define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high)
 #define GN_DECLARE_ATOM(name) extern ERL_NIF_TERM gn_am_##name;

@@ -116,7 +116,7 @@ static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint32_t epoch, int is
 {
     gn_chunk *c = lane->last;
     if (!c || c->tail == GN_CHUNK_ITEMS) {
-        gn_chunk *n = enif_alloc(sizeof(*n));
+        gn_chunk *n = gn_alloc(sizeof(*n));
         if (!n)
             return 0;
         n->next = NULL;
@@ -167,7 +167,7 @@ static void gn_chunks_free(void *arg)
         gn_chunk *next = c->next;
         if (c->env)
             enif_free_env(c->env);
-        enif_free(c);
+        gn_free(c);
         c = next;
     }
 }
@@ -206,7 +206,7 @@ static void gn_waiter_free(gn_waiter *w)
 {
     if (w->env)
         enif_free_env(w->env);
-    enif_free(w);
+    gn_free(w);
 }
 
 static void gn_outbox_flush(ErlNifEnv *caller_env, gn_outbox *out)
@@ -447,8 +447,7 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
                 /* its caller exited with the old owner */
                 __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
                 mb->dropped++;
-            }
-            else
+            } else
                 batch[n++] = enif_make_copy(env, item->term);
         }
     }
@@ -742,11 +741,11 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             }
             break;
         case GN_BLOCK: {
-            gn_waiter *w = enif_alloc(sizeof(*w));
+            gn_waiter *w = gn_alloc(sizeof(*w));
             ErlNifEnv *wenv = w ? enif_alloc_env() : NULL;
             if (!wenv) {
                 if (w)
-                    enif_free(w);
+                    gn_free(w);
                 enif_mutex_unlock(mb->lock);
                 return enif_raise_exception(env, enif_make_atom(env, "enomem"));
             }

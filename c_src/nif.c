@@ -24,7 +24,7 @@ static void gn_make_atoms(ErlNifEnv *env)
 
 static gn_priv *gn_priv_open(ErlNifEnv *env, gn_registry *shared, ErlNifResourceFlags flags)
 {
-    gn_priv *priv = enif_alloc(sizeof(*priv));
+    gn_priv *priv = gn_alloc(sizeof(*priv));
     if (!priv)
         return NULL;
     priv->registry = shared;
@@ -40,7 +40,7 @@ static gn_priv *gn_priv_open(ErlNifEnv *env, gn_registry *shared, ErlNifResource
 
 fail:
     gn_reaper_stop(priv->reaper);
-    enif_free(priv);
+    gn_free(priv);
     return NULL;
 }
 
@@ -78,7 +78,7 @@ static void gn_unload(ErlNifEnv *env, void *priv_data)
         gn_current = NULL;
     gn_reaper_stop(priv->reaper);
     gn_registry_release(priv->registry);
-    enif_free(priv);
+    gn_free(priv);
 }
 
 /* clang-format off */

@@ -5,7 +5,7 @@
 #include <erl_nif.h>
 #include <stddef.h>
 
-#include "reaper.h"
+#include "gen_native.h"
 
 typedef struct gn_job {
     struct gn_job *next;
@@ -36,7 +36,7 @@ static void *gn_reaper_main(void *arg)
         while (jobs) {
             gn_job *next = jobs->next;
             jobs->fn(jobs->arg);
-            enif_free(jobs);
+            gn_free(jobs);
             jobs = next;
         }
         if (stopping)
@@ -46,7 +46,7 @@ static void *gn_reaper_main(void *arg)
 
 gn_reaper *gn_reaper_start(void)
 {
-    gn_reaper *r = enif_alloc(sizeof(*r));
+    gn_reaper *r = gn_alloc(sizeof(*r));
     if (!r)
         return NULL;
     r->head = r->tail = NULL;
@@ -69,13 +69,13 @@ fail:
         enif_cond_destroy(r->cond);
     if (r->lock)
         enif_mutex_destroy(r->lock);
-    enif_free(r);
+    gn_free(r);
     return NULL;
 }
 
 void gn_reaper_push(gn_reaper *r, gn_free_fn *fn, void *arg)
 {
-    gn_job *job = r ? enif_alloc(sizeof(*job)) : NULL;
+    gn_job *job = r ? gn_alloc(sizeof(*job)) : NULL;
     if (!job) {
         fn(arg);
         return;
@@ -104,5 +104,5 @@ void gn_reaper_stop(gn_reaper *r)
     enif_thread_join(r->tid, NULL);
     enif_cond_destroy(r->cond);
     enif_mutex_destroy(r->lock);
-    enif_free(r);
+    gn_free(r);
 }

@@ -5,7 +5,7 @@
  */
 #include <string.h>
 
-#include "registry.h"
+#include "gen_native.h"
 
 #define GN_REG_SHARDS 64
 #define GN_REG_BUCKETS (1u << 16)
@@ -24,7 +24,7 @@ struct gn_registry {
 
 gn_registry *gn_registry_new(void)
 {
-    gn_registry *reg = enif_alloc(sizeof(*reg));
+    gn_registry *reg = gn_alloc(sizeof(*reg));
     if (!reg)
         return NULL;
     memset(reg, 0, sizeof(*reg));
@@ -52,14 +52,14 @@ void gn_registry_release(gn_registry *reg)
         while (e) {
             gn_reg_entry *next = e->next;
             enif_release_resource(e->obj);
-            enif_free(e);
+            gn_free(e);
             e = next;
         }
     }
     for (int i = 0; i < GN_REG_SHARDS; i++)
         if (reg->locks[i])
             enif_rwlock_destroy(reg->locks[i]);
-    enif_free(reg);
+    gn_free(reg);
 }
 
 uint64_t gn_registry_hash(ERL_NIF_TERM pid_term)
@@ -103,13 +103,13 @@ int gn_registry_insert(gn_registry *reg, uint64_t hash, const ErlNifPid *owner, 
 {
     unsigned b = gn_bucket_of(hash);
     ErlNifRWLock *lock = gn_shard_lock(reg, b);
-    gn_reg_entry *entry = enif_alloc(sizeof(*entry));
+    gn_reg_entry *entry = gn_alloc(sizeof(*entry));
     if (!entry)
         return 0;
     enif_rwlock_rwlock(lock);
     if (gn_bucket_find(reg, b, owner)) {
         enif_rwlock_rwunlock(lock);
-        enif_free(entry);
+        gn_free(entry);
         return 0;
     }
     entry->owner = *owner;
@@ -136,7 +136,7 @@ void gn_registry_remove(gn_registry *reg, uint64_t hash, void *obj)
     }
     enif_rwlock_rwunlock(lock);
     if (removed) {
-        enif_free(removed);
+        gn_free(removed);
         enif_release_resource(obj);
     }
 }

@@ -151,7 +151,9 @@ defmodule GenNative.NativeTest do
     # watched NIF call gets a timeslice of its own (`:erlang.yield/0` before
     # and after), and the whole scenario is retried: a NIF that takes over
     # 1 ms does so on every attempt, a preemption does not.
+    # Tagged :scheduling: bin/sanitize excludes it, sanitized code is slower.
     @tag timeout: 300_000
+    @tag :scheduling
     test "no NIF runs longer than 1 ms on a normal scheduler, with a million queued terms" do
       attempts = for _ <- 1..3, do: long_schedules_in_scenario()
 
@@ -252,8 +254,10 @@ defmodule GenNative.NativeTest do
     end
   end
 
+  # Tagged :memory: bin/sanitize excludes them, its VM has no memory accounting.
   describe "memory" do
     @tag timeout: 300_000
+    @tag :memory
     test "starting and stopping 100k servers with queued work leaves memory flat" do
       churn = fn n ->
         for _ <- 1..n do
@@ -274,6 +278,7 @@ defmodule GenNative.NativeTest do
              "memory grew by #{after_churn - before} bytes over 100k start/stop cycles"
     end
 
+    @tag :memory
     test "a killed server's queue of a million terms is freed" do
       before = settled_memory()
       pid = start_sink()
