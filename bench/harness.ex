@@ -23,6 +23,15 @@ defmodule GenNative.Bench do
       result is passed to `:peer`, `:native` and `:teardown`
     * `:peer` and `:native` - the measured functions, see below
     * `:teardown` - `(ctx -> any)`, optional; runs once after the scenario
+    * `:timing` - `:harness` (default) or `:self`, optional, for
+      `:latency_us` only: with `:self` the function times its operation
+      itself and returns the elapsed time in native units, for operations
+      that need untimed preparation (e.g. filling a mailbox first)
+    * `:size` - optional: a fixed number of operations per measured run,
+      instead of calibrating to `run_ms`; the warm-up is then one run of
+      `:warmup` operations (default `:size`)
+    * `:runs` - optional: measured runs per side for this scenario,
+      overriding the suite's `:runs`
 
   For `:latency_us` the functions take `ctx` and perform **one** operation; the
   harness times each call separately and reports the median and p99 over all
@@ -45,7 +54,18 @@ defmodule GenNative.Bench do
     * `:runs` - measured runs per side (default 9, 3 with `GN_BENCH_QUICK=1`)
     * `:run_ms` - target duration of one run (default 400, 80 with
       `GN_BENCH_QUICK=1`)
-    * `:results_dir` - where `<suite>.md` is written (default `bench/results`)
+    * `:results_dir` - where `<suite>.md` is written (default
+      `$GN_BENCH_RESULTS_DIR`, or `bench/results`)
+    * `:method` - replaces the sentence describing how each side was run
+    * `:notes` - text, or a function returning text once the scenarios have
+      run, printed after the table
+
+  ## Suites that do not fit `run/3`
+
+  A suite whose measurement is not a per-operation latency or a throughput
+  (e.g. a single long overload run reporting memory and counts) can build its
+  own rows and use `table/2`, `report_header/2` and `publish/2` for the same
+  layout, machine description and results file.
   """
 
   @type ctx :: term()
@@ -56,7 +76,11 @@ defmodule GenNative.Bench do
           required(:peer) => function(),
           required(:native) => function(),
           optional(:setup) => (() -> ctx()),
-          optional(:teardown) => (ctx() -> term())
+          optional(:teardown) => (ctx() -> term()),
+          optional(:timing) => :harness | :self,
+          optional(:size) => pos_integer(),
+          optional(:warmup) => pos_integer(),
+          optional(:runs) => pos_integer()
         }
   @type row :: %{
           scenario: String.t(),
@@ -85,15 +109,38 @@ defmodule GenNative.Bench do
 
     wall_s = seconds(:erlang.monotonic_time() - started)
     text = report(suite, rows, wall_s, opts)
-    IO.puts(text)
+    publish(suite, text, opts)
 
-    dir = Keyword.fetch!(opts, :results_dir)
+    rows
+  end
+
+  @doc """
+  Prints `text` to stdout and writes it to `<results_dir>/<suite>.md`
+  (`results_dir` as for `run/3`).
+  """
+  @spec publish(String.t(), String.t(), keyword()) :: :ok
+  def publish(suite, text, opts \\ []) do
+    IO.puts(text)
+    dir = Keyword.get(opts, :results_dir, default_results_dir())
     File.mkdir_p!(dir)
     path = Path.join(dir, "#{suite}.md")
     File.write!(path, text)
     IO.puts(:stderr, "#{suite}: table written to #{Path.relative_to_cwd(path)}")
+  end
 
-    rows
+  @doc """
+  The heading and machine line every table starts with, for a suite that
+  builds its own table.
+  """
+  @spec report_header(String.t()) :: String.t()
+  def report_header(suite) do
+    mode = if quick?(), do: " (GN_BENCH_QUICK=1)", else: ""
+
+    """
+    ## Benchmark: #{suite}#{mode}
+
+    Machine: #{machine()}; MIX_ENV=#{mix_env()}.
+    """
   end
 
   @doc """
@@ -165,40 +212,64 @@ defmodule GenNative.Bench do
       native_label: "GenNative",
       runs: if(quick, do: 3, else: 9),
       run_ms: if(quick, do: 80, else: 400),
-      results_dir: "bench/results"
+      results_dir: default_results_dir()
     ]
+  end
+
+  defp default_results_dir do
+    case System.get_env("GN_BENCH_RESULTS_DIR", "") do
+      "" -> "bench/results"
+      dir -> dir
+    end
   end
 
   defp run_scenario(suite, %{name: name, unit: unit} = scenario, opts)
        when unit in [:latency_us, :ops_per_s] do
     check_arity!(scenario, :peer)
     check_arity!(scenario, :native)
+    check_options!(scenario)
     IO.write(:stderr, "#{suite}: #{name} ...")
 
     ctx = if setup = scenario[:setup], do: setup.(), else: nil
+    unit = if scenario[:timing] == :self, do: :self_timed_us, else: unit
 
     try do
       sides = %{peer: scenario.peer, native: scenario.native}
       target = :erlang.convert_time_unit(Keyword.fetch!(opts, :run_ms), :millisecond, :native)
 
-      # Calibrate both sides and use the smaller size for both: the runs then
-      # do the same work, and a slow side cannot stretch the suite.
-      size =
-        sides
-        |> Enum.map(fn {_, fun} -> calibrate(unit, fun, ctx, target) end)
-        |> Enum.min()
+      {size, warmup} =
+        case scenario[:size] do
+          nil ->
+            # Calibrate both sides and use the smaller size for both: the
+            # runs then do the same work, and a slow side cannot stretch the
+            # suite.
+            size =
+              sides
+              |> Enum.map(fn {_, fun} -> calibrate(unit, fun, ctx, target) end)
+              |> Enum.min()
 
-      # One discarded full-size run per side.
-      Enum.each(sides, fn {_, fun} -> measure(unit, fun, ctx, size) end)
+            {size, size}
+
+          size ->
+            {size, Map.get(scenario, :warmup, size)}
+        end
+
+      # One discarded run per side.
+      Enum.each(sides, fn {_, fun} -> measure(unit, fun, ctx, warmup) end)
+
+      n_runs = Map.get(scenario, :runs, Keyword.fetch!(opts, :runs))
 
       runs =
-        for i <- 1..Keyword.fetch!(opts, :runs) do
+        for i <- 1..n_runs do
           order = if rem(i, 2) == 1, do: [:peer, :native], else: [:native, :peer]
           Map.new(order, fn side -> {side, measure(unit, sides[side], ctx, size)} end)
         end
 
       IO.puts(:stderr, " done")
-      rows(name, unit, Enum.map(runs, & &1.peer), Enum.map(runs, & &1.native), opts)
+      unit = if unit == :self_timed_us, do: :latency_us, else: unit
+      samples = if scenario[:size], do: size * n_runs
+      opts = Keyword.put(opts, :runs, n_runs)
+      rows(name, unit, Enum.map(runs, & &1.peer), Enum.map(runs, & &1.native), opts, samples)
     after
       if teardown = scenario[:teardown], do: teardown.(ctx)
     end
@@ -208,6 +279,24 @@ defmodule GenNative.Bench do
     raise ArgumentError,
           "a scenario needs :name and :unit (:latency_us or :ops_per_s), got: " <>
             inspect(scenario)
+  end
+
+  defp check_options!(scenario) do
+    unless scenario[:timing] in [nil, :harness, :self] and
+             (scenario[:timing] != :self or scenario.unit == :latency_us) do
+      raise ArgumentError,
+            "scenario #{inspect(scenario.name)}: :timing must be :harness or :self, " <>
+              "and :self is for unit :latency_us only"
+    end
+
+    for key <- [:size, :warmup, :runs], Map.has_key?(scenario, key) do
+      unless is_integer(scenario[key]) and scenario[key] > 0 do
+        raise ArgumentError,
+              "scenario #{inspect(scenario.name)}: #{inspect(key)} must be a positive integer"
+      end
+    end
+
+    :ok
   end
 
   defp check_arity!(%{unit: unit} = scenario, side) do
@@ -242,6 +331,13 @@ defmodule GenNative.Bench do
     end)
   end
 
+  defp measure(:self_timed_us, fun, ctx, size) do
+    isolated([min_heap_size: @latency_heap_words], fn ->
+      samples = self_timed(fun, ctx, size, [])
+      {size, Enum.sum(samples), samples}
+    end)
+  end
+
   defp measure(:ops_per_s, fun, ctx, size) do
     isolated([], fn ->
       t0 = :erlang.monotonic_time()
@@ -268,6 +364,19 @@ defmodule GenNative.Bench do
     fun.(ctx)
     t1 = :erlang.monotonic_time()
     time_each(fun, ctx, n - 1, [t1 - t0 | acc])
+  end
+
+  defp self_timed(_fun, _ctx, 0, acc), do: acc
+
+  defp self_timed(fun, ctx, n, acc) do
+    case fun.(ctx) do
+      elapsed when is_integer(elapsed) and elapsed >= 0 ->
+        self_timed(fun, ctx, n - 1, [elapsed | acc])
+
+      other ->
+        raise "a :latency_us function with timing: :self must return the elapsed time " <>
+                "in native units, got #{inspect(other)}"
+    end
   end
 
   defp isolated(spawn_opts, fun) do
@@ -299,16 +408,17 @@ defmodule GenNative.Bench do
 
   ## Statistics
 
-  defp rows(name, :latency_us, peer_runs, native_runs, _opts) do
+  defp rows(name, :latency_us, peer_runs, native_runs, _opts, samples) do
     peer = latency_stats(peer_runs)
     native = latency_stats(native_runs)
+    of = if samples, do: ", #{samples} samples", else: ""
 
     for {key, label} <- [median: "median latency (us)", p99: "p99 latency (us)"] do
-      row(name, label, :latency_us, peer[key], native[key])
+      row(name, label <> of, :latency_us, peer[key], native[key])
     end
   end
 
-  defp rows(name, :ops_per_s, peer_runs, native_runs, opts) do
+  defp rows(name, :ops_per_s, peer_runs, native_runs, opts, _samples) do
     label = "ops/s, median of #{Keyword.fetch!(opts, :runs)} runs"
     [row(name, label, :ops_per_s, throughput(peer_runs), throughput(native_runs))]
   end
@@ -383,17 +493,25 @@ defmodule GenNative.Bench do
         [r.scenario, r.metric, format(r.unit, r.peer), format(r.unit, r.native), ratio(r.ratio)]
       end
 
-    mode = if quick?(), do: " (GN_BENCH_QUICK=1)", else: ""
+    method =
+      Keyword.get_lazy(opts, :method, fn ->
+        "Each side: warm-up, then #{opts[:runs]} runs of about #{opts[:run_ms]} ms, " <>
+          "alternating with the other side."
+      end)
 
-    """
-    ## Benchmark: #{suite}#{mode}
+    notes =
+      case Keyword.get(opts, :notes) do
+        nil -> ""
+        fun when is_function(fun, 0) -> "\n" <> fun.()
+        text -> "\n" <> text
+      end
 
-    Machine: #{machine()}; MIX_ENV=#{mix_env()}.
-    Each side: warm-up, then #{opts[:runs]} runs of about #{opts[:run_ms]} ms, \
-    alternating with the other side. Suite wall time #{:erlang.float_to_binary(wall_s, decimals: 1)} s.
+    report_header(suite) <>
+      """
+      #{method} Suite wall time #{:erlang.float_to_binary(wall_s, decimals: 1)} s.
 
-    #{table([header | body], [:left, :left, :right, :right, :right])}
-    """
+      #{table([header | body], [:left, :left, :right, :right, :right])}
+      """ <> notes
   end
 
   defp mix_env do
@@ -402,7 +520,12 @@ defmodule GenNative.Bench do
       else: System.get_env("MIX_ENV", "n/a")
   end
 
-  defp table([header | body] = lines, aligns) do
+  @doc """
+  Formats `[header | rows]` (lists of strings) as a Markdown table, each
+  column aligned `:left` or `:right` as given in `aligns`.
+  """
+  @spec table([[String.t()]], [:left | :right]) :: String.t()
+  def table([header | body] = lines, aligns) do
     widths =
       lines
       |> Enum.zip_with(& &1)
@@ -435,7 +558,10 @@ defmodule GenNative.Bench do
 
   defp ratio(r), do: :erlang.float_to_binary(r / 1, decimals: 2)
 
-  defp thousands(n) do
+  @doc false
+  def thousands(n) when n < 0, do: "-" <> thousands(-n)
+
+  def thousands(n) do
     n
     |> Integer.to_string()
     |> String.reverse()
