@@ -1,0 +1,113 @@
+# The batch suite: end-to-end casts handled per second by a counter server
+# that takes its casts one by one with handle_cast/2 (GenServer) or together
+# with handle_batch/2 (GenNative, default batch_size: 64). Every request
+# does the same work on both sides: add its increment to the counter.
+#
+#     mix gen_native.bench batch
+#     GN_BENCH_QUICK=1 bin/bench batch
+
+defmodule GenNative.Bench.Batch.PeerCounter do
+  @moduledoc false
+  use GenServer
+
+  @impl true
+  def init(count), do: {:ok, count}
+
+  @impl true
+  def handle_call(:get, _from, count), do: {:reply, count, count}
+
+  @impl true
+  def handle_cast({:add, n}, count), do: {:noreply, count + n}
+end
+
+defmodule GenNative.Bench.Batch.NativeCounter do
+  @moduledoc false
+  use GenNative
+
+  @impl true
+  def init(count), do: {:ok, count}
+
+  @impl true
+  def handle_call(:get, _from, count), do: {:reply, count, count}
+
+  # A cast to an idle server still arrives here, one by one.
+  @impl true
+  def handle_cast({:add, n}, count), do: {:noreply, count + n}
+
+  @impl GenNative
+  def handle_batch(requests, count), do: {:noreply, add_all(requests, count)}
+
+  defp add_all([{:add, n} | rest], count), do: add_all(rest, count + n)
+  defp add_all([], count), do: count
+end
+
+defmodule GenNative.Bench.Batch do
+  @moduledoc false
+  alias GenNative.Bench
+  alias GenNative.Bench.Batch.{NativeCounter, PeerCounter}
+
+  def scenarios, do: Enum.map([4, 1], &cast_throughput/1)
+
+  # End to end, as in the mailbox suite: each producer sends n casts, then
+  # one call, which the server answers after all of that producer's casts;
+  # the clock stops when the last producer's call returns, so every cast
+  # has been handled, not just queued.
+  defp cast_throughput(producers) do
+    run = fn {mod, pid}, n ->
+      checked(mod, pid, producers * n, fn ->
+        Bench.concurrently(producers, fn _ ->
+          repeat(n, fn -> mod.cast(pid, {:add, 1}) end)
+          mod.call(pid, :get, :infinity)
+        end)
+      end)
+    end
+
+    %{
+      name: "casts handled/s, #{producers} producer#{if producers > 1, do: "s"}",
+      unit: :ops_per_s,
+      setup: &setup/0,
+      teardown: &teardown/1,
+      peer: fn ctx, n -> run.(ctx.peer, n) end,
+      native: fn ctx, n -> run.(ctx.native, n) end
+    }
+  end
+
+  defp setup do
+    {:ok, peer} = GenServer.start_link(PeerCounter, 0)
+    {:ok, native} = GenNative.start_link(NativeCounter, 0)
+    %{peer: {GenServer, peer}, native: {GenNative, native}}
+  end
+
+  defp teardown(%{peer: {GenServer, peer}, native: {GenNative, native}}) do
+    :ok = GenServer.stop(peer)
+    :ok = GenNative.stop(native)
+  end
+
+  # Every cast adds 1: the counter must have grown by exactly `ops`, or the
+  # benchmark fails rather than flatter a side that lost requests.
+  defp checked(mod, pid, ops, timed) do
+    before = mod.call(pid, :get)
+    elapsed = timed.()
+    handled = mod.call(pid, :get) - before
+
+    if handled != ops do
+      raise "#{inspect(mod)} server handled #{handled} casts, expected #{ops}"
+    end
+
+    {ops, elapsed}
+  end
+
+  defp repeat(0, _fun), do: :ok
+
+  defp repeat(n, fun) do
+    fun.()
+    repeat(n - 1, fun)
+  end
+end
+
+GenNative.Bench.run("batch", GenNative.Bench.Batch.scenarios(),
+  notes:
+    "GenServer: handle_cast/2, one cast at a time. GenNative: handle_batch/2, " <>
+      "batch_size: 64 (default). Each cast adds 1 to a counter; each run checks " <>
+      "that the counter grew by exactly the number of casts sent.\n"
+)
