@@ -17,7 +17,10 @@
 #     last second of the run. After the producers stop, the calls still
 #     waiting get 1000 ms more with the server still doing its
 #     10 us per request; one still unanswered then counts as "more than"
-#     the time it had waited;
+#     the time it had waited. A normal call is admitted against the
+#     mailbox's capacity, so under overflow: :reject GenNative's normal calls
+#     mostly exit with :mailbox_full; a second probe on GenNative makes
+#     `priority: :high` calls the same way;
 #   * every request accounted for: after the producers stop, the server's
 #     work is switched off (requests are then handled without the 10 us) to
 #     drain what is queued, and the requests sent are checked against those
