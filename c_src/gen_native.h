@@ -29,17 +29,20 @@
 /* Atoms, created in gn_make_atoms() at load; atoms are global to the VM so
  * they stay valid across upgrades. gn_am_gen_cast is '$gen_cast' and
  * gn_am_wake '$gn_wake', the message that wakes a mailbox's owner;
- * gn_am_gn_high '$gn_high', the wrapper of a high-lane request. */
+ * gn_am_gn_high '$gn_high', the wrapper of a high-lane request;
+ * gn_am_gn_call '$gn_call', the wrapper of a queued normal call. */
 /* Atoms whose text is their name. */
 #define GN_ATOMS_PLAIN(X)                                                                          \
     X(ok)                                                                                          \
     X(error)                                                                                       \
     X(true)                                                                                        \
-    X(false) X(not_native) X(already_exists) X(length) X(high_length) X(capacity) X(overflow)      \
-        X(accepted) X(rejected) X(dropped) X(max_length) X(blocked_senders) X(closed) X(full)      \
-            X(wait) X(normal) X(high) X(cast) X(call) X(admit) X(cancelled) X(not_found)           \
-                X(infinity) X(reject) X(drop_newest) X(drop_oldest) X(block) X(not_ready)
-#define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high)
+    X(false)                                                                                       \
+    X(not_native) X(already_exists) X(length) X(high_length) X(capacity) X(overflow) X(accepted)   \
+        X(rejected) X(dropped) X(max_length) X(blocked_senders) X(closed) X(full) X(wait)          \
+            X(normal) X(high) X(cast) X(call) X(admit) X(cancelled) X(not_found) X(infinity)       \
+                X(reject) X(drop_newest) X(drop_oldest) X(block) X(not_ready) X(busy) X(none)      \
+                    X(any)
+#define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high) X(gn_call)
 #define GN_DECLARE_ATOM(name) extern ERL_NIF_TERM gn_am_##name;
 GN_ATOMS(GN_DECLARE_ATOM)
 #undef GN_DECLARE_ATOM

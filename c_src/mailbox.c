@@ -59,6 +59,7 @@ typedef enum { GN_REJECT, GN_DROP_NEWEST, GN_DROP_OLDEST, GN_BLOCK } gn_overflow
 
 typedef struct gn_item {
     ERL_NIF_TERM term; /* in the chunk's env */
+    uint64_t seq;      /* order of arrival, over both lanes */
     uint32_t epoch;
     uint32_t is_call;
 } gn_item;
@@ -74,6 +75,18 @@ typedef struct gn_lane {
     gn_chunk *first, *last;
     size_t len;
 } gn_lane;
+
+/* The senders with requests in the normal lane, and the sequence number of
+ * each one's last: when a process message waits, the owner drains only up to
+ * the last request its sender queued (a sender that queued nothing waits for
+ * nobody). Open addressing over the raw pid; an entry whose request has been
+ * taken is stale and may be overwritten. Bounded: when full of live entries,
+ * `overflow` makes every sender count as having queued up to the newest. */
+#define GN_SENDERS 1024
+typedef struct gn_sender {
+    uint64_t key; /* the pid term's bits; 0 for an empty slot */
+    uint64_t seq;
+} gn_sender;
 
 typedef struct gn_waiter {
     struct gn_waiter *next;
@@ -100,6 +113,11 @@ typedef struct gn_mailbox {
     gn_overflow overflow;
     gn_waiter *wait_head, *wait_tail;
     size_t waiting;
+    size_t waiting_lane[2];
+    uint64_t next_seq;
+    gn_sender *senders; /* GN_SENDERS slots, allocated on first use */
+    size_t senders_used;
+    int senders_overflow;
     uint64_t accepted; /* atomic: an unbounded mailbox admits calls without the lock */
     uint64_t rejected, dropped;
     size_t max_length;
@@ -112,7 +130,7 @@ static ErlNifResourceType *gn_mailbox_rtype;
 
 /* Appends a copy of `term` to the lane. Call with mb->lock held. Returns 0
  * when out of memory, leaving the lane unchanged. */
-static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint32_t epoch, int is_call)
+static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint64_t seq, uint32_t epoch, int is_call)
 {
     gn_chunk *c = lane->last;
     if (!c || c->tail == GN_CHUNK_ITEMS) {
@@ -133,6 +151,7 @@ static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint32_t epoch, int is
         return 0;
     gn_item *item = &c->items[c->tail++];
     item->term = enif_make_copy(c->env, term);
+    item->seq = seq;
     item->epoch = epoch;
     item->is_call = (uint32_t)is_call;
     lane->len++;
@@ -193,6 +212,92 @@ static void gn_note_length(gn_mailbox *mb)
         mb->max_length = len;
 }
 
+/* The sequence number of the normal lane's oldest request; requests of a
+ * sender entry below it are all taken. */
+static uint64_t gn_normal_head_seq(const gn_mailbox *mb)
+{
+    const gn_chunk *c = mb->lanes[GN_NORMAL].first;
+    return mb->lanes[GN_NORMAL].len ? c->items[c->head].seq : mb->next_seq;
+}
+
+static uint64_t gn_sender_key(const ErlNifPid *pid)
+{
+    return (uint64_t)pid->pid;
+}
+
+static size_t gn_sender_slot(uint64_t key)
+{
+    key ^= key >> 33;
+    key *= 0xff51afd7ed558ccdULL;
+    key ^= key >> 33;
+    return (size_t)(key & (GN_SENDERS - 1));
+}
+
+/* Records that `pid` queued request `seq` in the normal lane. Call with
+ * mb->lock held. */
+static void gn_note_sender(gn_mailbox *mb, const ErlNifPid *pid, uint64_t seq)
+{
+    if (mb->senders_overflow)
+        return;
+    if (!mb->senders && !(mb->senders = gn_alloc(GN_SENDERS * sizeof(gn_sender)))) {
+        mb->senders_overflow = 1;
+        return;
+    }
+    if (mb->senders_used == 0)
+        memset(mb->senders, 0, GN_SENDERS * sizeof(gn_sender));
+    uint64_t key = gn_sender_key(pid), head = gn_normal_head_seq(mb);
+    size_t i = gn_sender_slot(key), reuse = GN_SENDERS;
+    for (size_t n = 0; n < GN_SENDERS; n++, i = (i + 1) & (GN_SENDERS - 1)) {
+        gn_sender *e = &mb->senders[i];
+        if (e->key == key) {
+            e->seq = seq;
+            return;
+        }
+        if (e->key == 0)
+            break;
+        if (reuse == GN_SENDERS && e->seq < head)
+            reuse = i;
+    }
+    if (reuse == GN_SENDERS && mb->senders[i].key == 0 && mb->senders_used < GN_SENDERS * 3 / 4) {
+        reuse = i;
+        mb->senders_used++;
+    }
+    if (reuse == GN_SENDERS) {
+        mb->senders_overflow = 1;
+        return;
+    }
+    mb->senders[reuse].key = key;
+    mb->senders[reuse].seq = seq;
+}
+
+/* The sequence number of the last normal-lane request `pid` queued that is
+ * still queued, or 0 if none. Call with mb->lock held. */
+static uint64_t gn_sender_last(const gn_mailbox *mb, const ErlNifPid *pid)
+{
+    if (!mb->senders || mb->senders_used == 0)
+        return 0;
+    uint64_t key = gn_sender_key(pid), head = gn_normal_head_seq(mb), found = 0;
+    size_t i = gn_sender_slot(key);
+    for (size_t n = 0; n < GN_SENDERS; n++, i = (i + 1) & (GN_SENDERS - 1)) {
+        const gn_sender *e = &mb->senders[i];
+        if (e->key == 0)
+            break;
+        /* a reused slot may leave an older duplicate further on */
+        if (e->key == key && e->seq >= head && e->seq > found)
+            found = e->seq;
+    }
+    return found;
+}
+
+/* With the normal lane empty, every entry is stale: start afresh. */
+static void gn_senders_reset_if_empty(gn_mailbox *mb)
+{
+    if (mb->lanes[GN_NORMAL].len == 0) {
+        mb->senders_used = 0;
+        mb->senders_overflow = 0;
+    }
+}
+
 /* ------------------------------------------------------------------------ */
 /* Blocked senders                                                           */
 
@@ -230,17 +335,30 @@ static void gn_admit_waiters(gn_mailbox *mb, gn_outbox *out)
     gn_waiter **tail = &out->released;
     while (*tail)
         tail = &(*tail)->next;
-    while (mb->wait_head) {
-        gn_waiter *w = mb->wait_head;
+    /* In arrival order within each lane; a waiter that does not fit holds up
+     * those behind it in its own lane only. */
+    int stuck[2] = {0, 0};
+    gn_waiter **link = &mb->wait_head, *prev = NULL;
+    while (*link) {
+        gn_waiter *w = *link;
         gn_lane *lane = &mb->lanes[w->lane];
-        if (lane->len >= mb->capacity)
-            break;
-        if (w->item && !gn_lane_push(lane, w->item, mb->epoch, w->is_call))
-            break; /* out of memory: it stays blocked */
-        mb->wait_head = w->next;
-        if (!mb->wait_head)
-            mb->wait_tail = NULL;
+        if (stuck[w->lane] || lane->len >= mb->capacity ||
+            (w->item && !gn_lane_push(lane, w->item, mb->next_seq, mb->epoch, w->is_call))) {
+            stuck[w->lane] = 1;
+            prev = w;
+            link = &w->next;
+            continue;
+        }
+        if (w->item) {
+            if (w->lane == GN_NORMAL)
+                gn_note_sender(mb, &w->pid, mb->next_seq);
+            mb->next_seq++;
+        }
+        *link = w->next;
+        if (mb->wait_tail == w)
+            mb->wait_tail = prev;
         mb->waiting--;
+        mb->waiting_lane[w->lane]--;
         __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
         w->next = NULL;
         *tail = w;
@@ -256,6 +374,7 @@ static void gn_release_waiters(gn_mailbox *mb, gn_outbox *out)
     out->result = gn_am_closed;
     mb->wait_head = mb->wait_tail = NULL;
     mb->waiting = 0;
+    mb->waiting_lane[GN_NORMAL] = mb->waiting_lane[GN_HIGH] = 0;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -273,6 +392,8 @@ static void gn_mailbox_dtor(ErlNifEnv *env, void *obj)
         gn_waiter_free(w);
         w = next;
     }
+    if (mb->senders)
+        gn_free(mb->senders);
     if (mb->lock)
         enif_mutex_destroy(mb->lock);
 }
@@ -388,6 +509,7 @@ ERL_NIF_TERM gn_mailbox_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     memset(mb, 0, sizeof(*mb));
     mb->capacity = capacity;
     mb->overflow = overflow;
+    mb->next_seq = 1; /* 0: requests put back in front by requeue */
     mb->keep = enif_is_identical(argv[2], gn_am_true);
     mb->closed = 1; /* until owned: the destructor must not find it live */
     if (!(mb->lock = enif_mutex_create("gn_mailbox"))) {
@@ -417,17 +539,22 @@ static gn_mailbox *gn_owned_mailbox(ErlNifEnv *env, ERL_NIF_TERM term)
     return mb;
 }
 
-/* mailbox_take(Ref, Max) -> [Request]
- * Pops up to Max requests, the high lane first, then admits blocked senders
- * into the room made. Calls queued before the last adoption are skipped.
- * Fewer than Max means the lanes were emptied: that clears `signaled`, so
- * the next request wakes the owner again. */
+/* mailbox_take(Ref, Max, Upto) -> [Request]
+ * Pops up to Max requests, the high lane first, then normal requests whose
+ * sequence number is at most Upto (or all: Upto = infinity), then admits
+ * blocked senders into the room made. Calls queued before the last adoption
+ * are skipped. Fewer than Max means the lanes were emptied or Upto reached;
+ * emptying both lanes clears `signaled`, so the next request wakes the
+ * owner again. */
 ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
     unsigned max;
+    ErlNifUInt64 upto = UINT64_MAX;
     gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
     if (!mb || !enif_get_uint(env, argv[1], &max) || max == 0 || max > GN_MAILBOX_MAX_BATCH)
+        return enif_make_badarg(env);
+    if (!enif_is_identical(argv[2], gn_am_infinity) && !enif_get_uint64(env, argv[2], &upto))
         return enif_make_badarg(env);
 
     ERL_NIF_TERM batch[GN_MAILBOX_MAX_BATCH];
@@ -442,6 +569,8 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     for (int l = GN_HIGH; l >= GN_NORMAL; l--) {
         gn_lane *lane = &mb->lanes[l];
         while (n < max && lane->len > 0) {
+            if (l == GN_NORMAL && lane->first->items[lane->first->head].seq > upto)
+                break;
             gn_item *item = gn_lane_pop(lane, &done);
             if (item->is_call && item->epoch != mb->epoch) {
                 /* its caller exited with the old owner */
@@ -459,6 +588,7 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         gn_admit_waiters(mb, &out);
         refilled = gn_queued(mb) > before;
     }
+    gn_senders_reset_if_empty(mb);
     if (gn_queued(mb) == 0)
         __atomic_store_n(&mb->signaled, 0, __ATOMIC_RELEASE);
     enif_mutex_unlock(mb->lock);
@@ -470,6 +600,37 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     return enif_make_list_from_array(env, batch, n);
 }
 
+/* mailbox_watermark(Ref, [Pid] | any) -> Seq | none
+ * How far the owner must drain the normal lane before it handles process
+ * messages from these senders: the last request any of them still has
+ * queued; none if they have nothing queued. `any` (a sender unknown): the
+ * newest request queued. */
+ERL_NIF_TERM gn_mailbox_watermark_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
+    int any = enif_is_identical(argv[1], gn_am_any);
+    if (!mb || (!any && !enif_is_list(env, argv[1])))
+        return enif_make_badarg(env);
+    uint64_t mark = 0;
+    ERL_NIF_TERM head, tail = argv[1];
+    enif_mutex_lock(mb->lock);
+    if ((any || mb->senders_overflow) && mb->lanes[GN_NORMAL].len > 0) {
+        mark = mb->next_seq - 1;
+    } else if (!any) {
+        ErlNifPid pid;
+        while (enif_get_list_cell(env, tail, &head, &tail)) {
+            if (!enif_get_local_pid(env, head, &pid))
+                continue;
+            uint64_t last = gn_sender_last(mb, &pid);
+            if (last > mark)
+                mark = last;
+        }
+    }
+    enif_mutex_unlock(mb->lock);
+    return mark ? enif_make_uint64(env, mark) : gn_am_none;
+}
+
 /* Which lane a request taken out goes back to: the high lane for the
  * {'$gn_high', {cast | call, ...}} wrappers GenNative puts there. */
 static int gn_requeue_lane(ErlNifEnv *env, ERL_NIF_TERM item, int *is_call)
@@ -477,8 +638,13 @@ static int gn_requeue_lane(ErlNifEnv *env, ERL_NIF_TERM item, int *is_call)
     const ERL_NIF_TERM *outer, *inner;
     int arity;
     *is_call = 0;
-    if (!enif_get_tuple(env, item, &arity, &outer) || arity != 2 ||
-        !enif_is_identical(outer[0], gn_am_gn_high) ||
+    if (!enif_get_tuple(env, item, &arity, &outer) || arity < 2)
+        return GN_NORMAL;
+    if (arity == 3 && enif_is_identical(outer[0], gn_am_gn_call)) {
+        *is_call = 1;
+        return GN_NORMAL;
+    }
+    if (arity != 2 || !enif_is_identical(outer[0], gn_am_gn_high) ||
         !enif_get_tuple(env, outer[1], &arity, &inner) || arity < 1)
         return GN_NORMAL;
     *is_call = enif_is_identical(inner[0], gn_am_call);
@@ -501,7 +667,8 @@ ERL_NIF_TERM gn_mailbox_requeue_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     while (enif_get_list_cell(env, tail, &head, &tail)) {
         int is_call;
         int l = gn_requeue_lane(env, head, &is_call);
-        if (!gn_lane_push(&front[l], head, mb->epoch, is_call)) {
+        /* sequence 0: before everything still queued */
+        if (!gn_lane_push(&front[l], head, 0, mb->epoch, is_call)) {
             gn_chunks_free(front[GN_NORMAL].first);
             gn_chunks_free(front[GN_HIGH].first);
             return enif_raise_exception(env, enif_make_atom(env, "enomem"));
@@ -666,11 +833,13 @@ static gn_mailbox *gn_lock_target(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifP
 }
 
 /* mailbox_send(Pid, Item, Lane, Kind) ->
- *     ok | {ok, DroppedCall} | not_native | full | dropped | {wait, Tag}
+ *     ok | {ok, DroppedCall} | not_native | full | dropped | busy | {wait, Tag}
  *
- * Lane: normal | high. Kind: cast (Item is queued), call (a high-lane call,
- * Item is queued) or admit (a normal call, nothing is queued: it only needs
- * room). See the top of this file for what each result means. */
+ * Lane: normal | high. Kind: cast (Item is queued), call (Item, a call
+ * wrapped by GenNative, is queued; never sent directly) or admit (a normal
+ * call asks for room, nothing is queued; under overflow: block it gets
+ * `busy` and comes back as a queued call, so that blocked calls keep their
+ * order). See the top of this file for what each result means. */
 ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
@@ -688,7 +857,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     is_call = admit || enif_is_identical(argv[3], gn_am_call);
     if (!is_call && !enif_is_identical(argv[3], gn_am_cast))
         return enif_make_badarg(env);
-    if ((admit && lane_ix != GN_NORMAL) || (is_call && !admit && lane_ix != GN_HIGH))
+    if (admit && lane_ix != GN_NORMAL)
         return enif_make_badarg(env);
     gn_charge_enqueue(env);
 
@@ -717,9 +886,10 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     ERL_NIF_TERM result = gn_am_ok;
     gn_chunk *done = NULL;
     gn_lane *lane = &mb->lanes[lane_ix];
-    int full = mb->waiting > 0 || lane->len >= mb->capacity;
+    ErlNifPid self;
+    enif_self(env, &self);
 
-    if (full) {
+    if (mb->waiting_lane[lane_ix] > 0 || lane->len >= mb->capacity) {
         switch (mb->overflow) {
         case GN_REJECT:
             mb->rejected++;
@@ -741,6 +911,10 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             }
             break;
         case GN_BLOCK: {
+            if (admit) {
+                result = gn_am_busy;
+                goto unlock;
+            }
             gn_waiter *w = gn_alloc(sizeof(*w));
             ErlNifEnv *wenv = w ? enif_alloc_env() : NULL;
             if (!wenv) {
@@ -750,10 +924,10 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
                 return enif_raise_exception(env, enif_make_atom(env, "enomem"));
             }
             w->next = NULL;
-            enif_self(env, &w->pid);
+            w->pid = self;
             w->env = wenv;
             w->tag = enif_make_ref(wenv);
-            w->item = admit ? 0 : enif_make_copy(wenv, argv[1]);
+            w->item = enif_make_copy(wenv, argv[1]);
             w->lane = lane_ix;
             w->is_call = is_call;
             if (mb->wait_tail)
@@ -762,6 +936,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
                 mb->wait_head = w;
             mb->wait_tail = w;
             mb->waiting++;
+            mb->waiting_lane[lane_ix]++;
             result = enif_make_tuple2(env, gn_am_wait, enif_make_copy(env, w->tag));
             goto unlock;
         }
@@ -772,16 +947,23 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     if (admit)
         goto unlock;
     int signaled = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
-    if (lane_ix == GN_NORMAL && !signaled && gn_queued(mb) == 0 && mb->inflight == 0) {
+    /* keep_on_crash mailboxes queue everything: a direct cast would die in
+     * the process mailbox with its owner. */
+    if (lane_ix == GN_NORMAL && !is_call && !mb->keep && !signaled && gn_queued(mb) == 0 &&
+        mb->inflight == 0) {
         mb->inflight++;
         how = DIRECT;
     } else {
-        if (!gn_lane_push(lane, argv[1], mb->epoch, is_call)) {
+        uint64_t seq = mb->next_seq;
+        if (!gn_lane_push(lane, argv[1], seq, mb->epoch, is_call)) {
             __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
             enif_mutex_unlock(mb->lock);
             gn_chunks_free(done);
             return enif_raise_exception(env, enif_make_atom(env, "enomem"));
         }
+        mb->next_seq++;
+        if (lane_ix == GN_NORMAL)
+            gn_note_sender(mb, &self, seq);
         gn_note_length(mb);
         how = QUEUED;
         if (!signaled) {
@@ -804,8 +986,8 @@ unlock:
 }
 
 /* mailbox_cancel(Pid, Tag) -> cancelled | not_found
- * A blocked sender gives up. not_found: it was admitted or released
- * already, and {Tag, Result} is on its way to it. */
+ * A blocked sender gives up; its request counts as rejected. not_found: it
+ * was admitted or released already, and {Tag, Result} is on its way. */
 ERL_NIF_TERM gn_mailbox_cancel_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
@@ -823,6 +1005,8 @@ ERL_NIF_TERM gn_mailbox_cancel_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             if (mb->wait_tail == found)
                 mb->wait_tail = prev;
             mb->waiting--;
+            mb->waiting_lane[found->lane]--;
+            mb->rejected++; /* it gave up: sent, never accepted */
             break;
         }
     }

@@ -253,6 +253,10 @@ defmodule GenNative do
     # function_exported?/3 is false for a module not loaded yet
     Code.ensure_loaded(module)
 
+    unless mailbox == nil or Keyword.keyword?(mailbox) do
+      raise ArgumentError, "expected :mailbox to be a keyword list, got: #{inspect(mailbox)}"
+    end
+
     if mailbox == nil and not function_exported?(module, :__gn_mailbox__, 0) do
       # a plain GenServer started through GenNative
       {init_arg, options}
@@ -322,33 +326,38 @@ defmodule GenNative do
     {:ok, reply} -> reply
   end
 
-  # A normal call travels as a gen_server call once the mailbox admits it.
+  # A normal call travels as a gen_server call once the mailbox admits it;
+  # under overflow: :block, a call that must wait is queued instead, so that
+  # blocked calls are handled in the order they came.
   defp admitted_call(pid, server, request, timeout) do
     case Native.mailbox_send(pid, nil, :normal, :admit) do
       result when result in [:ok, :not_native] ->
         gen_call(pid, server, request, timeout, timeout)
 
-      {:wait, tag} ->
-        started = now()
-
-        case wait_room(pid, tag, timeout) do
-          :ok -> gen_call(pid, server, request, timeout, remaining(timeout, started))
-          :closed -> exit({:noproc, {__MODULE__, :call, [server, request, timeout]}})
-          :timeout -> exit({:timeout, {__MODULE__, :call, [server, request, timeout]}})
-        end
+      :busy ->
+        queued_call(pid, server, request, timeout, :normal)
 
       full when full in [:full, :dropped] ->
         exit({:mailbox_full, {__MODULE__, :call, [server, request, timeout]}})
     end
   end
 
-  # A priority call is queued in the high lane and answered from there.
-  defp high_call(pid, server, request, timeout) do
+  defp high_call(pid, server, request, timeout),
+    do: queued_call(pid, server, request, timeout, :high)
+
+  # A queued call is answered by the server from its mailbox.
+  defp queued_call(pid, server, request, timeout, lane) do
     mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
     from = {self(), [:alias | mref]}
     loc = {__MODULE__, :call, [server, request, timeout]}
 
-    case Native.mailbox_send(pid, {:"$gn_high", {:call, from, request}}, :high, :call) do
+    item =
+      case lane do
+        :high -> {:"$gn_high", {:call, from, request}}
+        :normal -> {:"$gn_call", from, request}
+      end
+
+    case Native.mailbox_send(pid, item, lane, :call) do
       :ok ->
         await_reply(mref, loc, timeout)
 
@@ -364,9 +373,10 @@ defmodule GenNative do
         started = now()
 
         case wait_room(pid, tag, timeout) do
+          :ok -> await_reply(mref, loc, remaining(timeout, started))
+          # the server died before the call reached it, as for a dead server
+          :closed -> give_up(mref, {:noproc, loc})
           :timeout -> give_up(mref, {:timeout, loc})
-          # admitted, or the server died: the monitor tells which
-          _ -> await_reply(mref, loc, remaining(timeout, started))
         end
 
       full when full in [:full, :dropped] ->
@@ -405,6 +415,10 @@ defmodule GenNative do
 
   # The caller of a priority call dropped to make room exits at once.
   defp notify_dropped({:"$gn_high", {:call, {_pid, [:alias | mref]} = from, _request}}) do
+    :gen.reply(from, {:"$gn_mailbox_full", mref})
+  end
+
+  defp notify_dropped({:"$gn_call", {_pid, [:alias | mref]} = from, _request}) do
     :gen.reply(from, {:"$gn_mailbox_full", mref})
   end
 

@@ -23,14 +23,17 @@ defmodule GenNative.Native do
   def mailbox_new(_capacity, _overflow, _keep), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_send(pid(), term(), :normal | :high, :cast | :call | :admit) ::
-          :ok | {:ok, term()} | :not_native | :full | :dropped | {:wait, reference()}
+          :ok | {:ok, term()} | :not_native | :full | :dropped | :busy | {:wait, reference()}
   def mailbox_send(_pid, _item, _lane, _kind), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_cancel(pid(), reference()) :: :cancelled | :not_found
   def mailbox_cancel(_pid, _tag), do: :erlang.nif_error(:not_loaded)
 
-  @spec mailbox_take(mailbox(), pos_integer()) :: [term()]
-  def mailbox_take(_mailbox, _max), do: :erlang.nif_error(:not_loaded)
+  @spec mailbox_take(mailbox(), pos_integer(), pos_integer() | :infinity) :: [term()]
+  def mailbox_take(_mailbox, _max, _upto), do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_watermark(mailbox(), [pid()] | :any) :: pos_integer() | :none
+  def mailbox_watermark(_mailbox, _senders), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_ack(mailbox()) :: :ok
   def mailbox_ack(_mailbox), do: :erlang.nif_error(:not_loaded)

@@ -134,7 +134,7 @@ defmodule GenNative.Server do
       mailbox ->
         case Process.get(@config) do
           {_, {_, true}} -> drain_keeping(module, mailbox, state)
-          _ -> finish(drain(module, mailbox, state, :open, nil))
+          _ -> finish(drain(module, mailbox, state, :infinity, nil))
         end
     end
   end
@@ -154,7 +154,7 @@ defmodule GenNative.Server do
   defp drain_keeping(module, mailbox, state) do
     result =
       try do
-        drain(module, mailbox, state, :open, nil)
+        drain(module, mailbox, state, :infinity, nil)
       catch
         kind, reason ->
           requeue(mailbox)
@@ -197,28 +197,23 @@ defmodule GenNative.Server do
     end
   end
 
-  # `budget` is :open (until the queue is empty) or how many more requests
-  # to take before returning to the process mailbox.
-  defp drain(_module, _mailbox, state, 0, timeout), do: reply(state, timeout)
-
-  defp drain(module, mailbox, state, budget, timeout) do
+  # `upto` is :infinity (until the queue is empty) or the sequence number of
+  # the last normal request to take before returning to the process mailbox.
+  defp drain(module, mailbox, state, upto, timeout) do
     {batch_size, mode} = Process.get(@config)
-    want = if budget == :open, do: batch_size, else: min(budget, batch_size)
 
-    case Native.mailbox_take(mailbox, want) do
+    case Native.mailbox_take(mailbox, batch_size, upto) do
       [] ->
         reply(state, timeout)
 
       requests ->
         case handle_requests(module, requests, mode, state, timeout) do
           {:cont, state, timeout} ->
-            taken = length(requests)
-
             cond do
-              # a short take emptied the queue (and re-armed the wake)
-              taken < want -> reply(state, timeout)
-              budget == :open -> drain(module, mailbox, state, open_budget(mailbox), timeout)
-              true -> drain(module, mailbox, state, budget - taken, timeout)
+              # a short take emptied the queue or reached `upto`
+              length(requests) < batch_size -> reply(state, timeout)
+              upto == :infinity -> continue(module, mailbox, state, timeout)
+              true -> drain(module, mailbox, state, upto, timeout)
             end
 
           stop ->
@@ -227,18 +222,46 @@ defmodule GenNative.Server do
     end
   end
 
-  # Messages are waiting: handle what is queued now, then them; a wake of
-  # ours goes behind them for whatever arrives meanwhile.
-  defp open_budget(mailbox) do
+  # Between two batches: if process messages wait (a call, a :sys request,
+  # an exit signal...), handle what their senders queued before them, then
+  # them, and a wake of ours goes behind them for the rest. A process that
+  # queued nothing waits at most one batch. A plain message does not say who
+  # sent it, so while one waits, everything queued at that moment comes
+  # first (its sender may have cast before sending it).
+  defp continue(module, mailbox, state, timeout) do
     case Process.info(self(), :message_queue_len) do
       {:message_queue_len, 0} ->
-        :open
+        drain(module, mailbox, state, :infinity, timeout)
 
       _ ->
         send(self(), :"$gn_wake")
-        Native.mailbox_length(mailbox)
+        {:messages, messages} = Process.info(self(), :messages)
+
+        case Native.mailbox_watermark(mailbox, senders(messages, [])) do
+          :none -> reply(state, timeout)
+          upto -> drain(module, mailbox, state, upto, timeout)
+        end
     end
   end
+
+  # The senders of waiting messages, or :any when one is unknown.
+  defp senders([], acc), do: acc
+  defp senders([{:system, {pid, _}, _} | rest], acc) when is_pid(pid), do: sender(rest, pid, acc)
+
+  defp senders([{:"$gen_call", {pid, _}, _} | rest], acc) when is_pid(pid),
+    do: sender(rest, pid, acc)
+
+  defp senders([{:EXIT, pid, _} | rest], acc) when is_pid(pid), do: sender(rest, pid, acc)
+
+  defp senders([{:DOWN, _, :process, pid, _} | rest], acc) when is_pid(pid),
+    do: sender(rest, pid, acc)
+
+  # ours, and direct casts (sent when nothing was queued)
+  defp senders([:"$gn_wake" | rest], acc), do: senders(rest, acc)
+  defp senders([{:"$gen_cast", _} | rest], acc), do: senders(rest, acc)
+  defp senders([_plain | _], _acc), do: :any
+
+  defp sender(rest, pid, acc), do: senders(rest, [pid | acc])
 
   # A timeout or :hibernate returned by the last request handled applies
   # only if nothing else is handled after it, as in GenServer.
@@ -261,6 +284,11 @@ defmodule GenNative.Server do
     end
   end
 
+  defp handle_requests(module, [{:"$gn_call", from, request} | rest], mode, state, _) do
+    # a normal call that waited for room under overflow: :block
+    handle_requests(module, [{:"$gn_high", {:call, from, request}} | rest], mode, state, nil)
+  end
+
   defp handle_requests(module, [{:"$gn_high", {:cast, request}} | rest], mode, state, _) do
     track(mode, rest)
     Process.put(@last, {:"$gen_cast", request})
@@ -272,7 +300,7 @@ defmodule GenNative.Server do
   end
 
   defp handle_requests(module, requests, {true, _} = mode, state, _timeout) do
-    {batch, rest} = Enum.split_while(requests, &(not high?(&1)))
+    {batch, rest} = Enum.split_while(requests, &(not wrapped?(&1)))
     track(mode, rest)
     Process.put(@last, {:"$gen_cast", {:"$gn_batch", batch}})
 
@@ -303,8 +331,10 @@ defmodule GenNative.Server do
   defp track({_, true}, rest), do: Process.put(@pending, rest)
   defp track(_mode, _rest), do: :ok
 
-  defp high?({:"$gn_high", _}), do: true
-  defp high?(_), do: false
+  # priority requests and queued calls end a batch
+  defp wrapped?({:"$gn_high", _}), do: true
+  defp wrapped?({:"$gn_call", _, _}), do: true
+  defp wrapped?(_), do: false
 
   # A throw in a callback is taken as its return value, as in gen_server.
   defp run(fun) do

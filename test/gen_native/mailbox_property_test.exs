@@ -471,7 +471,10 @@ defmodule GenNative.MailboxModel do
       match?({:ncall, _}, item) ->
         {:ok, %{s | procq: s.procq ++ [item]}}
 
-      lane == :normal and not s.signaled and s.normal == [] and s.high == [] and s.inflight == 0 ->
+      # a keep_on_crash mailbox queues every cast: a direct one would die
+      # with its server
+      lane == :normal and not s.cfg.keep and not s.signaled and s.normal == [] and s.high == [] and
+          s.inflight == 0 ->
         {:ok, %{s | inflight: 1, procq: s.procq ++ [{:direct, item}]}}
 
       true ->

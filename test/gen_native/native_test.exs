@@ -48,7 +48,7 @@ defmodule GenNative.NativeTest do
       forged = :erlang.binary_to_term(:erlang.term_to_binary(make_ref()))
 
       for bad <- [make_ref(), forged, :atomics.new(1, []), :not_a_ref, 123, self()] do
-        assert_raise ArgumentError, fn -> Native.mailbox_take(bad, 1) end
+        assert_raise ArgumentError, fn -> Native.mailbox_take(bad, 1, :infinity) end
         assert_raise ArgumentError, fn -> Native.mailbox_length(bad) end
         assert_raise ArgumentError, fn -> Native.mailbox_ack(bad) end
       end
@@ -56,7 +56,7 @@ defmodule GenNative.NativeTest do
 
     test "a handle owned by another process is rejected" do
       {owner, ref} = spawn_owner()
-      assert_raise ArgumentError, fn -> Native.mailbox_take(ref, 1) end
+      assert_raise ArgumentError, fn -> Native.mailbox_take(ref, 1, :infinity) end
       assert_raise ArgumentError, fn -> Native.mailbox_length(ref) end
       send(owner, :stop)
     end
@@ -66,7 +66,7 @@ defmodule GenNative.NativeTest do
       ref = GenNative.call(pid, :mailbox)
       assert is_reference(ref)
       GenNative.stop(pid)
-      assert_raise ArgumentError, fn -> Native.mailbox_take(ref, 1) end
+      assert_raise ArgumentError, fn -> Native.mailbox_take(ref, 1, :infinity) end
       assert_raise ArgumentError, fn -> Native.mailbox_length(ref) end
       # sending to a dead native server is a no-op, as send/2 is
       assert :ok = GenNative.cast(pid, :late)
@@ -79,10 +79,10 @@ defmodule GenNative.NativeTest do
         ref = Native.mailbox_new(:infinity, :reject, false)
 
         for bad <- [0, -1, 1025, :x, 1.0] do
-          assert_raise ArgumentError, fn -> Native.mailbox_take(ref, bad) end
+          assert_raise ArgumentError, fn -> Native.mailbox_take(ref, bad, :infinity) end
         end
 
-        assert [] = Native.mailbox_take(ref, 1024)
+        assert [] = Native.mailbox_take(ref, 1024, :infinity)
         send(parent, :done)
       end)
 
@@ -111,9 +111,9 @@ defmodule GenNative.NativeTest do
       pid = start_sink()
       assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :sideways, :cast) end
       assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :normal, :shout) end
-      # a normal-lane call is admitted, not queued; a queued call is high-lane
+      # only a normal call asks for admission
       assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :high, :admit) end
-      assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :normal, :call) end
+      assert_raise ArgumentError, fn -> Native.mailbox_take(make_ref(), 1, -1) end
       assert_raise ArgumentError, fn -> Native.mailbox_cancel(pid, :not_a_ref) end
 
       for bad <- [make_ref(), :atomics.new(1, []), :x] do
@@ -237,7 +237,7 @@ defmodule GenNative.NativeTest do
   end
 
   defp drain(ref, count) do
-    case isolated(fn -> Native.mailbox_take(ref, 1024) end) do
+    case isolated(fn -> Native.mailbox_take(ref, 1024, :infinity) end) do
       [] -> count
       items -> drain(ref, count + length(items))
     end
