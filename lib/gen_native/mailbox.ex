@@ -31,14 +31,19 @@ defmodule GenNative.Mailbox do
 
     * `:batch_size` - the most casts handed to `c:GenNative.handle_batch/2` at
       once, and how many queued requests the server handles before it looks
-      at its process mailbox again (default #{64}, at most 1024).
+      at its process mailbox again (default 64, at most 1024). A waiting
+      call, `:sys` request or exit signal is handled once the casts its
+      sender queued before it are done: at most one batch later if it queued
+      none.
 
     * `:keep_on_crash` - `true` or `false` (default). With `true`, casts still
       queued when the server crashes are delivered, in order, to the next
       server started under the same registered name with the same module
       (typically by its supervisor); calls queued by the dead server are
       dropped, their callers having exited already. A registered name is
-      required. The queue is freed when the server stops with `:normal`,
+      required. Such a mailbox queues every cast, even to an idle server (a
+      cast delivered as a process message would die with the process). The
+      queue is freed when the server stops with `:normal`,
       `:shutdown` or `{:shutdown, _}`, and otherwise kept for
       `Application.get_env(:gen_native, :keep_on_crash_ms, 5000)` ms after
       the crash: if no new server has adopted it by then, it is freed.
