@@ -84,8 +84,9 @@ typedef struct gn_lane {
  * `overflow` makes every sender count as having queued up to the newest. */
 #define GN_SENDERS 1024
 typedef struct gn_sender {
-    uint64_t key; /* the pid term's bits; 0 for an empty slot */
+    uint64_t key; /* the pid term's bits */
     uint64_t seq;
+    uint32_t gen; /* a slot whose gen is not the table's is empty */
 } gn_sender;
 
 typedef struct gn_waiter {
@@ -115,7 +116,8 @@ typedef struct gn_mailbox {
     size_t waiting;
     size_t waiting_lane[2];
     uint64_t next_seq;
-    gn_sender *senders; /* GN_SENDERS slots, allocated on first use */
+    gn_sender *senders;   /* GN_SENDERS slots, allocated on first use */
+    uint32_t senders_gen; /* bumped to empty the table in O(1) */
     size_t senders_used;
     int senders_overflow;
     uint64_t accepted; /* atomic: an unbounded mailbox admits calls without the lock */
@@ -239,26 +241,29 @@ static void gn_note_sender(gn_mailbox *mb, const ErlNifPid *pid, uint64_t seq)
 {
     if (mb->senders_overflow)
         return;
-    if (!mb->senders && !(mb->senders = gn_alloc(GN_SENDERS * sizeof(gn_sender)))) {
-        mb->senders_overflow = 1;
-        return;
-    }
-    if (mb->senders_used == 0)
+    if (!mb->senders) {
+        if (!(mb->senders = gn_alloc(GN_SENDERS * sizeof(gn_sender)))) {
+            mb->senders_overflow = 1;
+            return;
+        }
         memset(mb->senders, 0, GN_SENDERS * sizeof(gn_sender));
+        mb->senders_gen = 1;
+    }
+    uint32_t gen = mb->senders_gen;
     uint64_t key = gn_sender_key(pid), head = gn_normal_head_seq(mb);
     size_t i = gn_sender_slot(key), reuse = GN_SENDERS;
     for (size_t n = 0; n < GN_SENDERS; n++, i = (i + 1) & (GN_SENDERS - 1)) {
         gn_sender *e = &mb->senders[i];
+        if (e->gen != gen)
+            break;
         if (e->key == key) {
             e->seq = seq;
             return;
         }
-        if (e->key == 0)
-            break;
         if (reuse == GN_SENDERS && e->seq < head)
             reuse = i;
     }
-    if (reuse == GN_SENDERS && mb->senders[i].key == 0 && mb->senders_used < GN_SENDERS * 3 / 4) {
+    if (reuse == GN_SENDERS && mb->senders[i].gen != gen && mb->senders_used < GN_SENDERS * 3 / 4) {
         reuse = i;
         mb->senders_used++;
     }
@@ -268,6 +273,7 @@ static void gn_note_sender(gn_mailbox *mb, const ErlNifPid *pid, uint64_t seq)
     }
     mb->senders[reuse].key = key;
     mb->senders[reuse].seq = seq;
+    mb->senders[reuse].gen = gen;
 }
 
 /* The sequence number of the last normal-lane request `pid` queued that is
@@ -280,7 +286,7 @@ static uint64_t gn_sender_last(const gn_mailbox *mb, const ErlNifPid *pid)
     size_t i = gn_sender_slot(key);
     for (size_t n = 0; n < GN_SENDERS; n++, i = (i + 1) & (GN_SENDERS - 1)) {
         const gn_sender *e = &mb->senders[i];
-        if (e->key == 0)
+        if (e->gen != mb->senders_gen)
             break;
         /* a reused slot may leave an older duplicate further on */
         if (e->key == key && e->seq >= head && e->seq > found)
@@ -292,7 +298,11 @@ static uint64_t gn_sender_last(const gn_mailbox *mb, const ErlNifPid *pid)
 /* With the normal lane empty, every entry is stale: start afresh. */
 static void gn_senders_reset_if_empty(gn_mailbox *mb)
 {
-    if (mb->lanes[GN_NORMAL].len == 0) {
+    if (mb->lanes[GN_NORMAL].len == 0 && mb->senders_used > 0) {
+        if (++mb->senders_gen == 0) { /* wrapped: slots of gen 0 would look live */
+            memset(mb->senders, 0, GN_SENDERS * sizeof(gn_sender));
+            mb->senders_gen = 1;
+        }
         mb->senders_used = 0;
         mb->senders_overflow = 0;
     }

@@ -234,18 +234,29 @@ defmodule GenNative.Server do
         drain(module, mailbox, state, :infinity, timeout)
 
       _ ->
-        send(self(), :"$gn_wake")
         {:messages, messages} = Process.info(self(), :messages)
 
-        case Native.mailbox_watermark(mailbox, senders(messages, [])) do
-          :none -> reply(state, timeout)
-          upto -> drain(module, mailbox, state, upto, timeout)
+        case senders(messages, []) do
+          # only wakes, which this drain answers already
+          :wakes ->
+            drain(module, mailbox, state, :infinity, timeout)
+
+          senders ->
+            send(self(), :"$gn_wake")
+
+            case Native.mailbox_watermark(mailbox, senders) do
+              :none -> reply(state, timeout)
+              upto -> drain(module, mailbox, state, upto, timeout)
+            end
         end
     end
   end
 
-  # The senders of waiting messages, or :any when one is unknown.
+  # The senders of waiting messages; :any when one is unknown; :wakes when
+  # only wakes wait.
+  defp senders([], []), do: :wakes
   defp senders([], acc), do: acc
+  defp senders([:"$gn_wake" | rest], acc), do: senders(rest, acc)
   defp senders([{:system, {pid, _}, _} | rest], acc) when is_pid(pid), do: sender(rest, pid, acc)
 
   defp senders([{:"$gen_call", {pid, _}, _} | rest], acc) when is_pid(pid),
@@ -256,9 +267,9 @@ defmodule GenNative.Server do
   defp senders([{:DOWN, _, :process, pid, _} | rest], acc) when is_pid(pid),
     do: sender(rest, pid, acc)
 
-  # ours, and direct casts (sent when nothing was queued)
-  defp senders([:"$gn_wake" | rest], acc), do: senders(rest, acc)
-  defp senders([{:"$gen_cast", _} | rest], acc), do: senders(rest, acc)
+  # A direct cast was sent when nothing was queued: it comes before all that
+  # is queued now, so the drain stops for it (its sender needs no mark).
+  defp senders([{:"$gen_cast", _} | rest], acc), do: sender(rest, nil, acc)
   defp senders([_plain | _], _acc), do: :any
 
   defp sender(rest, pid, acc), do: senders(rest, [pid | acc])
