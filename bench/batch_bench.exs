@@ -54,9 +54,9 @@ defmodule GenNative.Bench.Batch do
   # has been handled, not just queued.
   defp cast_throughput(producers) do
     run = fn {mod, pid}, n ->
-      checked(mod, pid, producers * n, fn ->
+      GenNative.Bench.checked(mod, pid, producers * n, fn ->
         Bench.concurrently(producers, fn _ ->
-          repeat(n, fn -> mod.cast(pid, {:add, 1}) end)
+          GenNative.Bench.repeat(n, fn -> mod.cast(pid, {:add, 1}) end)
           mod.call(pid, :get, :infinity)
         end)
       end)
@@ -81,27 +81,6 @@ defmodule GenNative.Bench.Batch do
   defp teardown(%{peer: {GenServer, peer}, native: {GenNative, native}}) do
     :ok = GenServer.stop(peer)
     :ok = GenNative.stop(native)
-  end
-
-  # Every cast adds 1: the counter must have grown by exactly `ops`, or the
-  # benchmark fails rather than flatter a side that lost requests.
-  defp checked(mod, pid, ops, timed) do
-    before = mod.call(pid, :get)
-    elapsed = timed.()
-    handled = mod.call(pid, :get) - before
-
-    if handled != ops do
-      raise "#{inspect(mod)} server handled #{handled} casts, expected #{ops}"
-    end
-
-    {ops, elapsed}
-  end
-
-  defp repeat(0, _fun), do: :ok
-
-  defp repeat(n, fun) do
-    fun.()
-    repeat(n - 1, fun)
   end
 end
 

@@ -180,6 +180,33 @@ defmodule GenNative.Bench do
   end
 
   @doc """
+  Runs `timed` (which returns the elapsed time) and checks, outside the
+  timed part, that the counter server `pid` (reading its count with
+  `mod.call(pid, :get)`) handled exactly `ops` requests: a lost or
+  duplicated request fails the benchmark rather than flatter a side.
+  Returns `{ops, elapsed}`.
+  """
+  def checked(mod, pid, ops, timed) do
+    before = mod.call(pid, :get)
+    elapsed = timed.()
+    handled = mod.call(pid, :get) - before
+
+    if handled != ops do
+      raise "#{inspect(mod)} server handled #{handled} requests, expected #{ops}"
+    end
+
+    {ops, elapsed}
+  end
+
+  @doc "Calls `fun` `n` times."
+  def repeat(0, _fun), do: :ok
+
+  def repeat(n, fun) do
+    fun.()
+    repeat(n - 1, fun)
+  end
+
+  @doc """
   Returns `true` when `GN_BENCH_QUICK` asks for a short run.
   """
   @spec quick?() :: boolean()

@@ -60,8 +60,10 @@ defmodule GenNative.Bench.Mailbox do
 
   defp call_throughput(callers) do
     run = fn {mod, pid}, n ->
-      checked(mod, pid, callers * n, fn ->
-        Bench.concurrently(callers, fn _ -> repeat(n, fn -> mod.call(pid, :inc) end) end)
+      GenNative.Bench.checked(mod, pid, callers * n, fn ->
+        Bench.concurrently(callers, fn _ ->
+          GenNative.Bench.repeat(n, fn -> mod.call(pid, :inc) end)
+        end)
       end)
     end
 
@@ -80,9 +82,9 @@ defmodule GenNative.Bench.Mailbox do
   # producer's call returns, so every cast has been handled, not just queued.
   defp cast_throughput(producers) do
     run = fn {mod, pid}, n ->
-      checked(mod, pid, producers * n, fn ->
+      GenNative.Bench.checked(mod, pid, producers * n, fn ->
         Bench.concurrently(producers, fn _ ->
-          repeat(n, fn -> mod.cast(pid, :inc) end)
+          GenNative.Bench.repeat(n, fn -> mod.cast(pid, :inc) end)
           mod.call(pid, :get)
         end)
       end)
@@ -107,28 +109,6 @@ defmodule GenNative.Bench.Mailbox do
   defp teardown(%{peer: {GenServer, peer}, native: {GenNative, native}}) do
     :ok = GenServer.stop(peer)
     :ok = GenNative.stop(native)
-  end
-
-  # Runs the timed function and checks, outside the timed part, that the
-  # server handled exactly `ops` requests: a lost or duplicated request must
-  # fail the benchmark rather than flatter it.
-  defp checked(mod, pid, ops, timed) do
-    before = mod.call(pid, :get)
-    elapsed = timed.()
-    handled = mod.call(pid, :get) - before
-
-    if handled != ops do
-      raise "#{inspect(mod)} server handled #{handled} requests, expected #{ops}"
-    end
-
-    {ops, elapsed}
-  end
-
-  defp repeat(0, _fun), do: :ok
-
-  defp repeat(n, fun) do
-    fun.()
-    repeat(n - 1, fun)
   end
 end
 
