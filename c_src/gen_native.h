@@ -32,16 +32,67 @@
  * gn_am_gn_high '$gn_high', the wrapper of a high-lane request;
  * gn_am_gn_call '$gn_call', the wrapper of a queued normal call. */
 /* Atoms whose text is their name. */
-#define GN_ATOMS_PLAIN(X)                                                                          \
-    X(ok)                                                                                          \
-    X(error)                                                                                       \
-    X(true)                                                                                        \
-    X(false)                                                                                       \
-    X(not_native) X(already_exists) X(length) X(high_length) X(capacity) X(overflow) X(accepted)   \
-        X(rejected) X(dropped) X(max_length) X(blocked_senders) X(closed) X(full) X(wait)          \
-            X(normal) X(high) X(cast) X(call) X(admit) X(cancelled) X(not_found) X(infinity)       \
-                X(reject) X(drop_newest) X(drop_oldest) X(block) X(not_ready) X(busy) X(none)      \
-                    X(any)
+/* clang-format off */
+#define GN_ATOMS_PLAIN(X) \
+    X(ok) \
+    X(error) \
+    X(true) \
+    X(false) \
+    X(not_native) \
+    X(already_exists) \
+    X(length) \
+    X(high_length) \
+    X(capacity) \
+    X(overflow) \
+    X(accepted) \
+    X(rejected) \
+    X(dropped) \
+    X(max_length) \
+    X(blocked_senders) \
+    X(closed) \
+    X(full) \
+    X(wait) \
+    X(normal) \
+    X(high) \
+    X(cast) \
+    X(call) \
+    X(admit) \
+    X(cancelled) \
+    X(not_found) \
+    X(infinity) \
+    X(reject) \
+    X(drop_newest) \
+    X(drop_oldest) \
+    X(block) \
+    X(not_ready) \
+    X(busy) \
+    X(none) \
+    X(any) \
+    X(store_deleted) \
+    X(not_owner) \
+    X(ordered_set) \
+    X(set) \
+    X(nil) \
+    X(public) \
+    X(protected) \
+    X(named) \
+    X(owner) \
+    X(put) \
+    X(put_new) \
+    X(not_integer) \
+    X(type) \
+    X(size) \
+    X(memory) \
+    X(name) \
+    X(access) \
+    X(lifetime) \
+    X(first) \
+    X(last) \
+    X(next) \
+    X(prev) \
+    X(index) \
+    X(not_ordered)
+/* clang-format on */
 #define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high) X(gn_call)
 #define GN_DECLARE_ATOM(name) extern ERL_NIF_TERM gn_am_##name;
 GN_ATOMS(GN_DECLARE_ATOM)

@@ -5,6 +5,7 @@
  */
 #include "gen_native.h"
 #include "mailbox.h"
+#include "store.h"
 
 #define GN_DEFINE_ATOM(name) ERL_NIF_TERM gn_am_##name;
 GN_ATOMS(GN_DEFINE_ATOM)
@@ -30,7 +31,7 @@ static gn_priv *gn_priv_open(ErlNifEnv *env, gn_registry *shared, ErlNifResource
         return NULL;
     priv->registry = shared;
     priv->reaper = gn_reaper_start();
-    if (!priv->reaper || !gn_mailbox_load(env, priv, flags))
+    if (!priv->reaper || !gn_mailbox_load(env, priv, flags) || !gn_store_load(env, priv, flags))
         goto fail;
     if (shared)
         gn_registry_retain(shared);
@@ -77,6 +78,7 @@ static void gn_unload(ErlNifEnv *env, void *priv_data)
     gn_priv *priv = priv_data;
     if (gn_current == priv)
         gn_current = NULL;
+    gn_store_unload();
     gn_reaper_stop(priv->reaper);
     gn_registry_release(priv->registry);
     gn_free(priv);
@@ -96,6 +98,24 @@ static ErlNifFunc gn_funcs[] = {
     {"mailbox_adopt",    1,     gn_mailbox_adopt_nif,   0},
     {"mailbox_discard",  1,     gn_mailbox_discard_nif, 0},
     {"mailbox_requeue",  2,     gn_mailbox_requeue_nif, 0},
+    {"store_new",        5,     gn_store_new_nif,       0},
+    {"store_whereis",    1,     gn_store_whereis_nif,   0},
+    {"store_put",        4,     gn_store_put_nif,       0},
+    {"store_get",        2,     gn_store_get_nif,       0},
+    {"store_delete_key", 2,     gn_store_delete_key_nif, 0},
+    {"store_take",       2,     gn_store_take_nif,      0},
+    {"store_update_counter", 4, gn_store_update_counter_nif, 0},
+    {"store_size",       1,     gn_store_size_nif,      0},
+    {"store_info",       1,     gn_store_info_nif,      0},
+    {"store_delete",     1,     gn_store_delete_nif,    0},
+    {"store_step",       3,     gn_store_step_nif,      0},
+    {"store_rank",       2,     gn_store_rank_nif,      0},
+    {"store_at",         2,     gn_store_at_nif,        0},
+    {"store_clear",      1,     gn_store_clear_nif,     0},
+    /* work that grows with the store: dirty */
+    {"store_to_list",    1,     gn_store_to_list_nif,   ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"store_range",      4,     gn_store_range_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"store_put_many",   2,     gn_store_put_many_nif,  ERL_NIF_DIRTY_JOB_CPU_BOUND},
 };
 /* clang-format on */
 

@@ -52,4 +52,26 @@ defmodule GenNative.Native do
 
   @spec mailbox_discard(mailbox()) :: :ok
   def mailbox_discard(_mailbox), do: :erlang.nif_error(:not_loaded)
+
+  # GenNative.Store
+  @typep store :: reference()
+
+  def store_new(_type, _name, _access, _lifetime, _max), do: :erlang.nif_error(:not_loaded)
+  def store_whereis(_name), do: :erlang.nif_error(:not_loaded)
+  def store_put(_store, _key, _value, _mode), do: :erlang.nif_error(:not_loaded)
+  def store_get(_store, _key), do: :erlang.nif_error(:not_loaded)
+  def store_delete_key(_store, _key), do: :erlang.nif_error(:not_loaded)
+  def store_take(_store, _key), do: :erlang.nif_error(:not_loaded)
+  def store_update_counter(_store, _key, _incr, _default), do: :erlang.nif_error(:not_loaded)
+  @spec store_size(store()) :: non_neg_integer()
+  def store_size(_store), do: :erlang.nif_error(:not_loaded)
+  def store_info(_store), do: :erlang.nif_error(:not_loaded)
+  def store_delete(_store), do: :erlang.nif_error(:not_loaded)
+  def store_step(_store, _which, _key), do: :erlang.nif_error(:not_loaded)
+  def store_rank(_store, _key), do: :erlang.nif_error(:not_loaded)
+  def store_at(_store, _index), do: :erlang.nif_error(:not_loaded)
+  def store_clear(_store), do: :erlang.nif_error(:not_loaded)
+  def store_to_list(_store), do: :erlang.nif_error(:not_loaded)
+  def store_range(_store, _from, _to, _limit), do: :erlang.nif_error(:not_loaded)
+  def store_put_many(_store, _entries), do: :erlang.nif_error(:not_loaded)
 end
