@@ -91,7 +91,8 @@
     X(next) \
     X(prev) \
     X(index) \
-    X(not_ordered)
+    X(not_ordered) \
+    X(invalid_snapshot)
 /* clang-format on */
 #define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high) X(gn_call)
 #define GN_DECLARE_ATOM(name) extern ERL_NIF_TERM gn_am_##name;

@@ -116,6 +116,8 @@ static ErlNifFunc gn_funcs[] = {
     {"store_to_list",    1,     gn_store_to_list_nif,   ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_range",      4,     gn_store_range_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_put_many",   2,     gn_store_put_many_nif,  ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"store_snapshot",   1,     gn_store_snapshot_nif,  ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"store_restore",    5,     gn_store_restore_nif,   ERL_NIF_DIRTY_JOB_CPU_BOUND},
 };
 /* clang-format on */
 

@@ -1122,3 +1122,185 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     enif_rwlock_rwunlock(s->lock);
     return result ? result : enif_raise_exception(env, enif_make_atom(env, "enomem"));
 }
+
+/* ------------------------------------------------------------------------ */
+/* Snapshots                                                                 */
+/*
+ * Format: "GNS1" | type (1 byte: 0 set, 1 ordered_set) | count (8, big
+ * endian) | count x (klen (4) | key ETF | vlen (4) | value ETF) | CRC32 (4)
+ * of everything before it. restore checks all of it, and builds the whole
+ * tree, before a store exists: never a half-built store.
+ */
+
+static uint32_t gn_crc_table[256];
+static int gn_crc_ready;
+
+static void gn_crc_init(void)
+{
+    for (uint32_t i = 0; i < 256; i++) {
+        uint32_t c = i;
+        for (int k = 0; k < 8; k++)
+            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
+        gn_crc_table[i] = c;
+    }
+    gn_crc_ready = 1;
+}
+
+static uint32_t gn_crc32(const unsigned char *p, size_t n)
+{
+    uint32_t c = 0xFFFFFFFFu;
+    while (n--)
+        c = gn_crc_table[(c ^ *p++) & 0xFF] ^ (c >> 8);
+    return c ^ 0xFFFFFFFFu;
+}
+
+static void gn_put_be(unsigned char *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)(v & 0xFF);
+}
+
+static uint64_t gn_get_be(const unsigned char *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+#define GN_SNAP_HEADER 13
+
+/* store_snapshot(Store) -> binary() (dirty) */
+ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    ERL_NIF_TERM err, out;
+    gn_store *s;
+    if (!GN_READ(env, argv[0], s, err))
+        return err;
+    size_t total = GN_SNAP_HEADER + 4, count = 0;
+    gn_node *stack[128];
+    int top = 0;
+    for (gn_node *n = s->root; n || top;) {
+        while (n) {
+            stack[top++] = n;
+            n = n->left;
+        }
+        n = stack[--top];
+        total += 8 + n->kbin.size + n->vbin.size;
+        count++;
+        n = n->right;
+    }
+    unsigned char *p = enif_make_new_binary(env, total, &out);
+    if (!p) {
+        enif_rwlock_runlock(s->lock);
+        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    }
+    memcpy(p, "GNS1", 4);
+    p[4] = (unsigned char)s->ordered;
+    gn_put_be(p + 5, count, 8);
+    unsigned char *w = p + GN_SNAP_HEADER;
+    for (gn_node *n = s->root; n || top;) {
+        while (n) {
+            stack[top++] = n;
+            n = n->left;
+        }
+        n = stack[--top];
+        gn_put_be(w, n->kbin.size, 4);
+        memcpy(w + 4, n->kbin.data, n->kbin.size);
+        w += 4 + n->kbin.size;
+        gn_put_be(w, n->vbin.size, 4);
+        memcpy(w + 4, n->vbin.data, n->vbin.size);
+        w += 4 + n->vbin.size;
+        n = n->right;
+    }
+    enif_rwlock_runlock(s->lock);
+    if (!gn_crc_ready)
+        gn_crc_init();
+    gn_put_be(w, gn_crc32(p, total - 4), 4);
+    return out;
+}
+
+/* store_restore(Binary, Name | nil, Access, Lifetime, MaxSize | infinity)
+ *   -> {ok, Store} | {error, invalid_snapshot | already_exists | full} (dirty) */
+ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    ErlNifBinary bin;
+    if (!enif_inspect_binary(env, argv[0], &bin))
+        return enif_make_badarg(env);
+    ERL_NIF_TERM invalid = enif_make_tuple2(env, gn_am_error, gn_am_invalid_snapshot);
+    if (!gn_crc_ready)
+        gn_crc_init();
+    if (bin.size < GN_SNAP_HEADER + 4 || memcmp(bin.data, "GNS1", 4) != 0 || bin.data[4] > 1 ||
+        gn_crc32(bin.data, bin.size - 4) != (uint32_t)gn_get_be(bin.data + bin.size - 4, 4))
+        return invalid;
+    uint64_t count = gn_get_be(bin.data + 5, 8);
+    const unsigned char *r = bin.data + GN_SNAP_HEADER, *end = bin.data + bin.size - 4;
+
+    /* A new store, even where new/2 would adopt an orphaned named one. */
+    if (!enif_is_identical(argv[1], gn_am_nil) && enif_is_atom(env, argv[1])) {
+        gn_store *held = gn_name_lookup(argv[1]);
+        if (held) {
+            enif_release_resource(held);
+            return enif_make_tuple2(env, gn_am_error, gn_am_already_exists);
+        }
+    }
+
+    /* Create the store, fill it, and only then hand it out. */
+    ERL_NIF_TERM args[5] = {bin.data[4] ? gn_am_ordered_set : gn_am_set, argv[1], argv[2], argv[3],
+                            argv[4]};
+    (void)argc;
+    ERL_NIF_TERM created = gn_store_new_nif(env, 5, args);
+    const ERL_NIF_TERM *tuple;
+    int arity;
+    gn_store *s;
+    if (!enif_get_tuple(env, created, &arity, &tuple) || !enif_is_identical(tuple[0], gn_am_ok))
+        return created; /* already_exists, or an exception */
+    enif_get_resource(env, tuple[1], gn_store_rtype, (void **)&s);
+    enif_rwlock_rwlock(s->lock);
+    int ok = 1;
+    for (uint64_t i = 0; ok && i < count; i++) {
+        ERL_NIF_TERM key, value;
+        size_t klen, vlen;
+        if (end - r < 4 || (klen = gn_get_be(r, 4), (size_t)(end - r - 4) < klen)) {
+            ok = 0;
+            break;
+        }
+        if (enif_binary_to_term(env, r + 4, klen, &key, 0) != klen) {
+            ok = 0;
+            break;
+        }
+        r += 4 + klen;
+        if (end - r < 4 || (vlen = gn_get_be(r, 4), (size_t)(end - r - 4) < vlen) ||
+            enif_binary_to_term(env, r + 4, vlen, &value, 0) != vlen) {
+            ok = 0;
+            break;
+        }
+        r += 4 + vlen;
+        gn_probe p = {env, key, {0}, 0};
+        gn_node *n = gn_find(s, &p);
+        if (!n && gn_size(s->root) >= s->max_size) {
+            gn_probe_done(&p);
+            enif_rwlock_rwunlock(s->lock);
+            gn_store_delete_nif(env, 1, &tuple[1]);
+            return enif_make_tuple2(env, gn_am_error, gn_am_full);
+        }
+        if (n)
+            ok = gn_node_set(s, env, n, value);
+        else if ((n = gn_node_new(s, env, key, value))) {
+            s->root = gn_insert(s, s->root, n, &p);
+            s->memory += gn_node_bytes(n);
+        } else
+            ok = 0;
+        gn_probe_done(&p);
+    }
+    if (r != end)
+        ok = 0;
+    enif_rwlock_rwunlock(s->lock);
+    if (!ok) {
+        gn_store_delete_nif(env, 1, &tuple[1]);
+        return invalid;
+    }
+    return created;
+}
+

@@ -62,6 +62,31 @@ defmodule GenNative.Store do
             "expected the store type to be :set or :ordered_set, got: #{inspect(type)}"
     end
 
+    {name, access, lifetime, max} = options!(opts)
+    Native.store_new(type, name, access, lifetime, max)
+  end
+
+  @doc """
+  A binary holding every entry of the store, for `restore/2`.
+  Runs on a dirty scheduler.
+  """
+  @spec snapshot(t()) :: binary()
+  def snapshot(store), do: call(store, &Native.store_snapshot/1)
+
+  @doc """
+  Builds a new store, owned by the caller, from a `snapshot/1` binary, with
+  the options of `new/2` (the type is the snapshot's). A truncated,
+  corrupted or foreign binary gives `{:error, :invalid_snapshot}`: no store
+  is created. A name in use gives `{:error, :already_exists}`.
+  """
+  @spec restore(binary(), keyword()) ::
+          {:ok, t()} | {:error, :invalid_snapshot | :already_exists | :full}
+  def restore(binary, opts \\ []) when is_binary(binary) do
+    {name, access, lifetime, max} = options!(opts)
+    Native.store_restore(binary, name, access, lifetime, max)
+  end
+
+  defp options!(opts) do
     unless Keyword.keyword?(opts) do
       raise ArgumentError,
             "expected the store options to be a keyword list, got: #{inspect(opts)}"
@@ -92,7 +117,7 @@ defmodule GenNative.Store do
       raise ArgumentError, "store option lifetime: :named requires a :name"
     end
 
-    Native.store_new(type, name || nil, access, lifetime, max)
+    {name, access, lifetime, max}
   end
 
   defp check!(true, _opt, _value, _expected), do: :ok
