@@ -58,7 +58,16 @@ defmodule GenNative.Bench do
       `$GN_BENCH_RESULTS_DIR`, or `bench/results`)
     * `:method` - replaces the sentence describing how each side was run
     * `:notes` - text, or a function returning text once the scenarios have
-      run, printed after the table
+      run (of no argument, or of one: the rows), printed after the table
+
+  ## Custom scenarios
+
+  A scenario `%{name: name, custom: fun}` runs `fun.()` once, which measures
+  both sides itself and returns its rows, each built with `row/5`, in the
+  same table: for measurements that are neither a per-operation latency nor
+  a throughput (a maximum latency, bytes per entry), or whose two sides need
+  different sample counts. `stats/1` summarises latency samples the way the
+  harness does.
 
   ## Suites that do not fit `run/3`
 
@@ -69,7 +78,7 @@ defmodule GenNative.Bench do
   """
 
   @type ctx :: term()
-  @type unit :: :latency_us | :ops_per_s
+  @type unit :: :latency_us | :ops_per_s | :bytes
   @type scenario :: %{
           required(:name) => String.t(),
           required(:unit) => unit(),
@@ -86,9 +95,9 @@ defmodule GenNative.Bench do
           scenario: String.t(),
           metric: String.t(),
           unit: unit(),
-          peer: float(),
+          peer: float() | nil,
           native: float(),
-          ratio: float()
+          ratio: float() | nil
         }
 
   # Latency samples are kept in a list for the whole run; a large initial heap
@@ -248,6 +257,18 @@ defmodule GenNative.Bench do
       "" -> "bench/results"
       dir -> dir
     end
+  end
+
+  defp run_scenario(suite, %{name: name, custom: fun}, _opts) when is_function(fun, 0) do
+    IO.write(:stderr, "#{suite}: #{name} ...")
+    rows = fun.()
+
+    unless is_list(rows) and Enum.all?(rows, &match?(%{scenario: _, metric: _, unit: _}, &1)) do
+      raise "custom scenario #{inspect(name)} must return a list of rows built with row/5"
+    end
+
+    IO.puts(:stderr, " done")
+    rows
   end
 
   defp run_scenario(suite, %{name: name, unit: unit} = scenario, opts)
@@ -450,14 +471,44 @@ defmodule GenNative.Bench do
     [row(name, label, :ops_per_s, throughput(peer_runs), throughput(native_runs))]
   end
 
-  defp row(name, metric, unit, peer, native) do
+  @doc """
+  A table row, for a custom scenario: `unit` is `:latency_us` (peer and
+  native in microseconds), `:ops_per_s` or `:bytes` (lower is better);
+  `peer` may be `nil` when there is nothing to compare with, and the ratio
+  is then shown as "n/a".
+  """
+  @spec row(String.t(), String.t(), unit(), number() | nil, number()) :: row()
+  def row(name, metric, unit, peer, native) when unit in [:latency_us, :ops_per_s, :bytes] do
     ratio =
       case unit do
-        :latency_us -> peer / native
-        :ops_per_s -> native / peer
+        _ when peer == nil -> nil
+        :ops_per_s -> native / max(peer, 1.0e-9)
+        _ -> peer / max(native, 1.0e-9)
       end
 
     %{scenario: name, metric: metric, unit: unit, peer: peer, native: native, ratio: ratio}
+  end
+
+  @doc """
+  `%{median: us, p99: us, max: us, count: n}` of latency samples given in
+  native time units (a non-empty list), with the harness's nearest-rank p99.
+  """
+  @spec stats([integer()]) :: %{
+          median: float(),
+          p99: float(),
+          max: float(),
+          count: pos_integer()
+        }
+  def stats([_ | _] = samples) do
+    sorted = samples |> Enum.sort() |> List.to_tuple()
+    n = tuple_size(sorted)
+
+    %{
+      median: microseconds(median(sorted)),
+      p99: microseconds(percentile(sorted, 0.99)),
+      max: microseconds(elem(sorted, n - 1)),
+      count: n
+    }
   end
 
   defp latency_stats(runs) do
@@ -530,6 +581,7 @@ defmodule GenNative.Bench do
       case Keyword.get(opts, :notes) do
         nil -> ""
         fun when is_function(fun, 0) -> "\n" <> fun.()
+        fun when is_function(fun, 1) -> "\n" <> fun.(rows)
         text -> "\n" <> text
       end
 
@@ -580,9 +632,12 @@ defmodule GenNative.Bench do
     Enum.map_join([line.(header), rule | Enum.map(body, line)], "\n", & &1)
   end
 
+  defp format(_unit, nil), do: "n/a"
   defp format(:latency_us, us), do: :erlang.float_to_binary(us / 1, decimals: 2)
   defp format(:ops_per_s, ops), do: ops |> round() |> thousands()
+  defp format(:bytes, bytes), do: :erlang.float_to_binary(bytes / 1, decimals: 1)
 
+  defp ratio(nil), do: "n/a"
   defp ratio(r), do: :erlang.float_to_binary(r / 1, decimals: 2)
 
   @doc false

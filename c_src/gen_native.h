@@ -92,7 +92,8 @@
     X(prev) \
     X(index) \
     X(not_ordered) \
-    X(invalid_snapshot)
+    X(invalid_snapshot) \
+    X(purge)
 /* clang-format on */
 #define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high) X(gn_call)
 #define GN_DECLARE_ATOM(name) extern ERL_NIF_TERM gn_am_##name;

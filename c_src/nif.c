@@ -100,7 +100,7 @@ static ErlNifFunc gn_funcs[] = {
     {"mailbox_requeue",  2,     gn_mailbox_requeue_nif, 0},
     {"store_new",        5,     gn_store_new_nif,       0},
     {"store_whereis",    1,     gn_store_whereis_nif,   0},
-    {"store_put",        4,     gn_store_put_nif,       0},
+    {"store_put",        5,     gn_store_put_nif,       0},
     {"store_get",        2,     gn_store_get_nif,       0},
     {"store_delete_key", 2,     gn_store_delete_key_nif, 0},
     {"store_take",       2,     gn_store_take_nif,      0},
@@ -117,6 +117,8 @@ static ErlNifFunc gn_funcs[] = {
     {"store_range",      4,     gn_store_range_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_put_many",   2,     gn_store_put_many_nif,  ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_snapshot",   1,     gn_store_snapshot_nif,  ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"store_purge",      1,     gn_store_purge_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"store_sweep",      0,     gn_store_sweep_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_restore",    5,     gn_store_restore_nif,   ERL_NIF_DIRTY_JOB_CPU_BOUND},
 };
 /* clang-format on */

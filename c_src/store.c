@@ -35,6 +35,8 @@ typedef struct gn_node {
     int height;
     ERL_NIF_TERM key; /* in the store's arena */
     ErlNifBinary kbin, vbin;
+    int64_t expires; /* monotonic ms; 0: never */
+    size_t heap_ix;  /* position in the expiry heap, or SIZE_MAX */
 } gn_node;
 
 typedef struct gn_store {
@@ -52,6 +54,12 @@ typedef struct gn_store {
     ErlNifEnv *arena;
     size_t arena_dead;
     size_t memory; /* bytes held by entries */
+    /* TTL: a min-heap of the entries that expire, by expiry time */
+    gn_node **heap;
+    size_t heap_len, heap_cap;
+    /* on the sweep list (gn_ttl_lock) while it holds expiring entries */
+    struct gn_store *ttl_next, *ttl_prev;
+    int on_ttl_list;
 } gn_store;
 
 static ErlNifResourceType *gn_store_rtype;
@@ -156,6 +164,9 @@ static void gn_store_detach(gn_store *s)
     s->arena = enif_alloc_env();
     s->arena_dead = 0;
     s->memory = 0;
+    gn_free(s->heap);
+    s->heap = NULL;
+    s->heap_len = s->heap_cap = 0;
 }
 
 static inline size_t gn_size(const gn_node *n)
@@ -304,6 +315,162 @@ static gn_node *gn_remove(const gn_store *s, gn_node *n, gn_probe *p, gn_node **
 }
 
 /* ------------------------------------------------------------------------ */
+/* TTL                                                                       */
+/*
+ * An expired entry is never returned: point reads check its time, and every
+ * other read first purges what has expired (a bounded number in a regular
+ * NIF; beyond it the caller is asked to purge on a dirty scheduler and come
+ * back). Writes purge a few as they go, and GenNative.Store.Sweeper calls
+ * store_sweep/0 every second, so an expired entry's memory is reclaimed
+ * within about a second of its expiry even if nobody touches the store.
+ */
+
+#define GN_PURGE_INLINE 2000 /* expired entries a regular NIF may purge */
+#define GN_PURGE_ON_WRITE 16
+
+static ErlNifMutex *gn_ttl_lock;
+static gn_store *gn_ttl_head; /* stores holding expiring entries */
+
+static int64_t gn_now_ms(void)
+{
+    return (int64_t)enif_monotonic_time(ERL_NIF_MSEC);
+}
+
+static int gn_expired(const gn_node *n, int64_t now)
+{
+    return n->expires && n->expires <= now;
+}
+
+static void gn_heap_swap(gn_store *s, size_t a, size_t b)
+{
+    gn_node *t = s->heap[a];
+    s->heap[a] = s->heap[b];
+    s->heap[b] = t;
+    s->heap[a]->heap_ix = a;
+    s->heap[b]->heap_ix = b;
+}
+
+static void gn_heap_up(gn_store *s, size_t i)
+{
+    while (i > 0 && s->heap[(i - 1) / 2]->expires > s->heap[i]->expires) {
+        gn_heap_swap(s, i, (i - 1) / 2);
+        i = (i - 1) / 2;
+    }
+}
+
+static void gn_heap_down(gn_store *s, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < s->heap_len && s->heap[l]->expires < s->heap[m]->expires)
+            m = l;
+        if (r < s->heap_len && s->heap[r]->expires < s->heap[m]->expires)
+            m = r;
+        if (m == i)
+            return;
+        gn_heap_swap(s, i, m);
+        i = m;
+    }
+}
+
+static void gn_ttl_list_add(gn_store *s)
+{
+    if (s->on_ttl_list)
+        return;
+    enif_mutex_lock(gn_ttl_lock);
+    s->ttl_prev = NULL;
+    s->ttl_next = gn_ttl_head;
+    if (gn_ttl_head)
+        gn_ttl_head->ttl_prev = s;
+    gn_ttl_head = s;
+    s->on_ttl_list = 1;
+    enif_keep_resource(s);
+    enif_mutex_unlock(gn_ttl_lock);
+}
+
+/* Call without any store lock held (lock order: store, then list; the
+ * sweep takes the list lock alone). Drops the list's reference. */
+static void gn_ttl_list_remove(gn_store *s)
+{
+    enif_mutex_lock(gn_ttl_lock);
+    int was = s->on_ttl_list;
+    if (was) {
+        if (s->ttl_prev)
+            s->ttl_prev->ttl_next = s->ttl_next;
+        else
+            gn_ttl_head = s->ttl_next;
+        if (s->ttl_next)
+            s->ttl_next->ttl_prev = s->ttl_prev;
+        s->on_ttl_list = 0;
+    }
+    enif_mutex_unlock(gn_ttl_lock);
+    if (was)
+        enif_release_resource(s);
+}
+
+/* Sets when `n` expires (0: never), keeping the heap in step. Returns 0
+ * when out of memory. */
+static int gn_set_expiry(gn_store *s, gn_node *n, int64_t expires)
+{
+    if (n->heap_ix != SIZE_MAX) {
+        size_t i = n->heap_ix;
+        if (expires) {
+            n->expires = expires;
+            gn_heap_up(s, i);
+            gn_heap_down(s, n->heap_ix);
+            return 1;
+        }
+        gn_heap_swap(s, i, --s->heap_len);
+        n->heap_ix = SIZE_MAX;
+        if (i < s->heap_len) {
+            gn_heap_up(s, i);
+            gn_heap_down(s, s->heap[i]->heap_ix == i ? i : s->heap[i]->heap_ix);
+        }
+    } else if (expires) {
+        if (s->heap_len == s->heap_cap) {
+            size_t cap = s->heap_cap ? 2 * s->heap_cap : 64;
+            gn_node **h = gn_alloc(cap * sizeof(*h));
+            if (!h)
+                return 0;
+            if (s->heap)
+                memcpy(h, s->heap, s->heap_len * sizeof(*h));
+            gn_free(s->heap);
+            s->heap = h;
+            s->heap_cap = cap;
+        }
+        n->heap_ix = s->heap_len;
+        s->heap[s->heap_len++] = n;
+        n->expires = expires;
+        gn_heap_up(s, n->heap_ix);
+        return 1;
+    }
+    n->expires = expires;
+    return 1;
+}
+
+static gn_node *gn_unlink(gn_store *s, gn_probe *p);
+
+/* Removes up to `max` expired entries; returns how many expired remain. */
+static size_t gn_purge(gn_store *s, int64_t now, size_t max)
+{
+    while (s->heap_len && gn_expired(s->heap[0], now)) {
+        if (max-- == 0)
+            return 1;
+        gn_node *top = s->heap[0];
+        gn_probe p = {NULL, top->key, top->kbin, 1};
+        gn_node *n = gn_unlink(s, &p);
+        if (n)
+            gn_node_free(n);
+    }
+    return 0;
+}
+
+static int gn_needs_purge(const gn_store *s, int64_t now)
+{
+    return s->heap_len && gn_expired(s->heap[0], now);
+}
+
+/* ------------------------------------------------------------------------ */
 /* Resource callbacks                                                        */
 
 static void gn_store_dtor(ErlNifEnv *env, void *obj)
@@ -318,6 +485,7 @@ static void gn_store_dtor(ErlNifEnv *env, void *obj)
             gn_reaper_push(gn_current ? gn_current->reaper : NULL, gn_detached_free, d);
         }
     }
+    gn_free(s->heap);
     if (s->lock)
         enif_rwlock_destroy(s->lock);
 }
@@ -363,6 +531,8 @@ int gn_store_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
     gn_store_rtype = rt;
     if (!gn_names_lock && !(gn_names_lock = enif_mutex_create("gn_store_names")))
         return 0;
+    if (!gn_ttl_lock && !(gn_ttl_lock = enif_mutex_create("gn_store_ttl")))
+        return 0;
     return 1;
 }
 
@@ -386,28 +556,49 @@ void gn_store_unload(void)
 /* ------------------------------------------------------------------------ */
 /* Access                                                                    */
 
-/* Resolves a store handle and takes its lock; NULL after raising. `write`:
- * exclusive, and only for the owner of a protected store. Use or writes of
- * a deleted store raise store_deleted; a write by another process to a
- * protected store raises not_owner. */
-static gn_store *gn_store_lock(ErlNifEnv *env, ERL_NIF_TERM term, int write, ERL_NIF_TERM *err)
+/* Resolves a store handle and takes its lock; NULL after setting *err.
+ * `write`: exclusive, and only for the owner of a protected store (or, for
+ * delete, anyone when the store is orphaned). Use or writes of a deleted
+ * store raise store_deleted; a write by another process to a protected store
+ * raises not_owner. On a normal scheduler the lock is only tried: if it is
+ * busy (a dirty NIF walking a big store holds it), the call moves itself to
+ * a dirty scheduler to wait there, never holding up a normal one. */
+typedef ERL_NIF_TERM gn_nif_fn(ErlNifEnv *, int, const ERL_NIF_TERM[]);
+
+static gn_store *gn_store_lock(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], gn_nif_fn *self,
+                               int write, ERL_NIF_TERM *err)
 {
     gn_store *s;
-    if (!enif_get_resource(env, term, gn_store_rtype, (void **)&s)) {
+    if (!enif_get_resource(env, argv[0], gn_store_rtype, (void **)&s)) {
         *err = enif_make_badarg(env);
         return NULL;
     }
-    if (write)
+    if (enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER) {
+        if ((write ? enif_rwlock_tryrwlock(s->lock) : enif_rwlock_tryrlock(s->lock)) != 0) {
+            *err = enif_schedule_nif(env, "gn_store_wait", ERL_NIF_DIRTY_JOB_IO_BOUND, self, argc,
+                                     argv);
+            return NULL;
+        }
+    } else if (write) {
         enif_rwlock_rwlock(s->lock);
-    else
+    } else {
         enif_rwlock_rlock(s->lock);
+    }
     if (s->deleted) {
         *err = enif_raise_exception(env, gn_am_store_deleted);
         goto fail;
     }
-    if (write && !s->public_access) {
-        ErlNifPid self;
-        if (s->orphan || !enif_self(env, &self) || enif_compare_pids(&self, &s->owner) != 0) {
+    if (write == 1 && !s->public_access) {
+        ErlNifPid self_pid;
+        if (s->orphan || !enif_self(env, &self_pid) ||
+            enif_compare_pids(&self_pid, &s->owner) != 0) {
+            *err = enif_raise_exception(env, gn_am_not_owner);
+            goto fail;
+        }
+    }
+    if (write == 2 && !s->public_access && !s->orphan) {
+        ErlNifPid self_pid;
+        if (!enif_self(env, &self_pid) || enif_compare_pids(&self_pid, &s->owner) != 0) {
             *err = enif_raise_exception(env, gn_am_not_owner);
             goto fail;
         }
@@ -421,8 +612,41 @@ fail:
     return NULL;
 }
 
-#define GN_READ(env, t, s, err) ((s) = gn_store_lock((env), (t), 0, &(err)))
-#define GN_WRITE(env, t, s, err) ((s) = gn_store_lock((env), (t), 1, &(err)))
+/* For reads that see the whole store (size, rank, index, walks): first purge
+ * what has expired. Called with the read lock held; returns with it held,
+ * or NULL (lock released, *err set) when a regular NIF would have to purge
+ * more than GN_PURGE_INLINE entries: then *err asks the caller to purge on
+ * a dirty scheduler (store_purge/1) and come back. */
+static gn_store *gn_fresh_view(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
+{
+    for (int tries = 0; tries < 3; tries++) {
+        int64_t now = gn_now_ms();
+        if (!gn_needs_purge(s, now))
+            return s;
+        enif_rwlock_runlock(s->lock);
+        enif_rwlock_rwlock(s->lock);
+        int dirty = enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER;
+        size_t left = s->deleted ? 0 : gn_purge(s, now, dirty ? SIZE_MAX : GN_PURGE_INLINE);
+        enif_rwlock_rwunlock(s->lock);
+        if (left) {
+            *err = enif_raise_exception(env, gn_am_purge);
+            return NULL;
+        }
+        enif_rwlock_rlock(s->lock);
+        if (s->deleted) {
+            enif_rwlock_runlock(s->lock);
+            *err = enif_raise_exception(env, gn_am_store_deleted);
+            return NULL;
+        }
+    }
+    return s;
+}
+
+/* In a NIF named `fn`: take the store in argv[0] for reading or writing. */
+#define GN_READ(fn, s, err) ((s) = gn_store_lock(env, argc, argv, fn, 0, &(err)))
+#define GN_WRITE(fn, s, err) ((s) = gn_store_lock(env, argc, argv, fn, 1, &(err)))
+/* Reading the whole store: as GN_READ, after purging what has expired. */
+#define GN_VIEW(fn, s, err) (GN_READ(fn, s, err) && ((s) = gn_fresh_view(env, (s), &(err))))
 
 static ERL_NIF_TERM gn_decode(ErlNifEnv *env, const ErlNifBinary *bin)
 {
@@ -569,6 +793,8 @@ static gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_N
     n->left = n->right = NULL;
     n->size = 1;
     n->height = 1;
+    n->expires = 0;
+    n->heap_ix = SIZE_MAX;
     n->key = enif_make_copy(s->arena, key);
     return n;
 }
@@ -586,36 +812,95 @@ static int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM val
     return 1;
 }
 
-/* store_put(Store, Key, Value, put | put_new) -> ok | true | false | {error, full} */
-ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+/* Gives an entry the key as last put, as ETS does: equal keys (1 and 1.0
+ * in an ordered_set, 0.0 and -0.0) keep their place but take the new
+ * term. Returns 0 when out of memory. */
+static int gn_node_rekey(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key)
 {
-    (void)argc;
-    ERL_NIF_TERM err, result;
-    gn_store *s;
-    int put_new = enif_is_identical(argv[3], gn_am_put_new);
-    if (!put_new && !enif_is_identical(argv[3], gn_am_put))
-        return enif_make_badarg(env);
-    if (!GN_WRITE(env, argv[0], s, err))
-        return err;
-    gn_probe p = {env, argv[1], {0}, 0};
-    gn_node *n = gn_find(s, &p);
+    ErlNifBinary kbin;
+    if (!enif_term_to_binary(env, key, &kbin))
+        return 0;
+    if (kbin.size == n->kbin.size && memcmp(kbin.data, n->kbin.data, kbin.size) == 0) {
+        enif_release_binary(&kbin);
+        return 1;
+    }
+    s->memory -= 2 * n->kbin.size;
+    enif_release_binary(&n->kbin);
+    n->kbin = kbin;
+    n->key = enif_make_copy(s->arena, key);
+    s->arena_dead++;
+    s->memory += 2 * kbin.size;
+    return 1;
+}
+
+/* The live entry for p's key: an expired one is removed first. Call with
+ * the write lock held. */
+static gn_node *gn_find_live(gn_store *s, gn_probe *p, int64_t now)
+{
+    gn_node *n = gn_find(s, p);
+    if (n && gn_expired(n, now)) {
+        gn_unlink(s, p);
+        gn_node_free(n);
+        n = NULL;
+    }
+    return n;
+}
+
+/* Puts key/value (a new entry, or a new value and key for an existing one)
+ * with its expiry; sets *fresh for a new entry. Returns 0 when out of
+ * memory, -1 when the store is full. Call with the write lock held. */
+static int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value,
+                        int64_t expires, int put_new, int *fresh)
+{
+    gn_probe p = {env, key, {0}, 0};
+    gn_node *n = gn_find_live(s, &p, gn_now_ms());
+    int ok = 1;
+    *fresh = !n;
     if (n) {
-        if (put_new)
-            result = gn_am_false;
-        else
-            result = gn_node_set(s, env, n, argv[2]) ? gn_am_ok : 0;
+        if (!put_new)
+            ok = gn_node_rekey(s, env, n, key) && gn_node_set(s, env, n, value) &&
+                 gn_set_expiry(s, n, expires);
     } else if (gn_size(s->root) >= s->max_size) {
-        result = enif_make_tuple2(env, gn_am_error, gn_am_full);
-    } else if ((n = gn_node_new(s, env, argv[1], argv[2]))) {
+        ok = -1;
+    } else if ((n = gn_node_new(s, env, key, value))) {
         s->root = gn_insert(s, s->root, n, &p);
         s->memory += gn_node_bytes(n);
-        result = put_new ? gn_am_true : gn_am_ok;
+        if (!gn_set_expiry(s, n, expires)) {
+            gn_unlink(s, &p);
+            gn_node_free(n);
+            ok = 0;
+        }
     } else {
-        result = 0;
+        ok = 0;
     }
-    enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
-    return result ? result : enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    if (ok == 1 && expires)
+        gn_ttl_list_add(s);
+    return ok;
+}
+
+/* store_put(Store, Key, Value, put | put_new, TtlMs) -> ok | true | false | {error, full}
+ * TtlMs: 0 for none. */
+ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    ERL_NIF_TERM err;
+    gn_store *s;
+    ErlNifSInt64 ttl;
+    int put_new = enif_is_identical(argv[3], gn_am_put_new);
+    if ((!put_new && !enif_is_identical(argv[3], gn_am_put)) ||
+        !enif_get_int64(env, argv[4], &ttl) || ttl < 0)
+        return enif_make_badarg(env);
+    if (!GN_WRITE(gn_store_put_nif, s, err))
+        return err;
+    int64_t now = gn_now_ms();
+    gn_purge(s, now, GN_PURGE_ON_WRITE);
+    int fresh, ok = gn_put_entry(s, env, argv[1], argv[2], ttl ? now + ttl : 0, put_new, &fresh);
+    enif_rwlock_rwunlock(s->lock);
+    if (ok == 0)
+        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    if (ok < 0)
+        return enif_make_tuple2(env, gn_am_error, gn_am_full);
+    return put_new ? (fresh ? gn_am_true : gn_am_false) : gn_am_ok;
 }
 
 /* store_get(Store, Key) -> {ok, Value} | error */
@@ -624,10 +909,12 @@ ERL_NIF_TERM gn_store_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     (void)argc;
     ERL_NIF_TERM err, result;
     gn_store *s;
-    if (!GN_READ(env, argv[0], s, err))
+    if (!GN_READ(gn_store_get_nif, s, err))
         return err;
     gn_probe p = {env, argv[1], {0}, 0};
     gn_node *n = gn_find(s, &p);
+    if (n && gn_expired(n, gn_now_ms()))
+        n = NULL;
     result = n ? enif_make_tuple2(env, gn_am_ok, gn_decode(env, &n->vbin)) : gn_am_error;
     enif_rwlock_runlock(s->lock);
     gn_probe_done(&p);
@@ -641,6 +928,7 @@ static gn_node *gn_unlink(gn_store *s, gn_probe *p)
     gn_node *out = NULL;
     s->root = gn_remove(s, s->root, p, &out);
     if (out) {
+        gn_set_expiry(s, out, 0);
         s->memory -= gn_node_bytes(out);
         s->arena_dead++;
     }
@@ -687,8 +975,9 @@ ERL_NIF_TERM gn_store_delete_key_nif(ErlNifEnv *env, int argc, const ERL_NIF_TER
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
-    if (!GN_WRITE(env, argv[0], s, err))
+    if (!GN_WRITE(gn_store_delete_key_nif, s, err))
         return err;
+    gn_purge(s, gn_now_ms(), GN_PURGE_ON_WRITE);
     gn_probe p = {env, argv[1], {0}, 0};
     gn_node *n = gn_unlink(s, &p);
     gn_maybe_compact(s);
@@ -705,13 +994,19 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
-    if (!GN_WRITE(env, argv[0], s, err))
+    if (!GN_WRITE(gn_store_take_nif, s, err))
         return err;
+    int64_t now = gn_now_ms();
+    gn_purge(s, now, GN_PURGE_ON_WRITE);
     gn_probe p = {env, argv[1], {0}, 0};
     gn_node *n = gn_unlink(s, &p);
     gn_maybe_compact(s);
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
+    if (n && gn_expired(n, now)) {
+        gn_node_free(n);
+        n = NULL;
+    }
     if (!n)
         return gn_am_error;
     ERL_NIF_TERM v = gn_decode(env, &n->vbin);
@@ -729,10 +1024,10 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
     ErlNifSInt64 incr, current;
     if (!enif_get_int64(env, argv[2], &incr))
         return enif_make_badarg(env);
-    if (!GN_WRITE(env, argv[0], s, err))
+    if (!GN_WRITE(gn_store_update_counter_nif, s, err))
         return err;
     gn_probe p = {env, argv[1], {0}, 0};
-    gn_node *n = gn_find(s, &p);
+    gn_node *n = gn_find_live(s, &p, gn_now_ms());
     /* enif_raise_exception returns a term that may be 0: a flag for ENOMEM */
     ERL_NIF_TERM result = 0, value;
     int oom = 1;
@@ -780,7 +1075,7 @@ ERL_NIF_TERM gn_store_size_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
-    if (!GN_READ(env, argv[0], s, err))
+    if (!GN_VIEW(gn_store_size_nif, s, err))
         return err;
     size_t n = gn_size(s->root);
     enif_rwlock_runlock(s->lock);
@@ -793,7 +1088,7 @@ ERL_NIF_TERM gn_store_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
-    if (!GN_READ(env, argv[0], s, err))
+    if (!GN_VIEW(gn_store_info_nif, s, err))
         return err;
     ERL_NIF_TERM keys[] = {gn_am_type, gn_am_size,   gn_am_memory,  gn_am_owner,
                            gn_am_name, gn_am_access, gn_am_lifetime};
@@ -819,7 +1114,7 @@ ERL_NIF_TERM gn_store_delete_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
-    if (!GN_WRITE(env, argv[0], s, err))
+    if (!(s = gn_store_lock(env, argc, argv, gn_store_delete_nif, 2, &err)))
         return err;
     gn_store_mark_deleted(s);
     enif_rwlock_rwunlock(s->lock);
@@ -840,7 +1135,7 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         prev = enif_is_identical(argv[1], gn_am_prev);
     if (!(first || last || next || prev))
         return enif_make_badarg(env);
-    if (!GN_READ(env, argv[0], s, err))
+    if (!GN_VIEW(gn_store_step_nif, s, err))
         return err;
     if (!s->ordered) {
         enif_rwlock_runlock(s->lock);
@@ -877,7 +1172,7 @@ ERL_NIF_TERM gn_store_rank_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
-    if (!GN_READ(env, argv[0], s, err))
+    if (!GN_VIEW(gn_store_rank_nif, s, err))
         return err;
     if (!s->ordered) {
         enif_rwlock_runlock(s->lock);
@@ -932,7 +1227,7 @@ ERL_NIF_TERM gn_store_at_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     ErlNifSInt64 i;
     if (!enif_get_int64(env, argv[1], &i))
         return enif_make_badarg(env);
-    if (!GN_READ(env, argv[0], s, err))
+    if (!GN_VIEW(gn_store_at_nif, s, err))
         return err;
     if (!s->ordered) {
         enif_rwlock_runlock(s->lock);
@@ -991,7 +1286,7 @@ ERL_NIF_TERM gn_store_to_list_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
-    if (!GN_READ(env, argv[0], s, err))
+    if (!GN_VIEW(gn_store_to_list_nif, s, err))
         return err;
     gn_walk w = {env, s, NULL, NULL, 0, SIZE_MAX, 0, enif_make_list(env, 0)};
     gn_walk_tree(&w, s->root);
@@ -1015,7 +1310,7 @@ ERL_NIF_TERM gn_store_range_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         enif_is_identical(slice[0], gn_am_index)) {
         if (!enif_get_int64(env, slice[1], &index) || !enif_get_uint64(env, argv[2], &count))
             return enif_make_badarg(env);
-        if (!GN_READ(env, argv[0], s, err))
+        if (!GN_VIEW(gn_store_range_nif, s, err))
             return err;
         if (!s->ordered) {
             enif_rwlock_runlock(s->lock);
@@ -1033,7 +1328,7 @@ ERL_NIF_TERM gn_store_range_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     }
     if (!enif_is_identical(argv[3], gn_am_infinity) && !enif_get_uint64(env, argv[3], &limit))
         return enif_make_badarg(env);
-    if (!GN_READ(env, argv[0], s, err))
+    if (!GN_VIEW(gn_store_range_nif, s, err))
         return err;
     if (!s->ordered) {
         enif_rwlock_runlock(s->lock);
@@ -1054,7 +1349,7 @@ ERL_NIF_TERM gn_store_clear_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
-    if (!GN_WRITE(env, argv[0], s, err))
+    if (!GN_WRITE(gn_store_clear_nif, s, err))
         return err;
     gn_store_detach(s);
     enif_rwlock_rwunlock(s->lock);
@@ -1065,7 +1360,6 @@ ERL_NIF_TERM gn_store_clear_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
  * All or nothing for the cap: checked before anything is written. */
 ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
-    (void)argc;
     ERL_NIF_TERM err, head, tail = argv[1];
     gn_store *s;
     unsigned len;
@@ -1077,50 +1371,116 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         if (!enif_get_tuple(env, head, &arity, &kv) || arity != 2)
             return enif_make_badarg(env);
     }
-    if (!GN_WRITE(env, argv[0], s, err))
+    if (!GN_WRITE(gn_store_put_many_nif, s, err))
         return err;
-    ERL_NIF_TERM result = gn_am_ok;
+    int64_t now = gn_now_ms();
+    gn_purge(s, now, SIZE_MAX);
     if (s->max_size != SIZE_MAX && gn_size(s->root) + len > s->max_size) {
-        /* count only the new keys */
+        /* Count the distinct new keys, each once, in a scratch tree keyed
+         * like the store: all or nothing. */
+        gn_store scratch;
+        memset(&scratch, 0, sizeof(scratch));
+        scratch.ordered = s->ordered;
+        scratch.max_size = SIZE_MAX;
+        scratch.arena = enif_alloc_env();
         size_t fresh = 0;
+        int oom = !scratch.arena;
         tail = argv[1];
-        while (enif_get_list_cell(env, tail, &head, &tail)) {
+        while (!oom && enif_get_list_cell(env, tail, &head, &tail)) {
             const ERL_NIF_TERM *kv;
             int arity;
             enif_get_tuple(env, head, &arity, &kv);
             gn_probe p = {env, kv[0], {0}, 0};
-            fresh += gn_find(s, &p) == NULL;
+            if (!gn_find(s, &p) && !gn_find(&scratch, &p)) {
+                gn_node *n = gn_node_new(&scratch, env, kv[0], gn_am_nil);
+                if (n) {
+                    scratch.root = gn_insert(&scratch, scratch.root, n, &p);
+                    fresh++;
+                } else {
+                    oom = 1;
+                }
+            }
             gn_probe_done(&p);
         }
-        if (gn_size(s->root) + fresh > s->max_size) {
+        gn_tree_free(scratch.root);
+        if (scratch.arena)
+            enif_free_env(scratch.arena);
+        if (oom || gn_size(s->root) + fresh > s->max_size) {
             enif_rwlock_rwunlock(s->lock);
-            return enif_make_tuple2(env, gn_am_error, gn_am_full);
+            return oom ? enif_raise_exception(env, enif_make_atom(env, "enomem"))
+                       : enif_make_tuple2(env, gn_am_error, gn_am_full);
         }
     }
+    int ok = 1;
     tail = argv[1];
-    while (enif_get_list_cell(env, tail, &head, &tail)) {
+    while (ok == 1 && enif_get_list_cell(env, tail, &head, &tail)) {
         const ERL_NIF_TERM *kv;
-        int arity;
+        int arity, fresh;
         enif_get_tuple(env, head, &arity, &kv);
-        gn_probe p = {env, kv[0], {0}, 0};
-        gn_node *n = gn_find(s, &p);
-        if (n) {
-            if (!gn_node_set(s, env, n, kv[1]))
-                result = 0;
-        } else if ((n = gn_node_new(s, env, kv[0], kv[1]))) {
-            s->root = gn_insert(s, s->root, n, &p);
-            s->memory += gn_node_bytes(n);
-        } else {
-            result = 0;
-        }
-        gn_probe_done(&p);
-        if (!result)
-            break;
+        ok = gn_put_entry(s, env, kv[0], kv[1], 0, 0, &fresh);
     }
     if (s->arena_dead > gn_size(s->root) + 1024)
         gn_arena_compact(s);
     enif_rwlock_rwunlock(s->lock);
-    return result ? result : enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    return ok == 1 ? gn_am_ok : enif_raise_exception(env, enif_make_atom(env, "enomem"));
+}
+
+/* store_purge(Store) -> ok (dirty): removes every expired entry. Any
+ * process may: it changes nothing a reader can see. */
+ERL_NIF_TERM gn_store_purge_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    gn_store *s;
+    if (!enif_get_resource(env, argv[0], gn_store_rtype, (void **)&s))
+        return enif_make_badarg(env);
+    enif_rwlock_rwlock(s->lock);
+    if (!s->deleted)
+        gn_purge(s, gn_now_ms(), SIZE_MAX);
+    enif_rwlock_rwunlock(s->lock);
+    return gn_am_ok;
+}
+
+/* store_sweep() -> ok (dirty): purges every store holding expiring entries,
+ * and forgets those that hold none any more. Called every second by
+ * GenNative.Store.Sweeper. */
+ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)env;
+    (void)argc;
+    (void)argv;
+    size_t n = 0, cap = 16;
+    gn_store **todo = gn_alloc(cap * sizeof(*todo));
+    if (!todo)
+        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    enif_mutex_lock(gn_ttl_lock);
+    for (gn_store *s = gn_ttl_head; s; s = s->ttl_next) {
+        if (n == cap) {
+            gn_store **more = gn_alloc(2 * cap * sizeof(*more));
+            if (!more)
+                break;
+            memcpy(more, todo, n * sizeof(*more));
+            gn_free(todo);
+            todo = more;
+            cap *= 2;
+        }
+        enif_keep_resource(s);
+        todo[n++] = s;
+    }
+    enif_mutex_unlock(gn_ttl_lock);
+    int64_t now = gn_now_ms();
+    for (size_t i = 0; i < n; i++) {
+        gn_store *s = todo[i];
+        enif_rwlock_rwlock(s->lock);
+        if (!s->deleted)
+            gn_purge(s, now, SIZE_MAX);
+        int idle = s->deleted || s->heap_len == 0;
+        enif_rwlock_rwunlock(s->lock);
+        if (idle)
+            gn_ttl_list_remove(s);
+        enif_release_resource(s);
+    }
+    gn_free(todo);
+    return gn_am_ok;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1176,7 +1536,7 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     (void)argc;
     ERL_NIF_TERM err, out;
     gn_store *s;
-    if (!GN_READ(env, argv[0], s, err))
+    if (!GN_VIEW(gn_store_snapshot_nif, s, err))
         return err;
     size_t total = GN_SNAP_HEADER + 4, count = 0;
     gn_node *stack[128];
@@ -1277,22 +1637,13 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
             break;
         }
         r += 4 + vlen;
-        gn_probe p = {env, key, {0}, 0};
-        gn_node *n = gn_find(s, &p);
-        if (!n && gn_size(s->root) >= s->max_size) {
-            gn_probe_done(&p);
+        int fresh, put = gn_put_entry(s, env, key, value, 0, 0, &fresh);
+        if (put < 0) {
             enif_rwlock_rwunlock(s->lock);
             gn_store_delete_nif(env, 1, &tuple[1]);
             return enif_make_tuple2(env, gn_am_error, gn_am_full);
         }
-        if (n)
-            ok = gn_node_set(s, env, n, value);
-        else if ((n = gn_node_new(s, env, key, value))) {
-            s->root = gn_insert(s, s->root, n, &p);
-            s->memory += gn_node_bytes(n);
-        } else
-            ok = 0;
-        gn_probe_done(&p);
+        ok = put == 1;
     }
     if (r != end)
         ok = 0;
@@ -1303,4 +1654,3 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     }
     return created;
 }
-

@@ -4,7 +4,7 @@ defmodule GenNative.Application do
 
   @impl true
   def start(_type, _args) do
-    children = [GenNative.Janitor]
+    children = [GenNative.Janitor, GenNative.Store.Sweeper]
     Supervisor.start_link(children, strategy: :one_for_one, name: GenNative.Supervisor)
   end
 end

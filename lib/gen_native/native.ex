@@ -58,7 +58,7 @@ defmodule GenNative.Native do
 
   def store_new(_type, _name, _access, _lifetime, _max), do: :erlang.nif_error(:not_loaded)
   def store_whereis(_name), do: :erlang.nif_error(:not_loaded)
-  def store_put(_store, _key, _value, _mode), do: :erlang.nif_error(:not_loaded)
+  def store_put(_store, _key, _value, _mode, _ttl), do: :erlang.nif_error(:not_loaded)
   def store_get(_store, _key), do: :erlang.nif_error(:not_loaded)
   def store_delete_key(_store, _key), do: :erlang.nif_error(:not_loaded)
   def store_take(_store, _key), do: :erlang.nif_error(:not_loaded)
@@ -75,5 +75,7 @@ defmodule GenNative.Native do
   def store_range(_store, _from, _to, _limit), do: :erlang.nif_error(:not_loaded)
   def store_put_many(_store, _entries), do: :erlang.nif_error(:not_loaded)
   def store_snapshot(_store), do: :erlang.nif_error(:not_loaded)
+  def store_purge(_store), do: :erlang.nif_error(:not_loaded)
+  def store_sweep, do: :erlang.nif_error(:not_loaded)
   def store_restore(_binary, _name, _access, _lifetime, _max), do: :erlang.nif_error(:not_loaded)
 end

@@ -30,6 +30,8 @@ defmodule GenNative.Store do
   `delete/1` hand the entries to a background thread in O(1).
   """
 
+  import Bitwise
+
   alias GenNative.Native
 
   @opaque t :: reference()
@@ -132,18 +134,43 @@ defmodule GenNative.Store do
   def whereis(name) when is_atom(name), do: Native.store_whereis(name)
 
   @doc """
-  Stores `value` under `key`, replacing any value there. `{:error, :full}`
-  when the key is new and the store holds `:max_size` entries.
+  Stores `value` under `key`, replacing any entry there (key included, as
+  ETS does: in an `:ordered_set`, putting `1.0` over `1` leaves `1.0`).
+  `{:error, :full}` when the key is new and the store holds `:max_size`
+  entries.
+
+  ## Options
+
+    * `:ttl` - milliseconds the entry lives. An expired entry is never
+      returned by any function and stops counting in `size/1`; its memory
+      is reclaimed at the next write that meets it, or by
+      `GenNative.Store.Sweeper` within about a second. A put without `:ttl`
+      over an entry with one makes it permanent.
   """
-  @spec put(t(), key(), value()) :: :ok | {:error, :full}
-  def put(store, key, value), do: call(store, &Native.store_put(&1, key, value, :put))
+  @spec put(t(), key(), value(), keyword()) :: :ok | {:error, :full}
+  def put(store, key, value, opts \\ []),
+    do: call(store, &Native.store_put(&1, key, value, :put, ttl!(opts)))
+
+  defp ttl!([]), do: 0
+
+  defp ttl!(opts) do
+    case Keyword.get(opts, :ttl) do
+      ttl when is_integer(ttl) and ttl > 0 and ttl < 1 <<< 62 ->
+        ttl
+
+      other ->
+        raise ArgumentError,
+              "invalid value for put option :ttl, expected a positive integer (ms), got: #{inspect(other)}"
+    end
+  end
 
   @doc """
   Stores `value` under `key` only if the key is absent: `true` if stored,
   `false` if the key was there.
   """
-  @spec put_new(t(), key(), value()) :: boolean() | {:error, :full}
-  def put_new(store, key, value), do: call(store, &Native.store_put(&1, key, value, :put_new))
+  @spec put_new(t(), key(), value(), keyword()) :: boolean() | {:error, :full}
+  def put_new(store, key, value, opts \\ []),
+    do: call(store, &Native.store_put(&1, key, value, :put_new, ttl!(opts)))
 
   @doc "The value under `key`, or `default`."
   @spec get(t(), key(), value()) :: value()
@@ -178,6 +205,10 @@ defmodule GenNative.Store do
   @spec update_counter(t(), key(), integer(), integer()) :: integer() | {:error, :full}
   def update_counter(store, key, incr, default \\ 0)
       when is_integer(incr) and is_integer(default) do
+    unless incr >= -(1 <<< 63) and incr < 1 <<< 63 do
+      raise ArgumentError, "the increment does not fit 64 bits: #{incr}"
+    end
+
     call(store, &Native.store_update_counter(&1, key, incr, default))
   end
 
@@ -241,7 +272,7 @@ defmodule GenNative.Store do
   @spec range(t(), key(), key(), non_neg_integer() | :infinity) :: [{key(), value()}]
   def range(store, from, to, limit \\ :infinity)
       when limit == :infinity or (is_integer(limit) and limit >= 0) do
-    ordered(store, :range, &Native.store_range(&1, from, to, limit))
+    ordered(store, :range, &Native.store_range(&1, from, to, clamp(limit)))
   end
 
   @doc "The 0-based position of `key` in an `:ordered_set`: `{:ok, index}` or `:error`."
@@ -253,14 +284,24 @@ defmodule GenNative.Store do
   `:ordered_set`: `{:ok, {key, value}}` or `:error`.
   """
   @spec at(t(), integer()) :: {:ok, {key(), value()}} | :error
-  def at(store, index) when is_integer(index),
+  def at(store, index) when is_integer(index) and abs(index) < 1 <<< 62,
     do: ordered(store, :at, &Native.store_at(&1, index))
+
+  def at(store, index) when is_integer(index) do
+    # beyond any store's size; still checks that it is an ordered store
+    _ = ordered(store, :at, &Native.store_at(&1, 0))
+    :error
+  end
 
   @doc "Up to `count` entries from `index` on (negative counts from the end)."
   @spec slice(t(), integer(), non_neg_integer()) :: [{key(), value()}]
   def slice(store, index, count) when is_integer(index) and is_integer(count) and count >= 0 do
-    ordered(store, :slice, &Native.store_range(&1, {:index, index}, count, :infinity))
+    index = max(min(index, 1 <<< 62), -(1 <<< 62))
+    ordered(store, :slice, &Native.store_range(&1, {:index, index}, clamp(count), :infinity))
   end
+
+  defp clamp(:infinity), do: :infinity
+  defp clamp(n), do: min(n, 1 <<< 62)
 
   ## Errors
 
@@ -280,8 +321,19 @@ defmodule GenNative.Store do
   defp call(store, fun) when is_reference(store) do
     fun.(store)
   rescue
+    _ in ArgumentError ->
+      reraise ArgumentError,
+              [message: "not a GenNative.Store, or an invalid argument: #{inspect(store)}"],
+              __STACKTRACE__
+
     e in ErlangError ->
       case e.original do
+        :purge ->
+          # more expired entries than a regular NIF may purge: on a dirty
+          # scheduler, then again
+          Native.store_purge(store)
+          call(store, fun)
+
         :store_deleted ->
           raise ArgumentError, "the store #{inspect(store)} has been deleted"
 
@@ -294,15 +346,6 @@ defmodule GenNative.Store do
         _ ->
           reraise e, __STACKTRACE__
       end
-
-    e in ArgumentError ->
-      reraise ArgumentError,
-              [
-                message:
-                  "invalid argument for GenNative.Store (not a store, or a bad key/index): " <>
-                    Exception.message(e)
-              ],
-              __STACKTRACE__
   end
 
   defp call(store, _fun) do
