@@ -15,7 +15,8 @@
 #     map in its state: median, p99 and maximum call latency;
 #   * memory per entry against ETS for the same 1M entries:
 #     info(store).memory (what the store accounts) and the growth of
-#     :erlang.memory(:total) (what the VM sees) against the ETS table.
+#     :erlang.memory(:total) (what the VM sees) against the ETS table, and
+#     the memory left behind by inserting and deleting fresh keys.
 #
 # Entries are {integer, {integer, :v}} throughout.
 #
@@ -114,6 +115,8 @@ defmodule GenNative.Bench.Store do
       ets_scans: if(quick, do: 10, else: 20),
       # large state: update calls per run, runs per side
       calls: 10_000,
+      # insert+delete pairs for the memory growth row
+      churn: if(quick, do: 50_000, else: 200_000),
       call_runs: if(quick, do: 1, else: 3)
     }
 
@@ -332,8 +335,7 @@ defmodule GenNative.Bench.Store do
   # The entries are built and inserted by a short-lived process, so that
   # they are freed with it before the memory is read again.
   defp vm_growth(create, insert, range, key) do
-    :erlang.garbage_collect()
-    before = :erlang.memory(:total)
+    before = settled_memory()
     table = create.()
 
     {pid, ref} =
@@ -348,8 +350,7 @@ defmodule GenNative.Bench.Store do
       {:DOWN, ^ref, :process, ^pid, reason} -> raise "filling failed: #{inspect(reason)}"
     end
 
-    :erlang.garbage_collect()
-    {table, :erlang.memory(:total) - before}
+    {table, settled_memory() - before}
   end
 
   defp ordered_scenarios(fixture, config) do
@@ -637,18 +638,71 @@ defmodule GenNative.Bench.Store do
           per.(m.store_vm)
         )
       ]
-    end) ++
+    end) ++ churn_rows(ordered, config)
+  end
+
+  # Inserting and deleting fresh keys leaves a table's size unchanged; its
+  # memory should not change either. Measured on the ordered fixture (n
+  # entries) with config.churn insert+delete pairs of absent (odd) keys.
+  defp churn_rows(f, config) do
+    pairs = config.churn
+
+    growth = fn insert, delete ->
+      before = settled_memory()
+
+      isolated(fn ->
+        for i <- 1..pairs do
+          k = 2 * (f.n + i) + 1
+          insert.(k)
+          delete.(k)
+        end
+      end)
+
+      settled_memory() - before
+    end
+
+    ets = growth.(&:ets.insert(f.ets, {&1, value(&1)}), &:ets.delete(f.ets, &1))
+    info_before = Store.info(f.store).memory
+    store = growth.(&Store.put(f.store, &1, value(&1)), &Store.delete(f.store, &1))
+    info_growth = Store.info(f.store).memory - info_before
+    name = "memory growth per insert+delete pair, ordered_set of #{Bench.thousands(f.n)}"
+
+    # Both sides near zero make no ratio.
+    no_ratio = fn row -> if abs(row.native) < 1, do: %{row | ratio: nil}, else: row end
+
+    Enum.map(
       [
-        # The ordered fixture again, now that the insert and delete
-        # scenarios have churned it: it holds the same n entries.
         Bench.row(
-          "#{label.(:ordered_set)} after the insert/delete scenarios",
-          "bytes, info(store).memory (peer: ETS info, same table)",
+          "#{name} (peer: ETS ordered_set)",
+          "bytes, :erlang.memory(:total), #{Bench.thousands(pairs)} pairs",
           :bytes,
-          per.(:ets.info(ordered.ets, :memory) * :erlang.system_info(:wordsize)),
-          per.(Store.info(ordered.store).memory)
+          ets / pairs,
+          store / pairs
+        ),
+        Bench.row(
+          "#{name} (peer: ETS ordered_set)",
+          "bytes, info(store).memory vs :ets.info(t, :memory) x wordsize",
+          :bytes,
+          0.0,
+          info_growth / pairs
         )
-      ]
+      ],
+      no_ratio
+    )
+  end
+
+  # :erlang.memory(:total) once it stops moving: a deleted store is freed by
+  # a background thread, and a scenario's stores may still be going.
+  defp settled_memory(previous \\ nil, tries \\ 100) do
+    :erlang.garbage_collect()
+    now = :erlang.memory(:total)
+
+    if tries == 0 or (previous != nil and abs(now - previous) < 256 * 1024) do
+      now
+    else
+      Process.sleep(20)
+      settled_memory(now, tries - 1)
+    end
   end
 
   ## Notes and goals
@@ -691,7 +745,7 @@ defmodule GenNative.Bench.Store do
 
     mem =
       rows
-      |> Enum.filter(&(&1.unit == :bytes and not (&1.scenario =~ "after the")))
+      |> Enum.filter(&String.starts_with?(&1.scenario, "memory per entry"))
       |> Enum.map(& &1.ratio)
 
     {map_heap, store_heap} = Process.get(:large_state_heaps, {0, 0})
@@ -712,7 +766,7 @@ defmodule GenNative.Bench.Store do
     * insert/delete: a batch is #{@batch} distinct random keys (absent odd keys for insert, present even keys for delete), timed together and divided by #{@batch}; the batch is undone untimed, so the tables keep their size. #{config.batches} batches per run.
     * rank/at: #{config.rank_batches} batches of #{@batch} random operations on the store; #{config.ets_scans} single operations on ETS, which has no O(log n) rank or index.
     * large state: one caller, each call timed alone, key at random, value replaced; both servers are GenNative servers (same mailbox), built with the entries and garbage collected once in init/1. Heap after the runs: map server #{Bench.thousands(map_heap)} bytes, store server #{Bench.thousands(store_heap)} bytes.
-    * memory: "info" compares what each side accounts (the store's info(store).memory; ETS words x wordsize); "growth" is :erlang.memory(:total) after filling minus before (the filling process's garbage freed), which also counts allocator overhead. The last row re-reads info(store).memory after #{config.batch_runs + 1} runs x #{config.batches} x #{@batch} inserts and deletes.
+    * memory: "info" compares what each side accounts (the store's info(store).memory; ETS words x wordsize); "growth" is :erlang.memory(:total) after filling minus before (the filling process's garbage freed), which also counts allocator overhead. The growth rows insert and delete #{Bench.thousands(config.churn)} fresh keys, one pair at a time, in the #{Bench.thousands(config.big)}-entry ordered set: its size ends where it started, so should its memory.
     * snapshot/restore vs :ets.tab2file/file2tab: not yet in this suite.
     """
   end

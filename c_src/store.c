@@ -449,6 +449,8 @@ static int gn_set_expiry(gn_store *s, gn_node *n, int64_t expires)
 }
 
 static gn_node *gn_unlink(gn_store *s, gn_probe *p);
+static int gn_arena_bloated(const gn_store *s);
+static ERL_NIF_TERM gn_after_write(ErlNifEnv *env, ERL_NIF_TERM store, gn_store *s, ERL_NIF_TERM result);
 
 /* Removes up to `max` expired entries; returns how many expired remain. */
 static size_t gn_purge(gn_store *s, int64_t now, size_t max)
@@ -895,12 +897,14 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     int64_t now = gn_now_ms();
     gn_purge(s, now, GN_PURGE_ON_WRITE);
     int fresh, ok = gn_put_entry(s, env, argv[1], argv[2], ttl ? now + ttl : 0, put_new, &fresh);
+    int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
     if (ok == 0)
         return enif_raise_exception(env, enif_make_atom(env, "enomem"));
     if (ok < 0)
         return enif_make_tuple2(env, gn_am_error, gn_am_full);
-    return put_new ? (fresh ? gn_am_true : gn_am_false) : gn_am_ok;
+    ERL_NIF_TERM result = put_new ? (fresh ? gn_am_true : gn_am_false) : gn_am_ok;
+    return bloated ? gn_after_write(env, argv[0], s, result) : result;
 }
 
 /* store_get(Store, Key) -> {ok, Value} | error */
@@ -962,11 +966,44 @@ static void gn_arena_compact(gn_store *s)
 /* Compacting a store of up to this many entries stays well under 1 ms. */
 #define GN_COMPACT_INLINE 4096
 
-static void gn_maybe_compact(gn_store *s)
+static int gn_arena_bloated(const gn_store *s)
 {
-    size_t live = gn_size(s->root);
-    if (s->arena_dead > live + 1024 && live <= GN_COMPACT_INLINE)
+    return s->arena_dead > gn_size(s->root) + 1024;
+}
+
+/* store_compact(Store, Result) -> Result (dirty): rebuilds a big store's
+ * arena after a write that left it mostly garbage, then returns that
+ * write's result. */
+static ERL_NIF_TERM gn_store_compact_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    gn_store *s;
+    if (enif_get_resource(env, argv[0], gn_store_rtype, (void **)&s)) {
+        enif_rwlock_rwlock(s->lock);
+        if (!s->deleted && gn_arena_bloated(s))
+            gn_arena_compact(s);
+        enif_rwlock_rwunlock(s->lock);
+    }
+    return argv[1];
+}
+
+/* After a write, with the write lock released: compacts the arena inline
+ * for a small store; for a big one, returns the write's result through a
+ * dirty compaction. */
+static ERL_NIF_TERM gn_after_write(ErlNifEnv *env, ERL_NIF_TERM store, gn_store *s,
+                                   ERL_NIF_TERM result)
+{
+    enif_rwlock_rwlock(s->lock);
+    int bloated = !s->deleted && gn_arena_bloated(s);
+    int small = gn_size(s->root) <= GN_COMPACT_INLINE;
+    if (bloated && small)
         gn_arena_compact(s);
+    enif_rwlock_rwunlock(s->lock);
+    if (!bloated || small)
+        return result;
+    ERL_NIF_TERM args[2] = {store, result};
+    return enif_schedule_nif(env, "gn_store_compact", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                             gn_store_compact_nif, 2, args);
 }
 
 /* store_delete_key(Store, Key) -> ok */
@@ -980,12 +1017,12 @@ ERL_NIF_TERM gn_store_delete_key_nif(ErlNifEnv *env, int argc, const ERL_NIF_TER
     gn_purge(s, gn_now_ms(), GN_PURGE_ON_WRITE);
     gn_probe p = {env, argv[1], {0}, 0};
     gn_node *n = gn_unlink(s, &p);
-    gn_maybe_compact(s);
+    int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
     if (n)
         gn_node_free(n);
-    return gn_am_ok;
+    return bloated ? gn_after_write(env, argv[0], s, gn_am_ok) : gn_am_ok;
 }
 
 /* store_take(Store, Key) -> {ok, Value} | error */
@@ -1000,7 +1037,7 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     gn_purge(s, now, GN_PURGE_ON_WRITE);
     gn_probe p = {env, argv[1], {0}, 0};
     gn_node *n = gn_unlink(s, &p);
-    gn_maybe_compact(s);
+    int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
     if (n && gn_expired(n, now)) {
@@ -1011,7 +1048,8 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         return gn_am_error;
     ERL_NIF_TERM v = gn_decode(env, &n->vbin);
     gn_node_free(n);
-    return enif_make_tuple2(env, gn_am_ok, v);
+    ERL_NIF_TERM result = enif_make_tuple2(env, gn_am_ok, v);
+    return bloated ? gn_after_write(env, argv[0], s, result) : result;
 }
 
 /* store_update_counter(Store, Key, Incr, Default) -> Integer
@@ -1419,7 +1457,7 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         enif_get_tuple(env, head, &arity, &kv);
         ok = gn_put_entry(s, env, kv[0], kv[1], 0, 0, &fresh);
     }
-    if (s->arena_dead > gn_size(s->root) + 1024)
+    if (gn_arena_bloated(s))
         gn_arena_compact(s);
     enif_rwlock_rwunlock(s->lock);
     return ok == 1 ? gn_am_ok : enif_raise_exception(env, enif_make_atom(env, "enomem"));
@@ -1434,8 +1472,11 @@ ERL_NIF_TERM gn_store_purge_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     if (!enif_get_resource(env, argv[0], gn_store_rtype, (void **)&s))
         return enif_make_badarg(env);
     enif_rwlock_rwlock(s->lock);
-    if (!s->deleted)
+    if (!s->deleted) {
         gn_purge(s, gn_now_ms(), SIZE_MAX);
+        if (gn_arena_bloated(s))
+            gn_arena_compact(s);
+    }
     enif_rwlock_rwunlock(s->lock);
     return gn_am_ok;
 }
@@ -1471,8 +1512,11 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     for (size_t i = 0; i < n; i++) {
         gn_store *s = todo[i];
         enif_rwlock_rwlock(s->lock);
-        if (!s->deleted)
+        if (!s->deleted) {
             gn_purge(s, now, SIZE_MAX);
+            if (gn_arena_bloated(s))
+                gn_arena_compact(s);
+        }
         int idle = s->deleted || s->heap_len == 0;
         enif_rwlock_rwunlock(s->lock);
         if (idle)
