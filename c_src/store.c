@@ -325,7 +325,9 @@ static gn_node *gn_remove(const gn_store *s, gn_node *n, gn_probe *p, gn_node **
  * within about a second of its expiry even if nobody touches the store.
  */
 
-#define GN_PURGE_INLINE 2000 /* expired entries a regular NIF may purge */
+/* Expired entries a regular NIF may purge: each is a tree removal and a
+ * free, about 1-2 us with a million entries, so this stays well under 1 ms. */
+#define GN_PURGE_INLINE 200
 #define GN_PURGE_ON_WRITE 16
 
 static ErlNifMutex *gn_ttl_lock;
@@ -450,7 +452,8 @@ static int gn_set_expiry(gn_store *s, gn_node *n, int64_t expires)
 
 static gn_node *gn_unlink(gn_store *s, gn_probe *p);
 static int gn_arena_bloated(const gn_store *s);
-static ERL_NIF_TERM gn_after_write(ErlNifEnv *env, ERL_NIF_TERM store, gn_store *s, ERL_NIF_TERM result);
+static ERL_NIF_TERM gn_after_write(ErlNifEnv *env, ERL_NIF_TERM store, gn_store *s,
+                                   ERL_NIF_TERM result);
 
 /* Removes up to `max` expired entries; returns how many expired remain. */
 static size_t gn_purge(gn_store *s, int64_t now, size_t max)
@@ -862,7 +865,9 @@ static int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_T
         if (!put_new)
             ok = gn_node_rekey(s, env, n, key) && gn_node_set(s, env, n, value) &&
                  gn_set_expiry(s, n, expires);
-    } else if (gn_size(s->root) >= s->max_size) {
+    } else if (gn_size(s->root) >= s->max_size &&
+               (gn_purge(s, gn_now_ms(), GN_PURGE_INLINE), gn_size(s->root) >= s->max_size)) {
+        /* full, counting only live entries (expired ones were purged) */
         ok = -1;
     } else if ((n = gn_node_new(s, env, key, value))) {
         s->root = gn_insert(s, s->root, n, &p);
@@ -1079,7 +1084,8 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
         result = enif_raise_exception(env, gn_am_not_integer);
         oom = 0;
         goto out;
-    } else if (gn_size(s->root) >= s->max_size) {
+    } else if (gn_size(s->root) >= s->max_size &&
+               (gn_purge(s, gn_now_ms(), GN_PURGE_INLINE), gn_size(s->root) >= s->max_size)) {
         result = enif_make_tuple2(env, gn_am_error, gn_am_full);
         oom = 0;
         goto out;
@@ -1295,7 +1301,9 @@ static void gn_walk_tree(gn_walk *w, gn_node *n)
     while (n && w->taken < w->limit) {
         int after_from = !w->from || gn_cmp(w->s, w->from, n) <= 0;
         int before_to = !w->to || gn_cmp(w->s, w->to, n) >= 0;
-        if (after_from)
+        if (w->skip && w->skip >= gn_size(n->left))
+            w->skip -= gn_size(n->left); /* a slice skips whole subtrees: O(log n) */
+        else if (after_from)
             gn_walk_tree(w, n->left);
         if (after_from && before_to && w->taken < w->limit) {
             if (w->skip)
@@ -1530,9 +1538,10 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
 /* ------------------------------------------------------------------------ */
 /* Snapshots                                                                 */
 /*
- * Format: "GNS1" | type (1 byte: 0 set, 1 ordered_set) | count (8, big
- * endian) | count x (klen (4) | key ETF | vlen (4) | value ETF) | CRC32 (4)
- * of everything before it. restore checks all of it, and builds the whole
+ * Format: "GNS2" | type (1 byte: 0 set, 1 ordered_set) | count (8, big
+ * endian) | count x (klen (4) | key ETF | vlen (4) | value ETF | time to
+ * live left in ms, 0 for none (8)) | CRC32 (4) of everything before it.
+ * Entries expired at snapshot time are left out. restore checks all of it, and builds the whole
  * tree, before a store exists: never a half-built store.
  */
 
@@ -1583,6 +1592,7 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     if (!GN_VIEW(gn_store_snapshot_nif, s, err))
         return err;
     size_t total = GN_SNAP_HEADER + 4, count = 0;
+    int64_t now = gn_now_ms();
     gn_node *stack[128];
     int top = 0;
     for (gn_node *n = s->root; n || top;) {
@@ -1591,8 +1601,10 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             n = n->left;
         }
         n = stack[--top];
-        total += 8 + n->kbin.size + n->vbin.size;
-        count++;
+        if (!gn_expired(n, now)) {
+            total += 16 + n->kbin.size + n->vbin.size;
+            count++;
+        }
         n = n->right;
     }
     unsigned char *p = enif_make_new_binary(env, total, &out);
@@ -1600,7 +1612,7 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         enif_rwlock_runlock(s->lock);
         return enif_raise_exception(env, enif_make_atom(env, "enomem"));
     }
-    memcpy(p, "GNS1", 4);
+    memcpy(p, "GNS2", 4);
     p[4] = (unsigned char)s->ordered;
     gn_put_be(p + 5, count, 8);
     unsigned char *w = p + GN_SNAP_HEADER;
@@ -1610,12 +1622,18 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             n = n->left;
         }
         n = stack[--top];
+        if (gn_expired(n, now)) {
+            n = n->right;
+            continue;
+        }
         gn_put_be(w, n->kbin.size, 4);
         memcpy(w + 4, n->kbin.data, n->kbin.size);
         w += 4 + n->kbin.size;
         gn_put_be(w, n->vbin.size, 4);
         memcpy(w + 4, n->vbin.data, n->vbin.size);
         w += 4 + n->vbin.size;
+        gn_put_be(w, n->expires ? (uint64_t)(n->expires - now) : 0, 8);
+        w += 8;
         n = n->right;
     }
     enif_rwlock_runlock(s->lock);
@@ -1635,7 +1653,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     ERL_NIF_TERM invalid = enif_make_tuple2(env, gn_am_error, gn_am_invalid_snapshot);
     if (!gn_crc_ready)
         gn_crc_init();
-    if (bin.size < GN_SNAP_HEADER + 4 || memcmp(bin.data, "GNS1", 4) != 0 || bin.data[4] > 1 ||
+    if (bin.size < GN_SNAP_HEADER + 4 || memcmp(bin.data, "GNS2", 4) != 0 || bin.data[4] > 1 ||
         gn_crc32(bin.data, bin.size - 4) != (uint32_t)gn_get_be(bin.data + bin.size - 4, 4))
         return invalid;
     uint64_t count = gn_get_be(bin.data + 5, 8);
@@ -1681,7 +1699,17 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
             break;
         }
         r += 4 + vlen;
-        int fresh, put = gn_put_entry(s, env, key, value, 0, 0, &fresh);
+        if (end - r < 8) {
+            ok = 0;
+            break;
+        }
+        int64_t ttl = (int64_t)gn_get_be(r, 8);
+        r += 8;
+        if (ttl < 0) {
+            ok = 0;
+            break;
+        }
+        int fresh, put = gn_put_entry(s, env, key, value, ttl ? gn_now_ms() + ttl : 0, 0, &fresh);
         if (put < 0) {
             enif_rwlock_rwunlock(s->lock);
             gn_store_delete_nif(env, 1, &tuple[1]);

@@ -119,6 +119,8 @@ defmodule GenNative.Store do
       raise ArgumentError, "store option lifetime: :named requires a :name"
     end
 
+    # a cap no store can reach is no cap
+    max = if is_integer(max) and max >= 1 <<< 62, do: :infinity, else: max
     {name, access, lifetime, max}
   end
 
@@ -148,12 +150,18 @@ defmodule GenNative.Store do
       over an entry with one makes it permanent.
   """
   @spec put(t(), key(), value(), keyword()) :: :ok | {:error, :full}
-  def put(store, key, value, opts \\ []),
-    do: call(store, &Native.store_put(&1, key, value, :put, ttl!(opts)))
+  def put(store, key, value, opts \\ []) do
+    ttl = ttl!(opts)
+    call(store, &Native.store_put(&1, key, value, :put, ttl))
+  end
 
   defp ttl!([]), do: 0
 
-  defp ttl!(opts) do
+  defp ttl!(opts) when is_list(opts) do
+    for {key, _} <- opts, key != :ttl do
+      raise ArgumentError, "unknown put option #{inspect(key)}, expected :ttl"
+    end
+
     case Keyword.get(opts, :ttl) do
       ttl when is_integer(ttl) and ttl > 0 and ttl < 1 <<< 62 ->
         ttl
@@ -164,13 +172,19 @@ defmodule GenNative.Store do
     end
   end
 
+  defp ttl!(opts) do
+    raise ArgumentError, "expected the put options to be a keyword list, got: #{inspect(opts)}"
+  end
+
   @doc """
   Stores `value` under `key` only if the key is absent: `true` if stored,
   `false` if the key was there.
   """
   @spec put_new(t(), key(), value(), keyword()) :: boolean() | {:error, :full}
-  def put_new(store, key, value, opts \\ []),
-    do: call(store, &Native.store_put(&1, key, value, :put_new, ttl!(opts)))
+  def put_new(store, key, value, opts \\ []) do
+    ttl = ttl!(opts)
+    call(store, &Native.store_put(&1, key, value, :put_new, ttl))
+  end
 
   @doc "The value under `key`, or `default`."
   @spec get(t(), key(), value()) :: value()
