@@ -804,6 +804,34 @@ static gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_N
     return n;
 }
 
+/* Builds an entry from encodings already at hand (a snapshot's); `key` is
+ * the decoded key. NULL when out of memory. */
+static gn_node *gn_node_from_etf(gn_store *s, ERL_NIF_TERM key, const unsigned char *k, size_t klen,
+                                 const unsigned char *v, size_t vlen)
+{
+    gn_node *n = gn_alloc(sizeof(*n));
+    if (!n)
+        return NULL;
+    if (!enif_alloc_binary(klen, &n->kbin)) {
+        gn_free(n);
+        return NULL;
+    }
+    if (!enif_alloc_binary(vlen, &n->vbin)) {
+        enif_release_binary(&n->kbin);
+        gn_free(n);
+        return NULL;
+    }
+    memcpy(n->kbin.data, k, klen);
+    memcpy(n->vbin.data, v, vlen);
+    n->left = n->right = NULL;
+    n->size = 1;
+    n->height = 1;
+    n->expires = 0;
+    n->heap_ix = SIZE_MAX;
+    n->key = enif_make_copy(s->arena, key);
+    return n;
+}
+
 /* Replaces an entry's value; returns 0 when out of memory. */
 static int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value)
 {
@@ -1643,6 +1671,19 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     return out;
 }
 
+/* A balanced tree of nodes[lo, hi), which are in key order. */
+static gn_node *gn_build(gn_node **nodes, size_t lo, size_t hi)
+{
+    if (lo >= hi)
+        return NULL;
+    size_t mid = lo + (hi - lo) / 2;
+    gn_node *n = nodes[mid];
+    n->left = gn_build(nodes, lo, mid);
+    n->right = gn_build(nodes, mid + 1, hi);
+    gn_update(n);
+    return n;
+}
+
 /* store_restore(Binary, Name | nil, Access, Lifetime, MaxSize | infinity)
  *   -> {ok, Store} | {error, invalid_snapshot | already_exists | full} (dirty) */
 ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
@@ -1680,7 +1721,12 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         return created; /* already_exists, or an exception */
     enif_get_resource(env, tuple[1], gn_store_rtype, (void **)&s);
     enif_rwlock_rwlock(s->lock);
-    int ok = 1;
+    int ok = 1, ttl_pending = 0;
+    size_t nsorted = 0;
+    /* count comes from the binary: allocate only what the bytes can hold */
+    size_t most = (size_t)((end - r) / 16);
+    gn_node **sorted =
+        gn_alloc((count < most ? count : most) * sizeof(gn_node *) + sizeof(gn_node *));
     for (uint64_t i = 0; ok && i < count; i++) {
         ERL_NIF_TERM key, value;
         size_t klen, vlen;
@@ -1709,16 +1755,73 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
             ok = 0;
             break;
         }
-        int fresh, put = gn_put_entry(s, env, key, value, ttl ? gn_now_ms() + ttl : 0, 0, &fresh);
-        if (put < 0) {
+        (void)value; /* decoded only to check it */
+        const unsigned char *kbytes = r - 8 - vlen - 4 - klen, *vbytes = r - 8 - vlen;
+        gn_probe p = {env, key, {0}, 0};
+        /* A snapshot lists its keys in order: collect them, to build a
+         * balanced tree in O(n) at the end; anything else is inserted. */
+        if (sorted && (!nsorted || gn_cmp(s, &p, sorted[nsorted - 1]) > 0) &&
+            nsorted < s->max_size) {
+            gn_node *n = gn_node_from_etf(s, key, kbytes, klen, vbytes, vlen);
+            if (!n) {
+                ok = 0;
+            } else {
+                sorted[nsorted++] = n;
+                s->memory += gn_node_bytes(n);
+                if (ttl)
+                    ttl_pending = 1;
+                n->expires = ttl ? gn_now_ms() + ttl : 0;
+            }
+            gn_probe_done(&p);
+            continue;
+        }
+        if (sorted) {
+            /* out of order: everything so far goes into the tree */
+            s->root = gn_build(sorted, 0, nsorted);
+            for (size_t j = 0; j < nsorted; j++)
+                if (sorted[j]->expires) {
+                    int64_t e = sorted[j]->expires;
+                    sorted[j]->expires = 0;
+                    ok = ok && gn_set_expiry(s, sorted[j], e);
+                }
+            gn_free(sorted);
+            sorted = NULL;
+        }
+        gn_node *n = gn_find(s, &p);
+        if (n) {
+            /* a repeated key: the later entry wins, as with put */
+            ok = gn_node_rekey(s, env, n, key) && gn_node_set(s, env, n, value);
+        } else if (gn_size(s->root) >= s->max_size) {
+            gn_probe_done(&p);
             enif_rwlock_rwunlock(s->lock);
             gn_store_delete_nif(env, 1, &tuple[1]);
             return enif_make_tuple2(env, gn_am_error, gn_am_full);
+        } else if ((n = gn_node_from_etf(s, key, kbytes, klen, vbytes, vlen))) {
+            s->root = gn_insert(s, s->root, n, &p);
+            s->memory += gn_node_bytes(n);
+        } else {
+            ok = 0;
         }
-        ok = put == 1;
+        if (ok && n && ttl && !gn_set_expiry(s, n, gn_now_ms() + ttl))
+            ok = 0;
+        if (ok && ttl)
+            gn_ttl_list_add(s);
+        gn_probe_done(&p);
     }
     if (r != end)
         ok = 0;
+    if (sorted) {
+        s->root = gn_build(sorted, 0, nsorted);
+        for (size_t j = 0; ttl_pending && j < nsorted; j++)
+            if (sorted[j]->expires) {
+                int64_t e = sorted[j]->expires;
+                sorted[j]->expires = 0;
+                ok = ok && gn_set_expiry(s, sorted[j], e);
+            }
+        gn_free(sorted);
+    }
+    if (ok && s->heap_len)
+        gn_ttl_list_add(s);
     enif_rwlock_rwunlock(s->lock);
     if (!ok) {
         gn_store_delete_nif(env, 1, &tuple[1]);
