@@ -150,7 +150,16 @@ defmodule GenNative.Store do
       over an entry with one makes it permanent.
   """
   @spec put(t(), key(), value(), keyword()) :: :ok | {:error, :full}
-  def put(store, key, value, opts \\ []) do
+  def put(store, key, value, opts \\ [])
+
+  # the hot paths call the NIF directly; errors are translated in rescue
+  def put(store, key, value, []) when is_reference(store) do
+    Native.store_put(store, key, value, :put, 0)
+  rescue
+    e -> translate(e, store, &put(&1, key, value, []))
+  end
+
+  def put(store, key, value, opts) do
     ttl = ttl!(opts)
     call(store, &Native.store_put(&1, key, value, :put, ttl))
   end
@@ -188,16 +197,28 @@ defmodule GenNative.Store do
 
   @doc "The value under `key`, or `default`."
   @spec get(t(), key(), value()) :: value()
-  def get(store, key, default \\ nil) do
-    case call(store, &Native.store_get(&1, key)) do
+  def get(store, key, default \\ nil)
+
+  def get(store, key, default) when is_reference(store) do
+    case Native.store_get(store, key) do
       {:ok, value} -> value
       :error -> default
     end
+  rescue
+    e -> translate(e, store, &get(&1, key, default))
   end
+
+  def get(store, _key, _default), do: call(store, & &1)
 
   @doc "`{:ok, value}` or `:error`."
   @spec fetch(t(), key()) :: {:ok, value()} | :error
-  def fetch(store, key), do: call(store, &Native.store_get(&1, key))
+  def fetch(store, key) when is_reference(store) do
+    Native.store_get(store, key)
+  rescue
+    e -> translate(e, store, &fetch(&1, key))
+  end
+
+  def fetch(store, _key), do: call(store, & &1)
 
   @doc "Whether `key` is in the store."
   @spec member?(t(), key()) :: boolean()
@@ -335,34 +356,37 @@ defmodule GenNative.Store do
   defp call(store, fun) when is_reference(store) do
     fun.(store)
   rescue
-    _ in ArgumentError ->
-      reraise ArgumentError,
-              [message: "not a GenNative.Store, or an invalid argument: #{inspect(store)}"],
-              __STACKTRACE__
-
-    e in ErlangError ->
-      case e.original do
-        :purge ->
-          # more expired entries than a regular NIF may purge: on a dirty
-          # scheduler, then again
-          Native.store_purge(store)
-          call(store, fun)
-
-        :store_deleted ->
-          raise ArgumentError, "the store #{inspect(store)} has been deleted"
-
-        :not_owner ->
-          raise ArgumentError, "not the owner: only the owner writes a :protected store"
-
-        :not_integer ->
-          raise ArgumentError, "the value is not an integer (or would not fit 64 bits)"
-
-        _ ->
-          reraise e, __STACKTRACE__
-      end
+    e -> translate(e, store, fun)
   end
 
   defp call(store, _fun) do
     raise ArgumentError, "expected a GenNative.Store, got: #{inspect(store)}"
   end
+
+  # Turns what the NIFs raise into ArgumentErrors that say what is wrong;
+  # `retry` runs the call again after a dirty purge of expired entries.
+  defp translate(%ArgumentError{}, store, _retry) do
+    raise ArgumentError, "not a GenNative.Store, or an invalid argument: #{inspect(store)}"
+  end
+
+  defp translate(%ErlangError{original: :purge}, store, retry) do
+    # more expired entries than a regular NIF may purge: on a dirty
+    # scheduler, then again
+    Native.store_purge(store)
+    retry.(store)
+  end
+
+  defp translate(%ErlangError{original: :store_deleted}, store, _retry) do
+    raise ArgumentError, "the store #{inspect(store)} has been deleted"
+  end
+
+  defp translate(%ErlangError{original: :not_owner}, _store, _retry) do
+    raise ArgumentError, "not the owner: only the owner writes a :protected store"
+  end
+
+  defp translate(%ErlangError{original: :not_integer}, _store, _retry) do
+    raise ArgumentError, "the value is not an integer (or would not fit 64 bits)"
+  end
+
+  defp translate(e, _store, _retry), do: raise(e)
 end
