@@ -4,6 +4,9 @@ defmodule GenNative.NativeTest do
   # want the node quiet.
   use ExUnit.Case, async: false
 
+  import GenNative.TestHelpers,
+    only: [isolated: 1, run_all: 2, restore_monitor: 1, collect_long_schedules: 1]
+
   alias GenNative.Native
 
   defmodule Sink do
@@ -222,35 +225,10 @@ defmodule GenNative.NativeTest do
     for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
   end
 
-  defp isolated(fun) do
-    :erlang.yield()
-    result = fun.()
-    :erlang.yield()
-    result
-  end
-
-  # Runs n copies of fun, each in its own process, and waits for them all.
-  defp run_all(n, fun) do
-    tasks = for _ <- 1..n, do: Task.async(fun)
-    Enum.each(tasks, &Task.await(&1, :infinity))
-    Enum.map(tasks, & &1.pid)
-  end
-
   defp drain(ref, count) do
     case isolated(fn -> Native.mailbox_take(ref, 1024, :infinity) end) do
       [] -> count
       items -> drain(ref, count + length(items))
-    end
-  end
-
-  defp restore_monitor({pid, opts}), do: :erlang.system_monitor(pid, opts)
-  defp restore_monitor(:undefined), do: :erlang.system_monitor(:undefined)
-
-  defp collect_long_schedules(acc) do
-    receive do
-      {:monitor, pid, :long_schedule, info} -> collect_long_schedules([{pid, info} | acc])
-    after
-      0 -> acc
     end
   end
 

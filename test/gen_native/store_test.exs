@@ -1171,6 +1171,9 @@ defmodule GenNative.StoreSchedulingTest do
   # bin/sanitize excludes it, sanitized code is slower.
   use ExUnit.Case, async: false
 
+  import GenNative.TestHelpers,
+    only: [isolated: 1, run_all: 2, restore_monitor: 1, collect_long_schedules: 1]
+
   alias GenNative.Store
 
   @moduletag :scheduling
@@ -1325,30 +1328,5 @@ defmodule GenNative.StoreSchedulingTest do
       Task.async(fn -> :ok = Store.put_many(store, for(i <- chunk, do: {i, i})) end)
       |> Task.await(120_000)
     end)
-  end
-
-  defp isolated(fun) do
-    :erlang.yield()
-    result = fun.()
-    :erlang.yield()
-    result
-  end
-
-  # Runs n copies of fun, each in its own process, and waits for them all.
-  defp run_all(n, fun) do
-    tasks = for _ <- 1..n, do: Task.async(fun)
-    Enum.each(tasks, &Task.await(&1, :infinity))
-    Enum.map(tasks, & &1.pid)
-  end
-
-  defp restore_monitor({pid, opts}), do: :erlang.system_monitor(pid, opts)
-  defp restore_monitor(:undefined), do: :erlang.system_monitor(:undefined)
-
-  defp collect_long_schedules(acc) do
-    receive do
-      {:monitor, pid, :long_schedule, info} -> collect_long_schedules([{pid, info} | acc])
-    after
-      0 -> acc
-    end
   end
 end

@@ -24,4 +24,38 @@ defmodule GenNative.TestHelpers do
         do_wait_until(fun, deadline)
     end
   end
+
+  ## long_schedule proofs (see test/gen_native/native_test.exs)
+
+  @doc """
+  Runs `fun` in a timeslice of its own (`:erlang.yield/0` before and after),
+  so that a long_schedule event of the calling process can only come from
+  `fun` (or from the OS preempting the scheduler thread).
+  """
+  def isolated(fun) do
+    :erlang.yield()
+    result = fun.()
+    :erlang.yield()
+    result
+  end
+
+  @doc "Runs `n` copies of `fun`, each in its own process; waits; returns their pids."
+  def run_all(n, fun) do
+    tasks = for _ <- 1..n, do: Task.async(fun)
+    Enum.each(tasks, &Task.await(&1, :infinity))
+    Enum.map(tasks, & &1.pid)
+  end
+
+  @doc "Puts back the system monitor `:erlang.system_monitor/2` returned."
+  def restore_monitor({pid, opts}), do: :erlang.system_monitor(pid, opts)
+  def restore_monitor(:undefined), do: :erlang.system_monitor(:undefined)
+
+  @doc "The `{pid, info}` of every long_schedule message in the mailbox, newest first."
+  def collect_long_schedules(acc \\ []) do
+    receive do
+      {:monitor, pid, :long_schedule, info} -> collect_long_schedules([{pid, info} | acc])
+    after
+      0 -> acc
+    end
+  end
 end
