@@ -850,6 +850,22 @@ static int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM val
  * term. Returns 0 when out of memory. */
 static int gn_node_rekey(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key)
 {
+    /* An identical key of a type that has one encoding needs nothing; only
+     * terms holding floats (0.0 and -0.0 are =:=) can be identical yet
+     * encode differently. */
+    if (enif_is_identical(n->key, key)) {
+        switch (enif_term_type(env, key)) {
+        case ERL_NIF_TERM_TYPE_ATOM:
+        case ERL_NIF_TERM_TYPE_BITSTRING:
+        case ERL_NIF_TERM_TYPE_INTEGER:
+        case ERL_NIF_TERM_TYPE_PID:
+        case ERL_NIF_TERM_TYPE_PORT:
+        case ERL_NIF_TERM_TYPE_REFERENCE:
+            return 1;
+        default:
+            break;
+        }
+    }
     ErlNifBinary kbin;
     if (!enif_term_to_binary(env, key, &kbin))
         return 0;
