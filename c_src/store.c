@@ -33,10 +33,12 @@ typedef struct gn_node {
     struct gn_node *left, *right;
     size_t size;
     int height;
-    ERL_NIF_TERM key; /* in the store's arena */
-    ErlNifBinary kbin, vbin;
-    int64_t expires; /* monotonic ms; 0: never */
-    size_t heap_ix;  /* position in the expiry heap, or SIZE_MAX */
+    ERL_NIF_TERM key;   /* in the store's arena */
+    ERL_NIF_TERM value; /* in the store's arena: a get copies it out */
+    ErlNifBinary kbin;  /* the key's encoding: set tie-breaks, snapshots */
+    size_t vbytes;      /* the value's size, for accounting */
+    int64_t expires;    /* monotonic ms; 0: never */
+    size_t heap_ix;     /* position in the expiry heap, or SIZE_MAX */
 } gn_node;
 
 typedef struct gn_store {
@@ -114,14 +116,69 @@ static void gn_name_remove(gn_store *s)
 static size_t gn_node_bytes(const gn_node *n)
 {
     /* the key counts twice: encoded, and as a term in the arena */
-    return sizeof(gn_node) + 2 * n->kbin.size + n->vbin.size;
+    return sizeof(gn_node) + 2 * n->kbin.size + n->vbytes;
 }
 
 static void gn_node_free(gn_node *n)
 {
     enif_release_binary(&n->kbin);
-    enif_release_binary(&n->vbin);
     gn_free(n);
+}
+
+/* About how many bytes `t` takes as a term: the words of its cells, plus
+ * binary data. Bounded depth; an estimate for accounting, never for safety. */
+static size_t gn_term_bytes(ErlNifEnv *env, ERL_NIF_TERM t, int depth)
+{
+    const ERL_NIF_TERM *elems;
+    int arity;
+    ErlNifBinary bin;
+    ERL_NIF_TERM head, tail;
+    size_t bytes = 0;
+    if (depth > 64)
+        return 64;
+    switch (enif_term_type(env, t)) {
+    case ERL_NIF_TERM_TYPE_TUPLE:
+        enif_get_tuple(env, t, &arity, &elems);
+        bytes = 8 * (size_t)(arity + 1);
+        for (int i = 0; i < arity; i++)
+            bytes += gn_term_bytes(env, elems[i], depth + 1);
+        return bytes;
+    case ERL_NIF_TERM_TYPE_LIST:
+        while (enif_get_list_cell(env, t, &head, &tail)) {
+            bytes += 16 + gn_term_bytes(env, head, depth + 1);
+            t = tail;
+        }
+        return enif_is_empty_list(env, t) ? bytes : bytes + gn_term_bytes(env, t, depth + 1);
+    case ERL_NIF_TERM_TYPE_BITSTRING:
+        enif_inspect_binary(env, t, &bin);
+        return 24 + bin.size;
+    case ERL_NIF_TERM_TYPE_MAP: {
+        size_t n = 0;
+        ERL_NIF_TERM k, v;
+        ErlNifMapIterator it;
+        enif_get_map_size(env, t, &n);
+        bytes = 16 * n + 24;
+        if (enif_map_iterator_create(env, t, &it, ERL_NIF_MAP_ITERATOR_FIRST)) {
+            while (enif_map_iterator_get_pair(env, &it, &k, &v)) {
+                bytes += gn_term_bytes(env, k, depth + 1) + gn_term_bytes(env, v, depth + 1);
+                enif_map_iterator_next(env, &it);
+            }
+            enif_map_iterator_destroy(env, &it);
+        }
+        return bytes;
+    }
+    case ERL_NIF_TERM_TYPE_FLOAT:
+        return 16;
+    case ERL_NIF_TERM_TYPE_INTEGER: {
+        ErlNifSInt64 i;
+        return enif_get_int64(env, t, &i) ? 0 : 32; /* small ints are immediate */
+    }
+    case ERL_NIF_TERM_TYPE_REFERENCE:
+    case ERL_NIF_TERM_TYPE_FUN:
+        return 48;
+    default:
+        return 0; /* atoms, local pids and ports are immediate */
+    }
 }
 
 static void gn_tree_free(gn_node *n)
@@ -653,17 +710,9 @@ static gn_store *gn_fresh_view(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
 /* Reading the whole store: as GN_READ, after purging what has expired. */
 #define GN_VIEW(fn, s, err) (GN_READ(fn, s, err) && ((s) = gn_fresh_view(env, (s), &(err))))
 
-static ERL_NIF_TERM gn_decode(ErlNifEnv *env, const ErlNifBinary *bin)
-{
-    ERL_NIF_TERM t;
-    if (!enif_binary_to_term(env, bin->data, bin->size, &t, 0))
-        return enif_make_badarg(env); /* cannot happen: we encoded it */
-    return t;
-}
-
 static ERL_NIF_TERM gn_entry(ErlNifEnv *env, const gn_node *n)
 {
-    return enif_make_tuple2(env, gn_decode(env, &n->kbin), gn_decode(env, &n->vbin));
+    return enif_make_tuple2(env, enif_make_copy(env, n->key), enif_make_copy(env, n->value));
 }
 
 /* ------------------------------------------------------------------------ */
@@ -790,11 +839,8 @@ static gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_N
         gn_free(n);
         return NULL;
     }
-    if (!enif_term_to_binary(env, value, &n->vbin)) {
-        enif_release_binary(&n->kbin);
-        gn_free(n);
-        return NULL;
-    }
+    n->value = enif_make_copy(s->arena, value);
+    n->vbytes = gn_term_bytes(env, value, 0);
     n->left = n->right = NULL;
     n->size = 1;
     n->height = 1;
@@ -806,8 +852,8 @@ static gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_N
 
 /* Builds an entry from encodings already at hand (a snapshot's); `key` is
  * the decoded key. NULL when out of memory. */
-static gn_node *gn_node_from_etf(gn_store *s, ERL_NIF_TERM key, const unsigned char *k, size_t klen,
-                                 const unsigned char *v, size_t vlen)
+static gn_node *gn_node_from_etf(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key,
+                                 const unsigned char *k, size_t klen, ERL_NIF_TERM value)
 {
     gn_node *n = gn_alloc(sizeof(*n));
     if (!n)
@@ -816,32 +862,28 @@ static gn_node *gn_node_from_etf(gn_store *s, ERL_NIF_TERM key, const unsigned c
         gn_free(n);
         return NULL;
     }
-    if (!enif_alloc_binary(vlen, &n->vbin)) {
-        enif_release_binary(&n->kbin);
-        gn_free(n);
-        return NULL;
-    }
     memcpy(n->kbin.data, k, klen);
-    memcpy(n->vbin.data, v, vlen);
     n->left = n->right = NULL;
     n->size = 1;
     n->height = 1;
     n->expires = 0;
     n->heap_ix = SIZE_MAX;
     n->key = enif_make_copy(s->arena, key);
+    n->value = enif_make_copy(s->arena, value);
+    n->vbytes = gn_term_bytes(env, value, 0);
     return n;
 }
 
 /* Replaces an entry's value; returns 0 when out of memory. */
 static int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value)
 {
-    ErlNifBinary vbin;
-    if (!enif_term_to_binary(env, value, &vbin))
-        return 0;
-    s->memory -= n->vbin.size;
-    enif_release_binary(&n->vbin);
-    n->vbin = vbin;
-    s->memory += vbin.size;
+    /* the old value stays in the arena as garbage until it is compacted */
+    size_t vbytes = gn_term_bytes(env, value, 0);
+    s->memory -= n->vbytes;
+    n->value = enif_make_copy(s->arena, value);
+    n->vbytes = vbytes;
+    s->memory += vbytes;
+    s->arena_dead++;
     return 1;
 }
 
@@ -884,10 +926,10 @@ static int gn_node_rekey(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM k
 
 /* The live entry for p's key: an expired one is removed first. Call with
  * the write lock held. */
-static gn_node *gn_find_live(gn_store *s, gn_probe *p, int64_t now)
+static gn_node *gn_find_live(gn_store *s, gn_probe *p)
 {
     gn_node *n = gn_find(s, p);
-    if (n && gn_expired(n, now)) {
+    if (n && n->expires && gn_expired(n, gn_now_ms())) {
         gn_unlink(s, p);
         gn_node_free(n);
         n = NULL;
@@ -902,7 +944,7 @@ static int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_T
                         int64_t expires, int put_new, int *fresh)
 {
     gn_probe p = {env, key, {0}, 0};
-    gn_node *n = gn_find_live(s, &p, gn_now_ms());
+    gn_node *n = gn_find_live(s, &p);
     int ok = 1;
     *fresh = !n;
     if (n) {
@@ -943,8 +985,9 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         return enif_make_badarg(env);
     if (!GN_WRITE(gn_store_put_nif, s, err))
         return err;
-    int64_t now = gn_now_ms();
-    gn_purge(s, now, GN_PURGE_ON_WRITE);
+    int64_t now = ttl || s->heap_len ? gn_now_ms() : 0;
+    if (s->heap_len)
+        gn_purge(s, now, GN_PURGE_ON_WRITE);
     int fresh, ok = gn_put_entry(s, env, argv[1], argv[2], ttl ? now + ttl : 0, put_new, &fresh);
     int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
@@ -966,9 +1009,9 @@ ERL_NIF_TERM gn_store_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         return err;
     gn_probe p = {env, argv[1], {0}, 0};
     gn_node *n = gn_find(s, &p);
-    if (n && gn_expired(n, gn_now_ms()))
+    if (n && n->expires && gn_expired(n, gn_now_ms()))
         n = NULL;
-    result = n ? enif_make_tuple2(env, gn_am_ok, gn_decode(env, &n->vbin)) : gn_am_error;
+    result = n ? enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, n->value)) : gn_am_error;
     enif_rwlock_runlock(s->lock);
     gn_probe_done(&p);
     return result;
@@ -983,7 +1026,7 @@ static gn_node *gn_unlink(gn_store *s, gn_probe *p)
     if (out) {
         gn_set_expiry(s, out, 0);
         s->memory -= gn_node_bytes(out);
-        s->arena_dead++;
+        s->arena_dead += 2; /* its key and its value */
     }
     return out;
 }
@@ -1004,7 +1047,8 @@ static void gn_arena_compact(gn_store *s)
             n = n->left;
         }
         n = stack[--top];
-        enif_binary_to_term(fresh, n->kbin.data, n->kbin.size, &n->key, 0);
+        n->key = enif_make_copy(fresh, n->key);
+        n->value = enif_make_copy(fresh, n->value);
         n = n->right;
     }
     enif_free_env(s->arena);
@@ -1086,17 +1130,15 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     gn_purge(s, now, GN_PURGE_ON_WRITE);
     gn_probe p = {env, argv[1], {0}, 0};
     gn_node *n = gn_unlink(s, &p);
+    /* the value lives in the arena: copy it out while the lock is held */
+    ERL_NIF_TERM v = n && !gn_expired(n, now) ? enif_make_copy(env, n->value) : 0;
     int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
-    if (n && gn_expired(n, now)) {
+    if (n)
         gn_node_free(n);
-        n = NULL;
-    }
-    if (!n)
+    if (!v)
         return gn_am_error;
-    ERL_NIF_TERM v = gn_decode(env, &n->vbin);
-    gn_node_free(n);
     ERL_NIF_TERM result = enif_make_tuple2(env, gn_am_ok, v);
     return bloated ? gn_after_write(env, argv[0], s, result) : result;
 }
@@ -1114,12 +1156,12 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
     if (!GN_WRITE(gn_store_update_counter_nif, s, err))
         return err;
     gn_probe p = {env, argv[1], {0}, 0};
-    gn_node *n = gn_find_live(s, &p, gn_now_ms());
+    gn_node *n = gn_find_live(s, &p);
     /* enif_raise_exception returns a term that may be 0: a flag for ENOMEM */
     ERL_NIF_TERM result = 0, value;
     int oom = 1;
     if (n) {
-        if (!enif_get_int64(env, gn_decode(env, &n->vbin), &current)) {
+        if (!enif_get_int64(env, n->value, &current)) {
             result = enif_raise_exception(env, gn_am_not_integer);
             oom = 0;
             goto out;
@@ -1630,61 +1672,61 @@ static uint64_t gn_get_be(const unsigned char *p, int bytes)
 /* store_snapshot(Store) -> binary() (dirty) */
 ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
-    (void)argc;
     ERL_NIF_TERM err, out;
     gn_store *s;
     if (!GN_VIEW(gn_store_snapshot_nif, s, err))
         return err;
-    size_t total = GN_SNAP_HEADER + 4, count = 0;
+    /* Values live as terms: encode them first, then size and write. */
+    size_t live = gn_size(s->root), total = GN_SNAP_HEADER + 4, count = 0;
     int64_t now = gn_now_ms();
+    gn_node **nodes = gn_alloc((live + 1) * sizeof(*nodes));
+    ErlNifBinary *vals = gn_alloc((live + 1) * sizeof(*vals));
     gn_node *stack[128];
-    int top = 0;
-    for (gn_node *n = s->root; n || top;) {
+    int top = 0, oom = !nodes || !vals;
+    for (gn_node *n = oom ? NULL : s->root; n || top;) {
         while (n) {
             stack[top++] = n;
             n = n->left;
         }
         n = stack[--top];
         if (!gn_expired(n, now)) {
-            total += 16 + n->kbin.size + n->vbin.size;
+            if (!enif_term_to_binary(env, n->value, &vals[count])) {
+                oom = 1;
+                break;
+            }
+            nodes[count] = n;
+            total += 16 + n->kbin.size + vals[count].size;
             count++;
         }
         n = n->right;
     }
-    unsigned char *p = enif_make_new_binary(env, total, &out);
-    if (!p) {
-        enif_rwlock_runlock(s->lock);
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
-    }
-    memcpy(p, "GNS2", 4);
-    p[4] = (unsigned char)s->ordered;
-    gn_put_be(p + 5, count, 8);
-    unsigned char *w = p + GN_SNAP_HEADER;
-    for (gn_node *n = s->root; n || top;) {
-        while (n) {
-            stack[top++] = n;
-            n = n->left;
+    unsigned char *p = oom ? NULL : enif_make_new_binary(env, total, &out);
+    if (p) {
+        memcpy(p, "GNS2", 4);
+        p[4] = (unsigned char)s->ordered;
+        gn_put_be(p + 5, count, 8);
+        unsigned char *w = p + GN_SNAP_HEADER;
+        for (size_t i = 0; i < count; i++) {
+            gn_node *n = nodes[i];
+            gn_put_be(w, n->kbin.size, 4);
+            memcpy(w + 4, n->kbin.data, n->kbin.size);
+            w += 4 + n->kbin.size;
+            gn_put_be(w, vals[i].size, 4);
+            memcpy(w + 4, vals[i].data, vals[i].size);
+            w += 4 + vals[i].size;
+            gn_put_be(w, n->expires ? (uint64_t)(n->expires - now) : 0, 8);
+            w += 8;
         }
-        n = stack[--top];
-        if (gn_expired(n, now)) {
-            n = n->right;
-            continue;
-        }
-        gn_put_be(w, n->kbin.size, 4);
-        memcpy(w + 4, n->kbin.data, n->kbin.size);
-        w += 4 + n->kbin.size;
-        gn_put_be(w, n->vbin.size, 4);
-        memcpy(w + 4, n->vbin.data, n->vbin.size);
-        w += 4 + n->vbin.size;
-        gn_put_be(w, n->expires ? (uint64_t)(n->expires - now) : 0, 8);
-        w += 8;
-        n = n->right;
+        if (!gn_crc_ready)
+            gn_crc_init();
+        gn_put_be(w, gn_crc32(p, total - 4), 4);
     }
     enif_rwlock_runlock(s->lock);
-    if (!gn_crc_ready)
-        gn_crc_init();
-    gn_put_be(w, gn_crc32(p, total - 4), 4);
-    return out;
+    for (size_t i = 0; i < count; i++)
+        enif_release_binary(&vals[i]);
+    gn_free(vals);
+    gn_free(nodes);
+    return p ? out : enif_raise_exception(env, enif_make_atom(env, "enomem"));
 }
 
 /* A balanced tree of nodes[lo, hi), which are in key order. */
@@ -1771,14 +1813,13 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
             ok = 0;
             break;
         }
-        (void)value; /* decoded only to check it */
-        const unsigned char *kbytes = r - 8 - vlen - 4 - klen, *vbytes = r - 8 - vlen;
+        const unsigned char *kbytes = r - 8 - vlen - 4 - klen;
         gn_probe p = {env, key, {0}, 0};
         /* A snapshot lists its keys in order: collect them, to build a
          * balanced tree in O(n) at the end; anything else is inserted. */
         if (sorted && (!nsorted || gn_cmp(s, &p, sorted[nsorted - 1]) > 0) &&
             nsorted < s->max_size) {
-            gn_node *n = gn_node_from_etf(s, key, kbytes, klen, vbytes, vlen);
+            gn_node *n = gn_node_from_etf(s, env, key, kbytes, klen, value);
             if (!n) {
                 ok = 0;
             } else {
@@ -1812,7 +1853,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
             enif_rwlock_rwunlock(s->lock);
             gn_store_delete_nif(env, 1, &tuple[1]);
             return enif_make_tuple2(env, gn_am_error, gn_am_full);
-        } else if ((n = gn_node_from_etf(s, key, kbytes, klen, vbytes, vlen))) {
+        } else if ((n = gn_node_from_etf(s, env, key, kbytes, klen, value))) {
             s->root = gn_insert(s, s->root, n, &p);
             s->memory += gn_node_bytes(n);
         } else {
