@@ -33,12 +33,14 @@ typedef struct gn_node {
     struct gn_node *left, *right;
     size_t size;
     int height;
-    ERL_NIF_TERM key;   /* in the store's arena */
-    ERL_NIF_TERM value; /* in the store's arena: a get copies it out */
-    ErlNifBinary kbin;  /* the key's encoding: set tie-breaks, snapshots */
-    size_t vbytes;      /* the value's size, for accounting */
-    int64_t expires;    /* monotonic ms; 0: never */
-    size_t heap_ix;     /* position in the expiry heap, or SIZE_MAX */
+    ERL_NIF_TERM key;      /* in the store's arena */
+    ERL_NIF_TERM value;    /* in the store's arena: a get copies it out */
+    ErlNifBinary kbin;     /* the key's encoding: set tie-breaks, snapshots */
+    size_t vbytes;         /* the value's size, for accounting */
+    struct gn_node *hnext; /* a set's hash chain */
+    uint32_t hash;
+    int64_t expires; /* monotonic ms; 0: never */
+    size_t heap_ix;  /* position in the expiry heap, or SIZE_MAX */
 } gn_node;
 
 typedef struct gn_store {
@@ -53,6 +55,11 @@ typedef struct gn_store {
     ERL_NIF_TERM name; /* an atom, or 0 */
     size_t max_size;   /* SIZE_MAX: no cap */
     gn_node *root;
+    /* A set also indexes its entries by hash, for O(1) point lookups; the
+     * tree stays the authority (a miss falls back to it). */
+    gn_node **htab;
+    size_t hcap, hcount;
+    int hash_grow; /* a big table to regrow on a dirty scheduler */
     ErlNifEnv *arena;
     size_t arena_dead;
     size_t memory; /* bytes held by entries */
@@ -224,6 +231,10 @@ static void gn_store_detach(gn_store *s)
     gn_free(s->heap);
     s->heap = NULL;
     s->heap_len = s->heap_cap = 0;
+    gn_free(s->htab);
+    s->htab = NULL;
+    s->hcap = s->hcount = 0;
+    s->hash_grow = 0;
 }
 
 static inline size_t gn_size(const gn_node *n)
@@ -312,8 +323,96 @@ static void gn_probe_done(gn_probe *p)
         enif_release_binary(&p->bin);
 }
 
+static uint32_t gn_key_hash(ERL_NIF_TERM key)
+{
+    return (uint32_t)enif_hash(ERL_NIF_PHASH2, key, 0);
+}
+
+static void gn_hash_put(gn_node **tab, size_t cap, gn_node *n)
+{
+    size_t b = n->hash & (cap - 1);
+    n->hnext = tab[b];
+    tab[b] = n;
+}
+
+/* Rebuilds a set's hash index with `cap` buckets (a power of two) from the
+ * tree. O(n): inline for small stores, else on a dirty scheduler. */
+static void gn_hash_rebuild(gn_store *s, size_t cap)
+{
+    gn_node **tab = gn_alloc(cap * sizeof(*tab));
+    if (!tab)
+        return; /* keep the old index: lookups fall back to the tree */
+    memset(tab, 0, cap * sizeof(*tab));
+    gn_node *stack[128];
+    int top = 0;
+    size_t count = 0;
+    for (gn_node *n = s->root; n || top;) {
+        while (n) {
+            stack[top++] = n;
+            n = n->left;
+        }
+        n = stack[--top];
+        gn_hash_put(tab, cap, n);
+        count++;
+        n = n->right;
+    }
+    gn_free(s->htab);
+    s->htab = tab;
+    s->hcap = cap;
+    s->hcount = count;
+    s->hash_grow = 0;
+}
+
+#define GN_HASH_INLINE 4096 /* buckets a regular NIF may rebuild */
+
+static size_t gn_hash_cap(size_t entries)
+{
+    size_t cap = 64;
+    while (cap < entries)
+        cap *= 2;
+    return cap;
+}
+
+static void gn_hash_add(gn_store *s, gn_node *n)
+{
+    if (s->ordered)
+        return;
+    n->hash = gn_key_hash(n->key);
+    if (!s->htab) {
+        gn_hash_rebuild(s, 64);
+        return; /* the rebuild indexed n with the rest */
+    }
+    gn_hash_put(s->htab, s->hcap, n);
+    if (++s->hcount > 2 * s->hcap) {
+        if (s->hcap * 4 <= GN_HASH_INLINE)
+            gn_hash_rebuild(s, s->hcap * 4);
+        else
+            s->hash_grow = 1;
+    }
+}
+
+static void gn_hash_del(gn_store *s, gn_node *n)
+{
+    if (s->ordered || !s->htab)
+        return;
+    for (gn_node **p = &s->htab[n->hash & (s->hcap - 1)]; *p; p = &(*p)->hnext)
+        if (*p == n) {
+            *p = n->hnext;
+            s->hcount--;
+            return;
+        }
+}
+
 static gn_node *gn_find(const gn_store *s, gn_probe *p)
 {
+    if (!s->ordered && s->htab) {
+        uint32_t h = gn_key_hash(p->key);
+        for (gn_node *n = s->htab[h & (s->hcap - 1)]; n; n = n->hnext)
+            if (n->hash == h && enif_is_identical(n->key, p->key))
+                return n;
+        /* not found by hash: keys that are =:= but hash apart (0.0 and
+         * -0.0) are still found by the tree */
+    }
     gn_node *n = s->root;
     while (n) {
         int c = gn_cmp(s, p, n);
@@ -369,6 +468,13 @@ static gn_node *gn_remove(const gn_store *s, gn_node *n, gn_probe *p, gn_node **
         return gn_balance(min);
     }
     return gn_balance(n);
+}
+
+/* Adds a new entry (its key not in the store) to the tree and the index. */
+static void gn_link(gn_store *s, gn_node *n, gn_probe *p)
+{
+    s->root = gn_insert(s, s->root, n, p);
+    gn_hash_add(s, n);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -548,6 +654,7 @@ static void gn_store_dtor(ErlNifEnv *env, void *obj)
         }
     }
     gn_free(s->heap);
+    gn_free(s->htab);
     if (s->lock)
         enif_rwlock_destroy(s->lock);
 }
@@ -918,7 +1025,9 @@ static int gn_node_rekey(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM k
     s->memory -= 2 * n->kbin.size;
     enif_release_binary(&n->kbin);
     n->kbin = kbin;
+    gn_hash_del(s, n); /* its hash changes with its key */
     n->key = enif_make_copy(s->arena, key);
+    gn_hash_add(s, n);
     s->arena_dead++;
     s->memory += 2 * kbin.size;
     return 1;
@@ -956,7 +1065,7 @@ static int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_T
         /* full, counting only live entries (expired ones were purged) */
         ok = -1;
     } else if ((n = gn_node_new(s, env, key, value))) {
-        s->root = gn_insert(s, s->root, n, &p);
+        gn_link(s, n, &p);
         s->memory += gn_node_bytes(n);
         if (!gn_set_expiry(s, n, expires)) {
             gn_unlink(s, &p);
@@ -1024,6 +1133,7 @@ static gn_node *gn_unlink(gn_store *s, gn_probe *p)
     gn_node *out = NULL;
     s->root = gn_remove(s, s->root, p, &out);
     if (out) {
+        gn_hash_del(s, out);
         gn_set_expiry(s, out, 0);
         s->memory -= gn_node_bytes(out);
         s->arena_dead += 2; /* its key and its value */
@@ -1061,7 +1171,8 @@ static void gn_arena_compact(gn_store *s)
 
 static int gn_arena_bloated(const gn_store *s)
 {
-    return s->arena_dead > gn_size(s->root) + 1024;
+    /* or: a big set's hash index is due to grow */
+    return s->arena_dead > gn_size(s->root) + 1024 || s->hash_grow;
 }
 
 /* store_compact(Store, Result) -> Result (dirty): rebuilds a big store's
@@ -1073,8 +1184,11 @@ static ERL_NIF_TERM gn_store_compact_nif(ErlNifEnv *env, int argc, const ERL_NIF
     gn_store *s;
     if (enif_get_resource(env, argv[0], gn_store_rtype, (void **)&s)) {
         enif_rwlock_rwlock(s->lock);
-        if (!s->deleted && gn_arena_bloated(s))
+        if (!s->deleted && gn_arena_bloated(s)) {
             gn_arena_compact(s);
+            if (s->hash_grow)
+                gn_hash_rebuild(s, gn_hash_cap(gn_size(s->root)));
+        }
         enif_rwlock_rwunlock(s->lock);
     }
     return argv[1];
@@ -1188,7 +1302,7 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
     } else {
         if (!(n = gn_node_new(s, env, argv[1], value)))
             goto out;
-        s->root = gn_insert(s, s->root, n, &p);
+        gn_link(s, n, &p);
         s->memory += gn_node_bytes(n);
     }
     result = value;
@@ -1551,8 +1665,11 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         enif_get_tuple(env, head, &arity, &kv);
         ok = gn_put_entry(s, env, kv[0], kv[1], 0, 0, &fresh);
     }
-    if (gn_arena_bloated(s))
+    if (gn_arena_bloated(s)) {
         gn_arena_compact(s);
+        if (s->hash_grow)
+            gn_hash_rebuild(s, gn_hash_cap(gn_size(s->root)));
+    }
     enif_rwlock_rwunlock(s->lock);
     return ok == 1 ? gn_am_ok : enif_raise_exception(env, enif_make_atom(env, "enomem"));
 }
@@ -1835,6 +1952,8 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         if (sorted) {
             /* out of order: everything so far goes into the tree */
             s->root = gn_build(sorted, 0, nsorted);
+            if (!s->ordered)
+                gn_hash_rebuild(s, gn_hash_cap(nsorted));
             for (size_t j = 0; j < nsorted; j++)
                 if (sorted[j]->expires) {
                     int64_t e = sorted[j]->expires;
@@ -1854,7 +1973,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
             gn_store_delete_nif(env, 1, &tuple[1]);
             return enif_make_tuple2(env, gn_am_error, gn_am_full);
         } else if ((n = gn_node_from_etf(s, env, key, kbytes, klen, value))) {
-            s->root = gn_insert(s, s->root, n, &p);
+            gn_link(s, n, &p);
             s->memory += gn_node_bytes(n);
         } else {
             ok = 0;
@@ -1869,6 +1988,8 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         ok = 0;
     if (sorted) {
         s->root = gn_build(sorted, 0, nsorted);
+        if (!s->ordered)
+            gn_hash_rebuild(s, gn_hash_cap(nsorted));
         for (size_t j = 0; ttl_pending && j < nsorted; j++)
             if (sorted[j]->expires) {
                 int64_t e = sorted[j]->expires;
