@@ -33,9 +33,10 @@ typedef struct gn_node {
     struct gn_node *left, *right;
     size_t size;
     int height;
-    ERL_NIF_TERM key;      /* in the store's arena */
-    ERL_NIF_TERM value;    /* in the store's arena: a get copies it out */
-    ErlNifBinary kbin;     /* the key's encoding: set tie-breaks, snapshots */
+    ERL_NIF_TERM key;     /* in the store's arena */
+    ERL_NIF_TERM value;   /* in the store's arena: a get copies it out */
+    unsigned char *kdata; /* the key's encoding (gn_alloc): set tie-breaks, snapshots */
+    uint32_t klen;
     size_t vbytes;         /* the value's size, for accounting */
     struct gn_node *hnext; /* a set's hash chain */
     uint32_t hash;
@@ -123,12 +124,12 @@ static void gn_name_remove(gn_store *s)
 static size_t gn_node_bytes(const gn_node *n)
 {
     /* the key counts twice: encoded, and as a term in the arena */
-    return sizeof(gn_node) + 2 * n->kbin.size + n->vbytes;
+    return sizeof(gn_node) + 2 * (size_t)n->klen + n->vbytes;
 }
 
 static void gn_node_free(gn_node *n)
 {
-    enif_release_binary(&n->kbin);
+    gn_free(n->kdata);
     gn_free(n);
 }
 
@@ -295,8 +296,10 @@ static gn_node *gn_balance(gn_node *n)
 typedef struct gn_probe {
     ErlNifEnv *env;
     ERL_NIF_TERM key;
-    ErlNifBinary bin;
+    ErlNifBinary bin; /* its own encoding, when has_bin */
     int has_bin;
+    const unsigned char *kdata; /* the encoding compared: its own, or a node's */
+    size_t klen;
 } gn_probe;
 
 static int gn_cmp(const gn_store *s, gn_probe *p, const gn_node *n)
@@ -305,15 +308,17 @@ static int gn_cmp(const gn_store *s, gn_probe *p, const gn_node *n)
     if (c != 0 || s->ordered || enif_is_identical(p->key, n->key))
         return c;
     /* a set: equal (==) but not identical (=:=) keys, e.g. 1 and 1.0 */
-    if (!p->has_bin) {
+    if (!p->kdata) {
         if (!enif_term_to_binary(p->env, p->key, &p->bin))
             return -1;
         p->has_bin = 1;
+        p->kdata = p->bin.data;
+        p->klen = p->bin.size;
     }
-    size_t len = p->bin.size < n->kbin.size ? p->bin.size : n->kbin.size;
-    c = memcmp(p->bin.data, n->kbin.data, len);
+    size_t len = p->klen < n->klen ? p->klen : n->klen;
+    c = memcmp(p->kdata, n->kdata, len);
     if (c == 0)
-        c = p->bin.size < n->kbin.size ? -1 : p->bin.size > n->kbin.size;
+        c = p->klen < n->klen ? -1 : p->klen > n->klen;
     return c;
 }
 
@@ -625,7 +630,7 @@ static size_t gn_purge(gn_store *s, int64_t now, size_t max)
         if (max-- == 0)
             return 1;
         gn_node *top = s->heap[0];
-        gn_probe p = {NULL, top->key, top->kbin, 1};
+        gn_probe p = {.env = NULL, .key = top->key, .kdata = top->kdata, .klen = top->klen};
         gn_node *n = gn_unlink(s, &p);
         if (n)
             gn_node_free(n);
@@ -942,10 +947,20 @@ static gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_N
     gn_node *n = gn_alloc(sizeof(*n));
     if (!n)
         return NULL;
-    if (!enif_term_to_binary(env, key, &n->kbin)) {
+    ErlNifBinary kbin;
+    if (!enif_term_to_binary(env, key, &kbin)) {
         gn_free(n);
         return NULL;
     }
+    n->kdata = gn_alloc(kbin.size ? kbin.size : 1);
+    if (!n->kdata) {
+        enif_release_binary(&kbin);
+        gn_free(n);
+        return NULL;
+    }
+    memcpy(n->kdata, kbin.data, kbin.size);
+    n->klen = (uint32_t)kbin.size;
+    enif_release_binary(&kbin);
     n->value = enif_make_copy(s->arena, value);
     n->vbytes = gn_term_bytes(env, value, 0);
     n->left = n->right = NULL;
@@ -965,11 +980,12 @@ static gn_node *gn_node_from_etf(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key,
     gn_node *n = gn_alloc(sizeof(*n));
     if (!n)
         return NULL;
-    if (!enif_alloc_binary(klen, &n->kbin)) {
+    if (!(n->kdata = gn_alloc(klen ? klen : 1))) {
         gn_free(n);
         return NULL;
     }
-    memcpy(n->kbin.data, k, klen);
+    memcpy(n->kdata, k, klen);
+    n->klen = (uint32_t)klen;
     n->left = n->right = NULL;
     n->size = 1;
     n->height = 1;
@@ -1018,18 +1034,26 @@ static int gn_node_rekey(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM k
     ErlNifBinary kbin;
     if (!enif_term_to_binary(env, key, &kbin))
         return 0;
-    if (kbin.size == n->kbin.size && memcmp(kbin.data, n->kbin.data, kbin.size) == 0) {
+    if (kbin.size == n->klen && memcmp(kbin.data, n->kdata, kbin.size) == 0) {
         enif_release_binary(&kbin);
         return 1;
     }
-    s->memory -= 2 * n->kbin.size;
-    enif_release_binary(&n->kbin);
-    n->kbin = kbin;
+    unsigned char *kdata = gn_alloc(kbin.size ? kbin.size : 1);
+    if (!kdata) {
+        enif_release_binary(&kbin);
+        return 0;
+    }
+    memcpy(kdata, kbin.data, kbin.size);
+    s->memory -= 2 * (size_t)n->klen;
+    gn_free(n->kdata);
+    n->kdata = kdata;
+    n->klen = (uint32_t)kbin.size;
     gn_hash_del(s, n); /* its hash changes with its key */
     n->key = enif_make_copy(s->arena, key);
     gn_hash_add(s, n);
     s->arena_dead++;
-    s->memory += 2 * kbin.size;
+    s->memory += 2 * (size_t)n->klen;
+    enif_release_binary(&kbin);
     return 1;
 }
 
@@ -1052,7 +1076,7 @@ static gn_node *gn_find_live(gn_store *s, gn_probe *p)
 static int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value,
                         int64_t expires, int put_new, int *fresh)
 {
-    gn_probe p = {env, key, {0}, 0};
+    gn_probe p = {.env = env, .key = key};
     gn_node *n = gn_find_live(s, &p);
     int ok = 1;
     *fresh = !n;
@@ -1116,7 +1140,7 @@ ERL_NIF_TERM gn_store_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     gn_store *s;
     if (!GN_READ(gn_store_get_nif, s, err))
         return err;
-    gn_probe p = {env, argv[1], {0}, 0};
+    gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = gn_find(s, &p);
     if (n && n->expires && gn_expired(n, gn_now_ms()))
         n = NULL;
@@ -1222,7 +1246,7 @@ ERL_NIF_TERM gn_store_delete_key_nif(ErlNifEnv *env, int argc, const ERL_NIF_TER
     if (!GN_WRITE(gn_store_delete_key_nif, s, err))
         return err;
     gn_purge(s, gn_now_ms(), GN_PURGE_ON_WRITE);
-    gn_probe p = {env, argv[1], {0}, 0};
+    gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = gn_unlink(s, &p);
     int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
@@ -1242,7 +1266,7 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         return err;
     int64_t now = gn_now_ms();
     gn_purge(s, now, GN_PURGE_ON_WRITE);
-    gn_probe p = {env, argv[1], {0}, 0};
+    gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = gn_unlink(s, &p);
     /* the value lives in the arena: copy it out while the lock is held */
     ERL_NIF_TERM v = n && !gn_expired(n, now) ? enif_make_copy(env, n->value) : 0;
@@ -1269,7 +1293,7 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
         return enif_make_badarg(env);
     if (!GN_WRITE(gn_store_update_counter_nif, s, err))
         return err;
-    gn_probe p = {env, argv[1], {0}, 0};
+    gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = gn_find_live(s, &p);
     /* enif_raise_exception returns a term that may be 0: a flag for ENOMEM */
     ERL_NIF_TERM result = 0, value;
@@ -1385,7 +1409,7 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         enif_rwlock_runlock(s->lock);
         return enif_raise_exception(env, gn_am_not_ordered);
     }
-    gn_probe p = {env, argv[2], {0}, 0};
+    gn_probe p = {.env = env, .key = argv[2]};
     gn_node *found = NULL, *n = s->root;
     if (first || last) {
         while (n) {
@@ -1422,7 +1446,7 @@ ERL_NIF_TERM gn_store_rank_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         enif_rwlock_runlock(s->lock);
         return enif_raise_exception(env, gn_am_not_ordered);
     }
-    gn_probe p = {env, argv[1], {0}, 0};
+    gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = s->root;
     size_t rank = 0;
     int found = 0;
@@ -1580,7 +1604,7 @@ ERL_NIF_TERM gn_store_range_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         enif_rwlock_runlock(s->lock);
         return enif_raise_exception(env, gn_am_not_ordered);
     }
-    gn_probe from = {env, argv[1], {0}, 0}, to = {env, argv[2], {0}, 0};
+    gn_probe from = {.env = env, .key = argv[1]}, to = {.env = env, .key = argv[2]};
     gn_walk w = {env, s, &from, &to, 0, (size_t)limit, 0, enif_make_list(env, 0)};
     gn_walk_tree(&w, s->root);
     enif_rwlock_runlock(s->lock);
@@ -1636,7 +1660,7 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             const ERL_NIF_TERM *kv;
             int arity;
             enif_get_tuple(env, head, &arity, &kv);
-            gn_probe p = {env, kv[0], {0}, 0};
+            gn_probe p = {.env = env, .key = kv[0]};
             if (!gn_find(s, &p) && !gn_find(&scratch, &p)) {
                 gn_node *n = gn_node_new(&scratch, env, kv[0], gn_am_nil);
                 if (n) {
@@ -1812,7 +1836,7 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
                 break;
             }
             nodes[count] = n;
-            total += 16 + n->kbin.size + vals[count].size;
+            total += 16 + n->klen + vals[count].size;
             count++;
         }
         n = n->right;
@@ -1825,9 +1849,9 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         unsigned char *w = p + GN_SNAP_HEADER;
         for (size_t i = 0; i < count; i++) {
             gn_node *n = nodes[i];
-            gn_put_be(w, n->kbin.size, 4);
-            memcpy(w + 4, n->kbin.data, n->kbin.size);
-            w += 4 + n->kbin.size;
+            gn_put_be(w, n->klen, 4);
+            memcpy(w + 4, n->kdata, n->klen);
+            w += 4 + n->klen;
             gn_put_be(w, vals[i].size, 4);
             memcpy(w + 4, vals[i].data, vals[i].size);
             w += 4 + vals[i].size;
@@ -1931,7 +1955,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
             break;
         }
         const unsigned char *kbytes = r - 8 - vlen - 4 - klen;
-        gn_probe p = {env, key, {0}, 0};
+        gn_probe p = {.env = env, .key = key};
         /* A snapshot lists its keys in order: collect them, to build a
          * balanced tree in O(n) at the end; anything else is inserted. */
         if (sorted && (!nsorted || gn_cmp(s, &p, sorted[nsorted - 1]) > 0) &&
