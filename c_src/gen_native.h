@@ -113,4 +113,11 @@ typedef struct gn_priv {
  * callbacks (destructors, down) use it to find the live reaper. */
 extern gn_priv *gn_current;
 
+/* Hands fn(arg) to the live library's reaper (run at once if there is
+ * none, as during unload). */
+static inline void gn_reap(gn_free_fn *fn, void *arg)
+{
+    gn_reaper_push(gn_current ? gn_current->reaper : NULL, fn, arg);
+}
+
 #endif

@@ -197,7 +197,7 @@ static void gn_chunks_free(void *arg)
 static void gn_lane_discard(gn_lane *lane)
 {
     if (lane->first)
-        gn_reaper_push(gn_current ? gn_current->reaper : NULL, gn_chunks_free, lane->first);
+        gn_reap(gn_chunks_free, lane->first);
     lane->first = lane->last = NULL;
     lane->len = 0;
 }

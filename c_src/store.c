@@ -213,20 +213,31 @@ static void gn_detached_free(void *arg)
     gn_free(d);
 }
 
-/* Hands the tree and arena to the reaper, leaving the store empty. O(1). */
-static void gn_store_detach(gn_store *s)
+/* Hands a tree and an arena to the reaper in O(1); frees them at once if
+ * even that small allocation fails, so nothing leaks. */
+static void gn_reap_tree(gn_node *root, ErlNifEnv *arena)
 {
+    if (!root && !arena)
+        return;
     gn_detached *d = gn_alloc(sizeof(*d));
-    if (d) {
-        d->root = s->root;
-        d->arena = s->arena;
-        gn_reaper_push(gn_current ? gn_current->reaper : NULL, gn_detached_free, d);
-    } else {
-        gn_tree_free(s->root);
-        enif_free_env(s->arena);
+    if (!d) {
+        gn_tree_free(root);
+        if (arena)
+            enif_free_env(arena);
+        return;
     }
+    d->root = root;
+    d->arena = arena;
+    gn_reap(gn_detached_free, d);
+}
+
+/* Empties the store in O(1): its entries go to the reaper. With `reuse`, it
+ * gets a fresh arena for new entries; without (a deleted store), none. */
+static void gn_store_detach(gn_store *s, int reuse)
+{
+    gn_reap_tree(s->root, s->arena);
     s->root = NULL;
-    s->arena = enif_alloc_env();
+    s->arena = reuse ? enif_alloc_env() : NULL;
     s->arena_dead = 0;
     s->memory = 0;
     gn_free(s->heap);
@@ -650,14 +661,7 @@ static void gn_store_dtor(ErlNifEnv *env, void *obj)
 {
     (void)env;
     gn_store *s = obj;
-    if (s->root || s->arena) {
-        gn_detached *d = gn_alloc(sizeof(*d));
-        if (d) {
-            d->root = s->root;
-            d->arena = s->arena;
-            gn_reaper_push(gn_current ? gn_current->reaper : NULL, gn_detached_free, d);
-        }
-    }
+    gn_reap_tree(s->root, s->arena);
     gn_free(s->heap);
     gn_free(s->htab);
     if (s->lock)
@@ -667,11 +671,7 @@ static void gn_store_dtor(ErlNifEnv *env, void *obj)
 static void gn_store_mark_deleted(gn_store *s)
 {
     s->deleted = 1;
-    gn_store_detach(s);
-    if (s->arena) {
-        enif_free_env(s->arena);
-        s->arena = NULL;
-    }
+    gn_store_detach(s, 0);
 }
 
 static void gn_store_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
@@ -1621,7 +1621,7 @@ ERL_NIF_TERM gn_store_clear_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     gn_store *s;
     if (!GN_WRITE(gn_store_clear_nif, s, err))
         return err;
-    gn_store_detach(s);
+    gn_store_detach(s, 1);
     enif_rwlock_rwunlock(s->lock);
     return gn_am_ok;
 }

@@ -49,7 +49,8 @@ defmodule GenNative.Server do
   end
 
   def init_mailbox(module, arg) do
-    opts = GenNative.Mailbox.validate!(module.__gn_mailbox__())
+    # checked and completed with the defaults by `use GenNative`
+    opts = module.__gn_mailbox__()
 
     name =
       case Process.info(self(), :registered_name) do
