@@ -717,19 +717,6 @@ ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     return gn_am_ok;
 }
 
-/* mailbox_length(Ref) -> non_neg_integer(), both lanes */
-ERL_NIF_TERM gn_mailbox_length_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
-{
-    (void)argc;
-    gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
-    if (!mb)
-        return enif_make_badarg(env);
-    enif_mutex_lock(mb->lock);
-    size_t len = gn_queued(mb);
-    enif_mutex_unlock(mb->lock);
-    return enif_make_uint64(env, len);
-}
-
 /* mailbox_adopt(Ref) -> non_neg_integer() | not_ready
  * The calling process becomes the owner of a kept mailbox whose owner has
  * exited; returns how many requests wait in it. Calls queued for the old

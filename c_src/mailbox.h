@@ -19,7 +19,6 @@ ERL_NIF_TERM gn_mailbox_watermark_nif(ErlNifEnv *env, int argc, const ERL_NIF_TE
 ERL_NIF_TERM gn_mailbox_requeue_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
-ERL_NIF_TERM gn_mailbox_length_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 
 /* The largest batch mailbox_take/2 hands out in one call. Bounds the work of

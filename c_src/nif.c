@@ -93,7 +93,6 @@ static ErlNifFunc gn_funcs[] = {
     {"mailbox_take",     3,     gn_mailbox_take_nif,    0},
     {"mailbox_watermark", 2,    gn_mailbox_watermark_nif, 0},
     {"mailbox_ack",      1,     gn_mailbox_ack_nif,     0},
-    {"mailbox_length",   1,     gn_mailbox_length_nif,  0},
     {"mailbox_info",     1,     gn_mailbox_info_nif,    0},
     {"mailbox_adopt",    1,     gn_mailbox_adopt_nif,   0},
     {"mailbox_discard",  1,     gn_mailbox_discard_nif, 0},

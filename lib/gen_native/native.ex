@@ -38,9 +38,6 @@ defmodule GenNative.Native do
   @spec mailbox_ack(mailbox()) :: :ok
   def mailbox_ack(_mailbox), do: :erlang.nif_error(:not_loaded)
 
-  @spec mailbox_length(mailbox()) :: non_neg_integer()
-  def mailbox_length(_mailbox), do: :erlang.nif_error(:not_loaded)
-
   @spec mailbox_info(pid()) :: map() | :not_native
   def mailbox_info(_pid), do: :erlang.nif_error(:not_loaded)
 
