@@ -1,0 +1,59 @@
+/*
+ * A growable byte buffer, the port program's one container for bytes on
+ * their way somewhere: replies, key encodings, journal records.
+ */
+#ifndef GN_PORT_BUF_H
+#define GN_PORT_BUF_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct gn_buf {
+    unsigned char *data;
+    size_t len, cap;
+} gn_buf;
+
+/* Makes room for `more` bytes; aborts the program when memory runs out
+ * (the VM side sees the exit and restarts it from its data directory). */
+void gn_buf_reserve(gn_buf *b, size_t more);
+
+static inline void gn_buf_put(gn_buf *b, const void *p, size_t n)
+{
+    gn_buf_reserve(b, n);
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+}
+
+static inline void gn_buf_byte(gn_buf *b, unsigned char c)
+{
+    gn_buf_reserve(b, 1);
+    b->data[b->len++] = c;
+}
+
+/* Big-endian unsigned integer of `bytes` bytes. */
+static inline void gn_buf_be(gn_buf *b, uint64_t v, int bytes)
+{
+    gn_buf_reserve(b, (size_t)bytes);
+    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
+        b->data[b->len + (size_t)i] = (unsigned char)(v & 0xFF);
+    b->len += (size_t)bytes;
+}
+
+static inline uint64_t gn_get_be(const unsigned char *p, int bytes)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < bytes; i++)
+        v = (v << 8) | p[i];
+    return v;
+}
+
+static inline void gn_buf_free(gn_buf *b)
+{
+    free(b->data);
+    b->data = NULL;
+    b->len = b->cap = 0;
+}
+
+#endif

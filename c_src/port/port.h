@@ -1,0 +1,43 @@
+/*
+ * The port program's core, without I/O: the frame decoder, the requests and
+ * the stores. main.c wires it to libuv (stdin, stdout, timers, the thread
+ * pool); fuzz.c drives it directly.
+ */
+#ifndef GN_PORT_H
+#define GN_PORT_H
+
+#include <stddef.h>
+
+#include "buf.h"
+
+#define GN_PORT_MAX_FRAME (64u << 20) /* bytes in one request frame */
+
+typedef struct gn_port gn_port;
+
+enum { GN_SYNC_ALWAYS = 0, GN_SYNC_NEVER = -1 }; /* > 0: every that many ms */
+
+/* A program state; `dir` NULL keeps the stores in memory only. */
+gn_port *gn_port_new(const char *dir, int sync);
+void gn_port_free(gn_port *p);
+
+/* Loads the data directory (snapshot, then journal) and queues the `ready`
+ * event, or the fatal `error` event. Returns 0, or -1 (the program must then
+ * exit with status 2). */
+int gn_port_load(gn_port *p);
+
+/* Feeds bytes of the frame stream from the VM; each complete frame is
+ * handled. Returns 0, or -1 when the stream is broken (the reason is on
+ * stderr). */
+int gn_port_feed(gn_port *p, const unsigned char *data, size_t len);
+
+/* Whether the stream ends between frames (a clean end of input). */
+int gn_port_at_frame_boundary(const gn_port *p);
+
+/* Runs one slice (a few milliseconds at most) of pending long work
+ * (streamed replies, TTL sweeps, snapshots). Returns 1 while work remains. */
+int gn_port_step(gn_port *p);
+
+/* The frames to write to stdout; the caller empties it (len = 0). */
+gn_buf *gn_port_output(gn_port *p);
+
+#endif
