@@ -11,6 +11,8 @@ OBJ  := $(MIX_APP_PATH)/obj
 
 ERL_ROOT := $(shell erl -noshell -eval 'io:format("~s", [code:root_dir()]), halt().' 2>/dev/null)
 ERTS_INCLUDE_DIR ?= $(wildcard $(ERL_ROOT)/erts-*/include)
+ERL_EI_INCLUDE_DIR ?= $(wildcard $(ERL_ROOT)/lib/erl_interface-*/include)
+ERL_EI_LIBDIR ?= $(wildcard $(ERL_ROOT)/lib/erl_interface-*/lib)
 
 CC ?= cc
 CFLAGS ?= -O2
@@ -30,7 +32,18 @@ NIF_SRC := $(wildcard c_src/*.c)
 NIF_OBJ := $(NIF_SRC:c_src/%.c=$(OBJ)/nif/%.o)
 NIF_SO  := $(PRIV)/gen_native_nif.so
 
-all: $(NIF_SO)
+# The port program (c_src/port/): libuv and ei. fuzz.c is the fuzz target's
+# entry point, built by `make fuzz` only.
+PORT_SRC := $(filter-out c_src/port/fuzz.c,$(wildcard c_src/port/*.c))
+PORT_OBJ := $(PORT_SRC:c_src/port/%.c=$(OBJ)/port/%.o)
+PORT_BIN := $(PRIV)/gen_native_port
+PORT_CFLAGS := $(filter-out -fPIC,$(CFLAGS)) -I$(ERL_EI_INCLUDE_DIR)
+PORT_LIBS := -L$(ERL_EI_LIBDIR) -lei -luv -pthread
+ifeq ($(SANITIZE),1)
+PORT_LIBS += -fsanitize=address,undefined
+endif
+
+all: $(NIF_SO) $(PORT_BIN)
 	@: # a recipe, so make stays quiet when nothing is stale
 
 $(NIF_SO): $(NIF_OBJ) | $(PRIV)
@@ -39,12 +52,18 @@ $(NIF_SO): $(NIF_OBJ) | $(PRIV)
 $(OBJ)/nif/%.o: c_src/%.c | $(OBJ)/nif
 	$(CC) $(CFLAGS) -c -o $@ $<
 
-$(PRIV) $(OBJ)/nif:
+$(PORT_BIN): $(PORT_OBJ) | $(PRIV)
+	$(CC) -o $@ $^ $(PORT_LIBS)
+
+$(OBJ)/port/%.o: c_src/port/%.c | $(OBJ)/port
+	$(CC) $(PORT_CFLAGS) -c -o $@ $<
+
+$(PRIV) $(OBJ)/nif $(OBJ)/port:
 	mkdir -p $@
 
 clean:
-	rm -rf $(OBJ) $(NIF_SO)
+	rm -rf $(OBJ) $(NIF_SO) $(PORT_BIN)
 
 .PHONY: all clean
 
--include $(NIF_OBJ:.o=.d)
+-include $(NIF_OBJ:.o=.d) $(PORT_OBJ:.o=.d)

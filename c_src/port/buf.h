@@ -21,6 +21,8 @@ void gn_buf_reserve(gn_buf *b, size_t more);
 
 static inline void gn_buf_put(gn_buf *b, const void *p, size_t n)
 {
+    if (n == 0)
+        return;
     gn_buf_reserve(b, n);
     memcpy(b->data + b->len, p, n);
     b->len += n;

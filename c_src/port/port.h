@@ -40,4 +40,24 @@ int gn_port_step(gn_port *p);
 /* The frames to write to stdout; the caller empties it (len = 0). */
 gn_buf *gn_port_output(gn_port *p);
 
+/* Writes the journal's new records (fsyncing with sync always): call it
+ * before writing the output, so nothing is acknowledged before it is
+ * journaled. 0, or -1 on an I/O error (the program must exit). */
+int gn_port_commit(gn_port *p);
+
+/* For sync {interval, ms}: the descriptor to fdatasync off the loop thread,
+ * or -1 if nothing waits; then gn_port_sync_done on the loop thread. */
+int gn_port_sync_begin(gn_port *p);
+void gn_port_sync_done(gn_port *p);
+
+/* Queues the purge of expired entries (the TTL sweep, once a second). */
+void gn_port_sweep(gn_port *p);
+
+/* How slow work (a snapshot's fsync and rename) leaves the loop thread:
+ * `work(arg)` runs on another thread, then `after(p, arg)` on the loop's.
+ * Without one, both run at once, inline. */
+typedef void (*gn_offload_fn)(gn_port *p, void (*work)(void *), void (*after)(gn_port *, void *),
+                              void *arg);
+void gn_port_set_offload(gn_port *p, gn_offload_fn fn);
+
 #endif

@@ -1,0 +1,114 @@
+/*
+ * The data directory: a journal of every acknowledged write and snapshots
+ * of every store, so state survives a restart of the program or the VM.
+ *
+ *   DIR/LOCK              flock()ed while a program uses the directory
+ *   DIR/snapshot.gns      "GNP1" | generation (8) | records ... | END record
+ *   DIR/journal.<G>.gnj   "GNJ1" | generation (8) | records ...
+ *
+ * A record is: body length (4) | CRC32 of the body (4) | body, with the
+ * body: op (1) | store name length (2) | name | op fields. Every record is
+ * an idempotent assignment (put key = value, delete key, clear, drop,
+ * restore-as-replace, open-if-absent): a counter update is journaled as the
+ * value it produced. That makes snapshots "fuzzy": one is written a slice
+ * at a time while writes go on, into a new generation, and loading it then
+ * replaying every journal of its generation and later gives exactly the
+ * state the program acknowledged.
+ *
+ * On load a record that fails its CRC or runs past the end of the journal
+ * ends it: the tail from there is dropped (the bytes are logged). A
+ * snapshot must be whole: any bad record, or a missing END, is an error.
+ * Files are created with mode 0600.
+ */
+#ifndef GN_PORT_DURABLE_H
+#define GN_PORT_DURABLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "buf.h"
+
+enum {
+    GN_REC_OPEN = 'O',    /* ordered (1) | max_size (8) */
+    GN_REC_DROP = 'X',    /* */
+    GN_REC_CLEAR = 'C',   /* */
+    GN_REC_PUT = 'P',     /* entry */
+    GN_REC_DEL = 'D',     /* key length (4) | key */
+    GN_REC_MANY = 'M',    /* count (4) | entries */
+    GN_REC_RESTORE = 'R', /* ordered (1) | max_size (8) | count (4) | entries */
+    GN_REC_END = 'E',     /* count of records before it (8); snapshots only */
+};
+/* entry: key length (4) | key ETF | value length (4) | value ETF | expires (8) */
+
+typedef struct gn_record {
+    int op;
+    const char *name;
+    size_t name_len;
+    int ordered;
+    uint64_t max_size;
+    const unsigned char *key, *val;
+    size_t key_len, val_len;
+    int64_t expires;
+    uint32_t count;               /* MANY, RESTORE */
+    const unsigned char *entries; /* MANY, RESTORE: `count` entries */
+    size_t entries_len;
+    uint64_t records; /* END */
+} gn_record;
+
+/* Reads the next entry of a MANY or RESTORE record; 0, or -1 at the end. */
+typedef struct gn_entry_iter {
+    const unsigned char *at, *end;
+} gn_entry_iter;
+int gn_entry_next(gn_entry_iter *it, const unsigned char **key, size_t *key_len,
+                  const unsigned char **val, size_t *val_len, int64_t *expires);
+
+/* Record bodies, appended to `b` (framing is added by the writers). */
+void gn_rec_begin(gn_buf *b, size_t *mark, int op, const char *name, size_t name_len);
+void gn_rec_entry(gn_buf *b, const unsigned char *key, size_t key_len, const unsigned char *val,
+                  size_t val_len, int64_t expires);
+/* Fills in the length and CRC of the record begun at `mark`. */
+void gn_rec_end(gn_buf *b, size_t mark);
+
+typedef struct gn_durable gn_durable;
+
+typedef void (*gn_apply_fn)(void *ctx, const gn_record *r);
+
+/* Opens (creating) and locks the directory, loads the snapshot and replays
+ * the journals through `apply`. NULL on error, with the reason in `err`
+ * (e.g. "corrupt_snapshot"). *dropped gets the bytes cut from torn tails. */
+gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *ctx,
+                            uint64_t *dropped, char *err, size_t errlen);
+void gn_durable_close(gn_durable *d);
+
+/* The journal's buffer: records appended here reach the file at commit. */
+gn_buf *gn_durable_journal(gn_durable *d);
+/* Writes the buffered records; with sync always, fsyncs too. 0 or -1. */
+int gn_durable_commit(gn_durable *d);
+/* For sync {interval, ms}: whether written bytes wait for an fsync, and the
+ * descriptor to fsync (the caller runs fdatasync off the loop thread and
+ * calls sync_done). No rotation happens while one is in flight. */
+int gn_durable_sync_begin(gn_durable *d);
+void gn_durable_sync_done(gn_durable *d);
+/* fdatasync now, on this thread. */
+int gn_durable_sync_now(gn_durable *d);
+
+/* Whether the journal has outgrown the snapshot (GN_COMPACT_FACTOR). */
+int gn_durable_wants_compaction(const gn_durable *d);
+
+/* Compaction: begin rotates to a new journal generation and opens the new
+ * snapshot's temporary file; the caller writes records with
+ * gn_durable_snap_write (in slices) and then runs gn_durable_snap_finish
+ * (fsync, rename, unlink old journals: slow, for the thread pool) and
+ * gn_durable_snap_done on the loop. */
+int gn_durable_snap_begin(gn_durable *d);
+int gn_durable_snap_write(gn_durable *d, gn_buf *records);
+void gn_durable_snap_finish(gn_durable *d); /* any thread */
+int gn_durable_snap_done(gn_durable *d);    /* 0, or -1 if the snapshot failed */
+int gn_durable_snap_running(const gn_durable *d);
+
+#define GN_COMPACT_FACTOR 2
+#define GN_COMPACT_MIN_BYTES (4u << 20)
+
+uint32_t gn_port_crc32(uint32_t crc, const unsigned char *p, size_t n);
+
+#endif
