@@ -61,9 +61,28 @@ $(OBJ)/port/%.o: c_src/port/%.c | $(OBJ)/port
 $(PRIV) $(OBJ)/nif $(OBJ)/port:
 	mkdir -p $@
 
+# The port program's fuzz target (clang's libFuzzer, ASan, UBSan):
+#   make fuzz [FUZZ_TIME=600]   runs it; findings go to $(OBJ)/fuzz/
+FUZZ_TIME ?= 600
+FUZZ_BIN := $(OBJ)/fuzz/gen_native_port_fuzz
+FUZZ_SRC := $(filter-out c_src/port/main.c,$(wildcard c_src/port/*.c))
+
+$(FUZZ_BIN): $(FUZZ_SRC) $(wildcard c_src/port/*.h) | $(OBJ)/fuzz
+	clang -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -I$(ERL_EI_INCLUDE_DIR) -o $@ $(FUZZ_SRC) -L$(ERL_EI_LIBDIR) -lei -pthread
+
+fuzz: $(FUZZ_BIN)
+	mkdir -p $(OBJ)/fuzz/corpus
+	cd $(OBJ)/fuzz && ./gen_native_port_fuzz -max_total_time=$(FUZZ_TIME) -max_len=4096 \
+	  -rss_limit_mb=4096 corpus $(CURDIR)/c_src/port/fuzz_seeds
+
+$(OBJ)/fuzz:
+	mkdir -p $@
+
 clean:
 	rm -rf $(OBJ) $(NIF_SO) $(PORT_BIN)
 
-.PHONY: all clean
+.PHONY: all clean fuzz
 
 -include $(NIF_OBJ:.o=.d) $(PORT_OBJ:.o=.d)
