@@ -1,3 +1,17 @@
+defmodule GenNative.Store.Port do
+  @moduledoc """
+  The handle of a store held by a port program (see `GenNative.Port`):
+  the name of the `GenNative.Port` and the store's name. Made by
+  `GenNative.Store.new/2` and `GenNative.Store.restore/2` with
+  `backend: {:port, port_name}`; any process may use it, and a copy (even
+  one that went through `:erlang.term_to_binary/1`) names the same store.
+  """
+  @enforce_keys [:port, :name]
+  defstruct [:port, :name]
+
+  @type t :: %__MODULE__{port: atom(), name: atom()}
+end
+
 defmodule GenNative.Store do
   @moduledoc """
   An off-heap state store: a set or ordered set of `{key, value}` held in C,
@@ -28,13 +42,42 @@ defmodule GenNative.Store do
   Functions whose work grows with the store (`to_list/1`, `range/4`,
   `slice/3`, `put_many/2`) run on dirty schedulers; `clear/1` and
   `delete/1` hand the entries to a background thread in O(1).
+
+  ## Backends
+
+  A store lives in the VM (the `:nif` backend, the default, described
+  above) or in a port program, an OS process outside the VM started by
+  `GenNative.Port` (the `{:port, port_name}` backend):
+
+      {:ok, _} = GenNative.Port.start_link(name: :durable, dir: "/var/lib/app/stores")
+      {:ok, users} = GenNative.Store.new(:set, backend: {:port, :durable}, name: :users)
+      :ok = GenNative.Store.put(users, 42, %{name: "ada"})
+
+  Every function of this module takes a store of either backend and gives
+  the same results and raises the same exceptions, except:
+
+    * a port store is named (`:name` is required) and has neither owner nor
+      access rules: any process writes it, and it lives until `delete/1`
+      (or, without a data directory, until its program stops). `new/2`
+      with the name of an existing port store of the same type reopens it.
+      `:access` and `:lifetime` are for the `:nif` backend only.
+    * every call on a port store is a round trip to the program: it exits,
+      as `GenServer.call/3` does, when the program dies before answering
+      (`{{:port_exited, status}, {GenNative.Store, fun, args}}`), when no
+      program runs (`{:noproc, ...}`) or after the port's request timeout
+      (`{:timeout, ...}`); see `GenNative.Port`.
+    * a request to a port store (keys and values included) is at most
+      64 MiB once encoded; a bigger one raises `ArgumentError`.
+    * `whereis/1` finds `:nif` stores only; `GenNative.Port.stores/1` lists
+      a program's stores.
   """
 
   import Bitwise
 
   alias GenNative.Native
+  alias GenNative.Store.Port, as: PortStore
 
-  @opaque t :: reference()
+  @opaque t :: reference() | PortStore.t()
   @type type :: :set | :ordered_set
   @type key :: term()
   @type value :: term()
@@ -44,6 +87,12 @@ defmodule GenNative.Store do
 
   ## Options
 
+    * `:backend` - `:nif` (default: the store lives in the VM) or
+      `{:port, port_name}`: the store lives in the program of the
+      `GenNative.Port` named `port_name`, which creates it, or reopens the
+      store of that name (`{:error, :already_exists}` if it is of the other
+      type). A port store needs a `:name` and takes no `:access` or
+      `:lifetime`.
     * `:name` - an atom; `whereis/1` then finds the store. A name held by a
       store whose owner is alive gives `{:error, :already_exists}`.
     * `:access` - `:protected` (default: the owner writes, every process
@@ -64,8 +113,18 @@ defmodule GenNative.Store do
             "expected the store type to be :set or :ordered_set, got: #{inspect(type)}"
     end
 
-    {name, access, lifetime, max} = options!(opts)
-    Native.store_new(type, name, access, lifetime, max)
+    case options!(opts) do
+      {:nif, name, access, lifetime, max} ->
+        Native.store_new(type, name, access, lifetime, max)
+
+      {{:port, port}, name, _access, _lifetime, max} ->
+        store = %PortStore{port: port, name: name}
+
+        case port(store, {:open, name, type, max}, :new, [type, opts]) do
+          :ok -> {:ok, store}
+          {:error, {:wrong_type, _}} -> {:error, :already_exists}
+        end
+    end
   end
 
   @doc """
@@ -73,6 +132,9 @@ defmodule GenNative.Store do
   Runs on a dirty scheduler.
   """
   @spec snapshot(t()) :: binary()
+  def snapshot(%PortStore{name: n} = store),
+    do: port(store, {:snapshot, n}, :snapshot, [store], :binary)
+
   def snapshot(store), do: call(store, &Native.store_snapshot/1)
 
   @doc """
@@ -84,8 +146,28 @@ defmodule GenNative.Store do
   @spec restore(binary(), keyword()) ::
           {:ok, t()} | {:error, :invalid_snapshot | :already_exists | :full}
   def restore(binary, opts \\ []) when is_binary(binary) do
-    {name, access, lifetime, max} = options!(opts)
-    Native.store_restore(binary, name, access, lifetime, max)
+    case options!(opts) do
+      {:nif, name, access, lifetime, max} ->
+        Native.store_restore(binary, name, access, lifetime, max)
+
+      {{:port, port}, name, _access, _lifetime, max} ->
+        store = %PortStore{port: port, name: name}
+
+        case GenNative.Port.request(port, {:restore, name, binary, max}, :single, {
+               __MODULE__,
+               :restore,
+               [binary, opts]
+             }) do
+          :ok ->
+            {:ok, store}
+
+          {:error, reason} when reason in [:invalid_snapshot, :already_exists, :full] ->
+            {:error, reason}
+
+          {:error, reason} ->
+            port_error(reason, store, :restore)
+        end
+    end
   end
 
   defp options!(opts) do
@@ -94,15 +176,24 @@ defmodule GenNative.Store do
             "expected the store options to be a keyword list, got: #{inspect(opts)}"
     end
 
+    backend = Keyword.get(opts, :backend, :nif)
     name = Keyword.get(opts, :name)
     access = Keyword.get(opts, :access, :protected)
     lifetime = Keyword.get(opts, :lifetime, :owner)
     max = Keyword.get(opts, :max_size, :infinity)
 
-    for {key, _} <- opts, key not in [:name, :access, :lifetime, :max_size] do
+    for {key, _} <- opts, key not in [:name, :access, :lifetime, :max_size, :backend] do
       raise ArgumentError,
-            "unknown store option #{inspect(key)}, expected :name, :access, :lifetime or :max_size"
+            "unknown store option #{inspect(key)}, expected :name, :access, :lifetime, :max_size or :backend"
     end
+
+    check!(
+      backend == :nif or
+        match?({:port, port} when is_atom(port) and port not in [nil, true, false], backend),
+      :backend,
+      backend,
+      ":nif or {:port, name} (the name of a GenNative.Port)"
+    )
 
     check!(is_nil(name) or (is_atom(name) and name not in [true, false]), :name, name, "an atom")
     check!(access in [:protected, :public], :access, access, ":protected or :public")
@@ -119,9 +210,32 @@ defmodule GenNative.Store do
       raise ArgumentError, "store option lifetime: :named requires a :name"
     end
 
+    if backend != :nif do
+      port_options!(opts, name)
+    end
+
     # a cap no store can reach is no cap
     max = if is_integer(max) and max >= 1 <<< 62, do: :infinity, else: max
-    {name, access, lifetime, max}
+    {backend, name, access, lifetime, max}
+  end
+
+  defp port_options!(opts, name) do
+    cond do
+      name == nil ->
+        raise ArgumentError,
+              "a port store needs a :name (the stores of a GenNative.Port are named)"
+
+      Keyword.has_key?(opts, :access) ->
+        raise ArgumentError,
+              "store option :access is for the :nif backend only: any process writes a port store"
+
+      Keyword.has_key?(opts, :lifetime) ->
+        raise ArgumentError,
+              "store option :lifetime is for the :nif backend only: a port store lives until delete/1"
+
+      true ->
+        :ok
+    end
   end
 
   defp check!(true, _opt, _value, _expected), do: :ok
@@ -131,7 +245,10 @@ defmodule GenNative.Store do
           "invalid value for store option #{inspect(opt)}, expected #{expected}, got: #{inspect(value)}"
   end
 
-  @doc "The store registered as `name`, or `nil`."
+  @doc """
+  The `:nif` store registered as `name`, or `nil`. Port stores are not
+  registered here: `GenNative.Port.stores/1` lists them.
+  """
   @spec whereis(atom()) :: t() | nil
   def whereis(name) when is_atom(name), do: Native.store_whereis(name)
 
@@ -157,6 +274,11 @@ defmodule GenNative.Store do
     Native.store_put(store, key, value, :put, 0)
   rescue
     e -> translate(e, store, &put(&1, key, value, []))
+  end
+
+  def put(%PortStore{name: n} = store, key, value, opts) do
+    ttl = ttl!(opts)
+    port(store, {:put, n, key, value, ttl}, :put, [store, key, value, opts])
   end
 
   def put(store, key, value, opts) do
@@ -190,7 +312,14 @@ defmodule GenNative.Store do
   `false` if the key was there.
   """
   @spec put_new(t(), key(), value(), keyword()) :: boolean() | {:error, :full}
-  def put_new(store, key, value, opts \\ []) do
+  def put_new(store, key, value, opts \\ [])
+
+  def put_new(%PortStore{name: n} = store, key, value, opts) do
+    ttl = ttl!(opts)
+    port(store, {:put_new, n, key, value, ttl}, :put_new, [store, key, value, opts])
+  end
+
+  def put_new(store, key, value, opts) do
     ttl = ttl!(opts)
     call(store, &Native.store_put(&1, key, value, :put_new, ttl))
   end
@@ -208,6 +337,13 @@ defmodule GenNative.Store do
     e -> translate(e, store, &get(&1, key, default))
   end
 
+  def get(%PortStore{name: n} = store, key, default) do
+    case port(store, {:get, n, key}, :get, [store, key, default]) do
+      {:ok, value} -> value
+      :error -> default
+    end
+  end
+
   def get(store, _key, _default), do: call(store, & &1)
 
   @doc "`{:ok, value}` or `:error`."
@@ -218,18 +354,30 @@ defmodule GenNative.Store do
     e -> translate(e, store, &fetch(&1, key))
   end
 
+  def fetch(%PortStore{name: n} = store, key),
+    do: port(store, {:get, n, key}, :fetch, [store, key])
+
   def fetch(store, _key), do: call(store, & &1)
 
   @doc "Whether `key` is in the store."
   @spec member?(t(), key()) :: boolean()
+  def member?(%PortStore{name: n} = store, key),
+    do: port(store, {:get, n, key}, :member?, [store, key]) != :error
+
   def member?(store, key), do: fetch(store, key) != :error
 
   @doc "Removes `key`; `:ok` whether or not it was there."
   @spec delete(t(), key()) :: :ok
+  def delete(%PortStore{name: n} = store, key),
+    do: port(store, {:delete_key, n, key}, :delete, [store, key])
+
   def delete(store, key), do: call(store, &Native.store_delete_key(&1, key))
 
   @doc "Removes `key` and returns its value: `{:ok, value}` or `:error`."
   @spec take(t(), key()) :: {:ok, value()} | :error
+  def take(%PortStore{name: n} = store, key),
+    do: port(store, {:take, n, key}, :take, [store, key])
+
   def take(store, key), do: call(store, &Native.store_take(&1, key))
 
   @doc """
@@ -244,19 +392,35 @@ defmodule GenNative.Store do
       raise ArgumentError, "the increment does not fit 64 bits: #{incr}"
     end
 
-    call(store, &Native.store_update_counter(&1, key, incr, default))
+    case store do
+      %PortStore{name: n} ->
+        port(store, {:update_counter, n, key, incr, default}, :update_counter, [
+          store,
+          key,
+          incr,
+          default
+        ])
+
+      _ ->
+        call(store, &Native.store_update_counter(&1, key, incr, default))
+    end
   end
 
   @doc "How many entries the store holds."
   @spec size(t()) :: non_neg_integer()
+  def size(%PortStore{name: n} = store), do: port(store, {:size, n}, :size, [store])
   def size(store), do: call(store, &Native.store_size/1)
 
   @doc "Removes every entry."
   @spec clear(t()) :: :ok
+  def clear(%PortStore{name: n} = store), do: port(store, {:clear, n}, :clear, [store])
   def clear(store), do: call(store, &Native.store_clear/1)
 
   @doc "Every `{key, value}`, in key order for an `:ordered_set`."
   @spec to_list(t()) :: [{key(), value()}]
+  def to_list(%PortStore{name: n} = store),
+    do: port(store, {:to_list, n}, :to_list, [store], :list)
+
   def to_list(store), do: call(store, &Native.store_to_list/1)
 
   @doc """
@@ -269,49 +433,84 @@ defmodule GenNative.Store do
       raise ArgumentError, "expected a list of {key, value} tuples"
     end
 
-    call(store, &Native.store_put_many(&1, entries))
+    case store do
+      %PortStore{name: n} -> port(store, {:put_many, n, entries}, :put_many, [store, entries])
+      _ -> call(store, &Native.store_put_many(&1, entries))
+    end
   end
 
   @doc """
   Deletes the store and frees what it holds. Only the owner may delete a
-  `:protected` store; every later use of it raises `ArgumentError`.
+  `:protected` store (any process deletes a port store); every later use of
+  it raises `ArgumentError`.
   """
   @spec delete(t()) :: :ok
+  def delete(%PortStore{name: n} = store), do: port(store, {:delete, n}, :delete, [store])
   def delete(store), do: call(store, &Native.store_delete/1)
 
   @doc """
   `%{type, size, memory, owner, name, access, lifetime}`; `memory` is the
   bytes the store holds; `owner` is `nil` for a `:named` store whose owner
   exited.
+
+  For a port store: `owner: nil`, `access: :public`, `lifetime: :named`
+  (it lives until `delete/1`), and also `backend: {:port, port_name}` and
+  `max_size`.
   """
   @spec info(t()) :: map()
+  def info(%PortStore{port: p, name: n} = store) do
+    store
+    |> port({:info, n}, :info, [store])
+    |> Map.merge(%{owner: nil, name: n, access: :public, lifetime: :named, backend: {:port, p}})
+  end
+
   def info(store), do: call(store, &Native.store_info/1)
 
   @doc "The smallest entry of an `:ordered_set`: `{:ok, {key, value}}` or `:error`."
   @spec first(t()) :: {:ok, {key(), value()}} | :error
+  def first(%PortStore{name: n} = store),
+    do: port(store, {:step, n, :first, nil}, :first, [store])
+
   def first(store), do: ordered(store, :first, &Native.store_step(&1, :first, nil))
 
   @doc "The largest entry of an `:ordered_set`."
   @spec last(t()) :: {:ok, {key(), value()}} | :error
+  def last(%PortStore{name: n} = store), do: port(store, {:step, n, :last, nil}, :last, [store])
   def last(store), do: ordered(store, :last, &Native.store_step(&1, :last, nil))
 
   @doc "The entry after `key` (which need not be in the store)."
   @spec next(t(), key()) :: {:ok, {key(), value()}} | :error
+  def next(%PortStore{name: n} = store, key),
+    do: port(store, {:step, n, :next, key}, :next, [store, key])
+
   def next(store, key), do: ordered(store, :next, &Native.store_step(&1, :next, key))
 
   @doc "The entry before `key` (which need not be in the store)."
   @spec prev(t(), key()) :: {:ok, {key(), value()}} | :error
+  def prev(%PortStore{name: n} = store, key),
+    do: port(store, {:step, n, :prev, key}, :prev, [store, key])
+
   def prev(store, key), do: ordered(store, :prev, &Native.store_step(&1, :prev, key))
 
   @doc "The entries with keys from `from` to `to` inclusive, in order, at most `limit`."
   @spec range(t(), key(), key(), non_neg_integer() | :infinity) :: [{key(), value()}]
   def range(store, from, to, limit \\ :infinity)
+
+  def range(%PortStore{name: n} = store, from, to, limit)
+      when limit == :infinity or (is_integer(limit) and limit >= 0) do
+    port(store, {:range, n, from, to, clamp(limit)}, :range, [store, from, to, limit], :list)
+  end
+
+  def range(store, from, to, limit)
       when limit == :infinity or (is_integer(limit) and limit >= 0) do
     ordered(store, :range, &Native.store_range(&1, from, to, clamp(limit)))
   end
 
   @doc "The 0-based position of `key` in an `:ordered_set`: `{:ok, index}` or `:error`."
   @spec rank(t(), key()) :: {:ok, non_neg_integer()} | :error
+  def rank(%PortStore{name: n} = store, key),
+    do: port(store, {:rank, n, key}, :rank, [store, key])
+
   def rank(store, key), do: ordered(store, :rank, &Native.store_rank(&1, key))
 
   @doc """
@@ -319,6 +518,16 @@ defmodule GenNative.Store do
   `:ordered_set`: `{:ok, {key, value}}` or `:error`.
   """
   @spec at(t(), integer()) :: {:ok, {key(), value()}} | :error
+  def at(%PortStore{name: n} = store, index) when is_integer(index) do
+    if abs(index) < 1 <<< 62 do
+      port(store, {:at, n, index}, :at, [store, index])
+    else
+      # beyond any store's size; still checks that it is an ordered store
+      _ = port(store, {:at, n, 0}, :at, [store, index])
+      :error
+    end
+  end
+
   def at(store, index) when is_integer(index) and abs(index) < 1 <<< 62,
     do: ordered(store, :at, &Native.store_at(&1, index))
 
@@ -331,8 +540,19 @@ defmodule GenNative.Store do
   @doc "Up to `count` entries from `index` on (negative counts from the end)."
   @spec slice(t(), integer(), non_neg_integer()) :: [{key(), value()}]
   def slice(store, index, count) when is_integer(index) and is_integer(count) and count >= 0 do
-    index = max(min(index, 1 <<< 62), -(1 <<< 62))
-    ordered(store, :slice, &Native.store_range(&1, {:index, index}, clamp(count), :infinity))
+    clamped = max(min(index, 1 <<< 62), -(1 <<< 62))
+
+    case store do
+      %PortStore{name: n} ->
+        port(store, {:slice, n, clamped, clamp(count)}, :slice, [store, index, count], :list)
+
+      _ ->
+        ordered(
+          store,
+          :slice,
+          &Native.store_range(&1, {:index, clamped}, clamp(count), :infinity)
+        )
+    end
   end
 
   defp clamp(:infinity), do: :infinity
@@ -389,4 +609,48 @@ defmodule GenNative.Store do
   end
 
   defp translate(e, _store, _retry), do: raise(e)
+
+  ## The port backend
+
+  # One request to the program holding a port store. Its errors become the
+  # exceptions the :nif backend raises; {:error, :full} is a result.
+  defp port(%PortStore{port: p} = store, request, fun, args, kind \\ :single) do
+    case GenNative.Port.request(p, request, kind, {__MODULE__, fun, args}) do
+      {:error, reason} when reason != :full and not is_tuple(reason) ->
+        port_error(reason, store, fun)
+
+      {:error, {:badarg, _} = reason} ->
+        port_error(reason, store, fun)
+
+      reply ->
+        reply
+    end
+  end
+
+  defp port_error(:no_store, store, _fun) do
+    raise ArgumentError, "the store #{inspect(store)} has been deleted"
+  end
+
+  defp port_error(:not_ordered, _store, fun) do
+    raise ArgumentError, "GenNative.Store.#{fun} needs an :ordered_set, this store is a :set"
+  end
+
+  defp port_error(:not_integer, _store, _fun) do
+    raise ArgumentError, "the value is not an integer (or would not fit 64 bits)"
+  end
+
+  defp port_error(:frame_too_large, _store, fun) do
+    raise ArgumentError,
+          "GenNative.Store.#{fun}: the request is larger than a port program takes (64 MiB)"
+  end
+
+  defp port_error({:badarg, text}, store, fun) do
+    raise ArgumentError,
+          "GenNative.Store.#{fun}: an invalid argument for #{inspect(store)}: #{text}"
+  end
+
+  defp port_error(reason, store, fun) do
+    raise "GenNative.Store.#{fun}: unexpected error from the program of #{inspect(store)}: " <>
+            inspect(reason)
+  end
 end

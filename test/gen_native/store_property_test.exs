@@ -14,6 +14,9 @@ defmodule GenNative.StoreModel do
   # modelled by counting the table's distinct keys.
   #
   # The statem state is only the configuration: type, cap and the key pool.
+  #
+  # The properties take the backend (:nif or {:port, port_name}): the store
+  # under test is made on it, and the same model runs against both.
   @moduledoc false
 
   import Bitwise
@@ -369,17 +372,29 @@ defmodule GenNative.StoreModel do
 
   ## Properties
 
+  # A store on `backend`, with the options of new/2.
+  defp new_store(backend, type, opts) do
+    Store.new(type, opts ++ backend_opts(backend))
+  end
+
+  defp restore_store(backend, binary), do: Store.restore(binary, backend_opts(backend))
+
+  defp backend_opts(:nif), do: []
+
+  defp backend_opts(backend),
+    do: [backend: backend, name: :"gn_store_prop_#{System.unique_integer([:positive])}"]
+
   @doc """
-  Any command sequence, against a fresh store of a generated type and cap,
-  gives the model's results.
+  Any command sequence, against a fresh store of a generated type and cap on
+  `backend`, gives the model's results.
   """
-  def property do
+  def property(backend \\ :nif) do
     keys = key_pool(self(), make_ref())
 
     :proper.forall(config(), fn {type, max} = cfg ->
       :proper.forall(:proper_statem.commands(__MODULE__, initial_state(cfg, keys)), fn cmds ->
         Process.delete(:gn_store_prop_mismatch)
-        {:ok, store} = Store.new(type, max_size: max)
+        {:ok, store} = new_store(backend, type, max_size: max)
         table = :ets.new(:gn_store_prop_model, [type])
         Process.put(@ctx, {store, table, %{type: type, max: max}})
 
@@ -416,19 +431,19 @@ defmodule GenNative.StoreModel do
   end
 
   @doc "A store of any generated content comes back from snapshot/restore as it was."
-  def snapshot_property do
+  def snapshot_property(backend \\ :nif) do
     keys = key_pool(self(), make_ref())
 
     :proper.forall(
       {:proper_types.elements([:set, :ordered_set]),
        :proper_types.list(:proper_types.tuple([key(keys), value(keys)]))},
       fn {type, entries} ->
-        {:ok, store} = Store.new(type)
+        {:ok, store} = new_store(backend, type, [])
         :ok = Store.put_many(store, entries)
         original = Store.to_list(store)
         binary = Store.snapshot(store)
         :ok = Store.delete(store)
-        {:ok, restored} = Store.restore(binary)
+        {:ok, restored} = restore_store(backend, binary)
 
         try do
           restored_list = Store.to_list(restored)
@@ -471,6 +486,30 @@ defmodule GenNative.StoreModel do
         "  #{inspect(other)}"
     end)
   end
+
+  @doc "Runs a property with PropEr; flunks with the shrunk counterexample."
+  def check(property, opts) do
+    result =
+      :proper.quickcheck(property, [
+        {:numtests, opts[:numtests]},
+        {:max_size, opts[:max_size]},
+        {:on_output, &output/2}
+      ])
+
+    if result != true do
+      ExUnit.Assertions.flunk("""
+      property failed; shrunk counterexample:
+      #{format(:proper.counterexample())}
+      """)
+    end
+  end
+
+  defp format([_cfg, cmds]) when is_list(cmds), do: format_commands(cmds)
+  defp format(other), do: inspect(other, pretty: true, limit: :infinity)
+
+  # PropEr's progress dots stay quiet; its failure report goes to the console.
+  defp output(~c".", _args), do: :ok
+  defp output(format, args), do: IO.write(:io_lib.format(format, args))
 end
 
 defmodule GenNative.StorePropertyTest do
@@ -478,6 +517,8 @@ defmodule GenNative.StorePropertyTest do
   # operation sequences against the ETS model above, and snapshot/restore
   # round trips. Each case makes its own unnamed store and table.
   use ExUnit.Case, async: true
+
+  import GenNative.StoreModel, only: [check: 2]
 
   alias GenNative.StoreModel
 
@@ -487,35 +528,43 @@ defmodule GenNative.StorePropertyTest do
   describe "GenNative.Store" do
     @tag timeout: 120_000
     test "gives the ETS model's results under random operations" do
-      check(StoreModel.property(), numtests: @numtests, max_size: 50)
+      check(StoreModel.property(:nif), numtests: @numtests, max_size: 50)
     end
 
     @tag timeout: 120_000
     test "snapshot/restore gives back exactly the store it was taken of" do
-      check(StoreModel.snapshot_property(), numtests: @numtests, max_size: 40)
+      check(StoreModel.snapshot_property(:nif), numtests: @numtests, max_size: 40)
     end
   end
+end
 
-  defp check(property, opts) do
-    result =
-      :proper.quickcheck(property, [
-        {:numtests, opts[:numtests]},
-        {:max_size, opts[:max_size]},
-        {:on_output, &output/2}
-      ])
+defmodule GenNative.StorePortPropertyTest do
+  # The same properties, on stores in a gen_native_port program.
+  use ExUnit.Case, async: true
 
-    if result != true do
-      flunk("""
-      property failed; shrunk counterexample:
-      #{format(:proper.counterexample())}
-      """)
-    end
+  import GenNative.StoreModel, only: [check: 2]
+
+  alias GenNative.StoreModel
+
+  @moduletag :port
+
+  @numtests String.to_integer(System.get_env("GN_PROP_NUMTESTS", "200"))
+
+  setup_all do
+    name = :"gn_store_prop_port_#{System.unique_integer([:positive])}"
+    start_supervised!({GenNative.Port, name: name})
+    %{backend: {:port, name}}
   end
 
-  defp format([_cfg, cmds]) when is_list(cmds), do: StoreModel.format_commands(cmds)
-  defp format(other), do: inspect(other, pretty: true, limit: :infinity)
+  describe "GenNative.Store on the port backend" do
+    @tag timeout: 120_000
+    test "gives the ETS model's results under random operations", %{backend: backend} do
+      check(StoreModel.property(backend), numtests: @numtests, max_size: 50)
+    end
 
-  # PropEr's progress dots stay quiet; its failure report goes to the console.
-  defp output(~c".", _args), do: :ok
-  defp output(format, args), do: IO.write(:io_lib.format(format, args))
+    @tag timeout: 120_000
+    test "snapshot/restore gives back exactly the store it was taken of", %{backend: backend} do
+      check(StoreModel.snapshot_property(backend), numtests: @numtests, max_size: 40)
+    end
+  end
 end

@@ -1,0 +1,481 @@
+defmodule GenNative.Port do
+  @moduledoc """
+  Starts and owns one `gen_native_port` program: an OS process, outside the
+  VM, that hosts named `GenNative.Store` stores, in memory or, with a data
+  directory, durably (a journal and snapshots).
+
+      children = [
+        {GenNative.Port, name: :durable, dir: "/var/lib/my_app/stores", sync: :always}
+      ]
+
+      Supervisor.start_link(children, strategy: :one_for_one)
+
+      {:ok, users} = GenNative.Store.new(:set, backend: {:port, :durable}, name: :users)
+      :ok = GenNative.Store.put(users, 42, %{name: "ada"})
+
+  `start_link/1` returns once the program has loaded its data directory, so
+  the stores are there when the supervisor moves on.
+
+  ## Requests
+
+  Store functions do not go through this server: the calling process sends
+  its request to the program itself (any process may write to a port) and
+  waits for the reply, which this server forwards to it. Many requests from
+  many processes are in flight at once; requests on one store are answered
+  in the order the program received them.
+
+  A request waits for its reply up to the `:timeout` given to `start_link/1`
+  (15 seconds by default; for a streamed reply such as `to_list/1`, for each
+  part), and then exits with `{:timeout, {GenNative.Store, fun, args}}`.
+
+  ## When the program dies
+
+  This server stops with the reason `{:port_exited, status}` (a program
+  killed by a signal exits with 128 + the signal number: 137 for
+  `kill -9`), or with the reason of the program's fatal error event (such
+  as `{:corrupt_snapshot, path}`), so that its supervisor restarts it. Every
+  request still waiting exits with that reason, the way `GenServer.call/3`
+  exits when its server dies, for example
+  `{{:port_exited, 137}, {GenNative.Store, :put, [store, key, value, []]}}`.
+  A request that finds no program running (not started yet, or between a
+  crash and the restart) exits with `{:noproc, {GenNative.Store, fun, args}}`.
+
+  A restarted program starts empty without a data directory, and reloads the
+  directory with one. `terminate/2` waits (up to 10 seconds, then kills it)
+  for the program to exit, so that a restarted program never runs alongside
+  the previous one on the same directory.
+  """
+  use GenServer
+
+  import Bitwise, only: [<<<: 2]
+
+  require Logger
+
+  @default_timeout 15_000
+  # how long init/1 waits for the program to load its data directory
+  @ready_timeout 120_000
+  # how long terminate/2 waits for the program to exit before killing it
+  @exit_wait 10_000
+
+  @type name :: atom()
+  @type sync :: :always | :never | {:interval, pos_integer()}
+
+  @doc """
+  A child specification: the child's id is `{GenNative.Port, name}`, so one
+  supervisor can hold several programs, and its shutdown time covers the
+  wait for the program to exit.
+  """
+  @spec child_spec(keyword()) :: Supervisor.child_spec()
+  def child_spec(opts) do
+    %{
+      id: {__MODULE__, Keyword.get(opts, :name)},
+      start: {__MODULE__, :start_link, [opts]},
+      type: :worker,
+      shutdown: @exit_wait + 5_000
+    }
+  end
+
+  @doc """
+  Starts the program and a server owning it, registered as `name`. Returns
+  once the data directory is loaded; a program that fails to start or to
+  load it gives `{:error, reason}` (e.g. `{:corrupt_snapshot, path}`, or
+  `{:port_exited, status}`).
+
+  ## Options
+
+    * `:name` - an atom, required. Store handles name the program by it:
+      `GenNative.Store.new(type, backend: {:port, name}, name: store)`.
+    * `:dir` - the data directory (created if missing), or `nil` (default)
+      for stores that live in memory only.
+    * `:sync` - when the journal is flushed to disk: `:always` (before
+      each write is acknowledged), `:never`, or `{:interval, ms}`
+      (default `{:interval, 100}`).
+    * `:timeout` - how long a request waits for its reply, in ms, or
+      `:infinity` (default #{@default_timeout}).
+
+  Invalid options raise `ArgumentError`.
+  """
+  @spec start_link(keyword()) :: GenServer.on_start()
+  def start_link(opts) do
+    config = options!(opts)
+    GenServer.start_link(__MODULE__, config, name: config.name)
+  end
+
+  defp options!(opts) do
+    unless Keyword.keyword?(opts) do
+      raise ArgumentError,
+            "expected GenNative.Port options to be a keyword list, got: #{inspect(opts)}"
+    end
+
+    for {key, _} <- opts, key not in [:name, :dir, :sync, :timeout] do
+      raise ArgumentError,
+            "unknown GenNative.Port option #{inspect(key)}, expected :name, :dir, :sync or :timeout"
+    end
+
+    name = Keyword.get(opts, :name)
+    dir = Keyword.get(opts, :dir)
+    sync = Keyword.get(opts, :sync, {:interval, 100})
+    timeout = Keyword.get(opts, :timeout, @default_timeout)
+
+    unless is_atom(name) and name not in [nil, true, false] do
+      raise ArgumentError,
+            "GenNative.Port needs a :name, an atom, got: #{inspect(name)}"
+    end
+
+    dir = if dir == nil, do: nil, else: Path.expand(path!(dir))
+
+    sync =
+      case sync do
+        :always -> "always"
+        :never -> "never"
+        {:interval, ms} when is_integer(ms) and ms > 0 and ms < 1 <<< 31 -> Integer.to_string(ms)
+        _ -> invalid!(:sync, sync, ":always, :never or {:interval, ms} with ms > 0")
+      end
+
+    unless timeout == :infinity or (is_integer(timeout) and timeout > 0) do
+      invalid!(:timeout, timeout, "a positive integer (ms) or :infinity")
+    end
+
+    %{name: name, dir: dir, sync: sync, timeout: timeout}
+  end
+
+  defp path!(dir) when is_binary(dir) and dir != "", do: dir
+
+  defp path!(dir) when is_list(dir) and dir != [] do
+    IO.chardata_to_string(dir)
+  rescue
+    _ -> invalid!(:dir, dir, "a path (a non-empty string) or nil")
+  end
+
+  defp path!(dir), do: invalid!(:dir, dir, "a path (a non-empty string) or nil")
+
+  defp invalid!(opt, value, expected) do
+    raise ArgumentError,
+          "invalid value for GenNative.Port option #{inspect(opt)}, expected #{expected}, got: #{inspect(value)}"
+  end
+
+  @doc "Returns `:ok` once every write acknowledged so far is on disk."
+  @spec sync(name()) :: :ok
+  def sync(name) when is_atom(name),
+    do: request(name, {:sync, nil}, :single, {__MODULE__, :sync, [name]})
+
+  @doc "The stores the program holds: a list of `{name, type}`."
+  @spec stores(name()) :: [{atom(), :set | :ordered_set}]
+  def stores(name) when is_atom(name),
+    do: request(name, {:stores, nil}, :single, {__MODULE__, :stores, [name]})
+
+  @doc "The OS pid of the running program, or `nil` when none runs."
+  @spec os_pid(name()) :: non_neg_integer() | nil
+  def os_pid(name) when is_atom(name) do
+    with {_owner, port, _timeout} <- :persistent_term.get({__MODULE__, name}, nil),
+         {:os_pid, os_pid} <- Port.info(port, :os_pid) do
+      os_pid
+    else
+      _ -> nil
+    end
+  end
+
+  ## Requests, made by the calling process
+
+  @doc false
+  # Sends `request` ({op, store, arg...}, tagged here) to the program `name`
+  # runs and returns the reply. `kind` is :single, or :list or :binary for
+  # the streamed ops, whose parts are joined here. `location` is the
+  # {module, fun, args} named in exits.
+  @spec request(name(), tuple(), :single | :list | :binary, {module(), atom(), list()}) :: term()
+  def request(name, request, kind, location) do
+    case :persistent_term.get({__MODULE__, name}, nil) do
+      {owner, port, timeout} ->
+        # the reply is sent to this alias: once the monitor is gone (reply,
+        # DOWN, timeout), a late reply is dropped
+        ref = :erlang.monitor(:process, owner, [{:alias, :demonitor}])
+
+        try do
+          :erlang.port_command(
+            port,
+            :erlang.term_to_binary(:erlang.insert_element(1, request, ref))
+          )
+        rescue
+          ArgumentError ->
+            :erlang.demonitor(ref, [:flush])
+            exit({:noproc, location})
+        end
+
+        receive do
+          {^ref, payload} when kind == :single ->
+            :erlang.demonitor(ref, [:flush])
+            :erlang.binary_to_term(payload)
+
+          {^ref, payload} ->
+            stream(ref, :erlang.binary_to_term(payload), [], kind, timeout, location)
+
+          {:DOWN, ^ref, _, _, reason} ->
+            exit({reason, location})
+        after
+          timeout -> cancel(ref, location)
+        end
+
+      nil ->
+        exit({:noproc, location})
+    end
+  end
+
+  defp stream(ref, {:more, part}, parts, kind, timeout, location) do
+    receive do
+      {^ref, payload} ->
+        stream(ref, :erlang.binary_to_term(payload), [part | parts], kind, timeout, location)
+
+      {:DOWN, ^ref, _, _, reason} ->
+        exit({reason, location})
+    after
+      timeout -> cancel(ref, location)
+    end
+  end
+
+  defp stream(ref, {:done, part}, parts, kind, _timeout, _location) do
+    :erlang.demonitor(ref, [:flush])
+    join(kind, [part | parts])
+  end
+
+  # an answer that is not streamed: an error
+  defp stream(ref, reply, [], _kind, _timeout, _location) do
+    :erlang.demonitor(ref, [:flush])
+    reply
+  end
+
+  defp join(:list, [last | earlier]),
+    do: Enum.reduce(earlier, last, fn part, acc -> part ++ acc end)
+
+  defp join(:binary, parts), do: IO.iodata_to_binary(Enum.reverse(parts))
+
+  defp cancel(ref, location) do
+    :erlang.demonitor(ref, [:flush])
+    flush(ref)
+    exit({:timeout, location})
+  end
+
+  # replies that arrived between the timeout and the demonitor
+  defp flush(ref) do
+    receive do
+      {^ref, _} -> flush(ref)
+    after
+      0 -> :ok
+    end
+  end
+
+  ## The server
+
+  @impl true
+  def init(config) do
+    Process.flag(:trap_exit, true)
+    await_previous(config.name)
+
+    with :ok <- make_dir(config.dir),
+         {:ok, port, os_pid} <- open(config),
+         :ok <- await_ready(port, os_pid, config.name) do
+      :persistent_term.put({__MODULE__, config.name}, {self(), port, config.timeout})
+      # the key to wait on, should this server be killed without terminate/2
+      :persistent_term.put({__MODULE__, config.name, :os_pid}, os_pid)
+      {:ok, %{name: config.name, port: port, os_pid: os_pid, fatal: nil}}
+    else
+      {:error, reason} -> {:stop, reason}
+    end
+  end
+
+  # A server killed without terminate/2 (:kill) left its program to exit on
+  # its own once its stdin closed: wait for it, so that two programs never
+  # share a data directory.
+  defp await_previous(name) do
+    case :persistent_term.get({__MODULE__, name, :os_pid}, nil) do
+      nil -> :ok
+      os_pid -> await_exit(os_pid, System.monotonic_time(:millisecond) + @exit_wait)
+    end
+  end
+
+  defp make_dir(nil), do: :ok
+
+  defp make_dir(dir) do
+    case File.mkdir_p(dir) do
+      :ok -> :ok
+      {:error, reason} -> {:error, {:dir, dir, reason}}
+    end
+  end
+
+  defp open(config) do
+    path = Path.join(:code.priv_dir(:gen_native), "gen_native_port")
+    dir_args = if config.dir, do: ["--dir", config.dir], else: []
+    args = dir_args ++ ["--sync", config.sync]
+
+    try do
+      Port.open({:spawn_executable, path}, [:binary, {:packet, 4}, :exit_status, {:args, args}])
+    rescue
+      e in ErlangError -> {:error, {:spawn_failed, path, e.original}}
+    else
+      port ->
+        case Port.info(port, :os_pid) do
+          {:os_pid, os_pid} -> {:ok, port, os_pid}
+          nil -> {:error, {:spawn_failed, path, :closed}}
+        end
+    end
+  end
+
+  defp await_ready(port, os_pid, name) do
+    receive do
+      {^port, {:data, <<0::16, event::binary>>}} ->
+        case :erlang.binary_to_term(event) do
+          {:ready, _info} ->
+            :ok
+
+          {:error, {:bad_request, _}} = event ->
+            log_event(event, name)
+            await_ready(port, os_pid, name)
+
+          {:error, reason} ->
+            # the program exits with status 2 right after a fatal error
+            receive do
+              {^port, {:exit_status, _}} -> :ok
+            after
+              @exit_wait -> stop_program(port, os_pid)
+            end
+
+            {:error, reason}
+
+          event ->
+            log_event(event, name)
+            await_ready(port, os_pid, name)
+        end
+
+      {^port, {:exit_status, status}} ->
+        {:error, {:port_exited, status}}
+    after
+      @ready_timeout ->
+        stop_program(port, os_pid)
+        {:error, :ready_timeout}
+    end
+  end
+
+  @impl true
+  def handle_info(
+        {port, {:data, <<n::16, tag::binary-size(n), payload::binary>>}},
+        %{port: port} = s
+      )
+      when n > 0 do
+    case :erlang.binary_to_term(tag) do
+      ref when is_reference(ref) ->
+        send(ref, {ref, payload})
+
+      other ->
+        Logger.warning(
+          "GenNative.Port #{inspect(s.name)}: a reply with the tag #{inspect(other)}"
+        )
+    end
+
+    {:noreply, s}
+  end
+
+  def handle_info({port, {:data, <<0::16, event::binary>>}}, %{port: port} = s) do
+    case :erlang.binary_to_term(event) do
+      {:error, {:bad_request, _}} = event ->
+        log_event(event, s.name)
+        {:noreply, s}
+
+      {:error, reason} = event ->
+        # fatal: the exit status follows
+        log_event(event, s.name)
+        {:noreply, %{s | fatal: reason}}
+
+      event ->
+        log_event(event, s.name)
+        {:noreply, s}
+    end
+  end
+
+  def handle_info({port, {:exit_status, status}}, %{port: port} = s) do
+    {:stop, s.fatal || {:port_exited, status}, %{s | port: nil}}
+  end
+
+  def handle_info({:EXIT, port, _reason}, %{port: port} = s) when is_port(port) do
+    # the port closed without an exit status (it always sends one first)
+    {:stop, :port_closed, %{s | port: nil}}
+  end
+
+  def handle_info(_msg, s), do: {:noreply, s}
+
+  @impl true
+  def terminate(_reason, s) do
+    :persistent_term.erase({__MODULE__, s.name})
+
+    if s.port do
+      stop_program(s.port, s.os_pid)
+    end
+
+    :persistent_term.erase({__MODULE__, s.name, :os_pid})
+    :ok
+  end
+
+  # Closes the program's stdin (it flushes its journal and exits) and waits
+  # for it to exit; kills it if it has not within @exit_wait.
+  defp stop_program(port, os_pid) do
+    try do
+      Port.close(port)
+    rescue
+      ArgumentError -> :ok
+    end
+
+    deadline = System.monotonic_time(:millisecond) + @exit_wait
+
+    if await_exit(os_pid, deadline) == :timeout do
+      System.cmd("kill", ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
+      await_exit(os_pid, System.monotonic_time(:millisecond) + 1_000)
+    end
+  end
+
+  defp await_exit(os_pid, deadline) do
+    cond do
+      not os_alive?(os_pid) ->
+        :ok
+
+      System.monotonic_time(:millisecond) > deadline ->
+        :timeout
+
+      true ->
+        Process.sleep(1)
+        await_exit(os_pid, deadline)
+    end
+  end
+
+  # Whether the OS process runs; an exited process not yet reaped (a
+  # zombie) holds no files any more.
+  defp os_alive?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      {:ok, stat} ->
+        # the state follows the command name, which is in parentheses
+        {pos, 1} = stat |> :binary.matches(")") |> List.last()
+        binary_part(stat, pos + 2, 1) not in ["Z", "X"]
+
+      {:error, :enoent} ->
+        false
+
+      {:error, _} ->
+        {_, status} =
+          System.cmd("kill", ["-0", Integer.to_string(os_pid)], stderr_to_stdout: true)
+
+        status == 0
+    end
+  end
+
+  defp log_event({:log, level, text}, name) do
+    level = if level in [:info, :warning, :error], do: level, else: :info
+    Logger.log(level, "gen_native_port #{inspect(name)}: #{text}")
+  end
+
+  defp log_event({:error, reason}, name) do
+    Logger.error("gen_native_port #{inspect(name)}: #{inspect(reason)}")
+  end
+
+  defp log_event({:ready, _}, _name), do: :ok
+
+  defp log_event(event, name) do
+    Logger.warning("gen_native_port #{inspect(name)}: unknown event #{inspect(event)}")
+  end
+end
