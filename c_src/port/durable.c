@@ -522,7 +522,7 @@ int gn_durable_snap_running(const gn_durable *d)
 int gn_durable_snap_begin(gn_durable *d)
 {
     if (d->snap_running || d->sync_inflight)
-        return -1;
+        return -2;
     /* the current journal is complete and on disk; new writes go to the next */
     if (gn_durable_commit(d) < 0 || fdatasync(d->journal_fd) < 0)
         return -1;

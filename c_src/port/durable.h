@@ -100,7 +100,7 @@ int gn_durable_wants_compaction(const gn_durable *d);
  * gn_durable_snap_write (in slices) and then runs gn_durable_snap_finish
  * (fsync, rename, unlink old journals: slow, for the thread pool) and
  * gn_durable_snap_done on the loop. */
-int gn_durable_snap_begin(gn_durable *d);
+int gn_durable_snap_begin(gn_durable *d); /* 0, -1 on error, -2: busy, try again */
 int gn_durable_snap_write(gn_durable *d, gn_buf *records);
 void gn_durable_snap_finish(gn_durable *d); /* any thread */
 int gn_durable_snap_done(gn_durable *d);    /* 0, or -1 if the snapshot failed */

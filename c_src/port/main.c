@@ -78,8 +78,8 @@ static void flush(void)
 static void on_step(uv_idle_t *h)
 {
     int more = gn_port_step(port);
-    flush();
-    if (!more)
+    flush(); /* the commit may start a compaction */
+    if (!more && !gn_port_busy(port))
         uv_idle_stop(h);
 }
 

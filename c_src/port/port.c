@@ -110,6 +110,7 @@ struct gn_port {
     gn_pstore *busy; /* stores with jobs */
     gn_job *global, *global_tail; /* RESTORE and COMPACT */
     gn_buf compact_waiters;       /* tags waiting for the compaction */
+    int compact_pending;          /* to start once an fsync is through */
     int replaying;
     uint64_t loaded_entries;
     gn_offload_fn offload;
@@ -963,7 +964,7 @@ static void store_drop(gn_port *p, gn_pstore *s)
 
 enum { F_STORE = 1, F_ORDERED = 2 };
 
-static void op_open(gn_port *p, req *r);
+static void op_open(gn_port *p, req *r, int queued);
 static void op_global(gn_port *p, req *r);
 
 /* Runs a request on its store; `s` is not busy (or this is its head job). */
@@ -1113,7 +1114,8 @@ static void dispatch(gn_port *p, const unsigned char *frame, size_t len)
     run_on_store(p, &r, s);
 }
 
-static void op_open(gn_port *p, req *r)
+/* `queued`: this request comes off its store's queue, and runs now. */
+static void op_open(gn_port *p, req *r, int queued)
 {
     char type[1024];
     size_t tlen;
@@ -1126,7 +1128,7 @@ static void op_open(gn_port *p, req *r)
     if (!ordered && strcmp(type, "set"))
         return reply_badarg(p, &r->tag, "the type must be set or ordered_set");
     gn_pstore *s = store_lookup(p, r->name, r->name_len);
-    if (s && s->jobs) {
+    if (s && s->jobs && !queued) {
         push_back(p, s, queue_request(r));
         return;
     }
@@ -1153,15 +1155,10 @@ static void start_compaction(gn_port *p);
 static void op_global(gn_port *p, req *r)
 {
     if (!strcmp(r->op, "open"))
-        return op_open(p, r);
+        return op_open(p, r, 0);
     if (!strcmp(r->op, "restore")) {
         if (r->nargs != 2)
             return reply_badarg(p, &r->tag, "wrong number of arguments");
-        gn_pstore *s = r->has_name ? store_lookup(p, r->name, r->name_len) : NULL;
-        if (s && s->jobs) {
-            push_back(p, s, queue_request(r));
-            return;
-        }
         return op_restore(p, r);
     }
     if (!strcmp(r->op, "sync")) {
@@ -1229,9 +1226,7 @@ static void run_queued(gn_port *p, gn_pstore *s, gn_job *j)
         return;
     }
     if (!strcmp(r.op, "open"))
-        op_open(p, &r);
-    else if (!strcmp(r.op, "restore"))
-        op_restore(p, &r);
+        op_open(p, &r, 1);
     else
         run_on_store(p, &r, s);
 }
@@ -1303,11 +1298,15 @@ static void start_compaction(gn_port *p)
 {
     if (gn_durable_snap_running(p->d))
         return; /* the running one answers every waiter */
-    if (gn_durable_snap_begin(p->d) < 0) {
+    int rc = gn_durable_snap_begin(p->d);
+    p->compact_pending = rc == -2;
+    if (rc == -1) {
         event_log(p, "error", "cannot start a compaction (journal or snapshot file)");
         compact_reply(p, 0);
         return;
     }
+    if (rc < 0)
+        return;
     gn_job *j = job_new(JOB_COMPACT, NULL);
     for (size_t i = 0; i < p->nbuckets; i++)
         for (gn_pstore *s = p->buckets[i]; s; s = s->next_in_bucket) {
@@ -1401,8 +1400,15 @@ int gn_port_step(gn_port *p)
             p->global_tail = NULL;
         job_free(j);
     }
+    if (p->compact_pending)
+        start_compaction(p);
     int garbage = gn_garbage_step(20000);
-    return p->busy || p->global || garbage;
+    return gn_port_busy(p) || garbage;
+}
+
+int gn_port_busy(const gn_port *p)
+{
+    return p->busy || p->global || p->compact_pending;
 }
 
 void gn_port_sweep(gn_port *p)

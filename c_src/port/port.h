@@ -37,6 +37,9 @@ int gn_port_at_frame_boundary(const gn_port *p);
  * (streamed replies, TTL sweeps, snapshots). Returns 1 while work remains. */
 int gn_port_step(gn_port *p);
 
+/* Whether long work waits (gn_port_step has something to do). */
+int gn_port_busy(const gn_port *p);
+
 /* The frames to write to stdout; the caller empties it (len = 0). */
 gn_buf *gn_port_output(gn_port *p);
 
