@@ -79,6 +79,7 @@ typedef struct gn_job {
     /* MANY and RESTORE: a walk over the request */
     gn_etf pos;
     uint32_t todo;
+    int has_tail; /* a LIST_EXT: its tail must be [] */
     int phase;
     gn_pstore *fresh; /* MANY with a cap: its new keys; RESTORE: the new store */
     gn_buf record;    /* the journal record being built */
@@ -775,8 +776,7 @@ static int many_start(gn_job *j, uint32_t *count)
     j->pos.buf = j->frame.data;
     j->pos.len = j->frame.len;
     j->pos.at = 0;
-    int has_tail;
-    if (gn_etf_list(&j->pos, count, &has_tail))
+    if (gn_etf_list(&j->pos, count, &j->has_tail))
         return -1;
     j->todo = *count;
     return 0;
@@ -797,6 +797,11 @@ static int many_run(gn_port *p, gn_pstore *s, gn_job *j, size_t budget)
             return 0;
         if (j->phase == 1)
             break;
+        if (j->has_tail && gn_etf_nil(&j->pos)) {
+            gn_slice tag = {j->tag.data, j->tag.len};
+            reply_badarg(p, &tag, "expected a proper list of {Key, Value}");
+            return 1;
+        }
         /* phase 0 is through: the list is well formed */
         if (j->fresh && full(s, gn_pstore_size(j->fresh))) {
             gn_slice tag = {j->tag.data, j->tag.len};
