@@ -33,7 +33,10 @@ defmodule GenNative.Port do
   This server stops with the reason `{:port_exited, status}` (a program
   killed by a signal exits with 128 + the signal number: 137 for
   `kill -9`), or with the reason of the program's fatal error event (such
-  as `{:corrupt_snapshot, path}`), so that its supervisor restarts it. Every
+  as `{:corrupt_snapshot, path}`), so that its supervisor restarts it. When
+  a request written to the dead program's stdin breaks the pipe before the
+  VM learns the exit status, the port closes without one and the reason is
+  `{:port_closed, :epipe}`. Every
   request still waiting exits with that reason, the way `GenServer.call/3`
   exits when its server dies, for example
   `{{:port_exited, 137}, {GenNative.Store, :put, [store, key, value, []]}}`.
@@ -394,9 +397,10 @@ defmodule GenNative.Port do
     {:stop, s.fatal || {:port_exited, status}, %{s | port: nil}}
   end
 
-  def handle_info({:EXIT, port, _reason}, %{port: port} = s) when is_port(port) do
-    # the port closed without an exit status (it always sends one first)
-    {:stop, :port_closed, %{s | port: nil}}
+  def handle_info({:EXIT, port, reason}, %{port: port} = s) when is_port(port) do
+    # the port closed before the exit status came: a write to the dead
+    # program's stdin failed (:epipe)
+    {:stop, s.fatal || {:port_closed, reason}, %{s | port: nil}}
   end
 
   def handle_info(_msg, s), do: {:noreply, s}
