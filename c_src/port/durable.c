@@ -560,8 +560,7 @@ int gn_durable_snap_begin(gn_durable *d)
 int gn_durable_snap_write(gn_durable *d, gn_buf *records)
 {
     /* count the records (each is length | crc | body) */
-    for (size_t at = 0; at + 8 <= records->len;
-         at += 8 + (size_t)gn_get_be(records->data + at, 4))
+    for (size_t at = 0; at + 8 <= records->len; at += 8 + (size_t)gn_get_be(records->data + at, 4))
         d->snap_records++;
     if (!d->snap_failed && write_all(d->snap_fd, records->data, records->len) < 0)
         d->snap_failed = 1;

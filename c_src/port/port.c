@@ -20,11 +20,11 @@
 #include "port.h"
 #include "pstore.h"
 
-#define GN_PURGE_INLINE 1000       /* expired entries a request purges itself */
-#define GN_CHUNK_ENTRIES 4096      /* entries in one streamed reply frame */
+#define GN_PURGE_INLINE 1000        /* expired entries a request purges itself */
+#define GN_CHUNK_ENTRIES 4096       /* entries in one streamed reply frame */
 #define GN_CHUNK_BYTES (256u << 10) /* about the bytes in one */
-#define GN_SLICE_NS 2000000        /* the time gn_port_step takes, at most about */
-#define GN_MANY_INLINE 2000        /* put_many entries done in one go */
+#define GN_SLICE_NS 2000000         /* the time gn_port_step takes, at most about */
+#define GN_MANY_INLINE 2000         /* put_many entries done in one go */
 
 void gn_buf_reserve(gn_buf *b, size_t more)
 {
@@ -65,8 +65,8 @@ enum { S_TO_LIST, S_RANGE, S_SLICE, S_SNAPSHOT };
 typedef struct gn_job {
     struct gn_job *next;
     int kind;
-    gn_buf frame;   /* REQUEST, MANY, RESTORE: the request's bytes */
-    gn_buf tag;     /* the reply's tag */
+    gn_buf frame; /* REQUEST, MANY, RESTORE: the request's bytes */
+    gn_buf tag;   /* the reply's tag */
     /* STREAM */
     int stream;
     int started;
@@ -108,7 +108,7 @@ struct gn_port {
     /* stores, by name */
     gn_pstore **buckets;
     size_t nbuckets, nstores;
-    gn_pstore *busy; /* stores with jobs */
+    gn_pstore *busy;              /* stores with jobs */
     gn_job *global, *global_tail; /* RESTORE and COMPACT */
     gn_buf compact_waiters;       /* tags waiting for the compaction */
     int compact_pending;          /* to start once an fsync is through */
@@ -881,8 +881,7 @@ static gn_pstore *restore_build(gn_port *p, const req *r, const gn_slice *bin, u
             v[0] != 131 || ttl < 0)
             goto bad;
         gn_etf ke = {k + 1, kl - 1, 0}, ve = {v + 1, vl - 1, 0};
-        if (gn_etf_skip(&ke, NULL) || ke.at != ke.len || gn_etf_skip(&ve, NULL) ||
-            ve.at != ve.len)
+        if (gn_etf_skip(&ke, NULL) || ke.at != ke.len || gn_etf_skip(&ve, NULL) || ve.at != ve.len)
             goto bad;
         size_t ix = 0;
         scratch_key.len = 0;
@@ -1025,10 +1024,12 @@ static const struct {
     const char *name;
     uint32_t nargs;
 } store_ops[] = {
-    {"put", 3},      {"get", 1},   {"put_new", 3}, {"delete_key", 1}, {"take", 1},
-    {"update_counter", 3}, {"size", 0}, {"clear", 0}, {"to_list", 0},  {"put_many", 1},
-    {"delete", 0},   {"info", 0},  {"snapshot", 0}, {"step", 2},      {"range", 3},
-    {"rank", 1},     {"at", 1},    {"slice", 2},
+    {"put", 3},        {"get", 1},    {"put_new", 3},
+    {"delete_key", 1}, {"take", 1},   {"update_counter", 3},
+    {"size", 0},       {"clear", 0},  {"to_list", 0},
+    {"put_many", 1},   {"delete", 0}, {"info", 0},
+    {"snapshot", 0},   {"step", 2},   {"range", 3},
+    {"rank", 1},       {"at", 1},     {"slice", 2},
 };
 
 static int is_store_op(const req *r, int *arity_ok)
@@ -1351,7 +1352,8 @@ static int compact_step(gn_port *p, gn_job *j, uint64_t deadline)
             count_at = recs.len;
             gn_buf_be(&recs, 0, 4);
             const gn_pnode *last = NULL;
-            for (; n && count < GN_CHUNK_ENTRIES; n = gn_pstore_after(s, GN_KENC(n), n->kenc_len, 0)) {
+            for (; n && count < GN_CHUNK_ENTRIES;
+                 n = gn_pstore_after(s, GN_KENC(n), n->kenc_len, 0)) {
                 last = n;
                 if (n->expires && n->expires <= now)
                     continue;
@@ -1515,8 +1517,7 @@ static void apply_entry(gn_pstore *s, const unsigned char *k, size_t kl, const u
 {
     size_t ix = 0;
     scratch_key.len = 0;
-    if (gn_key_encode(k, kl, &ix, &scratch_key, s->ordered ? GN_KEY_EQ : GN_KEY_EXACT) ||
-        ix != kl)
+    if (gn_key_encode(k, kl, &ix, &scratch_key, s->ordered ? GN_KEY_EQ : GN_KEY_EXACT) || ix != kl)
         return; /* cannot happen: it was checked when it was written */
     if (expires && expires <= now) {
         gn_pstore_delete(s, scratch_key.data, scratch_key.len);

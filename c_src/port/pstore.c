@@ -404,8 +404,7 @@ size_t gn_pstore_rank(const gn_pstore *s, const unsigned char *kenc, size_t klen
     return r;
 }
 
-gn_pnode *gn_pstore_after(const gn_pstore *s, const unsigned char *kenc, size_t klen,
-                          int inclusive)
+gn_pnode *gn_pstore_after(const gn_pstore *s, const unsigned char *kenc, size_t klen, int inclusive)
 {
     gn_pnode *t = s->root, *best = NULL;
     while (t) {
