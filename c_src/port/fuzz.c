@@ -23,6 +23,7 @@ static void drain(gn_port *p)
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
+    gn_port_stderr = 0;
     gn_port *p = gn_port_new(NULL, GN_SYNC_NEVER);
     gn_port_load(p);
     size_t cut = size ? data[0] % (size + 1) : 0;

@@ -26,6 +26,8 @@
 #define GN_SLICE_NS 2000000         /* the time gn_port_step takes, at most about */
 #define GN_MANY_INLINE 2000         /* put_many entries done in one go */
 
+int gn_port_stderr = 1;
+
 void gn_buf_reserve(gn_buf *b, size_t more)
 {
     if (b->cap - b->len >= more)
@@ -210,7 +212,8 @@ static void event_log(gn_port *p, const char *level, const char *text)
     gn_enc_atom(&p->out, level);
     gn_enc_string(&p->out, text);
     frame_end(p, m);
-    fprintf(stderr, "gen_native_port: %s\n", text);
+    if (gn_port_stderr)
+        fprintf(stderr, "gen_native_port: %s\n", text);
 }
 
 static void event_bad_request(gn_port *p, const char *why)
@@ -222,7 +225,8 @@ static void event_bad_request(gn_port *p, const char *why)
     gn_enc_atom(&p->out, "bad_request");
     gn_enc_string(&p->out, why);
     frame_end(p, m);
-    fprintf(stderr, "gen_native_port: bad request: %s\n", why);
+    if (gn_port_stderr)
+        fprintf(stderr, "gen_native_port: bad request: %s\n", why);
 }
 
 /* ------------------------------------------------------------------------ */

@@ -14,6 +14,10 @@
 
 typedef struct gn_port gn_port;
 
+/* Whether diagnostics (bad requests, logged events) also go to stderr
+ * (default 1; the fuzz target turns it off). */
+extern int gn_port_stderr;
+
 enum { GN_SYNC_ALWAYS = 0, GN_SYNC_NEVER = -1 }; /* > 0: every that many ms */
 
 /* A program state; `dir` NULL keeps the stores in memory only. */
