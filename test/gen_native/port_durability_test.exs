@@ -1,0 +1,349 @@
+defmodule GenNative.PortDurabilityTest do
+  # Port stores with a data directory: a restart reloads it; kill -9 of the
+  # program at random moments under a concurrent write load, with
+  # sync: :always, loses no acknowledged write; a torn or corrupt journal
+  # tail is dropped and reported; a corrupt snapshot stops the start with
+  # {:corrupt_snapshot, path}; one directory is never used by two programs.
+  # Every test has its own directory under the system's tmp dir.
+  use ExUnit.Case, async: true
+
+  import ExUnit.CaptureLog
+  import GenNative.TestHelpers, only: [wait_until: 2]
+
+  alias GenNative.Store
+
+  @moduletag :port
+
+  setup do
+    dir = Path.join(System.tmp_dir!(), "gn_port_durable_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm_rf!(dir) end)
+    %{dir: dir, port: :"gn_port_durable_#{System.unique_integer([:positive])}"}
+  end
+
+  defp start(port, dir, opts \\ []) do
+    start_supervised!({GenNative.Port, [name: port, dir: dir] ++ opts})
+  end
+
+  defp stop(port), do: :ok = stop_supervised({GenNative.Port, port})
+
+  defp kill9(port) do
+    os_pid = GenNative.Port.os_pid(port)
+    {_, 0} = System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
+    os_pid
+  end
+
+  # Waits until the supervisor has restarted the program killed as `old`.
+  defp await_restart(port, old) do
+    wait_until(fn -> GenNative.Port.os_pid(port) not in [nil, old] end, 20_000)
+  end
+
+  defp store(port, name), do: %GenNative.Store.Port{port: port, name: name}
+
+  defp journals(dir), do: Path.wildcard(Path.join(dir, "journal.*.gnj"))
+
+  describe "a restart" do
+    test "reloads every store, with what every kind of write left", %{dir: dir, port: port} do
+      start(port, dir)
+      b = {:port, port}
+      {:ok, set} = Store.new(:set, backend: b, name: :set, max_size: 100)
+      {:ok, ordered} = Store.new(:ordered_set, backend: b, name: :ordered)
+      {:ok, doomed} = Store.new(:set, backend: b, name: :doomed)
+      {:ok, cleared} = Store.new(:set, backend: b, name: :cleared)
+
+      :ok = Store.put(set, :k, %{any: ["term", 1.5, self()]})
+      :ok = Store.put(set, 1, :int)
+      :ok = Store.put(set, 1.0, :float)
+      true = Store.put_new(set, :new, 1)
+      :ok = Store.put(set, :gone, 1)
+      :ok = Store.delete(set, :gone)
+      :ok = Store.put(set, :taken, 1)
+      {:ok, 1} = Store.take(set, :taken)
+      3 = Store.update_counter(set, :n, 3)
+      5 = Store.update_counter(set, :n, 2)
+      :ok = Store.put(set, :long_ttl, :kept, ttl: 600_000)
+      :ok = Store.put(set, :short_ttl, :expires, ttl: 20)
+
+      :ok = Store.put_many(ordered, for(i <- 1..1000, do: {i, -i}))
+      :ok = Store.put(ordered, 1.0, :replaced_key)
+      :ok = Store.put(doomed, :k, :v)
+      :ok = Store.delete(doomed)
+      :ok = Store.put(cleared, :k, :v)
+      :ok = Store.clear(cleared)
+      :ok = Store.put(cleared, :after, :clear)
+      {:ok, restored} = Store.restore(Store.snapshot(ordered), backend: b, name: :restored)
+
+      before = for s <- [set, ordered, cleared, restored], do: {s, Store.to_list(s)}
+      Process.sleep(60)
+      stop(port)
+
+      start(port, dir)
+
+      assert Enum.sort(GenNative.Port.stores(port)) ==
+               [cleared: :set, ordered: :ordered_set, restored: :ordered_set, set: :set]
+
+      for {s, list} <- before do
+        expected = if s == set, do: List.keydelete(list, :short_ttl, 0), else: list
+        assert Enum.sort(Store.to_list(s)) === Enum.sort(expected), inspect(s)
+      end
+
+      assert Store.to_list(ordered) |> hd() === {1.0, :replaced_key}
+      assert Store.get(set, 1) == :int
+      assert Store.get(set, 1.0) == :float
+      assert Store.info(set).max_size == 100
+      assert Store.update_counter(set, :n, 1) == 6
+      assert_raise ArgumentError, ~r/deleted/, fn -> Store.size(doomed) end
+    end
+
+    test "with sync: :never, a clean stop keeps every write", %{dir: dir, port: port} do
+      start(port, dir, sync: :never)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..500, do: :ok = Store.put(s, i, i)
+      stop(port)
+      start(port, dir, sync: :never)
+      assert Store.size(s) == 500
+      assert Enum.sort(Store.to_list(s)) == for(i <- 1..500, do: {i, i})
+    end
+
+    test "its files are created with mode 0600", %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      :ok = Store.put(s, :k, :v)
+      :ok = GenNative.Port.sync(port)
+
+      files = Path.wildcard(Path.join(dir, "*"))
+      assert journals(dir) != []
+
+      for file <- files do
+        assert Bitwise.band(File.stat!(file).mode, 0o777) == 0o600, file
+      end
+    end
+
+    @tag capture_log: true
+    test "after GenNative.Port is killed (no terminate/2), the new program waits for the old",
+         %{dir: dir, port: port} do
+      owner = start(port, dir, sync: :always)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..200, do: :ok = Store.put(s, i, i)
+      old = GenNative.Port.os_pid(port)
+
+      Process.exit(owner, :kill)
+      await_restart(port, old)
+
+      assert Store.size(s) == 200
+      :ok = Store.put(s, :after, :restart)
+      assert Store.get(s, :after) == :restart
+    end
+  end
+
+  describe "kill -9 with sync: :always" do
+    @rounds 25
+    @writers 6
+
+    # Each round: writers put {w, i} (1 KiB values, so that the journal
+    # outgrows its snapshot and compactions run too) and count with
+    # update_counter in stores of the round, noting each acknowledgement in
+    # :atomics; the program is killed at a random moment; once restarted,
+    # every store of every round so far holds every acknowledged write, and
+    # at most the one write per writer that was in flight.
+    @tag timeout: 120_000
+    @tag capture_log: true
+    test "loses no acknowledged write, killed at random moments, round after round",
+         %{dir: dir, port: port} do
+      start(port, dir, sync: :always)
+
+      history =
+        Enum.reduce(1..@rounds, [], fn round, history ->
+          acked = run_round(port, round)
+          verify(port, [{round, acked} | history])
+          [{round, acked} | history]
+        end)
+
+      # the load was real: writes were acknowledged before the kills
+      assert Enum.sum(for {_, {puts, _}} <- history, do: Enum.sum(puts)) > 0
+    end
+
+    defp run_round(port, round) do
+      b = {:port, port}
+      {:ok, puts} = Store.new(:set, backend: b, name: :"puts_#{round}")
+      {:ok, counts} = Store.new(:ordered_set, backend: b, name: :"counts_#{round}")
+      put_acks = :atomics.new(@writers, [])
+      count_acks = :atomics.new(@writers, [])
+      stop = :atomics.new(1, [])
+
+      writers =
+        for w <- 1..@writers do
+          Task.async(fn -> write_loop(puts, counts, w, 1, put_acks, count_acks, stop) end)
+        end
+
+      Process.sleep(:rand.uniform(150))
+      old = kill9(port)
+      :atomics.put(stop, 1, 1)
+
+      for task <- writers do
+        assert Task.await(task, 30_000) == :stopped
+      end
+
+      await_restart(port, old)
+
+      {for(w <- 1..@writers, do: :atomics.get(put_acks, w)),
+       for(w <- 1..@writers, do: :atomics.get(count_acks, w))}
+    end
+
+    defp write_loop(puts, counts, w, i, put_acks, count_acks, stop) do
+      if :atomics.get(stop, 1) == 1 do
+        :stopped
+      else
+        try do
+          :ok = Store.put(puts, {w, i}, value(w, i))
+          :atomics.put(put_acks, w, i)
+          ^i = Store.update_counter(counts, w, 1)
+          :atomics.put(count_acks, w, i)
+          :continue
+        catch
+          :exit, {reason, {Store, _, _}} when reason != :timeout -> :stopped
+        end
+        |> case do
+          :continue -> write_loop(puts, counts, w, i + 1, put_acks, count_acks, stop)
+          :stopped -> :stopped
+        end
+      end
+    end
+
+    defp value(w, i), do: {i, :binary.copy(<<rem(w * 31 + i, 256)>>, 1024)}
+
+    defp verify(port, history) do
+      for {round, {put_acks, count_acks}} <- history, w <- 1..@writers do
+        puts = store(port, :"puts_#{round}")
+        counts = store(port, :"counts_#{round}")
+        acked = Enum.at(put_acks, w - 1)
+        counted = Enum.at(count_acks, w - 1)
+
+        # no acknowledged put lost, nothing beyond the one in flight
+        for i <- 1..acked//1 do
+          assert Store.get(puts, {w, i}) == value(w, i), "round #{round}: put {#{w}, #{i}} lost"
+        end
+
+        assert Store.fetch(puts, {w, acked + 2}) == :error
+
+        count = Store.get(counts, w, 0)
+
+        assert count in [counted, counted + 1],
+               "round #{round}: writer #{w} counted #{counted}, the store has #{count}"
+      end
+
+      assert length(GenNative.Port.stores(port)) == 2 * length(history)
+    end
+  end
+
+  describe "a damaged journal or snapshot" do
+    @tag capture_log: true
+    test "a torn tail is dropped, logged, and the journal goes on after it",
+         %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:ordered_set, backend: {:port, port}, name: :s)
+      for i <- 1..100, do: :ok = Store.put(s, i, i)
+      stop(port)
+
+      [journal] = journals(dir)
+      # a record that says 100 bytes follow, and 10 do
+      File.write!(journal, <<100::32, 0::32, "0123456789">>, [:append])
+
+      log =
+        capture_log(fn ->
+          start(port, dir)
+          assert Store.to_list(s) == for(i <- 1..100, do: {i, i})
+        end)
+
+      assert log =~ "dropped 18 bytes"
+
+      # appends follow the last good record
+      :ok = Store.put(s, :after, :tear)
+      stop(port)
+      start(port, dir)
+      assert Store.size(s) == 101
+      assert Store.get(s, :after) == :tear
+    end
+
+    @tag capture_log: true
+    test "a last record that fails its checksum is dropped, the ones before kept",
+         %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..50, do: :ok = Store.put(s, i, i)
+      :ok = GenNative.Port.sync(port)
+      [journal] = journals(dir)
+      size_before = File.stat!(journal).size
+      :ok = Store.put(s, :last, "the last record")
+      stop(port)
+
+      size_after = File.stat!(journal).size
+      assert size_after > size_before
+      data = File.read!(journal)
+      offset = size_after - 3
+      <<head::binary-size(offset), byte, tail::binary>> = data
+      File.write!(journal, <<head::binary, Bitwise.bxor(byte, 0xFF), tail::binary>>)
+
+      log =
+        capture_log(fn ->
+          start(port, dir)
+          assert Store.size(s) == 50
+          assert Store.fetch(s, :last) == :error
+        end)
+
+      assert log =~ "dropped #{size_after - size_before} bytes"
+    end
+
+    test "a corrupt snapshot stops the start with {:corrupt_snapshot, path}, loading nothing",
+         %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      # past the journal's compaction threshold (4 MiB)
+      for chunk <- Enum.chunk_every(1..6_000, 1_000) do
+        :ok = Store.put_many(s, for(i <- chunk, do: {i, :binary.copy("x", 1024)}))
+      end
+
+      snapshot = Path.join(dir, "snapshot.gns")
+      wait_until(fn -> File.exists?(snapshot) end, 20_000)
+      assert Bitwise.band(File.stat!(snapshot).mode, 0o777) == 0o600
+      stop(port)
+
+      # good as it is
+      start(port, dir)
+      assert Store.size(s) == 6_000
+      stop(port)
+
+      data = File.read!(snapshot)
+      mid = div(byte_size(data), 2)
+      <<head::binary-size(mid), byte, tail::binary>> = data
+
+      for {label, bad} <- [
+            {"a byte flipped", <<head::binary, Bitwise.bxor(byte, 0x01), tail::binary>>},
+            {"truncated", binary_part(data, 0, byte_size(data) - 1)},
+            {"header only", binary_part(data, 0, 12)}
+          ] do
+        File.write!(snapshot, bad)
+        Process.flag(:trap_exit, true)
+
+        {result, _log} = with_log(fn -> GenNative.Port.start_link(name: port, dir: dir) end)
+
+        assert result == {:error, {:corrupt_snapshot, snapshot}}, label
+        assert Process.whereis(port) == nil
+      end
+    end
+  end
+
+  describe "one program per directory" do
+    @tag timeout: 60_000
+    @tag capture_log: true
+    test "a second program on a directory in use does not start", %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      :ok = Store.put(s, :k, :v)
+      Process.flag(:trap_exit, true)
+
+      assert {:error, reason} = GenNative.Port.start_link(name: :"#{port}_2", dir: dir)
+      assert inspect(reason) =~ "locked"
+      assert Store.get(s, :k) == :v
+    end
+  end
+end
