@@ -287,7 +287,7 @@ static void put_big(gn_buf *out, const unsigned char *d, size_t n, int neg)
     int topbits = 32 - __builtin_clz(d[top]);
     size_t start = out->len;
     /* mantissa: at most 8 bits per byte, 7 per chunk */
-    need(out, 16 + (top - low + 1) * 8 / 7 + 2);
+    need(out, 16 + (top - low + 1) + (top - low + 1) / 7 + 2);
     unsigned char *p = out->data;
     size_t k = out->len;
     p[k++] = neg ? KT_NEG : KT_POS;
@@ -718,6 +718,7 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
             uint32_t fun_index = get32(buf + i + 21);
             n = get32(buf + i + 25);
             i += 29;
+            NEED(n); /* every term takes a byte at least */
             BYTE(KT_FUN);
             if (put_atom(buf, len, &i, out) < 0)
                 goto fail;
@@ -812,6 +813,7 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
                 n = get32(buf + i);
                 i += 4;
             }
+            NEED(n);
             need(out, 10);
             out->data[out->len++] = KT_TUPLE;
             out->len += put_uvar(out->data + out->len, n);
@@ -822,6 +824,8 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
             NEED(4);
             n = get32(buf + i);
             i += 4;
+            if (n > (len - i) / 2)
+                goto fail;
             need(out, 10);
             out->data[out->len++] = KT_MAP;
             out->len += put_uvar(out->data + out->len, n);
@@ -849,6 +853,7 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
             NEED(4);
             n = get32(buf + i);
             i += 4;
+            NEED(n);
             if (push(&depth, K_LIST, (unsigned char)m, n + 1, 0) < 0)
                 goto fail;
             break;
