@@ -79,10 +79,17 @@
  * compressed terms, the removed FUN_EXT, NaN and infinities, invalid UTF-8
  * atoms and atoms over 255 characters, maps with duplicate keys, references
  * with no id words or more than 5, the VM-internal atom index formats, and
- * nesting deeper than GN_KEY_MAX_DEPTH open
- * containers (a container in last position, such as a list's tail, does not
+ * nesting deeper than GN_KEY_MAX_DEPTH open containers (a container in last
+ * position, such as a list's tail or a tuple's last element, does not
  * count). The walk keeps its own stack: hostile input cannot overflow the C
  * stack.
+ *
+ * Where this differs from the VM, all on input term_to_binary/1 does not
+ * write: some values binary_to_term/1 refuses are accepted here (a local
+ * pid's serial out of range, the old PID_EXT, PORT_EXT and REFERENCE_EXT
+ * with any id); references of other nodes with fewer than 3 words or high
+ * zero words follow ==, while OTP 25's own maps disagree with it about them
+ * (and crash on some of 4 and 5 words).
  */
 #include <string.h>
 
