@@ -90,7 +90,8 @@ defmodule GenNative.Store do
     * `:backend` - `:nif` (default: the store lives in the VM) or
       `{:port, port_name}`: the store lives in the program of the
       `GenNative.Port` named `port_name`, which creates it, or reopens the
-      store of that name (`{:error, :already_exists}` if it is of the other
+      store of that name as it is, with its entries and the `:max_size` it
+      was created with (`{:error, :already_exists}` if it is of the other
       type). A port store needs a `:name` and takes no `:access` or
       `:lifetime`.
     * `:name` - an atom; `whereis/1` then finds the store. A name held by a

@@ -189,6 +189,13 @@ defmodule GenNative.PortTest do
       assert Store.to_list(again) == [{:k, :v}]
       assert Store.new(:set, backend: {:port, p}, name: :board) == {:error, :already_exists}
       assert Store.to_list(store) == [{:k, :v}]
+
+      # reopened as it is: with the cap it was made with
+      {:ok, capped} = Store.new(:set, backend: {:port, p}, name: :capped, max_size: 1)
+      :ok = Store.put(capped, :a, 1)
+      assert {:ok, ^capped} = Store.new(:set, backend: {:port, p}, name: :capped, max_size: 10)
+      assert Store.info(capped).max_size == 1
+      assert Store.put(capped, :b, 2) == {:error, :full}
     end
 
     test "info/1 has no owner; any process writes, and deletes, a port store", %{port: p} do
