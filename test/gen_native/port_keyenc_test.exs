@@ -317,7 +317,7 @@ defmodule GenNative.PortKeyencTest do
     ])
   end
 
-  # 2^e as an integer or a float (e >= 0), or an odd neighbour of it.
+  # ±2^|e|, as an integer or a float, or the odd integer just above it.
   defp power(e) when e < 0, do: -power(-e)
   defp power(e) when rem(e, 3) == 0 and e < 1024, do: :math.pow(2, e)
   defp power(e) when rem(e, 3) == 1, do: (1 <<< e) + 1
