@@ -144,6 +144,16 @@ defmodule GenNative.PortTest do
                {:noproc, {GenNative.Port, :stores, [name]}}
     end
 
+    @tag timeout: 60_000
+    test "stopping it kills a program that does not exit when its stdin closes" do
+      {name, _pid} = start_port()
+      os_pid = GenNative.Port.os_pid(name)
+      # stopped, it cannot see the end of its input
+      kill(:STOP, os_pid)
+      :ok = stop_supervised({GenNative.Port, name})
+      refute os_alive?(os_pid)
+    end
+
     test "a data directory that cannot be made gives {:error, reason}" do
       file =
         Path.join(System.tmp_dir!(), "gn_port_not_a_dir_#{System.unique_integer([:positive])}")
