@@ -3,7 +3,7 @@
  *
  *   stdin   frames from the VM -> gn_port_feed
  *   idle    long work in slices while there is any -> gn_port_step
- *   timers  the TTL sweep (1 s) and, with sync {interval, ms}, the fsync
+ *   timers  the TTL sweep (every --sweep ms, 1000 by default) and, with sync {interval, ms}, the fsync
  *   stdout  replies, after the journal has taken their writes
  *
  * See PROTOCOL.md for the frames and port.c for what they do.
@@ -211,7 +211,7 @@ static void finish(int status)
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: gen_native_port [--dir DIR] [--sync always|never|MS]\n");
+    fprintf(stderr, "usage: gen_native_port [--dir DIR] [--sync always|never|MS] [--sweep MS]\n");
     exit(64);
 }
 
@@ -219,6 +219,7 @@ int main(int argc, char **argv)
 {
     const char *dir = NULL;
     int sync = 100;
+    long sweep_ms = 1000;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--dir") && i + 1 < argc) {
             dir = argv[++i];
@@ -235,6 +236,11 @@ int main(int argc, char **argv)
                     usage();
                 sync = (int)ms;
             }
+        } else if (!strcmp(argv[i], "--sweep") && i + 1 < argc) {
+            char *end;
+            sweep_ms = strtol(argv[++i], &end, 10);
+            if (*end || sweep_ms < 0 || sweep_ms > 86400000)
+                usage();
         } else {
             usage();
         }
@@ -264,7 +270,8 @@ int main(int argc, char **argv)
     uv_read_start((uv_stream_t *)&in_pipe, on_alloc, on_read);
     uv_idle_init(loop, &stepper);
     uv_timer_init(loop, &sweeper);
-    uv_timer_start(&sweeper, on_sweep, 1000, 1000);
+    if (sweep_ms > 0)
+        uv_timer_start(&sweeper, on_sweep, (uint64_t)sweep_ms, (uint64_t)sweep_ms);
     uv_timer_init(loop, &syncer);
     if (dir && sync > 0)
         uv_timer_start(&syncer, on_sync_timer, (uint64_t)sync, (uint64_t)sync);
