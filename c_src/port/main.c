@@ -3,7 +3,8 @@
  *
  *   stdin   frames from the VM -> gn_port_feed
  *   idle    long work in slices while there is any -> gn_port_step
- *   timers  the TTL sweep (every --sweep ms, 1000 by default) and, with sync {interval, ms}, the fsync
+ *   timers  the TTL sweep (every --sweep ms, 1000 by default) and, with
+ *           sync {interval, ms}, the fsync
  *   stdout  replies, after the journal has taken their writes
  *
  * See PROTOCOL.md for the frames and port.c for what they do.
