@@ -153,7 +153,8 @@ int gn_etf_skip(gn_etf *e, gn_slice *out)
             {
                 uint64_t n = be(e, 1, 4);
                 unsigned bits = e->buf[e->at + 5];
-                if (bits < 1 || bits > 8 || (n == 0 && bits != 8) || adv(e, 6 + n))
+                /* the VM's rule: an empty bitstring has 0 bits in its last byte */
+                if ((n == 0 ? bits != 0 : bits < 1 || bits > 8) || adv(e, 6 + n))
                     goto done;
             }
             break;
