@@ -27,6 +27,7 @@
  */
 #include <string.h>
 
+#include "avl.h"
 #include "store.h"
 
 typedef struct gn_node {
@@ -249,59 +250,7 @@ static void gn_store_detach(gn_store *s, int reuse)
     s->hash_grow = 0;
 }
 
-static inline size_t gn_size(const gn_node *n)
-{
-    return n ? n->size : 0;
-}
-
-static inline int gn_height(const gn_node *n)
-{
-    return n ? n->height : 0;
-}
-
-static void gn_update(gn_node *n)
-{
-    int hl = gn_height(n->left), hr = gn_height(n->right);
-    n->height = 1 + (hl > hr ? hl : hr);
-    n->size = 1 + gn_size(n->left) + gn_size(n->right);
-}
-
-static gn_node *gn_rotate_right(gn_node *n)
-{
-    gn_node *l = n->left;
-    n->left = l->right;
-    l->right = n;
-    gn_update(n);
-    gn_update(l);
-    return l;
-}
-
-static gn_node *gn_rotate_left(gn_node *n)
-{
-    gn_node *r = n->right;
-    n->right = r->left;
-    r->left = n;
-    gn_update(n);
-    gn_update(r);
-    return r;
-}
-
-static gn_node *gn_balance(gn_node *n)
-{
-    gn_update(n);
-    int b = gn_height(n->left) - gn_height(n->right);
-    if (b > 1) {
-        if (gn_height(n->left->left) < gn_height(n->left->right))
-            n->left = gn_rotate_left(n->left);
-        return gn_rotate_right(n);
-    }
-    if (b < -1) {
-        if (gn_height(n->right->right) < gn_height(n->right->left))
-            n->right = gn_rotate_right(n->right);
-        return gn_rotate_left(n);
-    }
-    return n;
-}
+GN_AVL_DEFINE(gn, gn_node)
 
 /* A key being looked up: the term, and its encoding once a set needs it. */
 typedef struct gn_probe {

@@ -338,7 +338,7 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
     /* a program still closing on this directory: wait for it, a while */
     for (int tries = 0; flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0; tries++) {
         if (tries == 100) {
-            snprintf(err, errlen, "locked: %s is in use by another gen_native_port", dir);
+            snprintf(err, errlen, "locked");
             goto fail;
         }
         usleep(50 * 1000);

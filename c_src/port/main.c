@@ -264,7 +264,7 @@ int main(int argc, char **argv)
         return 2;
     }
     uv_pipe_init(loop, &in_pipe, 0);
-    if (uv_pipe_open(&in_pipe, 0) < 0) {
+    if (uv_guess_handle(0) != UV_NAMED_PIPE || uv_pipe_open(&in_pipe, 0) < 0) {
         fprintf(stderr, "gen_native_port: stdin is not a pipe: run me as an Erlang port\n");
         return 64;
     }

@@ -1597,7 +1597,14 @@ int gn_port_load(gn_port *p)
                 gn_enc_atom(&p->out, "corrupt_snapshot");
                 gn_enc_string(&p->out, path);
                 fprintf(stderr, "gen_native_port: corrupt snapshot %s: not loaded\n", path);
+            } else if (!strcmp(err, "locked")) {
+                gn_enc_tuple(&p->out, 2);
+                gn_enc_atom(&p->out, "locked");
+                gn_enc_string(&p->out, p->dir);
+                fprintf(stderr, "gen_native_port: %s is in use by another program\n", p->dir);
             } else {
+                gn_enc_tuple(&p->out, 2);
+                gn_enc_atom(&p->out, "io_error");
                 gn_enc_string(&p->out, err);
                 fprintf(stderr, "gen_native_port: %s\n", err);
             }

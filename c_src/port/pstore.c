@@ -2,6 +2,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../avl.h"
 #include "pstore.h"
 
 static void *xmalloc(size_t n)
@@ -188,59 +189,7 @@ static void set_expiry(gn_pstore *s, gn_pnode *n, int64_t expires)
 /* ------------------------------------------------------------------------ */
 /* The AVL tree                                                              */
 
-static int height(const gn_pnode *n)
-{
-    return n ? n->height : 0;
-}
-
-static size_t size(const gn_pnode *n)
-{
-    return n ? n->size : 0;
-}
-
-static void fix(gn_pnode *n)
-{
-    int hl = height(n->left), hr = height(n->right);
-    n->height = 1 + (hl > hr ? hl : hr);
-    n->size = 1 + size(n->left) + size(n->right);
-}
-
-static gn_pnode *rot_right(gn_pnode *n)
-{
-    gn_pnode *l = n->left;
-    n->left = l->right;
-    l->right = n;
-    fix(n);
-    fix(l);
-    return l;
-}
-
-static gn_pnode *rot_left(gn_pnode *n)
-{
-    gn_pnode *r = n->right;
-    n->right = r->left;
-    r->left = n;
-    fix(n);
-    fix(r);
-    return r;
-}
-
-static gn_pnode *balance(gn_pnode *n)
-{
-    fix(n);
-    int b = height(n->left) - height(n->right);
-    if (b > 1) {
-        if (height(n->left->left) < height(n->left->right))
-            n->left = rot_left(n->left);
-        return rot_right(n);
-    }
-    if (b < -1) {
-        if (height(n->right->right) < height(n->right->left))
-            n->right = rot_right(n->right);
-        return rot_left(n);
-    }
-    return n;
-}
+GN_AVL_DEFINE(avl, gn_pnode)
 
 static gn_pnode *insert(gn_pnode *t, gn_pnode *n)
 {
@@ -250,7 +199,7 @@ static gn_pnode *insert(gn_pnode *t, gn_pnode *n)
         t->left = insert(t->left, n);
     else
         t->right = insert(t->right, n);
-    return balance(t);
+    return avl_balance(t);
 }
 
 gn_pnode *gn_pstore_find(const gn_pstore *s, const unsigned char *kenc, size_t klen)
@@ -271,8 +220,10 @@ static unsigned char *entry_data(const unsigned char *kenc, size_t kenc_len,
 {
     unsigned char *d = xmalloc(kenc_len + kraw_len + val_len);
     memcpy(d, kenc, kenc_len);
-    memcpy(d + kenc_len, kraw, kraw_len);
-    memcpy(d + kenc_len + kraw_len, val, val_len);
+    if (kraw_len) /* a set of keys only (put_many's new keys) has none */
+        memcpy(d + kenc_len, kraw, kraw_len);
+    if (val_len)
+        memcpy(d + kenc_len + kraw_len, val, val_len);
     return d;
 }
 
@@ -331,7 +282,7 @@ static gn_pnode *take_min(gn_pnode *t, gn_pnode **min)
         return t->right;
     }
     t->left = take_min(t->left, min);
-    return balance(t);
+    return avl_balance(t);
 }
 
 static gn_pnode *remove_node(gn_pnode *t, const unsigned char *k, size_t klen, gn_pnode **gone)
@@ -353,9 +304,9 @@ static gn_pnode *remove_node(gn_pnode *t, const unsigned char *k, size_t klen, g
         gn_pnode *right = take_min(t->right, &m);
         m->left = t->left;
         m->right = right;
-        return balance(m);
+        return avl_balance(m);
     }
-    return balance(t);
+    return avl_balance(t);
 }
 
 int gn_pstore_delete(gn_pstore *s, const unsigned char *kenc, size_t klen)
@@ -375,7 +326,7 @@ gn_pnode *gn_pstore_at(const gn_pstore *s, size_t index)
 {
     gn_pnode *t = s->root;
     while (t) {
-        size_t l = size(t->left);
+        size_t l = avl_size(t->left);
         if (index < l) {
             t = t->left;
         } else if (index == l) {
@@ -397,7 +348,7 @@ size_t gn_pstore_rank(const gn_pstore *s, const unsigned char *kenc, size_t klen
         if (c <= 0) {
             t = t->left;
         } else {
-            r += size(t->left) + 1;
+            r += avl_size(t->left) + 1;
             t = t->right;
         }
     }

@@ -1,0 +1,70 @@
+/*
+ * AVL balancing for trees whose nodes carry their subtree's size (for rank
+ * and index queries), shared by the NIF store (store.c) and the port
+ * program's store (port/pstore.c).
+ *
+ * GN_AVL_DEFINE(prefix, node) defines, for a struct type `node` with the
+ * members `node *left, *right; size_t size; int height;`:
+ *
+ *   prefix_size(n)  prefix_height(n)  prefix_update(n)
+ *   prefix_rotate_left(n)  prefix_rotate_right(n)  prefix_balance(n)
+ *
+ * `balance` recomputes `n` and rotates it back into balance after one
+ * insertion or removal below it, returning the subtree's new root.
+ */
+#ifndef GN_AVL_H
+#define GN_AVL_H
+
+#include <stddef.h>
+
+#define GN_AVL_DEFINE(prefix, node)                                                                \
+    static inline size_t prefix##_size(const node *n)                                              \
+    {                                                                                              \
+        return n ? n->size : 0;                                                                    \
+    }                                                                                              \
+    static inline int prefix##_height(const node *n)                                               \
+    {                                                                                              \
+        return n ? n->height : 0;                                                                  \
+    }                                                                                              \
+    static inline void prefix##_update(node *n)                                                    \
+    {                                                                                              \
+        int hl = prefix##_height(n->left), hr = prefix##_height(n->right);                         \
+        n->height = 1 + (hl > hr ? hl : hr);                                                       \
+        n->size = 1 + prefix##_size(n->left) + prefix##_size(n->right);                            \
+    }                                                                                              \
+    static inline node *prefix##_rotate_right(node *n)                                             \
+    {                                                                                              \
+        node *l = n->left;                                                                         \
+        n->left = l->right;                                                                        \
+        l->right = n;                                                                              \
+        prefix##_update(n);                                                                        \
+        prefix##_update(l);                                                                        \
+        return l;                                                                                  \
+    }                                                                                              \
+    static inline node *prefix##_rotate_left(node *n)                                              \
+    {                                                                                              \
+        node *r = n->right;                                                                        \
+        n->right = r->left;                                                                        \
+        r->left = n;                                                                               \
+        prefix##_update(n);                                                                        \
+        prefix##_update(r);                                                                        \
+        return r;                                                                                  \
+    }                                                                                              \
+    static inline node *prefix##_balance(node *n)                                                  \
+    {                                                                                              \
+        prefix##_update(n);                                                                        \
+        int b = prefix##_height(n->left) - prefix##_height(n->right);                              \
+        if (b > 1) {                                                                               \
+            if (prefix##_height(n->left->left) < prefix##_height(n->left->right))                  \
+                n->left = prefix##_rotate_left(n->left);                                           \
+            return prefix##_rotate_right(n);                                                       \
+        }                                                                                          \
+        if (b < -1) {                                                                              \
+            if (prefix##_height(n->right->right) < prefix##_height(n->right->left))                \
+                n->right = prefix##_rotate_right(n->right);                                        \
+            return prefix##_rotate_left(n);                                                        \
+        }                                                                                          \
+        return n;                                                                                  \
+    }
+
+#endif
