@@ -358,12 +358,15 @@ defmodule GenNative.PortTest do
           Task.async(fn -> busy_caller(store, c, stop, %{}) end)
         end
 
-      for _ <- 1..5 do
-        wait_until(fn -> GenNative.Port.os_pid(name) != nil end, 5_000)
+      Enum.reduce(1..5, nil, fn _, killed ->
+        wait_until(fn -> GenNative.Port.os_pid(name) not in [nil, killed] end, 5_000)
+        os_pid = GenNative.Port.os_pid(name)
         Process.sleep(20)
-        kill(:KILL, GenNative.Port.os_pid(name))
+        # it may have died meanwhile (a write that broke its pipe): no matter
+        System.cmd("kill", ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
         Process.sleep(20)
-      end
+        os_pid
+      end)
 
       :atomics.put(stop, 1, 1)
 
