@@ -21,7 +21,8 @@
 
 static uv_loop_t *loop;
 static uv_pipe_t in_pipe, out_pipe;
-static uv_idle_t stepper;
+static uv_idle_t stepper, spinner;
+static uint64_t last_read; /* uv_hrtime() of the last request bytes */
 static uv_timer_t sweeper, syncer;
 static gn_port *port;
 static int inflight; /* thread-pool work under way */
@@ -90,6 +91,18 @@ static void kick(void)
         uv_idle_start(&stepper, on_step);
 }
 
+/* After a request, the loop polls without blocking for a moment before it
+ * sleeps: the next request of a caller waiting on its reply usually comes
+ * within microseconds, and a CPU that went idle (on a VM, a halted vCPU)
+ * takes tens of microseconds to wake. */
+#define GN_SPIN_NS 200000
+
+static void on_spin(uv_idle_t *h)
+{
+    if (uv_hrtime() - last_read > GN_SPIN_NS)
+        uv_idle_stop(h);
+}
+
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)h;
@@ -105,6 +118,9 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         gn_port_feed(port, (const unsigned char *)buf->base, (size_t)n);
         flush();
         kick();
+        last_read = uv_hrtime();
+        if (!closing)
+            uv_idle_start(&spinner, on_spin);
     } else if (n == UV_EOF) {
         if (!gn_port_at_frame_boundary(port)) {
             fprintf(stderr, "gen_native_port: stdin closed inside a frame\n");
@@ -200,6 +216,7 @@ static void finish(int status)
         closing = 1;
         uv_read_stop((uv_stream_t *)&in_pipe);
         uv_idle_stop(&stepper);
+        uv_idle_stop(&spinner);
         uv_timer_stop(&sweeper);
         uv_timer_stop(&syncer);
     }
@@ -270,6 +287,7 @@ int main(int argc, char **argv)
     }
     uv_read_start((uv_stream_t *)&in_pipe, on_alloc, on_read);
     uv_idle_init(loop, &stepper);
+    uv_idle_init(loop, &spinner);
     uv_timer_init(loop, &sweeper);
     if (sweep_ms > 0)
         uv_timer_start(&sweeper, on_sweep, (uint64_t)sweep_ms, (uint64_t)sweep_ms);
