@@ -80,6 +80,7 @@ typedef struct gn_job {
     int64_t now;
     /* MANY and RESTORE: a walk over the request */
     gn_etf pos;
+    size_t base; /* where the list starts in `frame` */
     uint32_t todo;
     int has_tail; /* a LIST_EXT: its tail must be [] */
     int phase;
@@ -114,6 +115,7 @@ struct gn_port {
     gn_job *global, *global_tail; /* RESTORE and COMPACT */
     gn_buf compact_waiters;       /* tags waiting for the compaction */
     int compact_pending;          /* to start once an fsync is through */
+    gn_buf *frame_owner;          /* the buffer the frame being handled is in, if its own */
     int replaying;
     uint64_t loaded_entries;
     gn_offload_fn offload;
@@ -779,7 +781,7 @@ static int many_start(gn_job *j, uint32_t *count)
 {
     j->pos.buf = j->frame.data;
     j->pos.len = j->frame.len;
-    j->pos.at = 0;
+    j->pos.at = j->base;
     if (gn_etf_list(&j->pos, count, &j->has_tail))
         return -1;
     j->todo = *count;
@@ -832,12 +834,16 @@ static int many_run(gn_port *p, gn_pstore *s, gn_job *j, size_t budget)
 static void op_put_many(gn_port *p, req *r, gn_pstore *s)
 {
     gn_job *j = job_new(JOB_MANY, &r->tag);
-    size_t at = r->args.at;
-    if (gn_etf_skip(&r->args, NULL)) {
-        job_free(j);
-        return reply_badarg(p, &r->tag, "expected a list of {Key, Value}");
+    /* The list is the request's last term: the job keeps the frame from
+     * there on. A frame in a buffer of its own is taken over, not copied
+     * (a big put_many is megabytes); phase 0 checks the list in slices. */
+    if (p->frame_owner && p->frame_owner->data == r->args.buf) {
+        j->frame = *p->frame_owner;
+        memset(p->frame_owner, 0, sizeof *p->frame_owner);
+        j->base = r->args.at;
+    } else {
+        gn_buf_put(&j->frame, r->args.buf + r->args.at, r->args.len - r->args.at);
     }
-    gn_buf_put(&j->frame, r->args.buf + at, r->args.at - at);
     uint32_t count;
     if (many_start(j, &count)) {
         job_free(j);
@@ -1252,7 +1258,9 @@ static int run_store_jobs(gn_port *p, gn_pstore *s, uint64_t deadline)
             s->jobs = j->next;
             if (!s->jobs)
                 s->jobs_tail = NULL;
+            p->frame_owner = &j->frame;
             run_queued(p, s, j);
+            p->frame_owner = NULL;
             job_free(j);
             if (dropped_store == s)
                 return -1;
@@ -1493,7 +1501,9 @@ int gn_port_feed(gn_port *p, const unsigned char *data, size_t len)
         data += take;
         len -= take;
         if (p->in.len == p->want) {
+            p->frame_owner = &p->in;
             dispatch(p, p->in.data, p->in.len);
+            p->frame_owner = NULL;
             p->in.len = 0;
             p->hdr_len = 0;
             if (p->in.cap > (1u << 20)) /* don't keep a big frame's room */
