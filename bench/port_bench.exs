@@ -535,13 +535,7 @@ defmodule GenNative.Bench.PortBench do
 
     case layout do
       :snapshot ->
-        :ok =
-          GenNative.Port.request(
-            @recover_port,
-            {:compact, nil},
-            :single,
-            {__MODULE__, :compact, []}
-          )
+        :ok = GenNative.Port.compact(@recover_port)
 
       :snapshot_journal ->
         await_compaction(dir)

@@ -162,6 +162,17 @@ defmodule GenNative.Port do
   def sync(name) when is_atom(name),
     do: request(name, {:sync, nil}, :single, {__MODULE__, :sync, [name]})
 
+  @doc """
+  Writes a new snapshot of every store now (the program also does it on its
+  own once the journal outgrows the snapshot) and returns `:ok` once it is
+  in place and the journal before it is deleted. The snapshot is written a
+  slice at a time: requests go on meanwhile. `{:error, :no_dir}` for a
+  program without a data directory.
+  """
+  @spec compact(name()) :: :ok | {:error, :no_dir | :compaction_failed}
+  def compact(name) when is_atom(name),
+    do: request(name, {:compact, nil}, :single, {__MODULE__, :compact, [name]})
+
   @doc "The stores the program holds: a list of `{name, type}`."
   @spec stores(name()) :: [{atom(), :set | :ordered_set}]
   def stores(name) when is_atom(name),

@@ -346,4 +346,33 @@ defmodule GenNative.PortDurabilityTest do
       assert Store.get(s, :k) == :v
     end
   end
+
+  describe "compact/1" do
+    test "writes a snapshot, deletes the journal before it, and a restart loads it",
+         %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:ordered_set, backend: {:port, port}, name: :s)
+      :ok = Store.put_many(s, Enum.map(1..1000, &{&1, &1}))
+      :ok = Store.delete(s, 500)
+      [old] = journals(dir)
+
+      assert GenNative.Port.compact(port) == :ok
+      assert File.exists?(Path.join(dir, "snapshot.gns"))
+      [new] = journals(dir)
+      assert new != old
+      :ok = Store.put(s, :after, 1)
+
+      stop(port)
+      start(port, dir)
+      assert Store.size(s) == 1000
+      assert Store.get(s, 500) == nil
+      assert Store.get(s, :after) == 1
+    end
+
+    test "without a data directory: {:error, :no_dir}" do
+      name = :"gn_port_nodir_#{System.unique_integer([:positive])}"
+      start_supervised!({GenNative.Port, name: name})
+      assert GenNative.Port.compact(name) == {:error, :no_dir}
+    end
+  end
 end

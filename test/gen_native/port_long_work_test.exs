@@ -180,8 +180,7 @@ defmodule GenNative.PortLongWorkTest do
       test = self()
 
       spawn_link(fn ->
-        result = GenNative.Port.request(port, {:compact, nil}, :single, {__MODULE__, :c, []})
-        send(test, {:compacted, result})
+        send(test, {:compacted, GenNative.Port.compact(port)})
       end)
 
       {model, during} = write_until_compacted(stores, model, 0)
