@@ -12,6 +12,8 @@ defmodule GenNative.MixProject do
       compilers: [:gen_native_make] ++ Mix.compilers(),
       elixirc_paths: elixirc_paths(Mix.env()),
       deps: [],
+      # PropEr (Debian's erlang-proper) is used by test/support only
+      xref: [exclude: [:proper]],
       docs: [main: "GenNative"]
     ]
   end

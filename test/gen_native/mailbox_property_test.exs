@@ -706,30 +706,17 @@ defmodule GenNative.MailboxPropertyTest do
   describe "native mailbox" do
     @tag timeout: 120_000
     test "behaves as the model under random casts, calls, crashes and drains" do
-      result =
-        :proper.quickcheck(MailboxModel.property(@dead_calls), [
-          {:numtests, @numtests},
-          {:max_size, 60},
-          {:on_output, &output/2}
-        ])
-
-      if result != true do
-        case :proper.counterexample() do
+      GenNative.PropCheck.check(MailboxModel.property(@dead_calls),
+        numtests: @numtests,
+        max_size: 60,
+        format: fn
           [cfg, cmds] ->
-            flunk("""
-            property failed; shrunk counterexample:
-            configuration: #{inspect(cfg)}
-            #{MailboxModel.format_commands(cmds)}
-            """)
+            "configuration: #{inspect(cfg)}\n#{MailboxModel.format_commands(cmds)}"
 
           other ->
-            flunk("property failed: #{inspect(other, pretty: true)}")
+            inspect(other, pretty: true)
         end
-      end
+      )
     end
   end
-
-  # PropEr's progress dots stay quiet; its failure report goes to the console.
-  defp output(~c".", _args), do: :ok
-  defp output(format, args), do: IO.write(:io_lib.format(format, args))
 end

@@ -350,22 +350,6 @@ defmodule GenNative.PortKeyencTest do
   defp improper({[], tail}), do: [tail | tail]
   defp improper({list, tail}), do: list ++ tail
 
-  defp run_property(property, opts) do
-    result =
-      :proper.quickcheck(property, [
-        {:numtests, opts[:numtests]},
-        {:max_size, opts[:max_size]},
-        {:on_output, &output/2}
-      ])
-
-    if result != true do
-      flunk("""
-      property failed; shrunk counterexample:
-      #{inspect(:proper.counterexample(), pretty: true, limit: :infinity)}
-      """)
-    end
-  end
-
   # n values of a type, as PropEr makes them for a property's cases
   # (:proper_gen.pick/2 warns about values that hold funs)
   defp generate(type, n) do
@@ -383,9 +367,6 @@ defmodule GenNative.PortKeyencTest do
 
     Process.delete(:gn_keyenc_generated)
   end
-
-  defp output(~c".", _args), do: :ok
-  defp output(format, args), do: IO.write(:io_lib.format(format, args))
 
   ## Tests
 
@@ -419,7 +400,7 @@ defmodule GenNative.PortKeyencTest do
         )
       end)
 
-    run_property(property, numtests: @numtests, max_size: 40)
+    GenNative.PropCheck.check(property, numtests: @numtests, max_size: 40)
   end
 
   @tag timeout: 300_000

@@ -488,28 +488,11 @@ defmodule GenNative.StoreModel do
   end
 
   @doc "Runs a property with PropEr; flunks with the shrunk counterexample."
-  def check(property, opts) do
-    result =
-      :proper.quickcheck(property, [
-        {:numtests, opts[:numtests]},
-        {:max_size, opts[:max_size]},
-        {:on_output, &output/2}
-      ])
-
-    if result != true do
-      ExUnit.Assertions.flunk("""
-      property failed; shrunk counterexample:
-      #{format(:proper.counterexample())}
-      """)
-    end
-  end
+  def check(property, opts),
+    do: GenNative.PropCheck.check(property, Keyword.put(opts, :format, &format/1))
 
   defp format([_cfg, cmds]) when is_list(cmds), do: format_commands(cmds)
   defp format(other), do: inspect(other, pretty: true, limit: :infinity)
-
-  # PropEr's progress dots stay quiet; its failure report goes to the console.
-  defp output(~c".", _args), do: :ok
-  defp output(format, args), do: IO.write(:io_lib.format(format, args))
 end
 
 defmodule GenNative.StorePropertyTest do
