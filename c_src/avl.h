@@ -8,6 +8,7 @@
  *
  *   prefix_size(n)  prefix_height(n)  prefix_update(n)
  *   prefix_rotate_left(n)  prefix_rotate_right(n)  prefix_balance(n)
+ *   prefix_take_min(n, &min)  prefix_remove_root(n)
  *
  * `balance` recomputes `n` and rotates it back into balance after one
  * insertion or removal below it, returning the subtree's new root.
@@ -65,6 +66,29 @@
             return prefix##_rotate_left(n);                                                        \
         }                                                                                          \
         return n;                                                                                  \
+    }                                                                                              \
+    /* Detaches the smallest node of `n` into *min; returns what is left. */                       \
+    static node *prefix##_take_min(node *n, node **min)                                            \
+    {                                                                                              \
+        if (!n->left) {                                                                            \
+            *min = n;                                                                              \
+            return n->right;                                                                       \
+        }                                                                                          \
+        n->left = prefix##_take_min(n->left, min);                                                 \
+        return prefix##_balance(n);                                                                \
+    }                                                                                              \
+    /* The subtree that takes the place of `n` once `n` is removed. */                             \
+    static inline node *prefix##_remove_root(node *n)                                              \
+    {                                                                                              \
+        if (!n->left)                                                                              \
+            return n->right;                                                                       \
+        if (!n->right)                                                                             \
+            return n->left;                                                                        \
+        node *m;                                                                                   \
+        node *right = prefix##_take_min(n->right, &m);                                             \
+        m->left = n->left;                                                                         \
+        m->right = right;                                                                          \
+        return prefix##_balance(m);                                                                \
     }
 
 #endif

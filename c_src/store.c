@@ -400,16 +400,6 @@ static gn_node *gn_insert(const gn_store *s, gn_node *n, gn_node *node, gn_probe
     return gn_balance(n);
 }
 
-static gn_node *gn_remove_min(gn_node *n, gn_node **min)
-{
-    if (!n->left) {
-        *min = n;
-        return n->right;
-    }
-    n->left = gn_remove_min(n->left, min);
-    return gn_balance(n);
-}
-
 /* Unlinks the entry matching p into *out. */
 static gn_node *gn_remove(const gn_store *s, gn_node *n, gn_probe *p, gn_node **out)
 {
@@ -422,15 +412,7 @@ static gn_node *gn_remove(const gn_store *s, gn_node *n, gn_probe *p, gn_node **
         n->right = gn_remove(s, n->right, p, out);
     } else {
         *out = n;
-        if (!n->left)
-            return n->right;
-        if (!n->right)
-            return n->left;
-        gn_node *min;
-        gn_node *right = gn_remove_min(n->right, &min);
-        min->left = n->left;
-        min->right = right;
-        return gn_balance(min);
+        return gn_remove_root(n);
     }
     return gn_balance(n);
 }

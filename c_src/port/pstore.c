@@ -274,17 +274,6 @@ void gn_pstore_set_value(gn_pstore *s, gn_pnode *n, const unsigned char *val, si
     set_expiry(s, n, expires);
 }
 
-/* Detaches the smallest node of `t` into *min. */
-static gn_pnode *take_min(gn_pnode *t, gn_pnode **min)
-{
-    if (!t->left) {
-        *min = t;
-        return t->right;
-    }
-    t->left = take_min(t->left, min);
-    return avl_balance(t);
-}
-
 static gn_pnode *remove_node(gn_pnode *t, const unsigned char *k, size_t klen, gn_pnode **gone)
 {
     if (!t)
@@ -296,15 +285,7 @@ static gn_pnode *remove_node(gn_pnode *t, const unsigned char *k, size_t klen, g
         t->right = remove_node(t->right, k, klen, gone);
     } else {
         *gone = t;
-        if (!t->left)
-            return t->right;
-        if (!t->right)
-            return t->left;
-        gn_pnode *m;
-        gn_pnode *right = take_min(t->right, &m);
-        m->left = t->left;
-        m->right = right;
-        return avl_balance(m);
+        return avl_remove_root(t);
     }
     return avl_balance(t);
 }
