@@ -80,7 +80,9 @@ typedef struct gn_job {
     int64_t now;
     /* MANY and RESTORE: a walk over the request */
     gn_etf pos;
-    size_t base; /* where the list starts in `frame` */
+    size_t base;    /* where the list (MANY) or binary (RESTORE) starts in `frame` */
+    size_t bin_len; /* RESTORE: the binary's length */
+    size_t at;      /* RESTORE: how far the walk is in the binary */
     uint32_t todo;
     int has_tail; /* a LIST_EXT: its tail must be [] */
     int phase;
@@ -859,31 +861,46 @@ static void op_put_many(gn_port *p, req *r, gn_pstore *s)
 
 /* ---- restore ------------------------------------------------------------- */
 
-/* Checks a GNS2 binary and builds its store; NULL if it is not one. */
-static gn_pstore *restore_build(gn_port *p, const req *r, const gn_slice *bin, uint64_t cap,
-                                gn_buf *record)
+/* A restore runs a slice at a time, as a job of its own (its store does
+ * not exist yet): the checksum (phase 0), then the entries, into a store
+ * linked under its name only at the end (phase 1). j->frame holds the
+ * binary from j->base on, j->bin_len bytes. */
+static int restore_step(gn_port *p, gn_job *j, uint64_t deadline)
 {
-    (void)p;
-    const unsigned char *b = bin->data;
-    size_t n = bin->len;
-    if (n < 13 + 4 || memcmp(b, "GNS2", 4) != 0 || b[4] > 1)
-        return NULL;
-    if (gn_port_crc32(0, b, n - 4) != (uint32_t)gn_get_be(b + n - 4, 4))
-        return NULL;
-    uint64_t count = gn_get_be(b + 5, 8);
-    gn_pstore *s = gn_pstore_new(r->name, r->name_len, b[4], cap);
-    gn_entry_iter it = {b + 13, b + n - 4};
-    int64_t now = gn_now_ms();
-    size_t mark = 0;
-    if (record) {
-        gn_rec_begin(record, &mark, GN_REC_RESTORE, r->name, r->name_len);
-        gn_buf_byte(record, b[4]);
-        gn_buf_be(record, cap, 8);
-        gn_buf_be(record, 0, 4); /* the count, filled in below */
+    const unsigned char *b = j->frame.data + j->base;
+    size_t n = j->bin_len;
+    gn_slice tag = {j->tag.data, j->tag.len};
+    if (j->phase == 0) {
+        while (j->at < n - 4 && gn_now_ns() < deadline) {
+            size_t take = n - 4 - j->at < (4u << 20) ? n - 4 - j->at : (4u << 20);
+            j->crc = gn_port_crc32(j->crc, b + j->at, take);
+            j->at += take;
+        }
+        if (j->at < n - 4)
+            return 0;
+        if (j->crc != (uint32_t)gn_get_be(b + n - 4, 4)) {
+            reply_error(p, &tag, "invalid_snapshot");
+            return 1;
+        }
+        j->phase = 1;
+        j->at = 13;
+        j->left = gn_get_be(b + 5, 8);
+        j->now = gn_now_ms();
+        j->fresh = gn_pstore_new(j->name, j->name_len, b[4], j->max_size);
+        if (journal(p)) {
+            gn_rec_begin(&j->record, &j->record_mark, GN_REC_RESTORE, j->name, j->name_len);
+            gn_buf_byte(&j->record, b[4]);
+            gn_buf_be(&j->record, j->max_size, 8);
+            gn_buf_be(&j->record, 0, 4); /* the count, filled in at the end */
+        }
     }
-    size_t count_at = record ? record->len - 4 : 0;
-    uint32_t kept = 0;
-    for (uint64_t i = 0; i < count; i++) {
+    gn_pstore *s = j->fresh;
+    gn_entry_iter it = {b + j->at, b + n - 4};
+    for (uint32_t i = 0; j->left > 0; i++, j->left--) {
+        if ((i & 1023) == 1023 && gn_now_ns() >= deadline) {
+            j->at = (size_t)(it.at - b);
+            return 0;
+        }
         const unsigned char *k, *v;
         size_t kl, vl;
         int64_t ttl;
@@ -898,25 +915,39 @@ static gn_pstore *restore_build(gn_port *p, const req *r, const gn_slice *bin, u
         if (gn_key_encode(k + 1, kl - 1, &ix, &scratch_key, s->ordered ? GN_KEY_EQ : GN_KEY_EXACT))
             goto bad;
         int created;
-        int64_t expires = ttl ? now + ttl : 0;
+        int64_t expires = ttl ? j->now + ttl : 0;
         gn_pstore_put(s, scratch_key.data, scratch_key.len, k + 1, kl - 1, v + 1, vl - 1, expires,
                       &created);
-        if (record) {
-            gn_rec_entry(record, k + 1, kl - 1, v + 1, vl - 1, expires);
-            kept++;
+        if (j->record.data) {
+            gn_rec_entry(&j->record, k + 1, kl - 1, v + 1, vl - 1, expires);
+            j->todo++; /* entries in the record */
         }
     }
     if (it.at != it.end)
         goto bad;
-    if (record) {
-        for (int i = 0; i < 4; i++)
-            record->data[count_at + (size_t)i] = (unsigned char)(kept >> (24 - 8 * i));
-        gn_rec_end(record, mark);
+    if (store_lookup(p, j->name, j->name_len)) {
+        reply_error(p, &tag, "already_exists"); /* made while this ran */
+        return 1;
     }
-    return s;
+    if (j->max_size && gn_pstore_size(s) > j->max_size) {
+        reply_error(p, &tag, "full");
+        return 1;
+    }
+    store_link(p, s);
+    j->fresh = NULL;
+    gn_buf *jr = journal(p);
+    if (jr && j->record.data) {
+        size_t count_at = j->record_mark + 8 + 1 + 2 + j->name_len + 1 + 8;
+        for (int i = 0; i < 4; i++)
+            j->record.data[count_at + (size_t)i] = (unsigned char)(j->todo >> (24 - 8 * i));
+        gn_rec_end(&j->record, j->record_mark);
+        gn_buf_put(jr, j->record.data, j->record.len);
+    }
+    reply_atom(p, &tag, "ok");
+    return 1;
 bad:
-    gn_pstore_free(s);
-    return NULL;
+    reply_error(p, &tag, "invalid_snapshot");
+    return 1;
 }
 
 static void op_restore(gn_port *p, req *r)
@@ -927,23 +958,24 @@ static void op_restore(gn_port *p, req *r)
         return reply_badarg(p, &r->tag, "expected a store name, Binary, MaxSize");
     if (store_lookup(p, r->name, r->name_len))
         return reply_error(p, &r->tag, "already_exists");
-    gn_buf record = {0};
-    gn_pstore *s = restore_build(p, r, &bin, cap, journal(p) ? &record : NULL);
-    if (!s) {
-        gn_buf_free(&record);
+    if (bin.len < 13 + 4 || memcmp(bin.data, "GNS2", 4) != 0 || bin.data[4] > 1)
         return reply_error(p, &r->tag, "invalid_snapshot");
+    gn_job *j = job_new(JOB_RESTORE, &r->tag);
+    memcpy(j->name, r->name, r->name_len);
+    j->name_len = r->name_len;
+    j->max_size = cap;
+    j->bin_len = bin.len;
+    if (p->frame_owner && p->frame_owner->data == r->args.buf) { /* as in put_many */
+        j->frame = *p->frame_owner;
+        memset(p->frame_owner, 0, sizeof *p->frame_owner);
+        j->base = (size_t)(bin.data - j->frame.data);
+    } else {
+        gn_buf_put(&j->frame, bin.data, bin.len);
     }
-    if (cap && gn_pstore_size(s) > cap) {
-        gn_buf_free(&record);
-        gn_pstore_free(s);
-        return reply_error(p, &r->tag, "full");
-    }
-    store_link(p, s);
-    gn_buf *jr = journal(p);
-    if (jr)
-        gn_buf_put(jr, record.data, record.len);
-    gn_buf_free(&record);
-    reply_atom(p, &r->tag, "ok");
+    if (restore_step(p, j, gn_now_ns() + GN_SLICE_NS))
+        job_free(j);
+    else
+        push_global(p, j);
 }
 
 /* ---- dropping a store ---------------------------------------------------- */
@@ -1413,6 +1445,8 @@ int gn_port_step(gn_port *p)
     while (p->global && gn_now_ns() < deadline) {
         gn_job *j = p->global;
         if (j->kind == JOB_COMPACT && !compact_step(p, j, deadline))
+            break;
+        if (j->kind == JOB_RESTORE && !restore_step(p, j, deadline))
             break;
         p->global = j->next;
         if (!p->global)

@@ -92,6 +92,28 @@ defmodule GenNative.PortLongWorkTest do
     Port.close(port)
   end
 
+  test "a restore of a big snapshot runs in slices, with other stores answered in between" do
+    port = open_program()
+    :ok = call(port, {:open, :big, :ordered_set, :infinity})
+    :ok = call(port, {:open, :small, :set, :infinity})
+    :ok = call(port, {:put, :small, :k, :v, 0})
+    fill(port, :big, @big)
+    send_request(port, {:snap, :snapshot, :big})
+    snapshot = IO.iodata_to_binary(for {:snap, {_, part}} <- until_done(port, :snap), do: part)
+
+    send_request(port, {:restore, :restore, :copy, snapshot, :infinity})
+    send_request(port, {:get, :get, :small, :k})
+    assert [{:get, {:ok, :v}}, {:restore, :ok}] == [next(port), next(port)]
+    assert call(port, {:size, :copy}) == @big
+    assert call(port, {:at, :copy, -1}) == {:ok, {@big - 1, @big - 1}}
+
+    # a corrupt one is refused whole, after its checksum
+    bad = :binary.part(snapshot, 0, byte_size(snapshot) - 1) <> <<0>>
+    assert call(port, {:restore, :bad, bad, :infinity}) == {:error, :invalid_snapshot}
+    assert call(port, {:size, :bad}) == {:error, :no_store}
+    Port.close(port)
+  end
+
   test "a purge of many expired entries runs in slices; then size/1 counts none of them" do
     port = open_program()
     :ok = call(port, {:open, :ttl, :ordered_set, :infinity})
