@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "avl.h"
+#include "heap.h"
 #include "store.h"
 
 typedef struct gn_node {
@@ -453,37 +454,7 @@ static int gn_expired(const gn_node *n, int64_t now)
     return n->expires && n->expires <= now;
 }
 
-static void gn_heap_swap(gn_store *s, size_t a, size_t b)
-{
-    gn_node *t = s->heap[a];
-    s->heap[a] = s->heap[b];
-    s->heap[b] = t;
-    s->heap[a]->heap_ix = a;
-    s->heap[b]->heap_ix = b;
-}
-
-static void gn_heap_up(gn_store *s, size_t i)
-{
-    while (i > 0 && s->heap[(i - 1) / 2]->expires > s->heap[i]->expires) {
-        gn_heap_swap(s, i, (i - 1) / 2);
-        i = (i - 1) / 2;
-    }
-}
-
-static void gn_heap_down(gn_store *s, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < s->heap_len && s->heap[l]->expires < s->heap[m]->expires)
-            m = l;
-        if (r < s->heap_len && s->heap[r]->expires < s->heap[m]->expires)
-            m = r;
-        if (m == i)
-            return;
-        gn_heap_swap(s, i, m);
-        i = m;
-    }
-}
+GN_HEAP_DEFINE(gn, gn_store, gn_node)
 
 static void gn_ttl_list_add(gn_store *s)
 {

@@ -3,6 +3,7 @@
 #include <string.h>
 
 #include "../avl.h"
+#include "../heap.h"
 #include "pstore.h"
 
 static void *xmalloc(size_t n)
@@ -105,40 +106,7 @@ void gn_pstore_free(gn_pstore *s)
 /* ------------------------------------------------------------------------ */
 /* The expiry heap                                                           */
 
-static void heap_swap(gn_pstore *s, size_t i, size_t j)
-{
-    gn_pnode *t = s->heap[i];
-    s->heap[i] = s->heap[j];
-    s->heap[j] = t;
-    s->heap[i]->heap_ix = i;
-    s->heap[j]->heap_ix = j;
-}
-
-static void heap_up(gn_pstore *s, size_t i)
-{
-    while (i > 0) {
-        size_t p = (i - 1) / 2;
-        if (s->heap[p]->expires <= s->heap[i]->expires)
-            break;
-        heap_swap(s, i, p);
-        i = p;
-    }
-}
-
-static void heap_down(gn_pstore *s, size_t i)
-{
-    for (;;) {
-        size_t l = 2 * i + 1, r = l + 1, m = i;
-        if (l < s->heap_len && s->heap[l]->expires < s->heap[m]->expires)
-            m = l;
-        if (r < s->heap_len && s->heap[r]->expires < s->heap[m]->expires)
-            m = r;
-        if (m == i)
-            return;
-        heap_swap(s, i, m);
-        i = m;
-    }
-}
+GN_HEAP_DEFINE(ttl, gn_pstore, gn_pnode)
 
 static void heap_add(gn_pstore *s, gn_pnode *n)
 {
@@ -153,7 +121,7 @@ static void heap_add(gn_pstore *s, gn_pnode *n)
     }
     n->heap_ix = s->heap_len;
     s->heap[s->heap_len++] = n;
-    heap_up(s, n->heap_ix);
+    ttl_heap_up(s, n->heap_ix);
 }
 
 static void heap_remove(gn_pstore *s, gn_pnode *n)
@@ -165,8 +133,8 @@ static void heap_remove(gn_pstore *s, gn_pnode *n)
     if (i != s->heap_len) {
         s->heap[i] = s->heap[s->heap_len];
         s->heap[i]->heap_ix = i;
-        heap_down(s, i);
-        heap_up(s, i);
+        ttl_heap_down(s, i);
+        ttl_heap_up(s, i);
     }
     n->heap_ix = SIZE_MAX;
 }
@@ -180,8 +148,8 @@ static void set_expiry(gn_pstore *s, gn_pnode *n, int64_t expires)
         heap_add(s, n);
     } else if (expires) {
         n->expires = expires;
-        heap_down(s, n->heap_ix);
-        heap_up(s, n->heap_ix);
+        ttl_heap_down(s, n->heap_ix);
+        ttl_heap_up(s, n->heap_ix);
     }
     n->expires = expires;
 }
