@@ -351,7 +351,8 @@ defmodule GenNative.PortTest do
       {name, _} = start_port()
       {:ok, _} = Store.new(:ordered_set, backend: {:port, name}, name: :s)
       store = %GenNative.Store.Port{port: name, name: :s}
-      stop = :atomics.new(1, [])
+      # 1: stop; 2: requests answered :ok so far
+      stop = :atomics.new(2, [])
 
       callers =
         for c <- 1..20 do
@@ -361,6 +362,10 @@ defmodule GenNative.PortTest do
       Enum.reduce(1..5, nil, fn _, killed ->
         wait_until(fn -> GenNative.Port.os_pid(name) not in [nil, killed] end, 5_000)
         os_pid = GenNative.Port.os_pid(name)
+        # each program answers some requests before it dies (under valgrind
+        # a program takes a while to start serving)
+        answered = :atomics.get(stop, 2)
+        wait_until(fn -> :atomics.get(stop, 2) > answered end, 30_000)
         Process.sleep(20)
         # it may have died meanwhile (a write that broke its pipe): no matter
         System.cmd("kill", ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
@@ -413,6 +418,7 @@ defmodule GenNative.PortTest do
           :exit, {:shutdown, {Store, _, _}} -> :shutdown
         end
 
+      if outcome == :ok, do: :atomics.add(stop, 2, 1)
       busy_caller(store, c, stop, Map.update(counts, outcome, 1, &(&1 + 1)))
     end
   end
