@@ -157,24 +157,35 @@ static void reply_atom(gn_port *p, const gn_slice *tag, const char *atom)
     frame_end(p, m);
 }
 
-static void reply_error(gn_port *p, const gn_slice *tag, const char *reason)
+/* Begins a frame {error, Reason}: the reason follows. */
+static size_t error_begin(gn_port *p, const unsigned char *tag, size_t tag_len)
 {
-    size_t m = frame_begin(p, tag->data, tag->len);
+    size_t m = frame_begin(p, tag, tag_len);
     gn_enc_tuple(&p->out, 2);
     gn_enc_atom(&p->out, "error");
+    return m;
+}
+
+static void reply_error(gn_port *p, const gn_slice *tag, const char *reason)
+{
+    size_t m = error_begin(p, tag->data, tag->len);
     gn_enc_atom(&p->out, reason);
+    frame_end(p, m);
+}
+
+/* {error, {Kind, Text}}: a reply (badarg) or an event (bad_request). */
+static void error_text(gn_port *p, const gn_slice *tag, const char *kind, const char *text)
+{
+    size_t m = error_begin(p, tag ? tag->data : NULL, tag ? tag->len : 0);
+    gn_enc_tuple(&p->out, 2);
+    gn_enc_atom(&p->out, kind);
+    gn_enc_string(&p->out, text);
     frame_end(p, m);
 }
 
 static void reply_badarg(gn_port *p, const gn_slice *tag, const char *why)
 {
-    size_t m = frame_begin(p, tag->data, tag->len);
-    gn_enc_tuple(&p->out, 2);
-    gn_enc_atom(&p->out, "error");
-    gn_enc_tuple(&p->out, 2);
-    gn_enc_atom(&p->out, "badarg");
-    gn_enc_string(&p->out, why);
-    frame_end(p, m);
+    error_text(p, tag, "badarg", why);
 }
 
 static void reply_int(gn_port *p, const gn_slice *tag, int64_t v)
@@ -222,13 +233,7 @@ static void event_log(gn_port *p, const char *level, const char *text)
 
 static void event_bad_request(gn_port *p, const char *why)
 {
-    size_t m = frame_begin(p, NULL, 0);
-    gn_enc_tuple(&p->out, 2);
-    gn_enc_atom(&p->out, "error");
-    gn_enc_tuple(&p->out, 2);
-    gn_enc_atom(&p->out, "bad_request");
-    gn_enc_string(&p->out, why);
-    frame_end(p, m);
+    error_text(p, NULL, "bad_request", why);
     if (gn_port_stderr)
         fprintf(stderr, "gen_native_port: bad request: %s\n", why);
 }
@@ -1013,75 +1018,111 @@ enum { F_STORE = 1, F_ORDERED = 2 };
 static void op_open(gn_port *p, req *r, int queued);
 static void op_global(gn_port *p, req *r);
 
-/* Runs a request on its store; `s` is not busy (or this is its head job). */
-static void run_on_store(gn_port *p, req *r, gn_pstore *s)
-{
-    const char *op = r->op;
-    if (!strcmp(op, "put"))
-        op_put(p, r, s, 0);
-    else if (!strcmp(op, "get"))
-        op_get(p, r, s, 0);
-    else if (!strcmp(op, "put_new"))
-        op_put(p, r, s, 1);
-    else if (!strcmp(op, "delete_key"))
-        op_delete_key(p, r, s);
-    else if (!strcmp(op, "take"))
-        op_get(p, r, s, 1);
-    else if (!strcmp(op, "update_counter"))
-        op_update_counter(p, r, s);
-    else if (!strcmp(op, "size"))
-        reply_int(p, &r->tag, (int64_t)gn_pstore_size(s));
-    else if (!strcmp(op, "clear")) {
-        gn_pstore_clear(s);
-        journal_simple(p, s, GN_REC_CLEAR);
-        reply_atom(p, &r->tag, "ok");
-    } else if (!strcmp(op, "to_list"))
-        op_stream(p, r, s, S_TO_LIST);
-    else if (!strcmp(op, "put_many"))
-        op_put_many(p, r, s);
-    else if (!strcmp(op, "delete")) {
-        journal_simple(p, s, GN_REC_DROP);
-        reply_atom(p, &r->tag, "ok");
-        store_drop(p, s);
-    } else if (!strcmp(op, "info"))
-        op_info(p, r, s);
-    else if (!strcmp(op, "snapshot"))
-        op_stream(p, r, s, S_SNAPSHOT);
-    else if (!s->ordered)
-        reply_error(p, &r->tag, "not_ordered");
-    else if (!strcmp(op, "step"))
-        op_step(p, r, s);
-    else if (!strcmp(op, "range"))
-        op_stream(p, r, s, S_RANGE);
-    else if (!strcmp(op, "rank"))
-        op_rank(p, r, s);
-    else if (!strcmp(op, "at"))
-        op_at(p, r, s);
-    else if (!strcmp(op, "slice"))
-        op_stream(p, r, s, S_SLICE);
-}
+/* Ops on a store: names, argument counts, whether they need an ordered_set. */
+enum {
+    OP_PUT,
+    OP_GET,
+    OP_PUT_NEW,
+    OP_DELETE_KEY,
+    OP_TAKE,
+    OP_UPDATE_COUNTER,
+    OP_SIZE,
+    OP_CLEAR,
+    OP_TO_LIST,
+    OP_PUT_MANY,
+    OP_DELETE,
+    OP_INFO,
+    OP_SNAPSHOT,
+    OP_STEP,
+    OP_RANGE,
+    OP_RANK,
+    OP_AT,
+    OP_SLICE,
+    OP_NONE
+};
 
-/* Ops on a store, with their argument counts. */
 static const struct {
     const char *name;
     uint32_t nargs;
+    int ordered;
 } store_ops[] = {
-    {"put", 3},        {"get", 1},    {"put_new", 3},
-    {"delete_key", 1}, {"take", 1},   {"update_counter", 3},
-    {"size", 0},       {"clear", 0},  {"to_list", 0},
-    {"put_many", 1},   {"delete", 0}, {"info", 0},
-    {"snapshot", 0},   {"step", 2},   {"range", 3},
-    {"rank", 1},       {"at", 1},     {"slice", 2},
+    [OP_PUT] = {"put", 3, 0},
+    [OP_GET] = {"get", 1, 0},
+    [OP_PUT_NEW] = {"put_new", 3, 0},
+    [OP_DELETE_KEY] = {"delete_key", 1, 0},
+    [OP_TAKE] = {"take", 1, 0},
+    [OP_UPDATE_COUNTER] = {"update_counter", 3, 0},
+    [OP_SIZE] = {"size", 0, 0},
+    [OP_CLEAR] = {"clear", 0, 0},
+    [OP_TO_LIST] = {"to_list", 0, 0},
+    [OP_PUT_MANY] = {"put_many", 1, 0},
+    [OP_DELETE] = {"delete", 0, 0},
+    [OP_INFO] = {"info", 0, 0},
+    [OP_SNAPSHOT] = {"snapshot", 0, 0},
+    [OP_STEP] = {"step", 2, 1},
+    [OP_RANGE] = {"range", 3, 1},
+    [OP_RANK] = {"rank", 1, 1},
+    [OP_AT] = {"at", 1, 1},
+    [OP_SLICE] = {"slice", 2, 1},
 };
 
-static int is_store_op(const req *r, int *arity_ok)
+/* The store op named r->op, or OP_NONE. */
+static int store_op(const req *r)
 {
-    for (size_t i = 0; i < sizeof store_ops / sizeof store_ops[0]; i++)
-        if (!strcmp(r->op, store_ops[i].name)) {
-            *arity_ok = r->nargs == store_ops[i].nargs;
-            return 1;
-        }
-    return 0;
+    for (int i = 0; i < OP_NONE; i++)
+        if (!strcmp(r->op, store_ops[i].name))
+            return i;
+    return OP_NONE;
+}
+
+/* Runs store op `op` (see store_op) on `s`, which is not busy (or this is
+ * its head job). */
+static void run_on_store(gn_port *p, req *r, gn_pstore *s, int op)
+{
+    if (store_ops[op].ordered && !s->ordered)
+        return reply_error(p, &r->tag, "not_ordered");
+    switch (op) {
+    case OP_PUT:
+        return op_put(p, r, s, 0);
+    case OP_GET:
+        return op_get(p, r, s, 0);
+    case OP_PUT_NEW:
+        return op_put(p, r, s, 1);
+    case OP_DELETE_KEY:
+        return op_delete_key(p, r, s);
+    case OP_TAKE:
+        return op_get(p, r, s, 1);
+    case OP_UPDATE_COUNTER:
+        return op_update_counter(p, r, s);
+    case OP_SIZE:
+        return reply_int(p, &r->tag, (int64_t)gn_pstore_size(s));
+    case OP_CLEAR:
+        gn_pstore_clear(s);
+        journal_simple(p, s, GN_REC_CLEAR);
+        return reply_atom(p, &r->tag, "ok");
+    case OP_TO_LIST:
+        return op_stream(p, r, s, S_TO_LIST);
+    case OP_PUT_MANY:
+        return op_put_many(p, r, s);
+    case OP_DELETE:
+        journal_simple(p, s, GN_REC_DROP);
+        reply_atom(p, &r->tag, "ok");
+        return store_drop(p, s);
+    case OP_INFO:
+        return op_info(p, r, s);
+    case OP_SNAPSHOT:
+        return op_stream(p, r, s, S_SNAPSHOT);
+    case OP_STEP:
+        return op_step(p, r, s);
+    case OP_RANGE:
+        return op_stream(p, r, s, S_RANGE);
+    case OP_RANK:
+        return op_rank(p, r, s);
+    case OP_AT:
+        return op_at(p, r, s);
+    case OP_SLICE:
+        return op_stream(p, r, s, S_SLICE);
+    }
 }
 
 /* Decodes a request frame; 0, or -1 if it has no readable tag (answered
@@ -1138,10 +1179,10 @@ static void dispatch(gn_port *p, const unsigned char *frame, size_t len)
         return;
     if (!r.op[0])
         return reply_badarg(p, &r.tag, "expected {Tag, Op, Store, Args...}");
-    int arity_ok;
-    if (!is_store_op(&r, &arity_ok))
+    int op = store_op(&r);
+    if (op == OP_NONE)
         return op_global(p, &r);
-    if (!arity_ok)
+    if (r.nargs != store_ops[op].nargs)
         return reply_badarg(p, &r.tag, "wrong number of arguments");
     if (!r.has_name)
         return reply_badarg(p, &r.tag, "the store must be an atom");
@@ -1159,7 +1200,7 @@ static void dispatch(gn_port *p, const unsigned char *frame, size_t len)
         push_front(p, s, job_new(JOB_PURGE, NULL));
         return;
     }
-    run_on_store(p, &r, s);
+    run_on_store(p, &r, s, op);
 }
 
 /* `queued`: this request comes off its store's queue, and runs now. */
@@ -1181,9 +1222,7 @@ static void op_open(gn_port *p, req *r, int queued)
         return;
     }
     if (s && s->ordered != ordered) {
-        size_t m = frame_begin(p, r->tag.data, r->tag.len);
-        gn_enc_tuple(&p->out, 2);
-        gn_enc_atom(&p->out, "error");
+        size_t m = error_begin(p, r->tag.data, r->tag.len);
         gn_enc_tuple(&p->out, 2);
         gn_enc_atom(&p->out, "wrong_type");
         gn_enc_atom(&p->out, s->ordered ? "ordered_set" : "set");
@@ -1273,10 +1312,12 @@ static void run_queued(gn_port *p, gn_pstore *s, gn_job *j)
         push_front(p, s, job_new(JOB_PURGE, NULL));
         return;
     }
-    if (!strcmp(r.op, "open"))
+    /* a store op, or an open (the only other request queued) */
+    int op = store_op(&r);
+    if (op == OP_NONE)
         op_open(p, &r, 1);
     else
-        run_on_store(p, &r, s);
+        run_on_store(p, &r, s, op);
 }
 
 /* Runs `s`'s jobs until the deadline; returns 0, or -1 if `s` was dropped. */
@@ -1631,28 +1672,19 @@ int gn_port_load(gn_port *p)
         p->d = gn_durable_open(p->dir, p->sync, apply_record, p, &dropped, err, sizeof err);
         p->replaying = 0;
         if (!p->d) {
-            size_t m = frame_begin(p, NULL, 0);
-            gn_enc_tuple(&p->out, 2);
-            gn_enc_atom(&p->out, "error");
+            /* the fatal event: {error, {Kind, Text}} */
+            char path[4200];
             if (!strcmp(err, "corrupt_snapshot")) {
-                char path[4200];
                 snprintf(path, sizeof path, "%s/snapshot.gns", p->dir);
-                gn_enc_tuple(&p->out, 2);
-                gn_enc_atom(&p->out, "corrupt_snapshot");
-                gn_enc_string(&p->out, path);
+                error_text(p, NULL, "corrupt_snapshot", path);
                 fprintf(stderr, "gen_native_port: corrupt snapshot %s: not loaded\n", path);
             } else if (!strcmp(err, "locked")) {
-                gn_enc_tuple(&p->out, 2);
-                gn_enc_atom(&p->out, "locked");
-                gn_enc_string(&p->out, p->dir);
+                error_text(p, NULL, "locked", p->dir);
                 fprintf(stderr, "gen_native_port: %s is in use by another program\n", p->dir);
             } else {
-                gn_enc_tuple(&p->out, 2);
-                gn_enc_atom(&p->out, "io_error");
-                gn_enc_string(&p->out, err);
+                error_text(p, NULL, "io_error", err);
                 fprintf(stderr, "gen_native_port: %s\n", err);
             }
-            frame_end(p, m);
             return -1;
         }
         if (dropped) {
