@@ -19,6 +19,10 @@ defmodule GenNative.PortKeyencTest do
 
   import Bitwise
 
+  import GenNative.PortProtocol, only: [close: 1]
+
+  alias GenNative.PortProtocol
+
   @moduletag :port
 
   # GN_PROP_NUMTESTS overrides the number of test cases.
@@ -27,17 +31,8 @@ defmodule GenNative.PortKeyencTest do
   ## The program
 
   defp open_program do
-    program = Path.join(:code.priv_dir(:gen_native), "gen_native_port")
-    port = Port.open({:spawn_executable, program}, [:binary, {:packet, 4}])
-    assert_receive {^port, {:data, <<0::16, ready::binary>>}}, 5_000
-    assert {:ready, _} = :erlang.binary_to_term(ready)
+    {port, _info} = PortProtocol.open()
     port
-  end
-
-  defp close(port) do
-    Port.close(port)
-  catch
-    _, _ -> :ok
   end
 
   defp ext(term) do

@@ -7,6 +7,9 @@ defmodule GenNative.PortLongWorkTest do
   use ExUnit.Case, async: true
 
   alias GenNative.Store
+  alias GenNative.PortProtocol
+
+  import GenNative.PortProtocol, only: [next: 1]
 
   @moduletag :port
 
@@ -23,28 +26,13 @@ defmodule GenNative.PortLongWorkTest do
   # No background TTL sweep: expired entries are purged by the requests
   # that meet them, so the tests see when.
   defp open_program do
-    path = Path.join(:code.priv_dir(:gen_native), "gen_native_port")
-    opts = [:binary, {:packet, 4}, :exit_status, args: ["--sweep", "0"]]
-    port = Port.open({:spawn_executable, path}, opts)
-    assert {:ready, _} = next(port)
+    {port, _info} = PortProtocol.open(["--sweep", "0"])
     port
   end
 
-  # The next frame: {tag, payload} for a reply, the payload for an event.
-  defp next(port) do
-    receive do
-      {^port, {:data, <<0::16, event::binary>>}} ->
-        :erlang.binary_to_term(event)
+  defp send_request(port, request), do: PortProtocol.send_term(port, request)
 
-      {^port, {:data, <<n::16, tag::binary-size(n), payload::binary>>}} ->
-        {:erlang.binary_to_term(tag), :erlang.binary_to_term(payload)}
-    after
-      30_000 -> flunk("no frame from the program")
-    end
-  end
-
-  defp send_request(port, request), do: Port.command(port, :erlang.term_to_binary(request))
-
+  # The reply must be the next frame.
   defp call(port, request) do
     tag = make_ref()
     send_request(port, Tuple.insert_at(request, 0, tag))

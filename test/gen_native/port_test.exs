@@ -9,15 +9,18 @@ defmodule GenNative.PortTest do
   use ExUnit.Case, async: true
 
   import Bitwise
+
+  import GenNative.PortProtocol,
+    only: [program: 0, send_term: 2, event: 1, reply: 2, call: 2, close: 1]
+
   import GenNative.TestHelpers, only: [wait_until: 2]
 
   alias GenNative.Store
+  alias GenNative.PortProtocol
 
   @moduletag :port
 
   defp unique(prefix), do: :"#{prefix}_#{System.unique_integer([:positive])}"
-
-  defp program, do: Path.join(:code.priv_dir(:gen_native), "gen_native_port")
 
   defp start_port(opts \\ []) do
     name = unique(:gn_port)
@@ -462,42 +465,9 @@ defmodule GenNative.PortTest do
   describe "the protocol" do
     # The program, opened directly.
     defp open_program(args \\ []) do
-      port =
-        Port.open({:spawn_executable, program()}, [
-          :binary,
-          {:packet, 4},
-          :exit_status,
-          {:args, args}
-        ])
-
-      assert {:ready, %{stores: 0, entries: 0, dropped_bytes: 0}} = event(port)
+      {port, info} = PortProtocol.open(args)
+      assert %{stores: 0, entries: 0, dropped_bytes: 0} = info
       port
-    end
-
-    defp send_term(port, term), do: Port.command(port, :erlang.term_to_binary(term))
-
-    defp event(port) do
-      assert_receive {^port, {:data, <<0::16, event::binary>>}}, 5_000
-      :erlang.binary_to_term(event)
-    end
-
-    defp reply(port, tag) do
-      ext = :erlang.term_to_binary(tag)
-      n = byte_size(ext)
-      assert_receive {^port, {:data, <<^n::16, ^ext::binary-size(n), payload::binary>>}}, 10_000
-      :erlang.binary_to_term(payload)
-    end
-
-    defp call(port, request) do
-      tag = make_ref()
-      send_term(port, :erlang.insert_element(1, request, tag))
-      reply(port, tag)
-    end
-
-    defp close(port) do
-      Port.close(port)
-    catch
-      _, _ -> :ok
     end
 
     # The program reading `input` from a pipe (libuv cannot poll a file):
