@@ -724,6 +724,18 @@ static gn_store *gn_fresh_view(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
 /* Reading the whole store: as GN_READ, after purging what has expired. */
 #define GN_VIEW(fn, s, err) (GN_READ(fn, s, err) && ((s) = gn_fresh_view(env, (s), &(err))))
 
+/* A view of an ordered_set: on a set, unlocks and raises not_ordered. */
+static int gn_ordered_or_raise(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
+{
+    if (s->ordered)
+        return 1;
+    enif_rwlock_runlock(s->lock);
+    *err = enif_raise_exception(env, gn_am_not_ordered);
+    return 0;
+}
+
+#define GN_VIEW_ORDERED(fn, s, err) (GN_VIEW(fn, s, err) && gn_ordered_or_raise(env, (s), &(err)))
+
 static ERL_NIF_TERM gn_entry(ErlNifEnv *env, const gn_node *n)
 {
     return enif_make_tuple2(env, enif_make_copy(env, n->key), enif_make_copy(env, n->value));
@@ -1305,12 +1317,8 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         prev = enif_is_identical(argv[1], gn_am_prev);
     if (!(first || last || next || prev))
         return enif_make_badarg(env);
-    if (!GN_VIEW(gn_store_step_nif, s, err))
+    if (!GN_VIEW_ORDERED(gn_store_step_nif, s, err))
         return err;
-    if (!s->ordered) {
-        enif_rwlock_runlock(s->lock);
-        return enif_raise_exception(env, gn_am_not_ordered);
-    }
     gn_probe p = {.env = env, .key = argv[2]};
     gn_node *found = NULL, *n = s->root;
     if (first || last) {
@@ -1342,12 +1350,8 @@ ERL_NIF_TERM gn_store_rank_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
-    if (!GN_VIEW(gn_store_rank_nif, s, err))
+    if (!GN_VIEW_ORDERED(gn_store_rank_nif, s, err))
         return err;
-    if (!s->ordered) {
-        enif_rwlock_runlock(s->lock);
-        return enif_raise_exception(env, gn_am_not_ordered);
-    }
     gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = s->root;
     size_t rank = 0;
@@ -1397,12 +1401,8 @@ ERL_NIF_TERM gn_store_at_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     ErlNifSInt64 i;
     if (!enif_get_int64(env, argv[1], &i))
         return enif_make_badarg(env);
-    if (!GN_VIEW(gn_store_at_nif, s, err))
+    if (!GN_VIEW_ORDERED(gn_store_at_nif, s, err))
         return err;
-    if (!s->ordered) {
-        enif_rwlock_runlock(s->lock);
-        return enif_raise_exception(env, gn_am_not_ordered);
-    }
     int64_t size = (int64_t)gn_size(s->root);
     if (i < 0)
         i += size;
@@ -1482,12 +1482,8 @@ ERL_NIF_TERM gn_store_range_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         enif_is_identical(slice[0], gn_am_index)) {
         if (!enif_get_int64(env, slice[1], &index) || !enif_get_uint64(env, argv[2], &count))
             return enif_make_badarg(env);
-        if (!GN_VIEW(gn_store_range_nif, s, err))
+        if (!GN_VIEW_ORDERED(gn_store_range_nif, s, err))
             return err;
-        if (!s->ordered) {
-            enif_rwlock_runlock(s->lock);
-            return enif_raise_exception(env, gn_am_not_ordered);
-        }
         int64_t size = (int64_t)gn_size(s->root);
         if (index < 0)
             index += size;
@@ -1500,12 +1496,8 @@ ERL_NIF_TERM gn_store_range_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     }
     if (!enif_is_identical(argv[3], gn_am_infinity) && !enif_get_uint64(env, argv[3], &limit))
         return enif_make_badarg(env);
-    if (!GN_VIEW(gn_store_range_nif, s, err))
+    if (!GN_VIEW_ORDERED(gn_store_range_nif, s, err))
         return err;
-    if (!s->ordered) {
-        enif_rwlock_runlock(s->lock);
-        return enif_raise_exception(env, gn_am_not_ordered);
-    }
     gn_probe from = {.env = env, .key = argv[1]}, to = {.env = env, .key = argv[2]};
     gn_walk w = {env, s, &from, &to, 0, (size_t)limit, 0, enif_make_list(env, 0)};
     gn_walk_tree(&w, s->root);
