@@ -185,6 +185,16 @@ defmodule GenNative.Bench.Store do
     ]
   end
 
+  # The time `timed` takes over a batch of keys, per key; `undo` then puts
+  # the table back as it was, untimed.
+  defp time_per_key(keys, timed, undo) do
+    t0 = :erlang.monotonic_time()
+    timed.(keys)
+    elapsed = :erlang.monotonic_time() - t0
+    undo.(keys)
+    div(elapsed, @batch)
+  end
+
   defp ets_get(t, n, size), do: ets_get(t, n, size, n)
   defp ets_get(_t, 0, _size, ops), do: ops
 
@@ -364,20 +374,14 @@ defmodule GenNative.Bench.Store do
         runs: config.batch_runs,
         setup: ctx,
         peer: fn f ->
-          keys = fresh_keys(n)
-          t0 = :erlang.monotonic_time()
-          ets_insert_all(f.ets, keys)
-          elapsed = :erlang.monotonic_time() - t0
-          ets_delete_all(f.ets, keys)
-          div(elapsed, @batch)
+          time_per_key(fresh_keys(n), &ets_insert_all(f.ets, &1), &ets_delete_all(f.ets, &1))
         end,
         native: fn f ->
-          keys = fresh_keys(n)
-          t0 = :erlang.monotonic_time()
-          store_insert_all(f.store, keys)
-          elapsed = :erlang.monotonic_time() - t0
-          store_delete_all(f.store, keys)
-          div(elapsed, @batch)
+          time_per_key(
+            fresh_keys(n),
+            &store_insert_all(f.store, &1),
+            &store_delete_all(f.store, &1)
+          )
         end
       },
       %{
@@ -388,20 +392,14 @@ defmodule GenNative.Bench.Store do
         runs: config.batch_runs,
         setup: ctx,
         peer: fn f ->
-          keys = present_keys(n)
-          t0 = :erlang.monotonic_time()
-          ets_delete_all(f.ets, keys)
-          elapsed = :erlang.monotonic_time() - t0
-          ets_insert_all(f.ets, keys)
-          div(elapsed, @batch)
+          time_per_key(present_keys(n), &ets_delete_all(f.ets, &1), &ets_insert_all(f.ets, &1))
         end,
         native: fn f ->
-          keys = present_keys(n)
-          t0 = :erlang.monotonic_time()
-          store_delete_all(f.store, keys)
-          elapsed = :erlang.monotonic_time() - t0
-          store_insert_all(f.store, keys)
-          div(elapsed, @batch)
+          time_per_key(
+            present_keys(n),
+            &store_delete_all(f.store, &1),
+            &store_insert_all(f.store, &1)
+          )
         end
       },
       %{
