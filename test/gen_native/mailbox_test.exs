@@ -882,24 +882,13 @@ defmodule GenNative.MailboxTest do
       :ok = :sys.suspend(pid)
       Enum.each(1..50, &GenNative.cast(name, &1))
       :ok = GenNative.cast(name, :h, priority: :high)
+      # a keep_on_crash mailbox queues every cast in its native lanes, the
+      # first included
       Process.exit(pid, :kill)
 
       new = restarted(name, pid)
       # every cast not handled by the dead server, the one delivered to it
       # as a message included
-      assert sync_events(new) == casts([:h | Enum.to_list(1..50)])
-    end
-
-    test "casts queued in the native lanes survive a kill, in order" do
-      name = unique_name(:keep_queued)
-      {_sup, pid} = supervise(name)
-      :ok = :sys.suspend(pid)
-      Enum.each(1..50, &GenNative.cast(name, &1))
-      :ok = GenNative.cast(name, :h, priority: :high)
-      # a keep_on_crash mailbox queues every cast, the first included
-      Process.exit(pid, :kill)
-
-      new = restarted(name, pid)
       assert sync_events(new) == casts([:h | Enum.to_list(1..50)])
     end
 
