@@ -351,70 +351,66 @@ defmodule GenNative do
     {:ok, reply} -> reply
   end
 
-  # A normal call travels as a gen_server call once the mailbox admits it
-  # (under overflow: :block, once there is room); to a server that skips
-  # calls whose caller gave up, with the caller's deadline in its tag.
+  # A normal call travels as a gen_server call once the mailbox admits it;
+  # to a server that skips calls whose caller gave up, with the caller's
+  # deadline in its tag.
   defp admitted_call(pid, server, request, timeout) do
     case Native.mailbox_send(pid, nil, :normal, :admit) do
       result when result in [:ok, :not_native] ->
         gen_call(pid, server, request, timeout, timeout)
 
       :deadline ->
-        deadline_call(pid, server, request, timeout, deadline(timeout))
-
-      {:wait, tag} ->
         deadline = deadline(timeout)
+        mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
+        tag = call_tag(mref, deadline)
+        send(pid, {:"$gen_call", {self(), tag}, request})
         loc = {__MODULE__, :call, [server, request, timeout]}
+        await_reply(mref, tag, loc, remaining(timeout, deadline))
 
-        case wait_room(pid, tag, timeout) do
-          :ok -> gen_call(pid, server, request, timeout, remaining(timeout, deadline))
-          :deadline -> deadline_call(pid, server, request, timeout, deadline)
-          # the server died before the call reached it, as for a dead server
-          :closed -> exit({:noproc, loc})
-          :timeout -> exit({:timeout, loc})
-        end
+      # overflow: :block and no room: the mailbox sends the call when its
+      # turn comes, so that blocked calls keep their order
+      :busy ->
+        queued_call(pid, server, request, timeout, :normal)
 
       full when full in [:full, :dropped] ->
         exit({:mailbox_full, {__MODULE__, :call, [server, request, timeout]}})
     end
   end
 
-  defp deadline_call(pid, server, request, timeout, deadline) do
-    mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
-    tag = call_tag(mref, deadline)
-    send(pid, {:"$gen_call", {self(), tag}, request})
+  defp high_call(pid, server, request, timeout),
+    do: queued_call(pid, server, request, timeout, :high)
 
-    await_reply(
-      mref,
-      tag,
-      {__MODULE__, :call, [server, request, timeout]},
-      remaining(timeout, deadline)
-    )
-  end
-
-  # A priority call is queued in the mailbox's high lane and answered by
-  # the server from there.
-  defp high_call(pid, server, request, timeout) do
+  # A call handed to the mailbox: a priority call, queued in the high lane
+  # and answered by the server from there, or a normal call that waits for
+  # room, which the mailbox sends as gen_server's message.
+  defp queued_call(pid, server, request, timeout, lane) do
     deadline = deadline(timeout)
     mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
-    tag = call_tag(mref, deadline)
+    from = {self(), call_tag(mref, deadline)}
     loc = {__MODULE__, :call, [server, request, timeout]}
 
-    case Native.mailbox_send(pid, {:"$gn_high", {:call, {self(), tag}, request}}, :high, :call) do
+    item =
+      case lane do
+        :high -> {:"$gn_high", {:call, from, request}}
+        :normal -> {:"$gen_call", from, request}
+      end
+
+    case Native.mailbox_send(pid, item, lane, :call) do
       :ok ->
-        await_reply(mref, tag, loc, remaining(timeout, deadline))
+        await_reply(mref, elem(from, 1), loc, remaining(timeout, deadline))
 
       {:ok, dropped} ->
         notify_dropped(dropped)
-        await_reply(mref, tag, loc, remaining(timeout, deadline))
+        await_reply(mref, elem(from, 1), loc, remaining(timeout, deadline))
 
       :not_native ->
         :erlang.demonitor(mref, [:flush])
-        gen_call(pid, server, request, timeout, timeout)
+        gen_call(pid, server, request, timeout, remaining(timeout, deadline))
 
       {:wait, wait_tag} ->
-        case wait_room(pid, wait_tag, timeout) do
-          :ok -> await_reply(mref, tag, loc, remaining(timeout, deadline))
+        case wait_room(pid, wait_tag, remaining(timeout, deadline)) do
+          :ok -> await_reply(mref, elem(from, 1), loc, remaining(timeout, deadline))
+          # the server died before the call reached it, as for a dead server
           :closed -> give_up(mref, {:noproc, loc})
           :timeout -> give_up(mref, {:timeout, loc})
         end
@@ -437,9 +433,12 @@ defmodule GenNative do
 
   defp remaining(:infinity, _deadline), do: :infinity
 
+  # Rounded up: a caller never gives up before its deadline, which the
+  # server checks to skip calls whose caller gave up.
   defp remaining(_timeout, deadline) do
     left = deadline - :erlang.monotonic_time()
-    max(:erlang.convert_time_unit(left, :native, :millisecond), 0)
+    ms = :erlang.convert_time_unit(1, :millisecond, :native)
+    max(div(left + ms - 1, ms), 0)
   end
 
   defp await_reply(mref, tag, loc, wait) do
