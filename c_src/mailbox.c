@@ -115,7 +115,6 @@ typedef struct gn_mailbox {
     int expire;   /* drop_expired_calls: calls carry their deadline */
     int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
     uint32_t epoch;
-    size_t sent; /* atomic; message mode: casts sent as messages, not yet acked */
     gn_lane lanes[2];
     size_t capacity; /* per lane; SIZE_MAX for infinity */
     gn_overflow overflow;
@@ -124,9 +123,14 @@ typedef struct gn_mailbox {
     size_t waiting_lane[2];
     size_t high_hint;    /* atomic copy of lanes[GN_HIGH].len */
     uint64_t next_seq;
-    uint64_t accepted; /* atomic */
     uint64_t rejected, dropped, expired;
-    size_t max_length; /* atomic */
+    /* What every message-mode cast writes, on a cache line of its own (the
+     * fields above are mostly read): */
+    _Alignas(64) size_t sent; /* atomic; message mode: casts sent as messages, not yet acked */
+    uint64_t accepted;        /* atomic */
+    /* The owner notes the longest queue when it acks a cast, since `sent`
+     * only grows between two acks; senders on the locked paths note it too. */
+    _Alignas(64) size_t max_length; /* atomic */
 } gn_mailbox;
 
 static ErlNifResourceType *gn_mailbox_rtype;
@@ -240,6 +244,13 @@ static void gn_note_max(gn_mailbox *mb, size_t len)
     while (len > max &&
            !__atomic_compare_exchange_n(&mb->max_length, &max, len, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         ;
+}
+
+/* The longest queue so far, the one now included. */
+static size_t gn_max_length(gn_mailbox *mb)
+{
+    gn_note_max(mb, gn_normal_len(mb) + mb->lanes[GN_HIGH].len);
+    return __atomic_load_n(&mb->max_length, __ATOMIC_RELAXED);
 }
 
 /* Call with mb->lock held. */
@@ -679,10 +690,11 @@ ERL_NIF_TERM gn_mailbox_requeue_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 }
 
 /* Takes one off `sent`, not below zero: a cast sent with GenServer.cast was
- * never counted. */
+ * never counted. Notes the longest queue on the way. */
 static void gn_sent_dec(gn_mailbox *mb)
 {
     size_t sent = __atomic_load_n(&mb->sent, __ATOMIC_RELAXED);
+    gn_note_max(mb, sent + __atomic_load_n(&mb->high_hint, __ATOMIC_RELAXED));
     while (sent > 0 &&
            !__atomic_compare_exchange_n(&mb->sent, &sent, sent - 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         ;
@@ -922,8 +934,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             enif_send(env, &pid, NULL, argv[1]);
             return gn_am_ok;
         }
-        size_t sent = __atomic_add_fetch(&mb->sent, 1, __ATOMIC_RELAXED);
-        gn_note_max(mb, sent + __atomic_load_n(&mb->high_hint, __ATOMIC_RELAXED));
+        __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
         enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
         return gn_am_ok;
     }
@@ -1078,7 +1089,7 @@ ERL_NIF_TERM gn_mailbox_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         enif_make_uint64(env, mb->rejected),
         enif_make_uint64(env, mb->dropped),
         enif_make_uint64(env, mb->expired),
-        enif_make_uint64(env, __atomic_load_n(&mb->max_length, __ATOMIC_RELAXED)),
+        enif_make_uint64(env, gn_max_length(mb)),
         enif_make_uint64(env, mb->waiting),
     };
     gn_unlock(mb);
