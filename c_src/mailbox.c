@@ -125,12 +125,15 @@ typedef struct gn_mailbox {
     uint64_t next_seq;
     uint64_t rejected, dropped, expired;
     /* What every message-mode cast writes, on a cache line of its own (the
-     * fields above are mostly read): */
-    _Alignas(64) size_t sent; /* atomic; message mode: casts sent as messages, not yet acked */
-    uint64_t accepted;        /* atomic */
+     * fields above are mostly read). Padding, not _Alignas: a resource is
+     * not allocated 64-byte aligned, and the compiler would assume it is. */
+    char pad1[64];
+    size_t sent;       /* atomic; message mode: casts sent as messages, not yet acked */
+    uint64_t accepted; /* atomic */
+    char pad2[64];
     /* The owner notes the longest queue when it acks a cast, since `sent`
      * only grows between two acks; senders on the locked paths note it too. */
-    _Alignas(64) size_t max_length; /* atomic */
+    size_t max_length; /* atomic */
 } gn_mailbox;
 
 static ErlNifResourceType *gn_mailbox_rtype;
