@@ -131,8 +131,9 @@ typedef struct gn_mailbox {
     size_t sent;       /* atomic; message mode: casts sent as messages, not yet acked */
     uint64_t accepted; /* atomic */
     char pad2[64];
-    /* The owner notes the longest queue when it acks a cast, since `sent`
-     * only grows between two acks; senders on the locked paths note it too. */
+    /* The longest queue: noted by senders on the locked paths, and by the
+     * owner whenever it is about to shorten the queue (an ack, a take),
+     * since without the lock the queue only grows in between. */
     size_t max_length; /* atomic */
 } gn_mailbox;
 
@@ -590,6 +591,9 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         gn_unlock(mb);
         return enif_make_badarg(env);
     }
+    /* Message-mode casts are counted without the lock, and the longest
+     * queue noted when the owner is about to shorten it: here, or at an ack. */
+    gn_note_length(mb);
     for (int l = GN_HIGH; l >= (high_only ? GN_HIGH : GN_NORMAL); l--) {
         gn_lane *lane = &mb->lanes[l];
         while (n < max && lane->len > 0) {
