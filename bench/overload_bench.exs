@@ -642,41 +642,38 @@ defmodule GenNative.Bench.Overload.Expiry.Ctl do
   def fast(%__MODULE__{work: work}), do: :atomics.put(work, 1, 0)
 end
 
+defmodule GenNative.Bench.Overload.Expiry.Server do
+  @moduledoc false
+  # The same server on both sides: PeerServer (use GenServer) and
+  # NativeServer (use GenNative; its mailbox options are given at start, see
+  # Expiry.start/2).
+  defmacro __using__(behaviour) do
+    quote do
+      use unquote(behaviour)
+      alias GenNative.Bench.Overload.Expiry.Ctl
+
+      @impl true
+      def init(ctl), do: {:ok, ctl}
+
+      @impl true
+      def handle_call({:work, id}, _from, ctl) do
+        Ctl.handle(ctl, id)
+        {:reply, :done, ctl}
+      end
+
+      def handle_call(:sync, _from, ctl), do: {:reply, :ok, ctl}
+    end
+  end
+end
+
 defmodule GenNative.Bench.Overload.Expiry.PeerServer do
   @moduledoc false
-  use GenServer
-  alias GenNative.Bench.Overload.Expiry.Ctl
-
-  @impl true
-  def init(ctl), do: {:ok, ctl}
-
-  @impl true
-  def handle_call({:work, id}, _from, ctl) do
-    Ctl.handle(ctl, id)
-    {:reply, :done, ctl}
-  end
-
-  def handle_call(:sync, _from, ctl), do: {:reply, :ok, ctl}
+  use GenNative.Bench.Overload.Expiry.Server, GenServer
 end
 
 defmodule GenNative.Bench.Overload.Expiry.NativeServer do
   @moduledoc false
-  # The mailbox options are given at start (see Expiry.start/2), so that
-  # this module compiles on a GenNative that does not know
-  # drop_expired_calls yet.
-  use GenNative
-  alias GenNative.Bench.Overload.Expiry.Ctl
-
-  @impl true
-  def init(ctl), do: {:ok, ctl}
-
-  @impl true
-  def handle_call({:work, id}, _from, ctl) do
-    Ctl.handle(ctl, id)
-    {:reply, :done, ctl}
-  end
-
-  def handle_call(:sync, _from, ctl), do: {:reply, :ok, ctl}
+  use GenNative.Bench.Overload.Expiry.Server, GenNative
 end
 
 defmodule GenNative.Bench.Overload.Expiry do
