@@ -17,9 +17,9 @@
  *
  * In both modes the `high` lane holds priority casts and calls. A request
  * queued in an empty mailbox wakes the owner: the *sender* sends one
- * '$gn_wake' message if no wake is pending (`signaled`), so the wake lands
- * in the owner's process mailbox before any message the sender sends
- * afterwards. Only the owner, handling a wake, clears `signaled` (when it
+ * '$gn_wake' message if no wake is pending (`signaled`), under the lock, so
+ * the wake lands in the owner's process mailbox before any message sent
+ * after the request was queued, by anyone. Only the owner, handling a wake, clears `signaled` (when it
  * finds both lanes empty), so at most one sender-sent wake is on its way.
  * The owner also looks at the high lane (`high_hint`) before each message it
  * handles, which is how a priority request overtakes what is already in the
@@ -269,8 +269,7 @@ static void gn_note_length(gn_mailbox *mb)
 /* What to send once mb->lock is released. */
 typedef struct gn_outbox {
     gn_waiter *released; /* waiters to tell {Tag, w->result}, then free */
-    ErlNifPid owner;     /* gets the casts of `deliver` waiters, and the wake */
-    int wake;            /* send the owner a '$gn_wake' */
+    ErlNifPid owner;     /* gets the requests of `deliver` waiters */
 } gn_outbox;
 
 static void gn_waiter_free(gn_waiter *w)
@@ -298,9 +297,19 @@ static void gn_outbox_flush(ErlNifEnv *caller_env, gn_outbox *out)
         w = next;
     }
     out->released = NULL;
-    if (out->wake)
-        enif_send(caller_env, &out->owner, NULL, gn_am_wake);
-    out->wake = 0;
+}
+
+/* Wakes the owner unless a wake is pending. Call with mb->lock held: the
+ * wake is sent before the lock is released, so a sender that then finds
+ * `signaled` set knows the wake is already in the owner's process mailbox,
+ * ahead of anything it sends next (a wake sent after unlocking could be
+ * overtaken by a message caused by a later sender's cast). */
+static void gn_signal(ErlNifEnv *env, gn_mailbox *mb)
+{
+    if (__atomic_load_n(&mb->signaled, __ATOMIC_RELAXED))
+        return;
+    __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
+    enif_send(env, &mb->owner, NULL, gn_am_wake);
 }
 
 /* What an admitted call is told: go ahead, with or without a deadline. */
@@ -315,7 +324,7 @@ static ERL_NIF_TERM gn_admitted(const gn_mailbox *mb)
  * counted and handed to the outbox to deliver, and so is a normal call (its
  * whole {'$gen_call', From, Request} message), which takes no room. A lane
  * filled while no wake is pending gets one. Call with mb->lock held. */
-static void gn_admit_waiters(gn_mailbox *mb, gn_outbox *out)
+static void gn_admit_waiters(ErlNifEnv *env, gn_mailbox *mb, gn_outbox *out)
 {
     gn_waiter **tail = &out->released;
     while (*tail)
@@ -355,10 +364,8 @@ static void gn_admit_waiters(gn_mailbox *mb, gn_outbox *out)
     }
     gn_note_length(mb);
     out->owner = mb->owner;
-    if (pushed && !__atomic_load_n(&mb->signaled, __ATOMIC_RELAXED)) {
-        __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
-        out->wake = 1;
-    }
+    if (pushed)
+        gn_signal(env, mb);
 }
 
 /* Detaches every waiter, to be told `closed`. Call with mb->lock held. */
@@ -396,7 +403,7 @@ static void gn_mailbox_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMon
     (void)pid;
     (void)mon;
     gn_mailbox *mb = obj;
-    gn_outbox out = {NULL, mb->owner, 0};
+    gn_outbox out = {NULL, mb->owner};
     enif_mutex_lock(mb->lock);
     __atomic_store_n(&mb->closed, 1, __ATOMIC_RELEASE);
     __atomic_store_n(&mb->sent, 0, __ATOMIC_RELAXED);
@@ -584,7 +591,7 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 
     ERL_NIF_TERM batch[GN_MAILBOX_MAX_BATCH];
     gn_chunk *done = NULL;
-    gn_outbox out = {NULL, mb->owner, 0};
+    gn_outbox out = {NULL, mb->owner};
     unsigned n = 0;
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
@@ -612,9 +619,9 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         /* The owner is draining: a lane it refills needs no wake unless the
          * drain ends with this take. */
         int was = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
-        gn_admit_waiters(mb, &out);
+        gn_admit_waiters(env, mb, &out);
         if (wake && was && gn_queued(mb) > 0 && n < max)
-            out.wake = 1;
+            enif_send(env, &mb->owner, NULL, gn_am_wake);
     }
     if (wake && gn_queued(mb) == 0)
         __atomic_store_n(&mb->signaled, 0, __ATOMIC_RELEASE);
@@ -731,11 +738,11 @@ ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         if (gn_lock_free(mb)) {
             gn_sent_dec(mb);
         } else {
-            gn_outbox out = {NULL, mb->owner, 0};
+            gn_outbox out = {NULL, mb->owner};
             enif_mutex_lock(mb->lock);
             gn_sent_dec(mb);
             if (mb->waiting && !mb->closed)
-                gn_admit_waiters(mb, &out);
+                gn_admit_waiters(env, mb, &out);
             gn_unlock(mb);
             gn_outbox_flush(env, &out);
         }
@@ -952,7 +959,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         return gn_am_ok;
     }
 
-    enum { SEND, SEND_AS_IS, WAKE, NONE } how = NONE;
+    enum { SEND, SEND_AS_IS, NONE } how = NONE;
     ERL_NIF_TERM result = gn_am_ok;
     gn_chunk *done = NULL;
     gn_lane *lane = &mb->lanes[lane_ix];
@@ -1016,10 +1023,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     }
     mb->next_seq++;
     gn_note_length(mb);
-    if (!__atomic_load_n(&mb->signaled, __ATOMIC_RELAXED)) {
-        __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
-        how = WAKE;
-    }
+    gn_signal(env, mb);
 
 unlock:
     gn_unlock(mb);
@@ -1031,8 +1035,6 @@ unlock:
         enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
     else if (how == SEND_AS_IS)
         enif_send(env, &pid, NULL, argv[1]);
-    else if (how == WAKE)
-        enif_send(env, &pid, NULL, gn_am_wake);
     return result;
 }
 
@@ -1062,9 +1064,9 @@ ERL_NIF_TERM gn_mailbox_cancel_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         }
     }
     /* Those behind it may fit now. */
-    gn_outbox out = {NULL, mb->owner, 0};
+    gn_outbox out = {NULL, mb->owner};
     if (found && mb->waiting && !mb->closed)
-        gn_admit_waiters(mb, &out);
+        gn_admit_waiters(env, mb, &out);
     gn_unlock(mb);
     gn_outbox_flush(env, &out);
     if (!found)
