@@ -107,7 +107,7 @@ defmodule Conformance.CausalOrderTest do
             end
           end)
 
-        assert result == List.duplicate(80_000, @runs), "mailbox: #{inspect(mailbox)}"
+        assert {mailbox, result} == {mailbox, List.duplicate(80_000, @runs)}
       end
     end
 
@@ -171,7 +171,7 @@ defmodule Conformance.CausalOrderTest do
           end)
 
         log = [{:cast, {:x, 1..100}}, {:call, :b_call}]
-        assert result == List.duplicate({{:ok, :b_call}, log}, @runs), inspect(mailbox)
+        assert {mailbox, result} == {mailbox, List.duplicate({{:ok, :b_call}, log}, @runs)}
       end
     end
 
@@ -184,7 +184,7 @@ defmodule Conformance.CausalOrderTest do
 
         # the reply is the state, {count, log}, its log shown oldest first
         log = [{:cast, {:x, 1..100}}]
-        assert result == List.duplicate({{0, log}, log}, @runs), inspect(mailbox)
+        assert {mailbox, result} == {mailbox, List.duplicate({{0, log}, log}, @runs)}
       end
     end
 
@@ -196,7 +196,7 @@ defmodule Conformance.CausalOrderTest do
           end)
 
         log = [{:cast, {:x, 1..100}}, {:info, :b_plain}]
-        assert result == List.duplicate({:b_plain, log}, @runs), inspect(mailbox)
+        assert {mailbox, result} == {mailbox, List.duplicate({:b_plain, log}, @runs)}
       end
     end
   end
@@ -221,7 +221,7 @@ defmodule Conformance.CausalOrderTest do
           end)
 
         log = [{:cast, {:backlog, 1..1_000}}, {:info, :m}, {:cast, :x}]
-        assert result == List.duplicate(log, @runs), inspect(mailbox)
+        assert {mailbox, result} == {mailbox, List.duplicate(log, @runs)}
       end
     end
 
