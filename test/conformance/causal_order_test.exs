@@ -333,7 +333,7 @@ defmodule Conformance.CausalOrderTest do
 
       assert [{:handled_before, _, [_ | _]} | _] = Causal.violations([late | rest], run)
       assert [{:handled_twice, _} | _] = Causal.violations([late | log], run)
-      assert [{:lost_or_unknown, _} | _] = Causal.violations(rest, run)
+      assert [{:not_handled_before_final_call, [_]} | _] = Causal.violations(rest, run)
     end
 
     test "GenNative, default mailbox: every causal constraint holds" do
