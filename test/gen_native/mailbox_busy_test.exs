@@ -77,6 +77,37 @@ defmodule GenNative.MailboxBusyTest do
     end
   end
 
+  describe "capacity and GenServer.cast" do
+    # spec-i9.md: casts sent with GenServer.cast are not counted; so
+    # handling one must not free a slot that a GenNative cast holds.
+    test "GenServer.cast casts take no slot, and handling them frees none" do
+      for _ <- 1..@runs do
+        test = self()
+        pid = start_server(capacity: 2, overflow: :reject)
+        held = hold(pid)
+        :ok = GenServer.cast(pid, :g1)
+        :ok = GenServer.cast(pid, {:block_cast, test})
+
+        assert Enum.map(1..3, &GenNative.cast(pid, &1)) ==
+                 [:ok, :ok, {:error, :mailbox_full}]
+
+        assert %{length: 2} = info(pid)
+
+        # the server handles :g1, then waits inside the second GenServer
+        # cast: 1 and 2 still wait, and still fill the mailbox
+        release(pid, held)
+        assert_receive {:blocked_cast, ^pid}, 10_000
+        assert %{length: 2} = info(pid)
+        assert GenNative.cast(pid, 4) == {:error, :mailbox_full}
+
+        send(pid, :release)
+        assert sync_events(pid) == casts([:g1, {:block_cast, test}, 1, 2])
+        assert %{length: 0, accepted: 3, rejected: 2} = i = info(pid)
+        assert sent(i) == 5
+      end
+    end
+  end
+
   describe "capacity with overflow: :drop_newest" do
     test "capacity 3, casts 1..6: all return :ok, 1..3 are handled, 3 are dropped" do
       for _ <- 1..@runs do
@@ -367,7 +398,7 @@ defmodule GenNative.MailboxBusyTest do
 
         assert log =~ "** (RuntimeError) boom"
         assert log =~ ~r/Last message \(from #PID<[\d.]+>\): \{:crash, "boom"\}/
-        refute log =~ "gn_"
+        refute log =~ "$gn"
       end
     end
 
@@ -383,7 +414,7 @@ defmodule GenNative.MailboxBusyTest do
 
       assert output =~ ~r/\*DBG\* <[\d.]+> got call \{probe,42\} from <[\d.]+>/
       assert output =~ ~r/\*DBG\* <[\d.]+> sent \{ok,\{probe,42\}\} to <[\d.]+>/
-      refute output =~ "gn_"
+      refute output =~ "$gn"
     end
   end
 end

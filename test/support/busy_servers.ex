@@ -77,11 +77,22 @@ end
 defmodule GenNative.BusyServers.Log do
   @moduledoc false
   # Casts go to handle_cast/2; `:tick` casts are only counted, not reported.
+  # `{:block_cast, test}` waits for `:release` inside handle_cast/2.
   use GenNative
   use GenNative.BusyServers.Common
 
   @impl true
   def handle_cast(:tick, state), do: {:noreply, %{state | handled: state.handled + 1}}
+
+  # holds the server inside handle_cast/2 as {:block, test} does in a call
+  def handle_cast({:block_cast, test} = request, state) do
+    send(state.test, {:ev, self(), {:cast, request}})
+    send(test, {:blocked_cast, self()})
+
+    receive do
+      :release -> {:noreply, %{state | handled: state.handled + 1}}
+    end
+  end
 
   def handle_cast(request, state) do
     send(state.test, {:ev, self(), {:cast, request}})
