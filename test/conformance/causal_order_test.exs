@@ -25,7 +25,7 @@ defmodule Conformance.CausalOrderTest do
 
   defp start_busy(gen, mod, mailbox) do
     opts = if gen == GenNative, do: [mailbox: mailbox], else: []
-    start!(gen, mod, nil, opts)
+    start!(gen, mod, self(), opts)
   end
 
   # Holds `pid` inside a call from another process until release/2.
@@ -133,7 +133,9 @@ defmodule Conformance.CausalOrderTest do
     # handled after them. The server is held busy inside a call meanwhile,
     # until B's request waits in its mailbox, so that nothing is handled
     # before everything is sent.
-    defp a_casts_then_b(gen, mod, mailbox, b_request, b_result) do
+    defp a_casts_then_b(gen, mod, mailbox, b_request, b_result, read_log \\ nil) do
+      read_log = read_log || (&gen.call(&1, :log))
+
       for _ <- 1..@runs do
         pid = start_busy(gen, mod, mailbox)
         held = hold(gen, pid)
@@ -156,7 +158,7 @@ defmodule Conformance.CausalOrderTest do
         await_waiting(pid, b_result)
         release(pid, held)
         {:ok, reply} = await(b)
-        {compact_reply(reply), compact(gen.call(pid, :log))}
+        {compact_reply(reply), compact(read_log.(pid))}
       end
     end
 
@@ -197,6 +199,53 @@ defmodule Conformance.CausalOrderTest do
 
         log = [{:cast, {:x, 1..100}}, {:info, :b_plain}]
         assert {mailbox, result} == {mailbox, List.duplicate({:b_plain, log}, @runs)}
+      end
+    end
+
+    test "A casts, sends :go to B, B stops the server: terminate/2 sees A's casts" do
+      for mailbox <- @message_modes do
+        result =
+          conform(Busy, fn gen, mod ->
+            terminated = fn _pid -> receive(do: ({:terminated, :normal, log} -> log)) end
+
+            a_casts_then_b(
+              gen,
+              mod,
+              mailbox,
+              &gen.stop(&1, :normal, :infinity),
+              {:terminate, :normal},
+              terminated
+            )
+          end)
+
+        log = [{:cast, {:x, 1..100}}]
+        assert {mailbox, result} == {mailbox, List.duplicate({:ok, log}, @runs)}
+      end
+    end
+
+    test "A casts, sends :go to B, B sends an exit signal: A's casts are handled first" do
+      for mailbox <- @message_modes do
+        result =
+          conform(Busy, fn gen, mod ->
+            # the server traps exits: the signal is a message {:EXIT, b, reason}
+            read_log = fn pid ->
+              for entry <- gen.call(pid, :log) do
+                with {:info, {:EXIT, _b, reason}} <- entry, do: {:info, {:EXIT, reason}}
+              end
+            end
+
+            a_casts_then_b(
+              gen,
+              mod,
+              mailbox,
+              &Process.exit(&1, :b_signal),
+              :b_signal,
+              read_log
+            )
+          end)
+
+        log = [{:cast, {:x, 1..100}}, {:info, {:EXIT, :b_signal}}]
+        assert {mailbox, result} == {mailbox, List.duplicate({true, log}, @runs)}
       end
     end
   end
@@ -290,7 +339,8 @@ defmodule Conformance.CausalOrderTest do
 
     defp check_history(gen, mailbox, seed, opts \\ []) do
       scripts = Causal.generate(seed)
-      opts_ = if gen == GenNative, do: [mailbox: mailbox], else: []
+      # keep_on_crash needs a registered name
+      opts_ = if gen == GenNative, do: [mailbox: mailbox, name: unique_name()], else: []
       {:ok, pid} = gen.start(Module.concat(CausalLog, gen), nil, opts_)
 
       try do
@@ -305,7 +355,12 @@ defmodule Conformance.CausalOrderTest do
 
         {log, run}
       after
-        Process.exit(pid, :kill)
+        # a normal stop, so that a keep_on_crash queue is freed at once
+        try do
+          GenServer.stop(pid, :normal, 5_000)
+        catch
+          :exit, _ -> Process.exit(pid, :kill)
+        end
       end
     end
 
@@ -350,11 +405,11 @@ defmodule Conformance.CausalOrderTest do
     # spec-i9.md, queue mode: casts keep causal order among themselves and
     # come before any process message sent after them; the one exception
     # is a plain message sent before a cast, which may be handled after it.
-    test "GenNative, queue mode (drop_oldest): every constraint but message-before-cast holds" do
-      for seed <- seeds() do
-        check_history(GenNative, [capacity: 1_000_000, overflow: :drop_oldest], seed,
-          relaxed: true
-        )
+    test "GenNative, queue mode: every constraint but message-before-cast holds" do
+      queue_modes = [[capacity: 1_000_000, overflow: :drop_oldest], [keep_on_crash: true]]
+
+      for {seed, i} <- Enum.with_index(seeds()) do
+        check_history(GenNative, Enum.at(queue_modes, rem(i, 2)), seed, relaxed: true)
       end
     end
   end

@@ -9,10 +9,17 @@ Conformance.defserver Conformance.Busy do
   @moduledoc false
   # A counter and a log in one state, `{count, log}`. `{:block, test}`
   # holds the server inside a call (it tells `test` `{:blocked, pid}` first)
-  # until it gets `:release`, so that whatever comes meanwhile waits.
+  # until it gets `:release`, so that whatever comes meanwhile waits. It
+  # traps exits (an exit signal is logged as a message) and, when started
+  # with an owner pid, sends it `{:terminated, reason, log}` from
+  # terminate/2.
 
   @impl true
-  def init(_arg), do: {:ok, {0, []}}
+  def init(owner) do
+    Process.flag(:trap_exit, true)
+    Process.put(:busy_owner, owner)
+    {:ok, {0, []}}
+  end
 
   @impl true
   def handle_call({:block, test}, _from, state) do
@@ -35,6 +42,11 @@ Conformance.defserver Conformance.Busy do
 
   @impl true
   def handle_info(msg, {count, log}), do: {:noreply, {count, [{:info, msg} | log]}}
+
+  @impl true
+  def terminate(reason, {_count, log}) do
+    if owner = Process.get(:busy_owner), do: send(owner, {:terminated, reason, Enum.reverse(log)})
+  end
 end
 
 Conformance.defserver Conformance.CausalLog do
