@@ -29,8 +29,7 @@
 /* Atoms, created in gn_make_atoms() at load; atoms are global to the VM so
  * they stay valid across upgrades. gn_am_gen_cast is '$gen_cast' and
  * gn_am_wake '$gn_wake', the message that wakes a mailbox's owner;
- * gn_am_gn_high '$gn_high', the wrapper of a high-lane request;
- * gn_am_gn_call '$gn_call', the wrapper of a queued normal call. */
+ * gn_am_gn_high '$gn_high', the wrapper of a high-lane request. */
 /* Atoms whose text is their name. */
 /* clang-format off */
 #define GN_ATOMS_PLAIN(X) \
@@ -49,6 +48,12 @@
     X(dropped) \
     X(max_length) \
     X(blocked_senders) \
+    X(expired) \
+    X(queue) \
+    X(keep) \
+    X(expire) \
+    X(other) \
+    X(deadline) \
     X(closed) \
     X(full) \
     X(wait) \
@@ -65,9 +70,7 @@
     X(drop_oldest) \
     X(block) \
     X(not_ready) \
-    X(busy) \
     X(none) \
-    X(any) \
     X(store_deleted) \
     X(not_owner) \
     X(ordered_set) \
@@ -95,7 +98,7 @@
     X(invalid_snapshot) \
     X(purge)
 /* clang-format on */
-#define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high) X(gn_call)
+#define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high)
 #define GN_DECLARE_ATOM(name) extern ERL_NIF_TERM gn_am_##name;
 GN_ATOMS(GN_DECLARE_ATOM)
 #undef GN_DECLARE_ATOM

@@ -1,44 +1,57 @@
 /*
- * The native mailbox: the queue of requests owned by one server process.
+ * The native mailbox: the admission count, the priority lane and, in queue
+ * mode, the queue of casts of one server process.
  *
- * Two lanes, `normal` (casts) and `high` (priority casts and calls), each a
- * FIFO holding at most `capacity` requests. A request is copied into the
- * environment of the chunk that holds it, so the sender's heap is never
- * referenced; a chunk, with its environment and every term in it, is freed
- * once all its items are taken, so one environment is allocated per
- * GN_CHUNK_ITEMS requests, not per request. The owner takes the high lane
- * first.
+ * Two modes, fixed when the mailbox is made:
  *
- * Delivery. A normal cast to an idle server (both lanes empty, no wake
- * pending, no direct cast in flight, nobody blocked) is sent directly as
- * {'$gen_cast', Request}, exactly as GenServer.cast would, and counted in
- * `inflight` until the owner acks it. Otherwise the request is queued, and
- * the *sender* wakes the owner with one '$gn_wake' message if no wake is
- * pending (`signaled`). Because the sender sends the wake, it lands in the
- * owner's process mailbox before any message the sender sends afterwards;
- * the owner drains until the lanes are empty (the take that empties them
- * clears `signaled`) or, when process messages are waiting, up to what is
- * queued at that moment. So whatever a process queued before it sent a
- * message is handled before that message, system messages included.
+ *  - Message mode (the default). A normal cast is admitted here (counted in
+ *    `sent` against `capacity`, under the overflow policy) and then travels
+ *    as the process message {'$gen_cast', Request}, sent by the sender, so
+ *    that its order with every other message is the VM's, exactly as for
+ *    GenServer.cast. The owner acks each cast it handles (`sent` goes down).
+ *    The normal lane stays empty.
+ *  - Queue mode (drop_oldest, keep_on_crash, batches): normal casts wait in
+ *    the normal lane, which the owner drains in batches; a queued cast
+ *    cannot die with the process mailbox, can be evicted, and comes out in
+ *    batches.
  *
- * A normal call is not queued (it travels as a gen_server call); it is only
- * admitted against the normal lane's capacity, under the same policy.
+ * In both modes the `high` lane holds priority casts and calls. A request
+ * queued in an empty mailbox wakes the owner: the *sender* sends one
+ * '$gn_wake' message if no wake is pending (`signaled`), so the wake lands
+ * in the owner's process mailbox before any message the sender sends
+ * afterwards. Only the owner, handling a wake, clears `signaled` (when it
+ * finds both lanes empty), so at most one sender-sent wake is on its way.
+ * The owner also looks at the high lane (`high_hint`) before each message it
+ * handles, which is how a priority request overtakes what is already in the
+ * process mailbox.
  *
- * Overflow, when a lane is full: `reject` refuses the new request; `drop_newest`
- * discards it; `drop_oldest` discards the lane's oldest request (a dropped
- * high-lane call is handed back to the sender, which tells its caller);
- * `block` parks the sender in a FIFO of waiters, admitted in arrival order as
- * room appears (their casts are queued for them) and released with `closed`
- * if the owner dies. While anyone waits, newcomers wait behind them.
+ * A normal call is never queued: it travels as a gen_server call once it is
+ * admitted against the normal lane's capacity, under the same policy; under
+ * `block` it waits for room as a blocked sender without an item.
+ *
+ * Overflow, when a lane is full: `reject` refuses the new request;
+ * `drop_newest` discards it; `drop_oldest` (queue mode) discards the lane's
+ * oldest request (a dropped high-lane call is handed back to the sender,
+ * which tells its caller); `block` parks the sender in a FIFO of waiters,
+ * admitted in arrival order as room appears (a cast is queued, or in message
+ * mode sent to the owner, on its behalf, before the sender is told) and
+ * released with `closed` if the owner dies. While anyone waits in a lane,
+ * newcomers to that lane wait behind them.
  *
  * keep_on_crash: a `keep` mailbox survives its owner's exit (closed, out of
  * the registry, lanes intact) until a new owner adopts it or it is discarded;
  * calls queued before an adoption are skipped by the new owner (each item
  * carries the `epoch` it was queued in).
  *
- * Locks: `mb->lock` protects everything in a gn_mailbox (`signaled` is an
- * atomic so that it can also be read as a hint). No code holds a registry
- * lock and a mailbox lock at once.
+ * Counters: every request sent through here ends in exactly one of
+ * `accepted`, `rejected`, `dropped`, `expired` (an evicted request moves from
+ * accepted to dropped, a call whose caller gave up from accepted to expired).
+ *
+ * Locks: `mb->lock` protects everything in a gn_mailbox. An unbounded
+ * message-mode mailbox admits casts and calls and takes acks without it:
+ * `sent`, `accepted`, `max_length`, `closed` and the hints are atomics, and
+ * the hints are refreshed from the locked fields by gn_unlock(). No code
+ * holds a registry lock and a mailbox lock at once.
  *
  * Lifetime: the registry holds one resource reference per live mailbox. The
  * owner's exit fires the monitor's down callback, which closes the mailbox,
@@ -76,27 +89,16 @@ typedef struct gn_lane {
     size_t len;
 } gn_lane;
 
-/* The senders with requests in the normal lane, and the sequence number of
- * each one's last: when a process message waits, the owner drains only up to
- * the last request its sender queued (a sender that queued nothing waits for
- * nobody). Open addressing over the raw pid; an entry whose request has been
- * taken is stale and may be overwritten. Bounded: when full of live entries,
- * `overflow` makes every sender count as having queued up to the newest. */
-#define GN_SENDERS 1024
-typedef struct gn_sender {
-    uint64_t key; /* the pid term's bits */
-    uint64_t seq;
-    uint32_t gen; /* a slot whose gen is not the table's is empty */
-} gn_sender;
-
 typedef struct gn_waiter {
     struct gn_waiter *next;
     ErlNifPid pid;
     ErlNifEnv *env; /* holds tag and item */
     ERL_NIF_TERM tag;
-    ERL_NIF_TERM item; /* 0 for a call waiting to be admitted */
+    ERL_NIF_TERM item;   /* 0 for a call waiting to be admitted */
+    ERL_NIF_TERM result; /* an atom, once released */
     int lane;
     int is_call;
+    int deliver; /* message mode: send the cast to the owner on release */
 } gn_waiter;
 
 typedef struct gn_mailbox {
@@ -104,28 +106,39 @@ typedef struct gn_mailbox {
     ErlNifPid owner;
     ErlNifMonitor monitor;
     uint64_t reg_hash;
-    int closed;   /* no live owner */
+    int closed;   /* atomic: no live owner */
     int keep;     /* keep_on_crash */
+    int queue;    /* queue mode: normal casts wait in the normal lane */
+    int expire;   /* drop_expired_calls: calls carry their deadline */
     int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
     uint32_t epoch;
-    uint64_t inflight; /* direct casts sent and not yet acked by the owner */
+    size_t sent; /* atomic; message mode: casts sent as messages, not yet acked */
     gn_lane lanes[2];
     size_t capacity; /* per lane; SIZE_MAX for infinity */
     gn_overflow overflow;
     gn_waiter *wait_head, *wait_tail;
     size_t waiting;
     size_t waiting_lane[2];
+    size_t high_hint;    /* atomic copy of lanes[GN_HIGH].len */
     uint64_t next_seq;
-    gn_sender *senders;   /* GN_SENDERS slots, allocated on first use */
-    uint32_t senders_gen; /* bumped to empty the table in O(1) */
-    size_t senders_used;
-    int senders_overflow;
-    uint64_t accepted; /* atomic: an unbounded mailbox admits calls without the lock */
-    uint64_t rejected, dropped;
-    size_t max_length;
+    uint64_t accepted; /* atomic */
+    uint64_t rejected, dropped, expired;
+    size_t max_length; /* atomic */
 } gn_mailbox;
 
 static ErlNifResourceType *gn_mailbox_rtype;
+
+static void gn_unlock(gn_mailbox *mb)
+{
+    __atomic_store_n(&mb->high_hint, mb->lanes[GN_HIGH].len, __ATOMIC_RELEASE);
+    enif_mutex_unlock(mb->lock);
+}
+
+/* The lock-free path: message mode, unbounded. */
+static int gn_lock_free(const gn_mailbox *mb)
+{
+    return !mb->queue && mb->capacity == SIZE_MAX;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Lanes                                                                     */
@@ -202,119 +215,44 @@ static void gn_lane_discard(gn_lane *lane)
     lane->len = 0;
 }
 
+/* Normal requests waiting: queued, or in message mode sent and not acked. */
+static size_t gn_normal_len(const gn_mailbox *mb)
+{
+    return mb->queue ? mb->lanes[GN_NORMAL].len : __atomic_load_n(&mb->sent, __ATOMIC_RELAXED);
+}
+
+static size_t gn_lane_len(const gn_mailbox *mb, int lane)
+{
+    return lane == GN_NORMAL ? gn_normal_len(mb) : mb->lanes[GN_HIGH].len;
+}
+
 static size_t gn_queued(const gn_mailbox *mb)
 {
     return mb->lanes[GN_NORMAL].len + mb->lanes[GN_HIGH].len;
 }
 
+static void gn_note_max(gn_mailbox *mb, size_t len)
+{
+    size_t max = __atomic_load_n(&mb->max_length, __ATOMIC_RELAXED);
+    while (len > max &&
+           !__atomic_compare_exchange_n(&mb->max_length, &max, len, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+}
+
+/* Call with mb->lock held. */
 static void gn_note_length(gn_mailbox *mb)
 {
-    size_t len = gn_queued(mb);
-    if (len > mb->max_length)
-        mb->max_length = len;
-}
-
-/* The sequence number of the normal lane's oldest request; requests of a
- * sender entry below it are all taken. */
-static uint64_t gn_normal_head_seq(const gn_mailbox *mb)
-{
-    const gn_chunk *c = mb->lanes[GN_NORMAL].first;
-    return mb->lanes[GN_NORMAL].len ? c->items[c->head].seq : mb->next_seq;
-}
-
-static uint64_t gn_sender_key(const ErlNifPid *pid)
-{
-    return (uint64_t)pid->pid;
-}
-
-static size_t gn_sender_slot(uint64_t key)
-{
-    key ^= key >> 33;
-    key *= 0xff51afd7ed558ccdULL;
-    key ^= key >> 33;
-    return (size_t)(key & (GN_SENDERS - 1));
-}
-
-/* Records that `pid` queued request `seq` in the normal lane. Call with
- * mb->lock held. */
-static void gn_note_sender(gn_mailbox *mb, const ErlNifPid *pid, uint64_t seq)
-{
-    if (mb->senders_overflow)
-        return;
-    if (!mb->senders) {
-        if (!(mb->senders = gn_alloc(GN_SENDERS * sizeof(gn_sender)))) {
-            mb->senders_overflow = 1;
-            return;
-        }
-        memset(mb->senders, 0, GN_SENDERS * sizeof(gn_sender));
-        mb->senders_gen = 1;
-    }
-    uint32_t gen = mb->senders_gen;
-    uint64_t key = gn_sender_key(pid), head = gn_normal_head_seq(mb);
-    size_t i = gn_sender_slot(key), reuse = GN_SENDERS;
-    for (size_t n = 0; n < GN_SENDERS; n++, i = (i + 1) & (GN_SENDERS - 1)) {
-        gn_sender *e = &mb->senders[i];
-        if (e->gen != gen)
-            break;
-        if (e->key == key) {
-            e->seq = seq;
-            return;
-        }
-        if (reuse == GN_SENDERS && e->seq < head)
-            reuse = i;
-    }
-    if (reuse == GN_SENDERS && mb->senders[i].gen != gen && mb->senders_used < GN_SENDERS * 3 / 4) {
-        reuse = i;
-        mb->senders_used++;
-    }
-    if (reuse == GN_SENDERS) {
-        mb->senders_overflow = 1;
-        return;
-    }
-    mb->senders[reuse].key = key;
-    mb->senders[reuse].seq = seq;
-    mb->senders[reuse].gen = gen;
-}
-
-/* The sequence number of the last normal-lane request `pid` queued that is
- * still queued, or 0 if none. Call with mb->lock held. */
-static uint64_t gn_sender_last(const gn_mailbox *mb, const ErlNifPid *pid)
-{
-    if (!mb->senders || mb->senders_used == 0)
-        return 0;
-    uint64_t key = gn_sender_key(pid), head = gn_normal_head_seq(mb), found = 0;
-    size_t i = gn_sender_slot(key);
-    for (size_t n = 0; n < GN_SENDERS; n++, i = (i + 1) & (GN_SENDERS - 1)) {
-        const gn_sender *e = &mb->senders[i];
-        if (e->gen != mb->senders_gen)
-            break;
-        /* a reused slot may leave an older duplicate further on */
-        if (e->key == key && e->seq >= head && e->seq > found)
-            found = e->seq;
-    }
-    return found;
-}
-
-/* With the normal lane empty, every entry is stale: start afresh. */
-static void gn_senders_reset_if_empty(gn_mailbox *mb)
-{
-    if (mb->lanes[GN_NORMAL].len == 0 && mb->senders_used > 0) {
-        if (++mb->senders_gen == 0) { /* wrapped: slots of gen 0 would look live */
-            memset(mb->senders, 0, GN_SENDERS * sizeof(gn_sender));
-            mb->senders_gen = 1;
-        }
-        mb->senders_used = 0;
-        mb->senders_overflow = 0;
-    }
+    gn_note_max(mb, gn_normal_len(mb) + mb->lanes[GN_HIGH].len);
 }
 
 /* ------------------------------------------------------------------------ */
 /* Blocked senders                                                           */
 
-/* Messages to send once mb->lock is released. */
+/* What to send once mb->lock is released. */
 typedef struct gn_outbox {
-    gn_waiter *released; /* waiters to tell {Tag, Result}, then free */
-    ERL_NIF_TERM result; /* ok (admitted) or closed */
+    gn_waiter *released; /* waiters to tell {Tag, w->result}, then free */
+    ErlNifPid owner;     /* gets the casts of `deliver` waiters, and the wake */
+    int wake;            /* send the owner a '$gn_wake' */
 } gn_outbox;
 
 static void gn_waiter_free(gn_waiter *w)
@@ -329,59 +267,82 @@ static void gn_outbox_flush(ErlNifEnv *caller_env, gn_outbox *out)
     gn_waiter *w = out->released;
     while (w) {
         gn_waiter *next = w->next;
-        ERL_NIF_TERM msg = enif_make_tuple2(w->env, w->tag, out->result);
+        /* The cast reaches the owner before its sender is told, so it comes
+         * before anything the sender sends next. */
+        if (w->deliver)
+            enif_send(caller_env, &out->owner, NULL, enif_make_tuple2(w->env, gn_am_gen_cast, w->item));
+        ERL_NIF_TERM msg = enif_make_tuple2(w->env, w->tag, w->result);
         enif_send(caller_env, &w->pid, w->env, msg); /* fails only if the sender died */
         gn_waiter_free(w);
         w = next;
     }
     out->released = NULL;
+    if (out->wake)
+        enif_send(caller_env, &out->owner, NULL, gn_am_wake);
+    out->wake = 0;
 }
 
-/* Moves waiters whose lane has room, in arrival order, into the lanes; they
- * are to be told `ok`. Stops at the first that does not fit. Call with
- * mb->lock held. */
+/* What an admitted call is told: go ahead, with or without a deadline. */
+static ERL_NIF_TERM gn_admitted(const gn_mailbox *mb)
+{
+    return mb->expire ? gn_am_deadline : gn_am_ok;
+}
+
+/* Admits waiters whose lane has room, in arrival order within each lane (a
+ * waiter that does not fit holds up those behind it in its lane only): a
+ * queued cast goes into its lane, a message-mode cast is counted and handed
+ * to the outbox to deliver, a call only needs the room. A lane filled while
+ * no wake is pending gets one. Call with mb->lock held. */
 static void gn_admit_waiters(gn_mailbox *mb, gn_outbox *out)
 {
     gn_waiter **tail = &out->released;
     while (*tail)
         tail = &(*tail)->next;
-    /* In arrival order within each lane; a waiter that does not fit holds up
-     * those behind it in its own lane only. */
-    int stuck[2] = {0, 0};
+    int stuck[2] = {0, 0}, pushed = 0;
     gn_waiter **link = &mb->wait_head, *prev = NULL;
     while (*link) {
         gn_waiter *w = *link;
-        gn_lane *lane = &mb->lanes[w->lane];
-        if (stuck[w->lane] || lane->len >= mb->capacity ||
-            (w->item && !gn_lane_push(lane, w->item, mb->next_seq, mb->epoch, w->is_call))) {
-            stuck[w->lane] = 1;
+        int l = w->lane;
+        int into_lane = w->item && (l == GN_HIGH || mb->queue);
+        if (stuck[l] || gn_lane_len(mb, l) >= mb->capacity ||
+            (into_lane && !gn_lane_push(&mb->lanes[l], w->item, mb->next_seq, mb->epoch, w->is_call))) {
+            stuck[l] = 1;
             prev = w;
             link = &w->next;
             continue;
         }
-        if (w->item) {
-            if (w->lane == GN_NORMAL)
-                gn_note_sender(mb, &w->pid, mb->next_seq);
+        if (into_lane) {
             mb->next_seq++;
+            pushed = 1;
+        } else if (w->item) {
+            w->deliver = 1;
+            __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
         }
+        w->result = w->item ? gn_am_ok : gn_admitted(mb);
         *link = w->next;
         if (mb->wait_tail == w)
             mb->wait_tail = prev;
         mb->waiting--;
-        mb->waiting_lane[w->lane]--;
+        mb->waiting_lane[l]--;
         __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
         w->next = NULL;
         *tail = w;
         tail = &w->next;
     }
     gn_note_length(mb);
+    out->owner = mb->owner;
+    if (pushed && !__atomic_load_n(&mb->signaled, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
+        out->wake = 1;
+    }
 }
 
 /* Detaches every waiter, to be told `closed`. Call with mb->lock held. */
 static void gn_release_waiters(gn_mailbox *mb, gn_outbox *out)
 {
+    for (gn_waiter *w = mb->wait_head; w; w = w->next)
+        w->result = gn_am_closed;
     out->released = mb->wait_head;
-    out->result = gn_am_closed;
     mb->wait_head = mb->wait_tail = NULL;
     mb->waiting = 0;
     mb->waiting_lane[GN_NORMAL] = mb->waiting_lane[GN_HIGH] = 0;
@@ -402,8 +363,6 @@ static void gn_mailbox_dtor(ErlNifEnv *env, void *obj)
         gn_waiter_free(w);
         w = next;
     }
-    if (mb->senders)
-        gn_free(mb->senders);
     if (mb->lock)
         enif_mutex_destroy(mb->lock);
 }
@@ -413,17 +372,17 @@ static void gn_mailbox_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMon
     (void)pid;
     (void)mon;
     gn_mailbox *mb = obj;
-    gn_outbox out = {NULL, gn_am_closed};
+    gn_outbox out = {NULL, mb->owner, 0};
     enif_mutex_lock(mb->lock);
-    mb->closed = 1;
-    mb->inflight = 0;
+    __atomic_store_n(&mb->closed, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&mb->sent, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&mb->signaled, 0, __ATOMIC_RELEASE);
     if (!mb->keep) {
         gn_lane_discard(&mb->lanes[GN_NORMAL]);
         gn_lane_discard(&mb->lanes[GN_HIGH]);
     }
     gn_release_waiters(mb, &out);
-    enif_mutex_unlock(mb->lock);
+    gn_unlock(mb);
     gn_outbox_flush(env, &out);
     /* may drop the last reference: last */
     gn_registry_remove(gn_current->registry, mb->reg_hash, mb);
@@ -447,9 +406,8 @@ int gn_mailbox_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
 /* ------------------------------------------------------------------------ */
 /* Owner side                                                                */
 
-static int gn_get_overflow(ErlNifEnv *env, ERL_NIF_TERM t, gn_overflow *out)
+static int gn_get_overflow(ERL_NIF_TERM t, gn_overflow *out)
 {
-    (void)env;
     if (enif_is_identical(t, gn_am_reject))
         *out = GN_REJECT;
     else if (enif_is_identical(t, gn_am_drop_newest))
@@ -492,25 +450,46 @@ static int gn_take_ownership(ErlNifEnv *env, gn_mailbox *mb)
     return 1;
 }
 
-/* mailbox_new(Capacity, Overflow, Keep) -> Ref | {error, already_exists}
+/* Reads a list of the atoms queue, keep and expire. */
+static int gn_get_flags(ErlNifEnv *env, ERL_NIF_TERM list, int *queue, int *keep, int *expire)
+{
+    ERL_NIF_TERM head, tail = list;
+    *queue = *keep = *expire = 0;
+    while (enif_get_list_cell(env, tail, &head, &tail)) {
+        if (enif_is_identical(head, gn_am_queue))
+            *queue = 1;
+        else if (enif_is_identical(head, gn_am_keep))
+            *keep = 1;
+        else if (enif_is_identical(head, gn_am_expire))
+            *expire = 1;
+        else
+            return 0;
+    }
+    return enif_is_empty_list(env, tail);
+}
+
+/* mailbox_new(Capacity, Overflow, Flags) -> Ref | {error, already_exists}
  * Creates the calling process's mailbox and registers it under its pid.
  * Capacity: pos_integer() | infinity; Overflow: reject | drop_newest |
- * drop_oldest | block; Keep: boolean(). */
+ * drop_oldest | block; Flags: a list of queue (queue mode), keep
+ * (keep_on_crash, needs queue) and expire (drop_expired_calls).
+ * drop_oldest needs queue mode: only a queued cast can be evicted. */
 ERL_NIF_TERM gn_mailbox_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
     ErlNifUInt64 cap;
     gn_overflow overflow;
     size_t capacity;
+    int queue, keep, expire;
     if (enif_is_identical(argv[0], gn_am_infinity))
         capacity = SIZE_MAX;
-    else if (enif_get_uint64(env, argv[0], &cap) && cap > 0)
+    else if (enif_get_uint64(env, argv[0], &cap) && cap > 0 && cap < SIZE_MAX)
         capacity = (size_t)cap;
     else
         return enif_make_badarg(env);
-    if (!gn_get_overflow(env, argv[1], &overflow))
+    if (!gn_get_overflow(argv[1], &overflow) || !gn_get_flags(env, argv[2], &queue, &keep, &expire))
         return enif_make_badarg(env);
-    if (!enif_is_identical(argv[2], gn_am_true) && !enif_is_identical(argv[2], gn_am_false))
+    if ((keep || overflow == GN_DROP_OLDEST) && !queue)
         return enif_make_badarg(env);
 
     gn_mailbox *mb = enif_alloc_resource(gn_mailbox_rtype, sizeof(*mb));
@@ -520,7 +499,9 @@ ERL_NIF_TERM gn_mailbox_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     mb->capacity = capacity;
     mb->overflow = overflow;
     mb->next_seq = 1; /* 0: requests put back in front by requeue */
-    mb->keep = enif_is_identical(argv[2], gn_am_true);
+    mb->queue = queue;
+    mb->keep = keep;
+    mb->expire = expire;
     mb->closed = 1; /* until owned: the destructor must not find it live */
     if (!(mb->lock = enif_mutex_create("gn_mailbox"))) {
         enif_release_resource(mb);
@@ -549,34 +530,44 @@ static gn_mailbox *gn_owned_mailbox(ErlNifEnv *env, ERL_NIF_TERM term)
     return mb;
 }
 
-/* mailbox_take(Ref, Max, Upto) -> [Request]
+/* mailbox_take(Ref, Max, Upto, Wake) -> [Request]
  * Pops up to Max requests, the high lane first, then normal requests whose
- * sequence number is at most Upto (or all: Upto = infinity), then admits
+ * sequence number is at most Upto (infinity: all; high: none), then admits
  * blocked senders into the room made. Calls queued before the last adoption
- * are skipped. Fewer than Max means the lanes were emptied or Upto reached;
- * emptying both lanes clears `signaled`, so the next request wakes the
- * owner again. */
+ * are skipped. Fewer than Max means the lanes were emptied or Upto reached.
+ * Wake = true when the owner is handling a wake: finding both lanes empty
+ * then clears `signaled`, so that the next request wakes the owner again,
+ * and lanes refilled by blocked senders get a wake of their own. */
 ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
     unsigned max;
     ErlNifUInt64 upto = UINT64_MAX;
+    int high_only = 0, wake;
     gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
     if (!mb || !enif_get_uint(env, argv[1], &max) || max == 0 || max > GN_MAILBOX_MAX_BATCH)
         return enif_make_badarg(env);
-    if (!enif_is_identical(argv[2], gn_am_infinity) && !enif_get_uint64(env, argv[2], &upto))
+    if (enif_is_identical(argv[2], gn_am_high))
+        high_only = 1;
+    else if (!enif_is_identical(argv[2], gn_am_infinity) && !enif_get_uint64(env, argv[2], &upto))
+        return enif_make_badarg(env);
+    if (enif_is_identical(argv[3], gn_am_true))
+        wake = 1;
+    else if (enif_is_identical(argv[3], gn_am_false))
+        wake = 0;
+    else
         return enif_make_badarg(env);
 
     ERL_NIF_TERM batch[GN_MAILBOX_MAX_BATCH];
     gn_chunk *done = NULL;
-    gn_outbox out = {NULL, gn_am_ok};
+    gn_outbox out = {NULL, mb->owner, 0};
     unsigned n = 0;
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
-        enif_mutex_unlock(mb->lock);
+        gn_unlock(mb);
         return enif_make_badarg(env);
     }
-    for (int l = GN_HIGH; l >= GN_NORMAL; l--) {
+    for (int l = GN_HIGH; l >= (high_only ? GN_HIGH : GN_NORMAL); l--) {
         gn_lane *lane = &mb->lanes[l];
         while (n < max && lane->len > 0) {
             if (l == GN_NORMAL && lane->first->items[lane->first->head].seq > upto)
@@ -590,55 +581,38 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
                 batch[n++] = enif_make_copy(env, item->term);
         }
     }
-    /* Senders admitted into the room made may refill the lanes after the
-     * owner saw a short batch: then the owner gets a wake, as from a sender. */
-    int refilled = 0;
     if (mb->waiting) {
-        size_t before = gn_queued(mb);
+        /* The owner is draining: a lane it refills needs no wake unless the
+         * drain ends with this take. */
+        int was = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
         gn_admit_waiters(mb, &out);
-        refilled = gn_queued(mb) > before;
+        if (wake && was && gn_queued(mb) > 0 && n < max)
+            out.wake = 1;
     }
-    gn_senders_reset_if_empty(mb);
-    if (gn_queued(mb) == 0)
+    if (wake && gn_queued(mb) == 0)
         __atomic_store_n(&mb->signaled, 0, __ATOMIC_RELEASE);
-    enif_mutex_unlock(mb->lock);
+    gn_unlock(mb);
     gn_chunks_free(done);
     gn_outbox_flush(env, &out);
-    if (refilled)
-        enif_send(env, &mb->owner, NULL, gn_am_wake);
     enif_consume_timeslice(env, 1 + (int)(n / 32));
     return enif_make_list_from_array(env, batch, n);
 }
 
-/* mailbox_watermark(Ref, [Pid] | any) -> Seq | none
- * How far the owner must drain the normal lane before it handles process
- * messages from these senders: the last request any of them still has
- * queued; none if they have nothing queued. `any` (a sender unknown): the
- * newest request queued. */
+/* mailbox_watermark(Ref) -> Seq | none
+ * The newest request in the normal lane: what the owner drains up to before
+ * it handles the process messages waiting now, since any of their senders
+ * may have known of anything queued before. none: the lane is empty. */
 ERL_NIF_TERM gn_mailbox_watermark_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
     gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
-    int any = enif_is_identical(argv[1], gn_am_any);
-    if (!mb || (!any && !enif_is_list(env, argv[1])))
+    if (!mb)
         return enif_make_badarg(env);
-    uint64_t mark = 0;
-    ERL_NIF_TERM head, tail = argv[1];
     enif_mutex_lock(mb->lock);
-    if ((any || mb->senders_overflow) && mb->lanes[GN_NORMAL].len > 0) {
-        mark = mb->next_seq - 1;
-    } else if (!any) {
-        ErlNifPid pid;
-        while (enif_get_list_cell(env, tail, &head, &tail)) {
-            if (!enif_get_local_pid(env, head, &pid))
-                continue;
-            uint64_t last = gn_sender_last(mb, &pid);
-            if (last > mark)
-                mark = last;
-        }
-    }
-    enif_mutex_unlock(mb->lock);
-    return mark ? enif_make_uint64(env, mark) : gn_am_none;
+    size_t len = mb->lanes[GN_NORMAL].len;
+    uint64_t mark = mb->next_seq - 1;
+    gn_unlock(mb);
+    return len ? enif_make_uint64(env, mark) : gn_am_none;
 }
 
 /* Which lane a request taken out goes back to: the high lane for the
@@ -648,14 +622,9 @@ static int gn_requeue_lane(ErlNifEnv *env, ERL_NIF_TERM item, int *is_call)
     const ERL_NIF_TERM *outer, *inner;
     int arity;
     *is_call = 0;
-    if (!enif_get_tuple(env, item, &arity, &outer) || arity < 2)
-        return GN_NORMAL;
-    if (arity == 3 && enif_is_identical(outer[0], gn_am_gn_call)) {
-        *is_call = 1;
-        return GN_NORMAL;
-    }
-    if (arity != 2 || !enif_is_identical(outer[0], gn_am_gn_high) ||
-        !enif_get_tuple(env, outer[1], &arity, &inner) || arity < 1)
+    if (!enif_get_tuple(env, item, &arity, &outer) || arity != 2 ||
+        !enif_is_identical(outer[0], gn_am_gn_high) || !enif_get_tuple(env, outer[1], &arity, &inner) ||
+        arity < 1)
         return GN_NORMAL;
     *is_call = enif_is_identical(inner[0], gn_am_call);
     return GN_HIGH;
@@ -670,7 +639,7 @@ ERL_NIF_TERM gn_mailbox_requeue_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     (void)argc;
     unsigned n;
     gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
-    if (!mb || !enif_get_list_length(env, argv[1], &n) || n > GN_MAILBOX_MAX_BATCH)
+    if (!mb || !mb->queue || !enif_get_list_length(env, argv[1], &n) || n > GN_MAILBOX_MAX_BATCH)
         return enif_make_badarg(env);
     gn_lane front[2] = {{NULL, NULL, 0}, {NULL, NULL, 0}};
     ERL_NIF_TERM head, tail = argv[1];
@@ -696,25 +665,54 @@ ERL_NIF_TERM gn_mailbox_requeue_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
         lane->len += front[l].len;
     }
     gn_note_length(mb);
-    enif_mutex_unlock(mb->lock);
+    gn_unlock(mb);
     return gn_am_ok;
 }
 
-/* mailbox_ack(Ref) -> ok
- * The owner has handled a direct cast. Also called for casts that did not
- * come through the mailbox (GenServer.cast), hence the floor at zero:
- * `inflight` only steers casts between the direct and the queued path. */
+/* Takes one off `sent`, not below zero: a cast sent with GenServer.cast was
+ * never counted. */
+static void gn_sent_dec(gn_mailbox *mb)
+{
+    size_t sent = __atomic_load_n(&mb->sent, __ATOMIC_RELAXED);
+    while (sent > 0 &&
+           !__atomic_compare_exchange_n(&mb->sent, &sent, sent - 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+        ;
+}
+
+/* mailbox_ack(Ref, What) -> ok | high
+ * The owner is about to handle a process message. What: cast (a
+ * {'$gen_cast', _}: in message mode one fewer is waiting, and a blocked
+ * sender may fit now), other (a call or any other message), or expired (a
+ * call whose caller gave up, which the owner skips: it moves from accepted
+ * to expired). Returns high when priority requests wait, to be handled
+ * first. */
 ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
     gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
-    if (!mb)
+    int cast = enif_is_identical(argv[1], gn_am_cast);
+    int expired = enif_is_identical(argv[1], gn_am_expired);
+    if (!mb || (!cast && !expired && !enif_is_identical(argv[1], gn_am_other)))
         return enif_make_badarg(env);
-    enif_mutex_lock(mb->lock);
-    if (mb->inflight > 0)
-        mb->inflight--;
-    enif_mutex_unlock(mb->lock);
-    return gn_am_ok;
+    if (expired) {
+        enif_mutex_lock(mb->lock);
+        __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
+        mb->expired++;
+        gn_unlock(mb);
+    } else if (cast && !mb->queue) {
+        if (gn_lock_free(mb)) {
+            gn_sent_dec(mb);
+        } else {
+            gn_outbox out = {NULL, mb->owner, 0};
+            enif_mutex_lock(mb->lock);
+            gn_sent_dec(mb);
+            if (mb->waiting && !mb->closed)
+                gn_admit_waiters(mb, &out);
+            gn_unlock(mb);
+            gn_outbox_flush(env, &out);
+        }
+    }
+    return __atomic_load_n(&mb->high_hint, __ATOMIC_ACQUIRE) ? gn_am_high : gn_am_ok;
 }
 
 /* mailbox_adopt(Ref) -> non_neg_integer() | not_ready
@@ -730,19 +728,19 @@ ERL_NIF_TERM gn_mailbox_adopt_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         return enif_make_badarg(env);
     enif_mutex_lock(mb->lock);
     if (!mb->closed && mb->keep) {
-        enif_mutex_unlock(mb->lock);
+        gn_unlock(mb);
         return gn_am_not_ready;
     }
     if (!mb->closed || !mb->keep || !gn_take_ownership(env, mb)) {
-        enif_mutex_unlock(mb->lock);
+        gn_unlock(mb);
         return enif_make_badarg(env);
     }
-    mb->closed = 0;
+    __atomic_store_n(&mb->closed, 0, __ATOMIC_RELEASE);
     mb->epoch++;
     size_t len = gn_queued(mb);
     /* The new owner wakes itself if anything waits. */
     __atomic_store_n(&mb->signaled, len > 0, __ATOMIC_RELEASE);
-    enif_mutex_unlock(mb->lock);
+    gn_unlock(mb);
     return enif_make_uint64(env, len);
 }
 
@@ -761,7 +759,7 @@ ERL_NIF_TERM gn_mailbox_discard_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
         gn_lane_discard(&mb->lanes[GN_NORMAL]);
         gn_lane_discard(&mb->lanes[GN_HIGH]);
     }
-    enif_mutex_unlock(mb->lock);
+    gn_unlock(mb);
     return gn_am_ok;
 }
 
@@ -810,33 +808,71 @@ static gn_mailbox *gn_cached_mailbox(ERL_NIF_TERM pid_term, const ErlNifPid *pid
     return mb;
 }
 
-/* Returns the live mailbox of `pid_term`, locked, or NULL if it has none. */
-static gn_mailbox *gn_lock_target(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifPid *pid)
+/* The mailbox of `pid_term`, live if it has one, not locked; NULL if none.
+ * A closed one is returned only when the pid has no live mailbox either:
+ * its requests are dropped, as send/2 to a dead process drops messages. */
+static gn_mailbox *gn_target(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifPid *pid)
 {
     if (!enif_get_local_pid(env, pid_term, pid))
         return NULL;
     gn_mailbox *mb = gn_cached_mailbox(pid_term, pid);
-    if (!mb)
-        return NULL;
-    enif_mutex_lock(mb->lock);
-    if (!mb->closed)
+    if (!mb || !__atomic_load_n(&mb->closed, __ATOMIC_ACQUIRE))
         return mb;
-    enif_mutex_unlock(mb->lock);
     gn_cache_forget(mb);
-    if (!(mb = gn_cached_mailbox(pid_term, pid)))
-        return NULL;
-    enif_mutex_lock(mb->lock);
-    return mb; /* possibly closed: the caller drops the request */
+    return gn_cached_mailbox(pid_term, pid);
+}
+
+/* Returns the mailbox of `pid_term` locked (possibly closed), or NULL. */
+static gn_mailbox *gn_lock_target(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifPid *pid)
+{
+    gn_mailbox *mb = gn_target(env, pid_term, pid);
+    if (mb)
+        enif_mutex_lock(mb->lock);
+    return mb;
+}
+
+/* Parks the caller as a blocked sender of `item` (0 for a call that waits
+ * for room only). Call with mb->lock held. Returns {wait, Tag}, or 0 when
+ * out of memory. */
+static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *self, ERL_NIF_TERM item,
+                             int lane, int is_call)
+{
+    gn_waiter *w = gn_alloc(sizeof(*w));
+    ErlNifEnv *wenv = w ? enif_alloc_env() : NULL;
+    if (!wenv) {
+        if (w)
+            gn_free(w);
+        return 0;
+    }
+    w->next = NULL;
+    w->pid = *self;
+    w->env = wenv;
+    w->tag = enif_make_ref(wenv);
+    w->item = item ? enif_make_copy(wenv, item) : 0;
+    w->result = gn_am_ok;
+    w->lane = lane;
+    w->is_call = is_call;
+    w->deliver = 0;
+    if (mb->wait_tail)
+        mb->wait_tail->next = w;
+    else
+        mb->wait_head = w;
+    mb->wait_tail = w;
+    mb->waiting++;
+    mb->waiting_lane[lane]++;
+    return enif_make_tuple2(env, gn_am_wait, enif_make_copy(env, w->tag));
 }
 
 /* mailbox_send(Pid, Item, Lane, Kind) ->
- *     ok | {ok, DroppedCall} | not_native | full | dropped | busy | {wait, Tag}
+ *     ok | deadline | {ok, DroppedCall} | not_native | full | dropped | {wait, Tag}
  *
- * Lane: normal | high. Kind: cast (Item is queued), call (Item, a call
- * wrapped by GenNative, is queued; never sent directly) or admit (a normal
- * call asks for room, nothing is queued; under overflow: block it gets
- * `busy` and comes back as a queued call, so that blocked calls keep their
- * order). See the top of this file for what each result means. */
+ * Lane: normal | high. Kind: cast (Item is a normal cast, or a wrapped
+ * priority cast), call (Item, a priority call wrapped by GenNative, is
+ * queued) or admit (a normal call asks for room; nothing is queued; it is
+ * told ok, or deadline when the server skips calls whose caller gave up, so
+ * the call must carry its deadline). A normal cast in message mode is sent
+ * to the owner as {'$gen_cast', Item} from here. See the top of this file
+ * for what each result means. */
 ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
@@ -854,39 +890,42 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     is_call = admit || enif_is_identical(argv[3], gn_am_call);
     if (!is_call && !enif_is_identical(argv[3], gn_am_cast))
         return enif_make_badarg(env);
-    if (admit && lane_ix != GN_NORMAL)
+    if ((admit && lane_ix != GN_NORMAL) || (is_call && !admit && lane_ix != GN_HIGH))
         return enif_make_badarg(env);
     gn_charge_enqueue(env);
 
-    if (admit) {
-        /* A call to an unbounded mailbox only needs counting. */
-        if (!enif_get_local_pid(env, argv[0], &pid))
-            return gn_am_not_native;
-        gn_mailbox *mb = gn_cached_mailbox(argv[0], &pid);
-        if (!mb)
-            return gn_am_not_native;
-        if (mb->capacity == SIZE_MAX) {
-            __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
-            return gn_am_ok;
-        }
-    }
-
-    gn_mailbox *mb = gn_lock_target(env, argv[0], &pid);
+    gn_mailbox *mb = gn_target(env, argv[0], &pid);
     if (!mb)
         return gn_am_not_native;
-    if (mb->closed) {
-        enif_mutex_unlock(mb->lock);
-        return gn_am_ok; /* dropped, as send/2 to a dead process is */
+    int direct = lane_ix == GN_NORMAL && !mb->queue; /* a message-mode cast or call */
+
+    if (direct && mb->capacity == SIZE_MAX) {
+        /* Unbounded message mode: count, and send; no lock. */
+        if (__atomic_load_n(&mb->closed, __ATOMIC_ACQUIRE))
+            return gn_am_ok; /* dropped, as send/2 to a dead process is */
+        __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
+        if (admit)
+            return gn_admitted(mb);
+        size_t sent = __atomic_add_fetch(&mb->sent, 1, __ATOMIC_RELAXED);
+        gn_note_max(mb, sent + __atomic_load_n(&mb->high_hint, __ATOMIC_RELAXED));
+        enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
+        return gn_am_ok;
     }
 
-    enum { QUEUED, DIRECT, WAKE, NONE } how = NONE;
+    enif_mutex_lock(mb->lock);
+    if (mb->closed) {
+        gn_unlock(mb);
+        return gn_am_ok;
+    }
+
+    enum { SEND, WAKE, NONE } how = NONE;
     ERL_NIF_TERM result = gn_am_ok;
     gn_chunk *done = NULL;
     gn_lane *lane = &mb->lanes[lane_ix];
     ErlNifPid self;
     enif_self(env, &self);
 
-    if (mb->waiting_lane[lane_ix] > 0 || lane->len >= mb->capacity) {
+    if (mb->waiting_lane[lane_ix] > 0 || gn_lane_len(mb, lane_ix) >= mb->capacity) {
         switch (mb->overflow) {
         case GN_REJECT:
             mb->rejected++;
@@ -899,7 +938,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         case GN_DROP_OLDEST:
             if (lane->len > 0) {
                 /* The evicted request moves from accepted to dropped, so
-                 * that accepted + rejected + dropped is what was sent. */
+                 * that the counters add up to what was sent. */
                 gn_item *old = gn_lane_pop(lane, &done);
                 __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
                 mb->dropped++;
@@ -907,75 +946,48 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
                     result = enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, old->term));
             }
             break;
-        case GN_BLOCK: {
-            if (admit) {
-                result = gn_am_busy;
-                goto unlock;
-            }
-            gn_waiter *w = gn_alloc(sizeof(*w));
-            ErlNifEnv *wenv = w ? enif_alloc_env() : NULL;
-            if (!wenv) {
-                if (w)
-                    gn_free(w);
-                enif_mutex_unlock(mb->lock);
+        case GN_BLOCK:
+            result = gn_block(env, mb, &self, admit ? 0 : argv[1], lane_ix, is_call);
+            if (!result) {
+                gn_unlock(mb);
                 return enif_raise_exception(env, enif_make_atom(env, "enomem"));
             }
-            w->next = NULL;
-            w->pid = self;
-            w->env = wenv;
-            w->tag = enif_make_ref(wenv);
-            w->item = enif_make_copy(wenv, argv[1]);
-            w->lane = lane_ix;
-            w->is_call = is_call;
-            if (mb->wait_tail)
-                mb->wait_tail->next = w;
-            else
-                mb->wait_head = w;
-            mb->wait_tail = w;
-            mb->waiting++;
-            mb->waiting_lane[lane_ix]++;
-            result = enif_make_tuple2(env, gn_am_wait, enif_make_copy(env, w->tag));
             goto unlock;
-        }
         }
     }
 
     __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
-    if (admit)
+    if (admit) {
+        if (result == gn_am_ok)
+            result = gn_admitted(mb);
         goto unlock;
-    int signaled = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
-    /* keep_on_crash mailboxes queue everything: a direct cast would die in
-     * the process mailbox with its owner. */
-    if (lane_ix == GN_NORMAL && !is_call && !mb->keep && !signaled && gn_queued(mb) == 0 &&
-        mb->inflight == 0) {
-        mb->inflight++;
-        how = DIRECT;
-    } else {
-        uint64_t seq = mb->next_seq;
-        if (!gn_lane_push(lane, argv[1], seq, mb->epoch, is_call)) {
-            __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
-            enif_mutex_unlock(mb->lock);
-            gn_chunks_free(done);
-            return enif_raise_exception(env, enif_make_atom(env, "enomem"));
-        }
-        mb->next_seq++;
-        if (lane_ix == GN_NORMAL)
-            gn_note_sender(mb, &self, seq);
+    }
+    if (direct) {
+        __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
         gn_note_length(mb);
-        how = QUEUED;
-        if (!signaled) {
-            __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
-            how = WAKE;
-        }
+        how = SEND;
+        goto unlock;
+    }
+    if (!gn_lane_push(lane, argv[1], mb->next_seq, mb->epoch, is_call)) {
+        __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
+        gn_unlock(mb);
+        gn_chunks_free(done);
+        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    }
+    mb->next_seq++;
+    gn_note_length(mb);
+    if (!__atomic_load_n(&mb->signaled, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
+        how = WAKE;
     }
 
 unlock:
-    enif_mutex_unlock(mb->lock);
+    gn_unlock(mb);
     gn_chunks_free(done);
     /* Sent from the caller's environment, so it is ordered with the caller's
      * other messages to the owner; fails only if the owner died (dropped, as
      * with send/2). */
-    if (how == DIRECT)
+    if (how == SEND)
         enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
     else if (how == WAKE)
         enif_send(env, &pid, NULL, gn_am_wake);
@@ -1008,10 +1020,10 @@ ERL_NIF_TERM gn_mailbox_cancel_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         }
     }
     /* Those behind it may fit now. */
-    gn_outbox out = {NULL, gn_am_ok};
+    gn_outbox out = {NULL, mb->owner, 0};
     if (found && mb->waiting && !mb->closed)
         gn_admit_waiters(mb, &out);
-    enif_mutex_unlock(mb->lock);
+    gn_unlock(mb);
     gn_outbox_flush(env, &out);
     if (!found)
         return gn_am_not_found;
@@ -1030,21 +1042,22 @@ ERL_NIF_TERM gn_mailbox_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     gn_mailbox *mb = gn_lock_target(env, argv[0], &pid);
     if (!mb)
         return gn_am_not_native;
-    ERL_NIF_TERM keys[] = {gn_am_length,   gn_am_high_length, gn_am_capacity,
-                           gn_am_overflow, gn_am_accepted,    gn_am_rejected,
-                           gn_am_dropped,  gn_am_max_length,  gn_am_blocked_senders};
+    ERL_NIF_TERM keys[] = {gn_am_length,  gn_am_high_length, gn_am_capacity, gn_am_overflow,
+                           gn_am_accepted, gn_am_rejected,   gn_am_dropped,  gn_am_expired,
+                           gn_am_max_length, gn_am_blocked_senders};
     ERL_NIF_TERM vals[] = {
-        enif_make_uint64(env, mb->lanes[GN_NORMAL].len),
+        enif_make_uint64(env, gn_normal_len(mb)),
         enif_make_uint64(env, mb->lanes[GN_HIGH].len),
         mb->capacity == SIZE_MAX ? gn_am_infinity : enif_make_uint64(env, mb->capacity),
         gn_make_overflow(mb->overflow),
         enif_make_uint64(env, __atomic_load_n(&mb->accepted, __ATOMIC_RELAXED)),
         enif_make_uint64(env, mb->rejected),
         enif_make_uint64(env, mb->dropped),
-        enif_make_uint64(env, mb->max_length),
+        enif_make_uint64(env, mb->expired),
+        enif_make_uint64(env, __atomic_load_n(&mb->max_length, __ATOMIC_RELAXED)),
         enif_make_uint64(env, mb->waiting),
     };
-    enif_mutex_unlock(mb->lock);
+    gn_unlock(mb);
     ERL_NIF_TERM map;
     enif_make_map_from_arrays(env, keys, vals, sizeof(keys) / sizeof(keys[0]), &map);
     return map;

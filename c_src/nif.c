@@ -18,7 +18,6 @@ static void gn_make_atoms(ErlNifEnv *env)
     gn_am_gen_cast = enif_make_atom(env, "$gen_cast");
     gn_am_wake = enif_make_atom(env, "$gn_wake");
     gn_am_gn_high = enif_make_atom(env, "$gn_high");
-    gn_am_gn_call = enif_make_atom(env, "$gn_call");
 #define GN_MAKE_ATOM(name) gn_am_##name = enif_make_atom(env, #name);
     GN_ATOMS_PLAIN(GN_MAKE_ATOM)
 #undef GN_MAKE_ATOM
@@ -90,9 +89,9 @@ static ErlNifFunc gn_funcs[] = {
     {"mailbox_new",      3,     gn_mailbox_new_nif,     0},
     {"mailbox_send",     4,     gn_mailbox_send_nif,    0},
     {"mailbox_cancel",   2,     gn_mailbox_cancel_nif,  0},
-    {"mailbox_take",     3,     gn_mailbox_take_nif,    0},
-    {"mailbox_watermark", 2,    gn_mailbox_watermark_nif, 0},
-    {"mailbox_ack",      1,     gn_mailbox_ack_nif,     0},
+    {"mailbox_take",     4,     gn_mailbox_take_nif,    0},
+    {"mailbox_watermark", 1,    gn_mailbox_watermark_nif, 0},
+    {"mailbox_ack",      2,     gn_mailbox_ack_nif,     0},
     {"mailbox_info",     1,     gn_mailbox_info_nif,    0},
     {"mailbox_adopt",    1,     gn_mailbox_adopt_nif,   0},
     {"mailbox_discard",  1,     gn_mailbox_discard_nif, 0},

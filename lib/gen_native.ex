@@ -193,9 +193,17 @@ defmodule GenNative do
           end
       end
 
+    # Every cast goes to handle_batch/2 when the module defines it.
+    handle_cast =
+      if Module.defines?(env.module, {:handle_batch, 2}) do
+        quote do: handle_batch([request], state)
+      else
+        quote do: super(request, state)
+      end
+
     quote location: :keep do
       unquote(init)
-      defoverridable init: 1, handle_cast: 2, handle_info: 2, terminate: 2
+      defoverridable init: 1, handle_call: 3, handle_cast: 2, handle_info: 2, terminate: 2
 
       def init(init_arg) do
         super(GenNative.Server.init_mailbox(__MODULE__, init_arg))
@@ -207,16 +215,33 @@ defmodule GenNative do
         GenNative.Server.after_terminate()
       end
 
+      # Before each process message: the mailbox is told, and priority
+      # requests waiting are handled first.
+      def handle_call(request, from, state) do
+        case GenNative.Server.before_call(__MODULE__, from, state) do
+          {:cont, state} -> super(request, from, state)
+          {:skip, state} -> {:noreply, state}
+          stop -> stop
+        end
+      end
+
       def handle_cast(request, state) do
-        GenNative.Server.ack()
-        super(request, state)
+        case GenNative.Server.before(__MODULE__, :cast, state) do
+          {:cont, state} -> unquote(handle_cast)
+          stop -> stop
+        end
       end
 
       def handle_info(:"$gn_wake", state) do
         GenNative.Server.handle_wake(__MODULE__, state)
       end
 
-      def handle_info(message, state), do: super(message, state)
+      def handle_info(message, state) do
+        case GenNative.Server.before(__MODULE__, :other, state) do
+          {:cont, state} -> super(message, state)
+          stop -> stop
+        end
+      end
 
       unquote(format_status)
     end
@@ -326,55 +351,70 @@ defmodule GenNative do
     {:ok, reply} -> reply
   end
 
-  # A normal call travels as a gen_server call once the mailbox admits it;
-  # under overflow: :block, a call that must wait is queued instead, so that
-  # blocked calls are handled in the order they came.
+  # A normal call travels as a gen_server call once the mailbox admits it
+  # (under overflow: :block, once there is room); to a server that skips
+  # calls whose caller gave up, with the caller's deadline in its tag.
   defp admitted_call(pid, server, request, timeout) do
     case Native.mailbox_send(pid, nil, :normal, :admit) do
       result when result in [:ok, :not_native] ->
         gen_call(pid, server, request, timeout, timeout)
 
-      :busy ->
-        queued_call(pid, server, request, timeout, :normal)
+      :deadline ->
+        deadline_call(pid, server, request, timeout, deadline(timeout))
+
+      {:wait, tag} ->
+        deadline = deadline(timeout)
+        loc = {__MODULE__, :call, [server, request, timeout]}
+
+        case wait_room(pid, tag, timeout) do
+          :ok -> gen_call(pid, server, request, timeout, remaining(timeout, deadline))
+          :deadline -> deadline_call(pid, server, request, timeout, deadline)
+          # the server died before the call reached it, as for a dead server
+          :closed -> exit({:noproc, loc})
+          :timeout -> exit({:timeout, loc})
+        end
 
       full when full in [:full, :dropped] ->
         exit({:mailbox_full, {__MODULE__, :call, [server, request, timeout]}})
     end
   end
 
-  defp high_call(pid, server, request, timeout),
-    do: queued_call(pid, server, request, timeout, :high)
-
-  # A queued call is answered by the server from its mailbox.
-  defp queued_call(pid, server, request, timeout, lane) do
+  defp deadline_call(pid, server, request, timeout, deadline) do
     mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
-    from = {self(), [:alias | mref]}
+    tag = call_tag(mref, deadline)
+    send(pid, {:"$gen_call", {self(), tag}, request})
+
+    await_reply(
+      mref,
+      tag,
+      {__MODULE__, :call, [server, request, timeout]},
+      remaining(timeout, deadline)
+    )
+  end
+
+  # A priority call is queued in the mailbox's high lane and answered by
+  # the server from there.
+  defp high_call(pid, server, request, timeout) do
+    deadline = deadline(timeout)
+    mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
+    tag = call_tag(mref, deadline)
     loc = {__MODULE__, :call, [server, request, timeout]}
 
-    item =
-      case lane do
-        :high -> {:"$gn_high", {:call, from, request}}
-        :normal -> {:"$gn_call", from, request}
-      end
-
-    case Native.mailbox_send(pid, item, lane, :call) do
+    case Native.mailbox_send(pid, {:"$gn_high", {:call, {self(), tag}, request}}, :high, :call) do
       :ok ->
-        await_reply(mref, loc, timeout)
+        await_reply(mref, tag, loc, remaining(timeout, deadline))
 
       {:ok, dropped} ->
         notify_dropped(dropped)
-        await_reply(mref, loc, timeout)
+        await_reply(mref, tag, loc, remaining(timeout, deadline))
 
       :not_native ->
         :erlang.demonitor(mref, [:flush])
         gen_call(pid, server, request, timeout, timeout)
 
-      {:wait, tag} ->
-        started = now()
-
-        case wait_room(pid, tag, timeout) do
-          :ok -> await_reply(mref, loc, remaining(timeout, started))
-          # the server died before the call reached it, as for a dead server
+      {:wait, wait_tag} ->
+        case wait_room(pid, wait_tag, timeout) do
+          :ok -> await_reply(mref, tag, loc, remaining(timeout, deadline))
           :closed -> give_up(mref, {:noproc, loc})
           :timeout -> give_up(mref, {:timeout, loc})
         end
@@ -384,12 +424,30 @@ defmodule GenNative do
     end
   end
 
-  defp await_reply(mref, loc, wait) do
+  # The tag of a call's `from`: gen_server's own shape, [:alias | mref],
+  # with the deadline (monotonic, native units) after it when the call
+  # has one; :gen.reply/2 answers both.
+  defp call_tag(mref, :infinity), do: [:alias | mref]
+  defp call_tag(mref, deadline), do: [[:alias | mref] | deadline]
+
+  defp deadline(:infinity), do: :infinity
+
+  defp deadline(timeout),
+    do: :erlang.monotonic_time() + :erlang.convert_time_unit(timeout, :millisecond, :native)
+
+  defp remaining(:infinity, _deadline), do: :infinity
+
+  defp remaining(_timeout, deadline) do
+    left = deadline - :erlang.monotonic_time()
+    max(:erlang.convert_time_unit(left, :native, :millisecond), 0)
+  end
+
+  defp await_reply(mref, tag, loc, wait) do
     receive do
-      {[:alias | ^mref], {:"$gn_mailbox_full", ^mref}} ->
+      {^tag, {:"$gn_mailbox_full", ^mref}} ->
         give_up(mref, {:mailbox_full, loc})
 
-      {[:alias | ^mref], reply} ->
+      {^tag, reply} ->
         :erlang.demonitor(mref, [:flush])
         reply
 
@@ -400,8 +458,8 @@ defmodule GenNative do
         :erlang.demonitor(mref, [:flush])
 
         receive do
-          {[:alias | ^mref], {:"$gn_mailbox_full", ^mref}} -> exit({:mailbox_full, loc})
-          {[:alias | ^mref], reply} -> reply
+          {^tag, {:"$gn_mailbox_full", ^mref}} -> exit({:mailbox_full, loc})
+          {^tag, reply} -> reply
         after
           0 -> exit({:timeout, loc})
         end
@@ -414,15 +472,14 @@ defmodule GenNative do
   end
 
   # The caller of a priority call dropped to make room exits at once.
-  defp notify_dropped({:"$gn_high", {:call, {_pid, [:alias | mref]} = from, _request}}) do
-    :gen.reply(from, {:"$gn_mailbox_full", mref})
-  end
-
-  defp notify_dropped({:"$gn_call", {_pid, [:alias | mref]} = from, _request}) do
-    :gen.reply(from, {:"$gn_mailbox_full", mref})
+  defp notify_dropped({:"$gn_high", {:call, {_pid, tag} = from, _request}}) do
+    :gen.reply(from, {:"$gn_mailbox_full", alias_of(tag)})
   end
 
   defp notify_dropped(_), do: :ok
+
+  defp alias_of([:alias | mref]), do: mref
+  defp alias_of([[:alias | mref] | _deadline]), do: mref
 
   # Blocked under overflow: :block until the mailbox says {tag, result}.
   defp wait_room(pid, tag, wait) do
@@ -441,11 +498,6 @@ defmodule GenNative do
         end
     end
   end
-
-  defp now, do: System.monotonic_time(:millisecond)
-
-  defp remaining(:infinity, _started), do: :infinity
-  defp remaining(timeout, started), do: max(timeout - (now() - started), 0)
 
   defp priority!([]), do: :normal
 
@@ -496,8 +548,16 @@ defmodule GenNative do
   def cast({:via, _, _} = server, request, options), do: cast_registered(server, request, options)
   def cast(server, request, _options), do: GenServer.cast(server, request)
 
+  # GenServer.cast/2 returns :ok whatever the name's module does; so do we.
   defp cast_registered(server, request, options) do
-    case whereis(server) do
+    pid =
+      try do
+        whereis(server)
+      catch
+        _kind, _reason -> nil
+      end
+
+    case pid do
       pid when is_pid(pid) and node(pid) == node() -> native_cast(pid, request, options)
       _ -> GenServer.cast(server, request)
     end

@@ -57,6 +57,7 @@ defmodule GenNative.Mailbox do
           | {:overflow, overflow()}
           | {:batch_size, pos_integer()}
           | {:keep_on_crash, boolean()}
+          | {:drop_expired_calls, boolean()}
 
   @type info :: %{
           length: non_neg_integer(),
@@ -66,11 +67,18 @@ defmodule GenNative.Mailbox do
           accepted: non_neg_integer(),
           rejected: non_neg_integer(),
           dropped: non_neg_integer(),
+          expired: non_neg_integer(),
           max_length: non_neg_integer(),
           blocked_senders: non_neg_integer()
         }
 
-  @defaults [capacity: :infinity, overflow: :reject, batch_size: 64, keep_on_crash: false]
+  @defaults [
+    capacity: :infinity,
+    overflow: :reject,
+    batch_size: 64,
+    keep_on_crash: false,
+    drop_expired_calls: false
+  ]
   @max_batch 1024
 
   @doc false
@@ -96,6 +104,7 @@ defmodule GenNative.Mailbox do
 
   defp check!({:batch_size, b}) when is_integer(b) and b > 0 and b <= @max_batch, do: :ok
   defp check!({:keep_on_crash, k}) when is_boolean(k), do: :ok
+  defp check!({:drop_expired_calls, d}) when is_boolean(d), do: :ok
 
   defp check!({:capacity, c}) do
     raise ArgumentError,
@@ -116,6 +125,11 @@ defmodule GenNative.Mailbox do
   defp check!({:keep_on_crash, k}) do
     raise ArgumentError,
           "invalid value for mailbox option :keep_on_crash, expected a boolean, got: #{inspect(k)}"
+  end
+
+  defp check!({:drop_expired_calls, d}) do
+    raise ArgumentError,
+          "invalid value for mailbox option :drop_expired_calls, expected a boolean, got: #{inspect(d)}"
   end
 
   defp check!({key, _}) do

@@ -18,25 +18,32 @@ defmodule GenNative.Native do
 
   @typep mailbox :: reference()
 
-  @spec mailbox_new(pos_integer() | :infinity, atom(), boolean()) ::
+  @spec mailbox_new(pos_integer() | :infinity, atom(), [:queue | :keep | :expire]) ::
           mailbox() | {:error, :already_exists}
-  def mailbox_new(_capacity, _overflow, _keep), do: :erlang.nif_error(:not_loaded)
+  def mailbox_new(_capacity, _overflow, _flags), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_send(pid(), term(), :normal | :high, :cast | :call | :admit) ::
-          :ok | {:ok, term()} | :not_native | :full | :dropped | :busy | {:wait, reference()}
+          :ok
+          | :deadline
+          | {:ok, term()}
+          | :not_native
+          | :full
+          | :dropped
+          | {:wait, reference()}
   def mailbox_send(_pid, _item, _lane, _kind), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_cancel(pid(), reference()) :: :cancelled | :not_found
   def mailbox_cancel(_pid, _tag), do: :erlang.nif_error(:not_loaded)
 
-  @spec mailbox_take(mailbox(), pos_integer(), pos_integer() | :infinity) :: [term()]
-  def mailbox_take(_mailbox, _max, _upto), do: :erlang.nif_error(:not_loaded)
+  @spec mailbox_take(mailbox(), pos_integer(), non_neg_integer() | :infinity | :high, boolean()) ::
+          [term()]
+  def mailbox_take(_mailbox, _max, _upto, _wake), do: :erlang.nif_error(:not_loaded)
 
-  @spec mailbox_watermark(mailbox(), [pid()] | :any) :: pos_integer() | :none
-  def mailbox_watermark(_mailbox, _senders), do: :erlang.nif_error(:not_loaded)
+  @spec mailbox_watermark(mailbox()) :: non_neg_integer() | :none
+  def mailbox_watermark(_mailbox), do: :erlang.nif_error(:not_loaded)
 
-  @spec mailbox_ack(mailbox()) :: :ok
-  def mailbox_ack(_mailbox), do: :erlang.nif_error(:not_loaded)
+  @spec mailbox_ack(mailbox(), :cast | :other | :expired) :: :ok | :high
+  def mailbox_ack(_mailbox, _what), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_info(pid()) :: map() | :not_native
   def mailbox_info(_pid), do: :erlang.nif_error(:not_loaded)

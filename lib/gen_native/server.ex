@@ -7,34 +7,43 @@ defmodule GenNative.Server do
   # (names, start options, calls, :sys, hibernation, timeouts, crash reports,
   # supervision) therefore stays exactly GenServer's.
   #
-  # What this module adds is the native mailbox (c_src/mailbox.c) for casts.
-  # A cast to an idle server arrives as an ordinary {:"$gen_cast", request}
-  # message and is acked here; otherwise casts wait in the C queue and the
-  # sender of the first one wakes us with :"$gn_wake". On a wake we take
-  # casts out in batches and run handle_cast/2 on each, as gen_server would,
-  # until the queue is empty; but if process messages are waiting (a call,
-  # a system message, anything), we only go on up to what is queued at that
-  # moment, with a wake of our own behind those messages for the rest. So
-  # whatever a process queued before it sent a message is handled before that
-  # message, and the process mailbox is never starved.
+  # What this module adds is the native mailbox (c_src/mailbox.c). In
+  # message mode (the default) a cast is admitted by the mailbox and then
+  # travels as the ordinary {:"$gen_cast", request} message, so the order of
+  # everything the server handles is the VM's, as for a GenServer; the
+  # wrappers only tell the mailbox a cast was handled. In queue mode
+  # (drop_oldest, keep_on_crash, batches) casts wait in the C queue and the
+  # sender of the first one wakes us with :"$gn_wake"; on a wake we take
+  # casts out in batches until the queue is empty, but if process messages
+  # are waiting, only up to what is queued at that moment, with a wake of our
+  # own behind them for the rest (see drain/5).
+  #
+  # Priority requests wait in the mailbox's high lane in both modes. Before
+  # any process message is handled, the wrappers ask the mailbox whether
+  # priority requests wait and handle those first; a wake covers an idle
+  # server.
   #
   # Calls are ordinary gen_server calls: a caller waits for its reply, so a
-  # call costs a message each way whatever carries it.
+  # call costs a message each way whatever carries it. With
+  # drop_expired_calls, GenNative.call puts the caller's deadline in the tag
+  # of `from`, and a call whose deadline has passed is not handled.
   @moduledoc false
 
   alias GenNative.Native
 
-  # the mailbox resource, or nil when init/1 ran outside a server
-  @mailbox :"$gn_mailbox"
-  # {batch_size, {handle_batch/2 exported?, keep_on_crash?}}
-  @config :"$gn_config"
+  # {mailbox, batch_size, mode}, where mode is {queue?, handle_batch/2
+  # exported?, keep_on_crash?, drop_expired_calls?}; {:running, _} while
+  # this module runs callbacks itself, so that the wrappers `use GenNative`
+  # puts around handle_cast/2 and handle_call/3 step aside; nil when init/1
+  # ran outside a server
+  @gn :"$gn"
   # keep_on_crash: requests taken out but not handled yet
   @pending :"$gn_pending"
   # {from, reply} of a priority call that returned {:stop, r, reply, s}
   @stop_reply :"$gn_stop_reply"
-  # while a queued cast is being handled: that cast, shaped as GenServer
-  # would have received it ({:"$gen_cast", request}), for crash reports and
-  # for the handle_cast/2 wrapper to tell a queued cast from a direct one
+  # while a request taken from the native mailbox is being handled: that
+  # request, shaped as GenServer would have received it ({:"$gen_cast", r}
+  # or {:"$gen_call", from, r}), for crash reports
   @last :"$gn_last_message"
 
   @doc false
@@ -66,19 +75,32 @@ defmodule GenNative.Server do
     # Only a server process gets a mailbox; a test that calls init/1
     # directly must not turn the test process into a native server.
     with {^module, :init, 1} <- Process.get(:"$initial_call"),
-         nil <- Process.get(@mailbox) do
-      ref = open_mailbox(module, opts, name)
-      Process.put(@mailbox, ref)
+         nil <- Process.get(@gn) do
       batch? = function_exported?(module, :handle_batch, 2)
-      Process.put(@config, {opts[:batch_size], {batch?, opts[:keep_on_crash]}})
+      mode = mode(opts, batch?)
+      Process.put(@gn, {open_mailbox(module, opts, name, mode), opts[:batch_size], mode})
     end
   end
 
-  defp open_mailbox(module, opts, name) do
+  @doc false
+  # Queue mode: casts wait in the native queue, for what only a queue can
+  # do: evict the oldest (drop_oldest), outlive the process
+  # (keep_on_crash), hand out batches. Otherwise casts are process
+  # messages, counted by the native mailbox.
+  def mode(opts, batch?) do
+    queue? =
+      opts[:overflow] == :drop_oldest or opts[:keep_on_crash] or
+        (batch? and opts[:batch_size] > 1)
+
+    {queue?, batch?, opts[:keep_on_crash], opts[:drop_expired_calls]}
+  end
+
+  defp open_mailbox(module, opts, name, {queue?, _batch?, keep?, expire?}) do
     capacity = opts[:capacity]
     overflow = opts[:overflow]
+    flags = for {flag, true} <- [queue: queue?, keep: keep?, expire: expire?], do: flag
 
-    if opts[:keep_on_crash] do
+    if keep? do
       if name == nil do
         raise ArgumentError, "mailbox option keep_on_crash: true requires a registered :name"
       end
@@ -86,13 +108,13 @@ defmodule GenNative.Server do
       ref =
         case GenNative.Janitor.adopt(name, module) do
           {:ok, ref} -> adopt(ref)
-          :none -> Native.mailbox_new(capacity, overflow, true)
+          :none -> Native.mailbox_new(capacity, overflow, flags)
         end
 
       GenNative.Janitor.keep(name, module, ref)
       ref
     else
-      Native.mailbox_new(capacity, overflow, false)
+      Native.mailbox_new(capacity, overflow, flags)
     end
   end
 
@@ -114,29 +136,95 @@ defmodule GenNative.Server do
   end
 
   @doc false
-  # handle_cast/2 wrapper: a cast that came as a message (directly, or from
-  # GenServer.cast) tells the mailbox one fewer direct cast is in flight.
-  def ack do
-    with nil <- Process.get(@last),
-         mailbox when mailbox != nil <- Process.get(@mailbox) do
-      Native.mailbox_ack(mailbox)
-    end
+  # Before handle_cast/2 (kind :cast) or handle_info/2 (:other) runs for a
+  # process message: the mailbox counts the cast as handled, and priority
+  # requests waiting are handled first. Returns {:cont, state} or a stop.
+  def before(module, kind, state) do
+    case Process.get(@gn) do
+      {mailbox, _, _} = gn ->
+        case Native.mailbox_ack(mailbox, kind) do
+          :ok -> {:cont, state}
+          :high -> run_high(module, gn, state)
+        end
 
-    :ok
+      _not_a_server_or_running ->
+        {:cont, state}
+    end
   end
 
   @doc false
-  # handle_info(:"$gn_wake", state)
-  def handle_wake(module, state) do
-    case Process.get(@mailbox) do
-      nil ->
-        {:noreply, state}
+  # Before handle_call/3: as before/2, and with drop_expired_calls a call
+  # whose caller gave up is skipped ({:skip, state}).
+  def before_call(module, from, state) do
+    case Process.get(@gn) do
+      {mailbox, _, {_, _, _, expire?}} = gn ->
+        kind = if expire? and expired?(from), do: :expired, else: :other
 
-      mailbox ->
-        case Process.get(@config) do
-          {_, {_, true}} -> drain_keeping(module, mailbox, state)
-          _ -> finish(drain(module, mailbox, state, :infinity, nil))
+        result =
+          case Native.mailbox_ack(mailbox, kind) do
+            :ok -> {:cont, state}
+            :high -> run_high(module, gn, state)
+          end
+
+        case result do
+          {:cont, state} when kind == :expired -> {:skip, state}
+          result -> result
         end
+
+      _not_a_server_or_running ->
+        {:cont, state}
+    end
+  end
+
+  # GenNative.call/3,4 puts the caller's deadline in the tag of `from`.
+  defp expired?({_pid, [[:alias | _] | deadline]}) when is_integer(deadline),
+    do: :erlang.monotonic_time() >= deadline
+
+  defp expired?(_from), do: false
+
+  # Priority requests overtake the process message about to be handled.
+  defp run_high(module, {mailbox, batch_size, mode} = gn, state) do
+    Process.put(@gn, {:running, gn})
+    result = take_high({module, mailbox, mode}, batch_size, state)
+    Process.put(@gn, gn)
+    finish(result)
+  end
+
+  defp take_high({_, mailbox, _} = ctx, batch_size, state) do
+    case Native.mailbox_take(mailbox, batch_size, :high, false) do
+      [] ->
+        {:cont, state}
+
+      requests ->
+        case handle_requests(ctx, requests, state, nil) do
+          # a short take emptied the lane
+          {:cont, state, _} when length(requests) < batch_size -> {:cont, state}
+          {:cont, state, _} -> take_high(ctx, batch_size, state)
+          stop -> stop
+        end
+    end
+  end
+
+  @doc false
+  # handle_info(:"$gn_wake", state): priority requests and, in queue mode,
+  # queued casts.
+  def handle_wake(module, state) do
+    case Process.get(@gn) do
+      {mailbox, batch_size, mode} = gn ->
+        Process.put(@gn, {:running, gn})
+        ctx = {module, mailbox, mode}
+
+        result =
+          case mode do
+            {_, _, true, _} -> drain_keeping(ctx, batch_size, state)
+            _ -> finish(drain(ctx, batch_size, state, :infinity, nil))
+          end
+
+        Process.put(@gn, gn)
+        result
+
+      _ ->
+        {:noreply, state}
     end
   end
 
@@ -152,10 +240,10 @@ defmodule GenNative.Server do
 
   # keep_on_crash: what was taken out and not handled when a callback
   # crashes or stops the server goes back to the mailbox for the next one.
-  defp drain_keeping(module, mailbox, state) do
+  defp drain_keeping({_, mailbox, _} = ctx, batch_size, state) do
     result =
       try do
-        drain(module, mailbox, state, :infinity, nil)
+        drain(ctx, batch_size, state, :infinity, nil)
       catch
         kind, reason ->
           requeue(mailbox)
@@ -178,8 +266,8 @@ defmodule GenNative.Server do
   end
 
   @doc false
-  # format_status/1: a crash report names the cast being handled, shaped as
-  # GenServer would have received it, not our wake message.
+  # format_status/1: a crash report names the request taken from the
+  # native mailbox that was being handled, not our wake message.
   def format_status(%{message: _} = status) do
     case Process.get(@last) do
       nil -> status
@@ -198,23 +286,26 @@ defmodule GenNative.Server do
     end
   end
 
-  # `upto` is :infinity (until the queue is empty) or the sequence number of
-  # the last normal request to take before returning to the process mailbox.
-  defp drain(module, mailbox, state, upto, timeout) do
-    {batch_size, mode} = Process.get(@config)
-
-    case Native.mailbox_take(mailbox, batch_size, upto) do
+  # On a wake: priority requests, then (queue mode) queued casts, in
+  # batches. Between two batches, if process messages wait (a call, a :sys
+  # request, an exit signal, anything), we go on only up to what is queued
+  # at that moment, since their senders may have queued it before sending
+  # them, then return to them with a wake of ours behind them for the rest.
+  # `upto` is :infinity, :high (priority requests only) or the sequence
+  # number of the last normal request to take.
+  defp drain({_, mailbox, _} = ctx, batch_size, state, upto, timeout) do
+    case Native.mailbox_take(mailbox, batch_size, upto, true) do
       [] ->
         reply(state, timeout)
 
       requests ->
-        case handle_requests(module, requests, mode, state, timeout) do
+        case handle_requests(ctx, requests, state, timeout) do
           {:cont, state, timeout} ->
             cond do
-              # a short take emptied the queue or reached `upto`
+              # a short take emptied the lanes or reached `upto`
               length(requests) < batch_size -> reply(state, timeout)
-              upto == :infinity -> continue(module, mailbox, state, timeout)
-              true -> drain(module, mailbox, state, upto, timeout)
+              upto == :infinity -> continue(ctx, batch_size, state, timeout)
+              true -> drain(ctx, batch_size, state, upto, timeout)
             end
 
           stop ->
@@ -223,57 +314,20 @@ defmodule GenNative.Server do
     end
   end
 
-  # Between two batches: if process messages wait (a call, a :sys request,
-  # an exit signal...), handle what their senders queued before them, then
-  # them, and a wake of ours goes behind them for the rest. A process that
-  # queued nothing waits at most one batch. A plain message does not say who
-  # sent it, so while one waits, everything queued at that moment comes
-  # first (its sender may have cast before sending it).
-  defp continue(module, mailbox, state, timeout) do
+  defp continue({_, mailbox, _} = ctx, batch_size, state, timeout) do
     case Process.info(self(), :message_queue_len) do
       {:message_queue_len, 0} ->
-        drain(module, mailbox, state, :infinity, timeout)
+        drain(ctx, batch_size, state, :infinity, timeout)
 
       _ ->
-        {:messages, messages} = Process.info(self(), :messages)
+        send(self(), :"$gn_wake")
 
-        case senders(messages, []) do
-          # only wakes, which this drain answers already
-          :wakes ->
-            drain(module, mailbox, state, :infinity, timeout)
-
-          senders ->
-            send(self(), :"$gn_wake")
-
-            case Native.mailbox_watermark(mailbox, senders) do
-              :none -> reply(state, timeout)
-              upto -> drain(module, mailbox, state, upto, timeout)
-            end
+        case Native.mailbox_watermark(mailbox) do
+          :none -> drain(ctx, batch_size, state, :high, timeout)
+          upto -> drain(ctx, batch_size, state, upto, timeout)
         end
     end
   end
-
-  # The senders of waiting messages; :any when one is unknown; :wakes when
-  # only wakes wait.
-  defp senders([], []), do: :wakes
-  defp senders([], acc), do: acc
-  defp senders([:"$gn_wake" | rest], acc), do: senders(rest, acc)
-  defp senders([{:system, {pid, _}, _} | rest], acc) when is_pid(pid), do: sender(rest, pid, acc)
-
-  defp senders([{:"$gen_call", {pid, _}, _} | rest], acc) when is_pid(pid),
-    do: sender(rest, pid, acc)
-
-  defp senders([{:EXIT, pid, _} | rest], acc) when is_pid(pid), do: sender(rest, pid, acc)
-
-  defp senders([{:DOWN, _, :process, pid, _} | rest], acc) when is_pid(pid),
-    do: sender(rest, pid, acc)
-
-  # A direct cast was sent when nothing was queued: it comes before all that
-  # is queued now, so the drain stops for it (its sender needs no mark).
-  defp senders([{:"$gen_cast", _} | rest], acc), do: sender(rest, nil, acc)
-  defp senders([_plain | _], _acc), do: :any
-
-  defp sender(rest, pid, acc), do: senders(rest, [pid | acc])
 
   # A timeout or :hibernate returned by the last request handled applies
   # only if nothing else is handled after it, as in GenServer.
@@ -281,48 +335,62 @@ defmodule GenNative.Server do
   defp reply(state, timeout), do: {:noreply, state, timeout}
 
   # Priority requests come first in a take, wrapped as {:"$gn_high", _};
-  # then normal casts, bare. `mode` is {handle_batch/2 exported?,
-  # keep_on_crash?}; with keep_on_crash the requests not handled yet are
-  # kept in @pending, to go back to the mailbox if a callback crashes.
-  defp handle_requests(_module, [], _mode, state, timeout), do: {:cont, state, timeout}
+  # then normal casts, bare. `mode` is {queue?, handle_batch/2 exported?,
+  # keep_on_crash?, drop_expired_calls?}; with keep_on_crash the requests
+  # not handled yet are kept in @pending, to go back to the mailbox if a
+  # callback crashes.
+  defp handle_requests(_ctx, [], state, timeout), do: {:cont, state, timeout}
 
-  defp handle_requests(module, [{:"$gn_high", {:call, from, request}} | rest], mode, state, _) do
+  defp handle_requests(ctx, [{:"$gn_high", {:call, from, request}} | rest], state, timeout) do
+    {module, mailbox, {_, _, _, expire?} = mode} = ctx
     track(mode, rest)
-    Process.put(@last, {:"$gen_call", from, request})
 
-    case call_result(module, from, run(fn -> module.handle_call(request, from, state) end), state) do
-      {:cont, state, timeout} -> handle_requests(module, rest, mode, state, timeout)
-      stop -> stop
+    if expire? and expired?(from) do
+      Native.mailbox_ack(mailbox, :expired)
+      handle_requests(ctx, rest, state, timeout)
+    else
+      Process.put(@last, {:"$gen_call", from, request})
+
+      case call_result(
+             module,
+             from,
+             run(fn -> module.handle_call(request, from, state) end),
+             state
+           ) do
+        {:cont, state, timeout} -> handle_requests(ctx, rest, state, timeout)
+        stop -> stop
+      end
     end
   end
 
-  defp handle_requests(module, [{:"$gn_call", from, request} | rest], mode, state, _) do
-    # a normal call that waited for room under overflow: :block
-    handle_requests(module, [{:"$gn_high", {:call, from, request}} | rest], mode, state, nil)
-  end
-
-  defp handle_requests(module, [{:"$gn_high", {:cast, request}} | rest], mode, state, _) do
+  defp handle_requests(ctx, [{:"$gn_high", {:cast, request}} | rest], state, _) do
+    {module, _, {_, batch?, _, _} = mode} = ctx
     track(mode, rest)
     Process.put(@last, {:"$gen_cast", request})
 
-    case noreply(module, run(fn -> module.handle_cast(request, state) end), state) do
-      {:cont, state, timeout} -> handle_requests(module, rest, mode, state, timeout)
+    result =
+      if batch?,
+        do: run(fn -> module.handle_batch([request], state) end),
+        else: run(fn -> module.handle_cast(request, state) end)
+
+    case noreply(module, result, state) do
+      {:cont, state, timeout} -> handle_requests(ctx, rest, state, timeout)
       stop -> stop
     end
   end
 
-  defp handle_requests(module, requests, {true, _} = mode, state, _timeout) do
+  defp handle_requests({module, _, {_, true, _, _} = mode} = ctx, requests, state, _timeout) do
     {batch, rest} = Enum.split_while(requests, &(not wrapped?(&1)))
     track(mode, rest)
     Process.put(@last, {:"$gen_cast", {:"$gn_batch", batch}})
 
     case noreply(module, run(fn -> module.handle_batch(batch, state) end), state) do
-      {:cont, state, timeout} -> handle_requests(module, rest, mode, state, timeout)
+      {:cont, state, timeout} -> handle_requests(ctx, rest, state, timeout)
       stop -> stop
     end
   end
 
-  defp handle_requests(module, [request | rest], mode, state, _timeout) do
+  defp handle_requests({module, _, mode} = ctx, [request | rest], state, _timeout) do
     track(mode, rest)
     Process.put(@last, {:"$gen_cast", request})
 
@@ -335,17 +403,16 @@ defmodule GenNative.Server do
       end
 
     case noreply(module, result, state) do
-      {:cont, state, timeout} -> handle_requests(module, rest, mode, state, timeout)
+      {:cont, state, timeout} -> handle_requests(ctx, rest, state, timeout)
       stop -> stop
     end
   end
 
-  defp track({_, true}, rest), do: Process.put(@pending, rest)
+  defp track({_, _, true, _}, rest), do: Process.put(@pending, rest)
   defp track(_mode, _rest), do: :ok
 
-  # priority requests and queued calls end a batch
+  # priority requests end a batch
   defp wrapped?({:"$gn_high", _}), do: true
-  defp wrapped?({:"$gn_call", _, _}), do: true
   defp wrapped?(_), do: false
 
   # A throw in a callback is taken as its return value, as in gen_server.

@@ -19,12 +19,16 @@ defmodule GenNative.NativeTest do
     def handle_cast(_request, state), do: {:noreply, state}
 
     @impl true
-    def handle_call(:mailbox, _from, state),
-      do: {:reply, Process.get(:"$gn_mailbox"), state}
+    def handle_call(:mailbox, _from, state) do
+      {mailbox, _batch_size, _mode} = Process.get(:"$gn")
+      {:reply, mailbox, state}
+    end
   end
 
-  defp start_sink do
-    {:ok, pid} = GenNative.start(Sink, self())
+  # Queue mode (drop_oldest) keeps casts in the C queue, where work grows
+  # with what is queued; message mode (the default) only counts them.
+  defp start_sink(mailbox \\ []) do
+    {:ok, pid} = GenNative.start(Sink, self(), mailbox: mailbox)
     pid
   end
 
@@ -34,7 +38,7 @@ defmodule GenNative.NativeTest do
 
     pid =
       spawn(fn ->
-        send(test, {:mailbox, Native.mailbox_new(:infinity, :reject, false)})
+        send(test, {:mailbox, Native.mailbox_new(:infinity, :reject, [:queue])})
 
         receive do
           :stop -> :ok
@@ -51,15 +55,15 @@ defmodule GenNative.NativeTest do
       forged = :erlang.binary_to_term(:erlang.term_to_binary(make_ref()))
 
       for bad <- [make_ref(), forged, :atomics.new(1, []), :not_a_ref, 123, self()] do
-        assert_raise ArgumentError, fn -> Native.mailbox_take(bad, 1, :infinity) end
-        assert_raise ArgumentError, fn -> Native.mailbox_ack(bad) end
+        assert_raise ArgumentError, fn -> Native.mailbox_take(bad, 1, :infinity, true) end
+        assert_raise ArgumentError, fn -> Native.mailbox_ack(bad, :cast) end
       end
     end
 
     test "a handle owned by another process is rejected" do
       {owner, ref} = spawn_owner()
-      assert_raise ArgumentError, fn -> Native.mailbox_take(ref, 1, :infinity) end
-      assert_raise ArgumentError, fn -> Native.mailbox_ack(ref) end
+      assert_raise ArgumentError, fn -> Native.mailbox_take(ref, 1, :infinity, true) end
+      assert_raise ArgumentError, fn -> Native.mailbox_ack(ref, :cast) end
       send(owner, :stop)
     end
 
@@ -68,8 +72,8 @@ defmodule GenNative.NativeTest do
       ref = GenNative.call(pid, :mailbox)
       assert is_reference(ref)
       GenNative.stop(pid)
-      assert_raise ArgumentError, fn -> Native.mailbox_take(ref, 1, :infinity) end
-      assert_raise ArgumentError, fn -> Native.mailbox_ack(ref) end
+      assert_raise ArgumentError, fn -> Native.mailbox_take(ref, 1, :infinity, true) end
+      assert_raise ArgumentError, fn -> Native.mailbox_ack(ref, :cast) end
       # sending to a dead native server is a no-op, as send/2 is
       assert :ok = GenNative.cast(pid, :late)
     end
@@ -78,13 +82,13 @@ defmodule GenNative.NativeTest do
       parent = self()
 
       spawn_link(fn ->
-        ref = Native.mailbox_new(:infinity, :reject, false)
+        ref = Native.mailbox_new(:infinity, :reject, [:queue])
 
         for bad <- [0, -1, 1025, :x, 1.0] do
-          assert_raise ArgumentError, fn -> Native.mailbox_take(ref, bad, :infinity) end
+          assert_raise ArgumentError, fn -> Native.mailbox_take(ref, bad, :infinity, true) end
         end
 
-        assert [] = Native.mailbox_take(ref, 1024, :infinity)
+        assert [] = Native.mailbox_take(ref, 1024, :infinity, true)
         send(parent, :done)
       end)
 
@@ -100,14 +104,19 @@ defmodule GenNative.NativeTest do
     end
 
     test "mailbox_new, send, adopt and discard reject bad arguments" do
-      for {cap, ov, keep} <- [
-            {0, :reject, false},
-            {-1, :reject, false},
-            {:x, :reject, false},
-            {1, :nope, false},
-            {1, :reject, :maybe}
+      for {cap, ov, flags} <- [
+            {0, :reject, []},
+            {-1, :reject, []},
+            {:x, :reject, []},
+            {1, :nope, []},
+            {1, :reject, :maybe},
+            {1, :reject, [:nope]},
+            {1, :reject, [:queue | :tail]},
+            # keep_on_crash and drop_oldest need the queue
+            {1, :reject, [:keep]},
+            {1, :drop_oldest, []}
           ] do
-        assert_raise ArgumentError, fn -> Native.mailbox_new(cap, ov, keep) end
+        assert_raise ArgumentError, fn -> Native.mailbox_new(cap, ov, flags) end
       end
 
       pid = start_sink()
@@ -115,7 +124,11 @@ defmodule GenNative.NativeTest do
       assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :normal, :shout) end
       # only a normal call asks for admission
       assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :high, :admit) end
-      assert_raise ArgumentError, fn -> Native.mailbox_take(make_ref(), 1, -1) end
+      # only a priority call is queued
+      assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :normal, :call) end
+      assert_raise ArgumentError, fn -> Native.mailbox_ack(make_ref(), :sideways) end
+      assert_raise ArgumentError, fn -> Native.mailbox_take(make_ref(), 1, :infinity, :maybe) end
+      assert_raise ArgumentError, fn -> Native.mailbox_take(make_ref(), 1, -1, true) end
       assert_raise ArgumentError, fn -> Native.mailbox_cancel(pid, :not_a_ref) end
 
       for bad <- [make_ref(), :atomics.new(1, []), :x] do
@@ -132,8 +145,8 @@ defmodule GenNative.NativeTest do
       parent = self()
 
       spawn_link(fn ->
-        assert is_reference(Native.mailbox_new(:infinity, :reject, false))
-        assert {:error, :already_exists} = Native.mailbox_new(:infinity, :reject, false)
+        assert is_reference(Native.mailbox_new(:infinity, :reject, [:queue]))
+        assert {:error, :already_exists} = Native.mailbox_new(:infinity, :reject, [:queue])
         send(parent, :done)
       end)
 
@@ -168,7 +181,7 @@ defmodule GenNative.NativeTest do
     payload = {:item, "some binary", [1, 2, 3], %{k: :v}}
 
     # A server with a million queued casts, filled by 4 producers.
-    server = start_sink()
+    server = start_sink(overflow: :drop_oldest)
     :ok = :sys.suspend(server)
     run_all(4, fn -> for i <- 1..250_000, do: GenNative.cast(server, {payload, i}) end)
 
@@ -193,7 +206,7 @@ defmodule GenNative.NativeTest do
 
         drainer =
           spawn(fn ->
-            ref = Native.mailbox_new(:infinity, :reject, false)
+            ref = Native.mailbox_new(:infinity, :reject, [:queue])
             send(parent, {:drainer_ready, self()})
 
             receive do
@@ -208,8 +221,7 @@ defmodule GenNative.NativeTest do
         end)
 
         send(drainer, :go)
-        # the first cast travelled as a direct message
-        assert_receive {:drained, 199_999}, 60_000
+        assert_receive {:drained, 200_000}, 60_000
 
         # Destroying the server with its million pending terms.
         ref = Process.monitor(server)
@@ -225,7 +237,7 @@ defmodule GenNative.NativeTest do
   end
 
   defp drain(ref, count) do
-    case isolated(fn -> Native.mailbox_take(ref, 1024, :infinity) end) do
+    case isolated(fn -> Native.mailbox_take(ref, 1024, :infinity, true) end) do
       [] -> count
       items -> drain(ref, count + length(items))
     end
@@ -237,8 +249,8 @@ defmodule GenNative.NativeTest do
     @tag :memory
     test "starting and stopping 100k servers with queued work leaves memory flat" do
       churn = fn n ->
-        for _ <- 1..n do
-          pid = start_sink()
+        for i <- 1..n do
+          pid = start_sink(if rem(i, 2) == 0, do: [overflow: :drop_oldest], else: [])
           :ok = :sys.suspend(pid)
           for i <- 1..5, do: GenNative.cast(pid, {:work, i, "payload"})
           GenNative.stop(pid)
@@ -258,7 +270,7 @@ defmodule GenNative.NativeTest do
     @tag :memory
     test "a killed server's queue of a million terms is freed" do
       before = settled_memory()
-      pid = start_sink()
+      pid = start_sink(overflow: :drop_oldest)
       :ok = :sys.suspend(pid)
       for i <- 1..1_000_000, do: GenNative.cast(pid, {:work, i, "payload"})
       loaded = :erlang.memory(:total)
