@@ -340,6 +340,22 @@ defmodule GenNative.MailboxBusyTest do
       end
     end
 
+    # The server is released the moment the caller has exited: a caller
+    # that gives up before its deadline has passed (a wait rounded down to
+    # the millisecond) would have its call run.
+    test "true: a call is not run once its caller has exited, even just after" do
+      for _ <- 1..@runs do
+        pid = start_server(drop_expired_calls: true)
+        held = hold(pid)
+        assert catch_exit(GenNative.call(pid, :late, 100)) == {:timeout, loc(pid, :late, 100)}
+
+        release(pid, held)
+        assert sync_events(pid) == []
+        assert %{expired: 1} = i = info(pid)
+        assert sent(i) == 2
+      end
+    end
+
     test "true: a high-priority call whose caller timed out is not run either" do
       for _ <- 1..@runs do
         pid = start_server(drop_expired_calls: true)
