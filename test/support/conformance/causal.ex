@@ -160,7 +160,7 @@ defmodule Conformance.Causal do
   @doc """
   Runs `scripts` against `server` with client module `gen`. Returns
   `{issued, observations}`: how many requests each process sent, and
-  `{clock, handled_ids}` for every `:sys.get_state/1`.
+  `{process, clock, handled_ids}` for every `:sys.get_state/1`.
   """
   def run(gen, server, scripts, timeout \\ 60_000) do
     test = self()
@@ -240,7 +240,8 @@ defmodule Conformance.Causal do
   end
 
   defp observe(acc, log) do
-    %{acc | obs: [{acc.clock, Enum.map(log, fn {_kind, id, _deps} -> id end)} | acc.obs]}
+    ids = Enum.map(log, fn {_kind, id, _deps} -> id end)
+    %{acc | obs: [{acc.p, acc.clock, ids} | acc.obs]}
   end
 
   @doc """
@@ -280,12 +281,38 @@ defmodule Conformance.Causal do
       end)
 
     observed =
-      for {clock, seen} <- observations,
+      for {p, clock, seen} <- observations,
           missing = before(clock) -- seen,
           missing != [],
-          do: {:get_state_missed, missing}
+          do: {:get_state_missed, {:by, p, kinds_of(missing, kinds)}}
 
     count ++ Enum.reverse(order) ++ observed
+  end
+
+  # {id, kind} for each id, ranges of consecutive ids of one kind shortened
+  defp kinds_of(ids, kinds) do
+    ids
+    |> Enum.sort()
+    |> Enum.chunk_while(
+      nil,
+      fn
+        {q, k}, {q, first, last, kind} = run ->
+          if k == last + 1 and kinds[{q, k}] == kind,
+            do: {:cont, {q, first, k, kind}},
+            else: {:cont, run, {q, k, k, kinds[{q, k}]}}
+
+        {q, k}, nil ->
+          {:cont, {q, k, k, kinds[{q, k}]}}
+
+        {q, k}, run ->
+          {:cont, run, {q, k, k, kinds[{q, k}]}}
+      end,
+      fn
+        nil -> {:cont, nil}
+        run -> {:cont, run, nil}
+      end
+    )
+    |> Enum.map(fn {q, first, last, kind} -> {kind, {q, first..last}} end)
   end
 
   defp before(clock), do: for({q, n} <- clock, k <- 1..n//1, do: {q, k})
