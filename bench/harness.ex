@@ -44,6 +44,16 @@ defmodule GenNative.Bench do
   only part of their work (see `concurrently/2`). The harness reports the
   median over runs.
 
+  ## Spread of the ratio
+
+  The last column, "ratio spread (min..max)", shows how much the ratio moved
+  between paired runs: run `i` of the peer against run `i` of GenNative (the
+  two are measured back to back), each ratio oriented as the row's, then the
+  smallest and largest of them. For a latency row, each run's own median or
+  p99 is used. Custom rows have no paired runs and show "n/a" there. An A/A
+  scenario (the same thing on both sides) shows the noise floor: a ratio
+  inside its spread is no evidence of a difference.
+
   Every measured run executes in a fresh process, so mailboxes and heaps do not
   carry over between runs or sides.
 
@@ -97,7 +107,8 @@ defmodule GenNative.Bench do
           unit: unit(),
           peer: float() | nil,
           native: float(),
-          ratio: float() | nil
+          ratio: float() | nil,
+          spread: {float(), float()} | nil
         }
 
   # Latency samples are kept in a list for the whole run; a large initial heap
@@ -460,15 +471,34 @@ defmodule GenNative.Bench do
     peer = latency_stats(peer_runs)
     native = latency_stats(native_runs)
     of = if samples, do: ", #{samples} samples", else: ""
+    per_run = fn runs, key -> Enum.map(runs, &(latency_stats([&1]) |> Map.fetch!(key))) end
 
     for {key, label} <- [median: "median latency (us)", p99: "p99 latency (us)"] do
-      row(name, label <> of, :latency_us, peer[key], native[key])
+      name
+      |> row(label <> of, :latency_us, peer[key], native[key])
+      |> with_spread(per_run.(peer_runs, key), per_run.(native_runs, key))
     end
   end
 
   defp rows(name, :ops_per_s, peer_runs, native_runs, opts, _samples) do
     label = "ops/s, median of #{Keyword.fetch!(opts, :runs)} runs"
-    [row(name, label, :ops_per_s, throughput(peer_runs), throughput(native_runs))]
+
+    row =
+      name
+      |> row(label, :ops_per_s, throughput(peer_runs), throughput(native_runs))
+      |> with_spread(
+        Enum.map(peer_runs, &run_throughput/1),
+        Enum.map(native_runs, &run_throughput/1)
+      )
+
+    [row]
+  end
+
+  # The smallest and largest ratio of paired runs (run i of each side, which
+  # ran back to back), each oriented as the row's ratio.
+  defp with_spread(row, peer_values, native_values) do
+    ratios = Enum.zip_with(peer_values, native_values, &ratio_of(row.unit, &1, &2))
+    %{row | spread: Enum.min_max(ratios)}
   end
 
   @doc """
@@ -479,15 +509,21 @@ defmodule GenNative.Bench do
   """
   @spec row(String.t(), String.t(), unit(), number() | nil, number()) :: row()
   def row(name, metric, unit, peer, native) when unit in [:latency_us, :ops_per_s, :bytes] do
-    ratio =
-      case unit do
-        _ when peer == nil -> nil
-        :ops_per_s -> native / max(peer, 1.0e-9)
-        _ -> peer / max(native, 1.0e-9)
-      end
+    ratio = if peer == nil, do: nil, else: ratio_of(unit, peer, native)
 
-    %{scenario: name, metric: metric, unit: unit, peer: peer, native: native, ratio: ratio}
+    %{
+      scenario: name,
+      metric: metric,
+      unit: unit,
+      peer: peer,
+      native: native,
+      ratio: ratio,
+      spread: nil
+    }
   end
+
+  defp ratio_of(:ops_per_s, peer, native), do: native / max(peer, 1.0e-9)
+  defp ratio_of(_unit, peer, native), do: peer / max(native, 1.0e-9)
 
   @doc """
   `%{median: us, p99: us, max: us, count: n}` of latency samples given in
@@ -524,9 +560,11 @@ defmodule GenNative.Bench do
     }
   end
 
+  defp run_throughput({ops, elapsed, _}), do: ops / seconds(max(elapsed, 1))
+
   defp throughput(runs) do
     runs
-    |> Enum.map(fn {ops, elapsed, _} -> ops / seconds(max(elapsed, 1)) end)
+    |> Enum.map(&run_throughput/1)
     |> Enum.sort()
     |> List.to_tuple()
     |> median()
@@ -563,12 +601,20 @@ defmodule GenNative.Bench do
       "metric",
       peer_label,
       native_label,
-      "#{native_label}/#{peer_label} (>1 = #{native_label} better)"
+      "#{native_label}/#{peer_label} (>1 = #{native_label} better)",
+      "ratio spread (min..max)"
     ]
 
     body =
       for r <- rows do
-        [r.scenario, r.metric, format(r.unit, r.peer), format(r.unit, r.native), ratio(r.ratio)]
+        [
+          r.scenario,
+          r.metric,
+          format(r.unit, r.peer),
+          format(r.unit, r.native),
+          ratio(r.ratio),
+          spread(Map.get(r, :spread))
+        ]
       end
 
     method =
@@ -589,7 +635,7 @@ defmodule GenNative.Bench do
       """
       #{method} Suite wall time #{:erlang.float_to_binary(wall_s, decimals: 1)} s.
 
-      #{table([header | body], [:left, :left, :right, :right, :right])}
+      #{table([header | body], [:left, :left, :right, :right, :right, :right])}
       """ <> notes
   end
 
@@ -639,6 +685,9 @@ defmodule GenNative.Bench do
 
   defp ratio(nil), do: "n/a"
   defp ratio(r), do: :erlang.float_to_binary(r / 1, decimals: 2)
+
+  defp spread(nil), do: "n/a"
+  defp spread({min, max}), do: ratio(min) <> ".." <> ratio(max)
 
   @doc false
   def thousands(n) when n < 0, do: "-" <> thousands(-n)

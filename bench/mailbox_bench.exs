@@ -1,6 +1,13 @@
 # The mailbox suite: the same counter server as a GenServer and as a GenNative
 # server, called and cast to through each one's own client API.
 #
+# The cast rows are repeated against a GenServer started with
+# `spawn_opt: [message_queue_data: :off_heap]` (OTP 25 delivers signals to
+# such a process from several senders in parallel), the other GenServer
+# setting issue 9 asks the design to be measured against; and as A/A rows,
+# a plain GenServer on both sides, whose ratio spread is the noise floor of
+# the cast rows on this machine.
+#
 #     bin/bench mailbox
 #     GN_BENCH_QUICK=1 bin/bench mailbox
 
@@ -44,7 +51,9 @@ defmodule GenNative.Bench.Mailbox do
   def scenarios do
     [latency()] ++
       Enum.map([1, 8, 64], &call_throughput/1) ++
-      Enum.map([1, 4], &cast_throughput/1)
+      Enum.map([1, 4], &cast_throughput(&1, :default)) ++
+      Enum.map([1, 4], &cast_throughput(&1, :off_heap)) ++
+      Enum.map([1, 4], &cast_throughput(&1, :a_a))
   end
 
   defp latency do
@@ -80,7 +89,11 @@ defmodule GenNative.Bench.Mailbox do
   # End to end: each producer sends n casts, then one call, which the server
   # handles after all of that producer's casts; the clock stops when the last
   # producer's call returns, so every cast has been handled, not just queued.
-  defp cast_throughput(producers) do
+  #
+  # `against` picks the two sides: `:default` (GenServer against GenNative),
+  # `:off_heap` (a GenServer with message_queue_data: :off_heap against
+  # GenNative), `:a_a` (a plain GenServer on both sides).
+  defp cast_throughput(producers, against) do
     run = fn {mod, pid}, n ->
       GenNative.Bench.checked(mod, pid, producers * n, fn ->
         Bench.concurrently(producers, fn _ ->
@@ -90,25 +103,63 @@ defmodule GenNative.Bench.Mailbox do
       end)
     end
 
+    name = "cast throughput, #{producers} producer#{if producers > 1, do: "s"}"
+
+    {name, setup} =
+      case against do
+        :default ->
+          {name, &setup/0}
+
+        :off_heap ->
+          {name <> " (peer: GenServer with message_queue_data: :off_heap)",
+           fn -> setup(peer: :off_heap) end}
+
+        :a_a ->
+          {"A/A: " <> name <> " (GenServer in both columns)",
+           fn -> setup(native: :gen_server) end}
+      end
+
     %{
-      name: "cast throughput, #{producers} producer#{if producers > 1, do: "s"}",
+      name: name,
       unit: :ops_per_s,
-      setup: &setup/0,
+      setup: setup,
       teardown: &teardown/1,
       peer: fn ctx, n -> run.(ctx.peer, n) end,
       native: fn ctx, n -> run.(ctx.native, n) end
     }
   end
 
-  defp setup do
-    {:ok, peer} = GenServer.start_link(PeerCounter, 0)
-    {:ok, native} = GenNative.start_link(NativeCounter, 0)
-    %{peer: {GenServer, peer}, native: {GenNative, native}}
+  # `peer: :off_heap` starts the peer GenServer with its message queue off
+  # the heap; `native: :gen_server` puts a second plain GenServer in
+  # GenNative's place, for an A/A comparison.
+  defp setup(opts \\ []) do
+    peer_opts =
+      case Keyword.get(opts, :peer, :default) do
+        :default -> []
+        :off_heap -> [spawn_opt: [message_queue_data: :off_heap]]
+      end
+
+    {:ok, peer} = GenServer.start_link(PeerCounter, 0, peer_opts)
+    expected = if peer_opts == [], do: :on_heap, else: :off_heap
+    {:message_queue_data, ^expected} = Process.info(peer, :message_queue_data)
+
+    native =
+      case Keyword.get(opts, :native, :gen_native) do
+        :gen_native ->
+          {:ok, pid} = GenNative.start_link(NativeCounter, 0)
+          {GenNative, pid}
+
+        :gen_server ->
+          {:ok, pid} = GenServer.start_link(PeerCounter, 0)
+          {GenServer, pid}
+      end
+
+    %{peer: {GenServer, peer}, native: native}
   end
 
-  defp teardown(%{peer: {GenServer, peer}, native: {GenNative, native}}) do
+  defp teardown(%{peer: {GenServer, peer}, native: {mod, native}}) do
     :ok = GenServer.stop(peer)
-    :ok = GenNative.stop(native)
+    :ok = mod.stop(native)
   end
 end
 

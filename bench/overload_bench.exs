@@ -31,6 +31,13 @@
 # sampler stops the producers early if VM memory exceeds 4 GB
 # (GN_BENCH_OVERLOAD_CAP_MB to change it), and the table says so.
 #
+# A second table (module GenNative.Bench.Overload.Expiry below): calls whose
+# caller gave up. A server spends 1 ms per call, callers arrive at twice
+# that rate with a 100 ms timeout for 5 s, and the table counts the calls
+# the server still ran after their caller had left: GenServer, GenNative
+# with its default mailbox, and GenNative with
+# `mailbox: [drop_expired_calls: true]` (issue 9; the goal is 0).
+#
 #     mix gen_native.bench overload
 #     GN_BENCH_QUICK=1 bin/bench overload     # 1 s runs
 
@@ -64,8 +71,8 @@ defmodule GenNative.Bench.Overload.Work do
   def stop(ref), do: :atomics.put(ref, @stop, 1)
   def stop?(ref), do: :atomics.get(ref, @stop) == 1
 
-  defp spin(0), do: :ok
-  defp spin(ns), do: spin_until(:erlang.monotonic_time() + ns)
+  def spin(0), do: :ok
+  def spin(ns), do: spin_until(:erlang.monotonic_time() + ns)
 
   defp spin_until(deadline) do
     if :erlang.monotonic_time() < deadline, do: spin_until(deadline), else: :ok
@@ -143,6 +150,7 @@ defmodule GenNative.Bench.Overload do
     wall_s = :erlang.convert_time_unit(:erlang.monotonic_time() - started, :native, :millisecond)
 
     text = report(peer, native, config, wall_s / 1000)
+    text = text <> GenNative.Bench.Overload.Expiry.run(duration_ms)
     Bench.publish("overload", text)
 
     for %{unaccounted: u, label: label} <- [peer, native], u != 0 do
@@ -603,6 +611,396 @@ defmodule GenNative.Bench.Overload do
 
   defp fmt_ms(ms) when ms >= 100, do: Bench.thousands(round(ms))
   defp fmt_ms(ms), do: :erlang.float_to_binary(ms / 1, decimals: 2)
+end
+
+# Calls whose caller gave up (issue 9): a server that spends 1 ms on each
+# call, callers arriving at twice the rate it can serve, each with a 100 ms
+# timeout. Once the backlog is more than 100 ms deep, every call the server
+# reaches has timed out already; a GenServer runs it anyway. GenNative with
+# `mailbox: [drop_expired_calls: true]` should skip it and count it in
+# mailbox_info/1's `expired`.
+
+defmodule GenNative.Bench.Overload.Expiry.Ctl do
+  @moduledoc false
+  # What a server needs to record a run: an :atomics cell with the work per
+  # call in native units (0 once the run is over, to drain quickly), and the
+  # ETS table where each call that reaches handle_call/3 writes
+  # {id, monotonic time it began}.
+  defstruct [:work, :runs]
+
+  def new(work, runs) do
+    ref = :atomics.new(1, signed: true)
+    :atomics.put(ref, 1, work)
+    %__MODULE__{work: ref, runs: runs}
+  end
+
+  def handle(%__MODULE__{work: work, runs: runs}, id) do
+    :ets.insert(runs, {id, :erlang.monotonic_time()})
+    GenNative.Bench.Overload.Work.spin(:atomics.get(work, 1))
+  end
+
+  def fast(%__MODULE__{work: work}), do: :atomics.put(work, 1, 0)
+end
+
+defmodule GenNative.Bench.Overload.Expiry.Server do
+  @moduledoc false
+  # The same server on both sides: PeerServer (use GenServer) and
+  # NativeServer (use GenNative; its mailbox options are given at start, see
+  # Expiry.start/2).
+  defmacro __using__(behaviour) do
+    quote do
+      use unquote(behaviour)
+      alias GenNative.Bench.Overload.Expiry.Ctl
+
+      @impl true
+      def init(ctl), do: {:ok, ctl}
+
+      @impl true
+      def handle_call({:work, id}, _from, ctl) do
+        Ctl.handle(ctl, id)
+        {:reply, :done, ctl}
+      end
+
+      def handle_call(:sync, _from, ctl), do: {:reply, :ok, ctl}
+    end
+  end
+end
+
+defmodule GenNative.Bench.Overload.Expiry.PeerServer do
+  @moduledoc false
+  use GenNative.Bench.Overload.Expiry.Server, GenServer
+end
+
+defmodule GenNative.Bench.Overload.Expiry.NativeServer do
+  @moduledoc false
+  use GenNative.Bench.Overload.Expiry.Server, GenNative
+end
+
+defmodule GenNative.Bench.Overload.Expiry do
+  @moduledoc false
+  alias GenNative.Bench
+  alias GenNative.Bench.Overload.Expiry.{Ctl, NativeServer, PeerServer}
+
+  @work_us 1000
+  @timeout_ms 100
+  @producers 4
+  # Callers still waiting this long after the producers stop are reported,
+  # not waited for.
+  @callers_grace_ms 5000
+
+  @sides [
+    peer: "GenServer",
+    native: "GenNative, default mailbox",
+    native_drop: "GenNative, drop_expired_calls: true"
+  ]
+
+  @doc "Runs the three sides one after the other; returns the report section."
+  def run(duration_ms) do
+    # Twice the rate at which the server can do @work_us per call.
+    rate = div(2 * 1_000_000, @work_us)
+    config = %{duration_ms: duration_ms, rate: rate}
+    results = for {side, label} <- @sides, do: side(side, label, config)
+    report(results, config)
+  end
+
+  ## One side
+
+  defp side(side, label, config) do
+    IO.write(:stderr, "overload: calls whose caller gave up, #{label} ...")
+    runs = :ets.new(:expiry_runs, [:public, :set, write_concurrency: true])
+    calls = :ets.new(:expiry_calls, [:public, :set, write_concurrency: true])
+    ctl = Ctl.new(:erlang.convert_time_unit(@work_us, :microsecond, :native), runs)
+
+    try do
+      case start(side, ctl) do
+        {:ok, mod, pid} ->
+          result = drive(mod, pid, ctl, calls, config)
+          IO.puts(:stderr, " done")
+          Map.merge(result, %{side: side, label: label, available: true})
+
+        {:unavailable, message} ->
+          IO.puts(:stderr, " not run: #{message}")
+          %{side: side, label: label, available: false, why: message}
+      end
+    after
+      :ets.delete(runs)
+      :ets.delete(calls)
+    end
+  end
+
+  defp start(:peer, ctl) do
+    {:ok, pid} = GenServer.start(PeerServer, ctl)
+    {:ok, GenServer, pid}
+  end
+
+  defp start(:native, ctl) do
+    {:ok, pid} = GenNative.start(NativeServer, ctl)
+    {:ok, GenNative, pid}
+  end
+
+  # Until GenNative knows the option, the start raises ArgumentError
+  # (unknown mailbox option) and this side is reported as not run.
+  defp start(:native_drop, ctl) do
+    {:ok, pid} = GenNative.start(NativeServer, ctl, mailbox: [drop_expired_calls: true])
+    {:ok, GenNative, pid}
+  rescue
+    e in ArgumentError -> {:unavailable, Exception.message(e)}
+  end
+
+  defp drive(mod, pid, ctl, calls, config) do
+    t0 = :erlang.monotonic_time()
+    stop_at = t0 + ms(config.duration_ms)
+    # Each producer issues its share of calls on a fixed schedule (open
+    # loop: a caller that waits does not slow the arrivals down).
+    interval = div(ms(1000) * @producers, config.rate)
+
+    producers =
+      for p <- 1..@producers do
+        first = t0 + div(interval * (p - 1), @producers)
+
+        spawn_monitor(fn ->
+          exit({:issued, produce(mod, pid, calls, p, first, interval, stop_at, 0)})
+        end)
+      end
+
+    issued =
+      Enum.reduce(producers, 0, fn {ppid, ref}, acc ->
+        receive do
+          {:DOWN, ^ref, :process, ^ppid, {:issued, n}} -> acc + n
+          {:DOWN, ^ref, :process, ^ppid, other} -> raise "producer died: #{inspect(other)}"
+        end
+      end)
+
+    t_stop = :erlang.monotonic_time()
+    ran_during = :ets.info(ctl.runs, :size)
+
+    # Every caller ends within @timeout_ms of its call (answered or not);
+    # meanwhile the server goes on with its work.
+    waiting = wait_callers(calls, issued, t_stop + ms(@callers_grace_ms))
+    ran_before_drain = :ets.info(ctl.runs, :size)
+
+    # Drain what is still queued without the work: the :sync call reaches
+    # the server after every call sent before it, and its 60 s timeout
+    # cannot pass before then (nor can drop_expired_calls skip it).
+    Ctl.fast(ctl)
+    :ok = mod.call(pid, :sync, 60_000)
+    info = if mod == GenNative, do: GenNative.mailbox_info(pid)
+    :ok = mod.stop(pid, :normal, :infinity)
+
+    tally(calls, ctl.runs, %{
+      issued: issued,
+      ran_ms: to_ms(t_stop - t0),
+      ran_during: ran_during,
+      ran_before_drain: ran_before_drain,
+      waiting: waiting,
+      info: info
+    })
+  end
+
+  # Issues the calls due by now, sleeps about 1 ms, and again, until
+  # stop_at; returns how many it issued. Ids are p, p + @producers, ...
+  defp produce(mod, pid, calls, p, next, interval, stop_at, n) do
+    now = :erlang.monotonic_time()
+
+    cond do
+      now >= stop_at ->
+        n
+
+      next <= now ->
+        call(mod, pid, calls, p + n * @producers)
+        produce(mod, pid, calls, p, next + interval, interval, stop_at, n + 1)
+
+      true ->
+        Process.sleep(1)
+        produce(mod, pid, calls, p, next, interval, stop_at, n)
+    end
+  end
+
+  # One caller: {id, issued at, outcome, when the call returned or exited}.
+  defp call(mod, pid, calls, id) do
+    spawn(fn ->
+      issued = :erlang.monotonic_time()
+
+      outcome =
+        try do
+          :done = mod.call(pid, {:work, id}, @timeout_ms)
+          :answered
+        catch
+          :exit, {:timeout, _} -> :timeout
+          :exit, reason -> {:exit, reason}
+        end
+
+      # The table is gone if this caller outlived the side's grace period.
+      try do
+        :ets.insert(calls, {id, issued, outcome, :erlang.monotonic_time()})
+      rescue
+        ArgumentError -> :ok
+      end
+    end)
+  end
+
+  defp wait_callers(calls, issued, deadline) do
+    done = :ets.info(calls, :size)
+
+    cond do
+      done >= issued ->
+        0
+
+      :erlang.monotonic_time() >= deadline ->
+        issued - done
+
+      true ->
+        Process.sleep(10)
+        wait_callers(calls, issued, deadline)
+    end
+  end
+
+  defp tally(calls, runs, s) do
+    timeout = ms(@timeout_ms)
+    outcomes = :ets.tab2list(calls)
+
+    ran =
+      for {id, began} <- :ets.tab2list(runs) do
+        case :ets.lookup(calls, id) do
+          [{^id, issued, outcome, ended}] ->
+            %{
+              left: outcome == :timeout and began >= ended,
+              late: began >= issued + timeout
+            }
+
+          [] ->
+            %{left: false, late: false, unknown: true}
+        end
+      end
+
+    Map.merge(s, %{
+      answered: Enum.count(outcomes, &(elem(&1, 2) == :answered)),
+      timed_out: Enum.count(outcomes, &(elem(&1, 2) == :timeout)),
+      # the caller's exit came before its timeout had passed since the issue
+      early:
+        Enum.count(outcomes, fn {_, issued, outcome, ended} ->
+          outcome == :timeout and ended - issued < timeout
+        end),
+      other_exits: Enum.count(outcomes, &match?({:exit, _}, elem(&1, 2))),
+      ran: length(ran),
+      ran_after_left: Enum.count(ran, & &1.left),
+      ran_after_deadline: Enum.count(ran, & &1.late),
+      ran_unknown: Enum.count(ran, &Map.get(&1, :unknown, false))
+    })
+  end
+
+  ## Report
+
+  defp report(results, config) do
+    header = ["" | Enum.map(results, & &1.label)]
+
+    lines = [
+      {"calls issued (#{n(config.rate)}/s for #{n(config.duration_ms)} ms)", & &1.issued},
+      {"... answered within #{@timeout_ms} ms", & &1.answered},
+      {"... timed out (the caller exited with :timeout)", & &1.timed_out},
+      {"... of which exited before #{@timeout_ms} ms had passed since the issue", & &1.early},
+      {"... other exits", & &1.other_exits},
+      {"... callers still waiting #{n(@callers_grace_ms)} ms after the run", & &1.waiting},
+      {"handle_call/3 ran", & &1.ran},
+      {"... while the producers ran", & &1.ran_during},
+      {"... rate while the producers ran (calls/s)",
+       &n(round(&1.ran_during * 1000 / max(&1.ran_ms, 1)))},
+      {"... after, until the last caller was done (still #{@work_us} us per call)",
+       &(&1.ran_before_drain - &1.ran_during)},
+      {"... in the drain (work switched off)", &(&1.ran - &1.ran_before_drain)},
+      {"calls run after their caller left (handle_call/3 began after the caller " <>
+         "caught its :timeout)", & &1.ran_after_left},
+      {"calls run #{@timeout_ms} ms or more after they were issued", & &1.ran_after_deadline},
+      {"calls never run", &(&1.issued - &1.ran)},
+      {"mailbox_info(s).expired", &expired/1},
+      {"issued = run + expired", &books/1}
+    ]
+
+    rows =
+      for {label, fun} <- lines do
+        [label | Enum.map(results, &cell(&1, fun))]
+      end
+
+    aligns = [:left | Enum.map(results, fn _ -> :right end)]
+
+    unavailable =
+      for %{available: false} = r <- results do
+        "* #{r.label}: not run: #{r.why}\n"
+      end
+
+    """
+
+    ### Calls whose caller gave up
+
+    A server that busy-waits #{@work_us} us in each call; #{@producers} producers \
+    issue calls at #{n(config.rate)}/s together (twice what the server can serve), each \
+    from a process of its own, with a #{@timeout_ms} ms timeout, for \
+    #{n(config.duration_ms)} ms. Each caller notes the time just before its call \
+    (the issue) and when the call returned or exited; the server notes when each call \
+    reaches handle_call/3. A call ran "after its caller left" when handle_call/3 began \
+    after its caller had caught the `:timeout` exit: that caller was certainly gone \
+    (counting from the moment it caught the exit, a few microseconds after its timer \
+    fired, undercounts by those microseconds). "#{@timeout_ms} ms or more after they \
+    were issued" counts against the nominal deadline instead. A caller whose exit came \
+    before #{@timeout_ms} ms had passed since the issue waited less than it asked. \
+    After the producers stop, the server goes on at #{@work_us} us per call until \
+    the last caller is done, then what is still queued is drained with the work \
+    switched off; those calls count too (a GenServer would run every one of them). \
+    GenNative's option is given as \
+    `GenNative.start(mod, arg, mailbox: [drop_expired_calls: true])`. One run per \
+    side, in column order.
+
+    #{Bench.table([header | rows], aligns)}
+
+    #{goal(results)}
+
+    #{unavailable}\
+    """
+  end
+
+  defp cell(%{available: false}, _fun), do: "not run"
+
+  defp cell(r, fun) do
+    case fun.(r) do
+      i when is_integer(i) -> n(i)
+      text -> text
+    end
+  end
+
+  defp expired(%{info: nil}), do: "n/a"
+  defp expired(%{info: info}), do: info |> Map.get(:expired, "n/a (no :expired key)") |> to_text()
+
+  # Every call issued either ran or (GenNative) expired, and each run
+  # belongs to a call a caller issued.
+  defp books(r) do
+    expired = if r.info, do: Map.get(r.info, :expired, 0), else: 0
+    ok(r.issued == r.ran + expired and r.waiting == 0 and r.ran_unknown == 0)
+  end
+
+  defp ok(true), do: "ok"
+  defp ok(false), do: "NO"
+
+  defp to_text(i) when is_integer(i), do: n(i)
+  defp to_text(other), do: to_string(other)
+
+  defp goal(results) do
+    case Enum.find(results, &(&1.side == :native_drop)) do
+      %{available: true, ran_after_left: 0} ->
+        "Goal (issue 9): no call run after its caller left, with drop_expired_calls: " <>
+          "true: met."
+
+      %{available: true, ran_after_left: k} ->
+        "Goal (issue 9): no call run after its caller left, with drop_expired_calls: " <>
+          "true: NOT met (#{k})."
+
+      _ ->
+        "Goal (issue 9): not measured, drop_expired_calls is not available in this build."
+    end
+  end
+
+  defp ms(n), do: :erlang.convert_time_unit(n, :millisecond, :native)
+  defp to_ms(native), do: :erlang.convert_time_unit(native, :native, :microsecond) / 1000
+  defp n(i), do: Bench.thousands(i)
 end
 
 GenNative.Bench.Overload.run()

@@ -70,6 +70,7 @@
     X(drop_oldest) \
     X(block) \
     X(not_ready) \
+    X(busy) \
     X(none) \
     X(store_deleted) \
     X(not_owner) \

@@ -26,8 +26,9 @@
  * process mailbox.
  *
  * A normal call is never queued: it travels as a gen_server call once it is
- * admitted against the normal lane's capacity, under the same policy; under
- * `block` it waits for room as a blocked sender without an item.
+ * admitted against the normal lane's capacity, under the same policy, and
+ * takes no room; under `block` a call that must wait comes back with its
+ * whole message, which is sent to the owner when its turn comes.
  *
  * Overflow, when a lane is full: `reject` refuses the new request;
  * `drop_newest` discards it; `drop_oldest` (queue mode) discards the lane's
@@ -94,12 +95,14 @@ typedef struct gn_waiter {
     ErlNifPid pid;
     ErlNifEnv *env; /* holds tag and item */
     ERL_NIF_TERM tag;
-    ERL_NIF_TERM item;   /* 0 for a call waiting to be admitted */
+    ERL_NIF_TERM item;   /* the request; 0 for a call only waiting for room */
     ERL_NIF_TERM result; /* an atom, once released */
     int lane;
     int is_call;
-    int deliver; /* message mode: send the cast to the owner on release */
+    int deliver; /* on release, send the owner: GN_AS_IS or GN_AS_CAST */
 } gn_waiter;
+
+enum { GN_KEEP = 0, GN_AS_IS, GN_AS_CAST };
 
 typedef struct gn_mailbox {
     ErlNifMutex *lock;
@@ -112,7 +115,6 @@ typedef struct gn_mailbox {
     int expire;   /* drop_expired_calls: calls carry their deadline */
     int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
     uint32_t epoch;
-    size_t sent; /* atomic; message mode: casts sent as messages, not yet acked */
     gn_lane lanes[2];
     size_t capacity; /* per lane; SIZE_MAX for infinity */
     gn_overflow overflow;
@@ -121,8 +123,17 @@ typedef struct gn_mailbox {
     size_t waiting_lane[2];
     size_t high_hint;    /* atomic copy of lanes[GN_HIGH].len */
     uint64_t next_seq;
-    uint64_t accepted; /* atomic */
     uint64_t rejected, dropped, expired;
+    /* What every message-mode cast writes, on a cache line of its own (the
+     * fields above are mostly read). Padding, not _Alignas: a resource is
+     * not allocated 64-byte aligned, and the compiler would assume it is. */
+    char pad1[64];
+    size_t sent;       /* atomic; message mode: casts sent as messages, not yet acked */
+    uint64_t accepted; /* atomic */
+    char pad2[64];
+    /* The longest queue: noted by senders on the locked paths, and by the
+     * owner whenever it is about to shorten the queue (an ack, a take),
+     * since without the lock the queue only grows in between. */
     size_t max_length; /* atomic */
 } gn_mailbox;
 
@@ -239,6 +250,13 @@ static void gn_note_max(gn_mailbox *mb, size_t len)
         ;
 }
 
+/* The longest queue so far, the one now included. */
+static size_t gn_max_length(gn_mailbox *mb)
+{
+    gn_note_max(mb, gn_normal_len(mb) + mb->lanes[GN_HIGH].len);
+    return __atomic_load_n(&mb->max_length, __ATOMIC_RELAXED);
+}
+
 /* Call with mb->lock held. */
 static void gn_note_length(gn_mailbox *mb)
 {
@@ -267,10 +285,13 @@ static void gn_outbox_flush(ErlNifEnv *caller_env, gn_outbox *out)
     gn_waiter *w = out->released;
     while (w) {
         gn_waiter *next = w->next;
-        /* The cast reaches the owner before its sender is told, so it comes
-         * before anything the sender sends next. */
+        /* The request reaches the owner before its sender is told, so it
+         * comes before anything the sender sends next, and blocked senders'
+         * requests arrive in the order they are admitted. */
         if (w->deliver)
-            enif_send(caller_env, &out->owner, NULL, enif_make_tuple2(w->env, gn_am_gen_cast, w->item));
+            enif_send(caller_env, &out->owner, NULL,
+                      w->deliver == GN_AS_CAST ? enif_make_tuple2(w->env, gn_am_gen_cast, w->item)
+                                               : w->item);
         ERL_NIF_TERM msg = enif_make_tuple2(w->env, w->tag, w->result);
         enif_send(caller_env, &w->pid, w->env, msg); /* fails only if the sender died */
         gn_waiter_free(w);
@@ -290,9 +311,10 @@ static ERL_NIF_TERM gn_admitted(const gn_mailbox *mb)
 
 /* Admits waiters whose lane has room, in arrival order within each lane (a
  * waiter that does not fit holds up those behind it in its lane only): a
- * queued cast goes into its lane, a message-mode cast is counted and handed
- * to the outbox to deliver, a call only needs the room. A lane filled while
- * no wake is pending gets one. Call with mb->lock held. */
+ * queued cast or priority call goes into its lane, a message-mode cast is
+ * counted and handed to the outbox to deliver, and so is a normal call (its
+ * whole {'$gen_call', From, Request} message), which takes no room. A lane
+ * filled while no wake is pending gets one. Call with mb->lock held. */
 static void gn_admit_waiters(gn_mailbox *mb, gn_outbox *out)
 {
     gn_waiter **tail = &out->released;
@@ -303,7 +325,7 @@ static void gn_admit_waiters(gn_mailbox *mb, gn_outbox *out)
     while (*link) {
         gn_waiter *w = *link;
         int l = w->lane;
-        int into_lane = w->item && (l == GN_HIGH || mb->queue);
+        int into_lane = l == GN_HIGH || (mb->queue && !w->is_call);
         if (stuck[l] || gn_lane_len(mb, l) >= mb->capacity ||
             (into_lane && !gn_lane_push(&mb->lanes[l], w->item, mb->next_seq, mb->epoch, w->is_call))) {
             stuck[l] = 1;
@@ -314,11 +336,13 @@ static void gn_admit_waiters(gn_mailbox *mb, gn_outbox *out)
         if (into_lane) {
             mb->next_seq++;
             pushed = 1;
-        } else if (w->item) {
-            w->deliver = 1;
+        } else if (w->is_call) {
+            w->deliver = GN_AS_IS;
+        } else {
+            w->deliver = GN_AS_CAST;
             __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
         }
-        w->result = w->item ? gn_am_ok : gn_admitted(mb);
+        w->result = gn_am_ok;
         *link = w->next;
         if (mb->wait_tail == w)
             mb->wait_tail = prev;
@@ -567,6 +591,9 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         gn_unlock(mb);
         return enif_make_badarg(env);
     }
+    /* Message-mode casts are counted without the lock, and the longest
+     * queue noted when the owner is about to shorten it: here, or at an ack. */
+    gn_note_length(mb);
     for (int l = GN_HIGH; l >= (high_only ? GN_HIGH : GN_NORMAL); l--) {
         gn_lane *lane = &mb->lanes[l];
         while (n < max && lane->len > 0) {
@@ -670,10 +697,11 @@ ERL_NIF_TERM gn_mailbox_requeue_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
 }
 
 /* Takes one off `sent`, not below zero: a cast sent with GenServer.cast was
- * never counted. */
+ * never counted. Notes the longest queue on the way. */
 static void gn_sent_dec(gn_mailbox *mb)
 {
     size_t sent = __atomic_load_n(&mb->sent, __ATOMIC_RELAXED);
+    gn_note_max(mb, sent + __atomic_load_n(&mb->high_hint, __ATOMIC_RELAXED));
     while (sent > 0 &&
            !__atomic_compare_exchange_n(&mb->sent, &sent, sent - 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         ;
@@ -831,9 +859,8 @@ static gn_mailbox *gn_lock_target(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifP
     return mb;
 }
 
-/* Parks the caller as a blocked sender of `item` (0 for a call that waits
- * for room only). Call with mb->lock held. Returns {wait, Tag}, or 0 when
- * out of memory. */
+/* Parks the caller as a blocked sender of `item`. Call with mb->lock held.
+ * Returns {wait, Tag}, or 0 when out of memory. */
 static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *self, ERL_NIF_TERM item,
                              int lane, int is_call)
 {
@@ -848,11 +875,11 @@ static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *se
     w->pid = *self;
     w->env = wenv;
     w->tag = enif_make_ref(wenv);
-    w->item = item ? enif_make_copy(wenv, item) : 0;
+    w->item = enif_make_copy(wenv, item);
     w->result = gn_am_ok;
     w->lane = lane;
     w->is_call = is_call;
-    w->deliver = 0;
+    w->deliver = GN_KEEP;
     if (mb->wait_tail)
         mb->wait_tail->next = w;
     else
@@ -864,15 +891,18 @@ static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *se
 }
 
 /* mailbox_send(Pid, Item, Lane, Kind) ->
- *     ok | deadline | {ok, DroppedCall} | not_native | full | dropped | {wait, Tag}
+ *     ok | deadline | busy | {ok, DroppedCall} | not_native | full | dropped | {wait, Tag}
  *
  * Lane: normal | high. Kind: cast (Item is a normal cast, or a wrapped
- * priority cast), call (Item, a priority call wrapped by GenNative, is
- * queued) or admit (a normal call asks for room; nothing is queued; it is
- * told ok, or deadline when the server skips calls whose caller gave up, so
- * the call must carry its deadline). A normal cast in message mode is sent
- * to the owner as {'$gen_cast', Item} from here. See the top of this file
- * for what each result means. */
+ * priority cast), admit (a normal call asks for room; nothing is queued; it
+ * is told ok, or deadline when the server skips calls whose caller gave up,
+ * so the call must carry its deadline; under block, busy: it is to come
+ * back as a call) or call (on the high lane, Item is a priority call
+ * wrapped by GenNative, to queue; on the normal lane, Item is the
+ * {'$gen_call', From, Request} message of a normal call, sent to the owner
+ * from here as soon as there is room). A normal cast in message mode is
+ * sent to the owner as {'$gen_cast', Item} from here. See the top of this
+ * file for what each result means. */
 ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
@@ -890,14 +920,15 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     is_call = admit || enif_is_identical(argv[3], gn_am_call);
     if (!is_call && !enif_is_identical(argv[3], gn_am_cast))
         return enif_make_badarg(env);
-    if ((admit && lane_ix != GN_NORMAL) || (is_call && !admit && lane_ix != GN_HIGH))
+    if (admit && lane_ix != GN_NORMAL)
         return enif_make_badarg(env);
     gn_charge_enqueue(env);
 
     gn_mailbox *mb = gn_target(env, argv[0], &pid);
     if (!mb)
         return gn_am_not_native;
-    int direct = lane_ix == GN_NORMAL && !mb->queue; /* a message-mode cast or call */
+    /* sent as a process message: a message-mode cast, a normal call */
+    int direct = lane_ix == GN_NORMAL && (!mb->queue || is_call);
 
     if (direct && mb->capacity == SIZE_MAX) {
         /* Unbounded message mode: count, and send; no lock. */
@@ -906,8 +937,11 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
         if (admit)
             return gn_admitted(mb);
-        size_t sent = __atomic_add_fetch(&mb->sent, 1, __ATOMIC_RELAXED);
-        gn_note_max(mb, sent + __atomic_load_n(&mb->high_hint, __ATOMIC_RELAXED));
+        if (is_call) {
+            enif_send(env, &pid, NULL, argv[1]);
+            return gn_am_ok;
+        }
+        __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
         enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
         return gn_am_ok;
     }
@@ -918,7 +952,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         return gn_am_ok;
     }
 
-    enum { SEND, WAKE, NONE } how = NONE;
+    enum { SEND, SEND_AS_IS, WAKE, NONE } how = NONE;
     ERL_NIF_TERM result = gn_am_ok;
     gn_chunk *done = NULL;
     gn_lane *lane = &mb->lanes[lane_ix];
@@ -947,7 +981,11 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             }
             break;
         case GN_BLOCK:
-            result = gn_block(env, mb, &self, admit ? 0 : argv[1], lane_ix, is_call);
+            if (admit) {
+                result = gn_am_busy;
+                goto unlock;
+            }
+            result = gn_block(env, mb, &self, argv[1], lane_ix, is_call);
             if (!result) {
                 gn_unlock(mb);
                 return enif_raise_exception(env, enif_make_atom(env, "enomem"));
@@ -963,9 +1001,11 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         goto unlock;
     }
     if (direct) {
-        __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
-        gn_note_length(mb);
-        how = SEND;
+        if (!is_call) {
+            __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
+            gn_note_length(mb);
+        }
+        how = is_call ? SEND_AS_IS : SEND;
         goto unlock;
     }
     if (!gn_lane_push(lane, argv[1], mb->next_seq, mb->epoch, is_call)) {
@@ -989,6 +1029,8 @@ unlock:
      * with send/2). */
     if (how == SEND)
         enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
+    else if (how == SEND_AS_IS)
+        enif_send(env, &pid, NULL, argv[1]);
     else if (how == WAKE)
         enif_send(env, &pid, NULL, gn_am_wake);
     return result;
@@ -1054,7 +1096,7 @@ ERL_NIF_TERM gn_mailbox_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         enif_make_uint64(env, mb->rejected),
         enif_make_uint64(env, mb->dropped),
         enif_make_uint64(env, mb->expired),
-        enif_make_uint64(env, __atomic_load_n(&mb->max_length, __ATOMIC_RELAXED)),
+        enif_make_uint64(env, gn_max_length(mb)),
         enif_make_uint64(env, mb->waiting),
     };
     gn_unlock(mb);

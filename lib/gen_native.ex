@@ -37,27 +37,43 @@ defmodule GenNative do
 
   A GenNative server is a real `:gen_server` process whose callback module is
   yours, so supervisors, `Registry`, `:global`, `:sys`, hibernation, timeouts
-  and crash reports behave as they do for a `GenServer`. What changes is the
-  path of a cast: `cast/2` puts it in a native queue owned by the server (see
-  `c_src/mailbox.c`) whenever the server is busy. The server is woken by one
-  message when its queue goes from empty to busy and then takes casts out in
-  batches, so a server under load does not pay for one process message per
-  cast, and the queued casts live outside its heap. A cast to an idle server
-  is sent as the same message `GenServer.cast/2` sends.
+  and crash reports behave as they do for a `GenServer`. What it adds is a
+  native mailbox (see `c_src/mailbox.c`) that admits each request: it counts
+  casts against a capacity, applies the overflow policy, parks blocked
+  senders, holds the priority lane, and answers `mailbox_info/1` in O(1).
+
+  In the default **message mode**, an admitted cast then travels as the
+  same `{:"$gen_cast", request}` message `GenServer.cast/2` sends. In
+  **queue mode** (`overflow: :drop_oldest`, `keep_on_crash: true`, or a
+  module that defines `c:handle_batch/2` with a `batch_size` above 1) casts
+  wait in a native queue outside the server's heap and come out in batches;
+  see `GenNative.Mailbox`.
 
   Calls are `GenServer` calls: the caller waits for its reply, so a call
   costs one message each way whatever carries it.
 
-  Ordering matches `GenServer`'s: the requests one process sends are handled
-  in the order it sent them, and whatever a process cast before it sends any
-  other message (a call, `send/2`, a `:sys` request, `stop/3`) is handled
-  before that message. The one difference: while the server has a backlog, a
-  cast may be handled before a plain `send/2` message that the same process
-  sent earlier. A call never overtakes anything sent before it.
+  ## Ordering
+
+  In message mode the order is `GenServer`'s, exactly: on one node, whatever
+  was sent to the server before another process could know of it is handled
+  first, for casts, calls, `send/2`, `:sys` requests, `stop/3`, exit and
+  monitor messages alike, from GenNative and GenServer clients.
+
+  Two things reorder, and only when you ask for them:
+
+    * a request sent with `priority: :high` is handled before every request
+      still waiting (casts, calls and plain messages in the server's process
+      mailbox, casts in its queue), but not before `:sys` requests and
+      `stop/3`, which the `:gen_server` loop handles itself;
+    * in queue mode, casts keep their order among themselves and everything
+      cast before a message was sent is handled before that message, but a
+      message sent *before* a cast (`send(s, m)` then `cast(s, x)`, or a call
+      not waited for) may be handled after that cast while the server has a
+      backlog.
 
   `GenServer.call/cast` and `send/2` to a GenNative server work, and
-  `GenNative.call/cast` to a plain `GenServer` or to a server on another node
-  work too (casts fall back to `GenServer`'s message). The native queue is
+  `GenNative.call/cast` to a plain `GenServer` or to a server on another
+  node work too (casts fall back to `GenServer`'s message). The mailbox is
   unbounded by default, as a process mailbox is.
 
   ## use GenNative
@@ -81,15 +97,15 @@ defmodule GenNative do
   @default_timeout 5000
 
   @doc """
-  Handles up to `:batch_size` queued casts at once, in the order they were
-  sent (optional).
+  Handles casts in batches (optional).
 
-  When the module exports it, consecutive casts taken from the native
-  mailbox are handed over together instead of one by one to
-  `c:GenServer.handle_cast/2`; it returns what `handle_cast/2` returns. A
-  call, a priority request or any process message between two casts ends
-  the batch, so the order requests are handled in never changes. A cast to
-  an idle server, sent as a plain message, still goes to `handle_cast/2`.
+  When the module defines it, every cast goes here instead of to
+  `c:GenServer.handle_cast/2`: in queue mode (the default for such a module,
+  `batch_size` above 1) up to `:batch_size` consecutive queued casts at
+  once, in the order they were sent; a priority cast, or a cast that came as
+  a process message (`GenServer.cast/2`), as a batch of one. It returns what
+  `handle_cast/2` returns. With `batch_size: 1` the server stays in message
+  mode and each batch holds one cast.
   """
   @callback handle_batch(requests :: [term()], state :: term()) ::
               {:noreply, new_state}
@@ -314,11 +330,16 @@ defmodule GenNative do
   `:drop_newest`, or was dropped under `:drop_oldest`. Under
   `overflow: :block` the wait for room counts against `timeout`.
 
+  With `mailbox: [drop_expired_calls: true]`, a call with an integer
+  `timeout` that the server reaches after its deadline is not handled (its
+  caller has exited with `:timeout`, as always) and counts as `expired` in
+  `mailbox_info/1`.
+
   ## Options
 
     * `:priority` - `:normal` (default) or `:high`. A high-priority call is
-      handled before every normal request still queued, in FIFO order with
-      other high-priority requests; it may overtake anything sent before it.
+      handled before every request still waiting (see "Ordering" above), in
+      FIFO order with other high-priority requests.
   """
   @spec call(GenServer.server(), term(), timeout(), keyword()) :: term()
   def call(server, request, timeout \\ @default_timeout, options \\ []) do
@@ -351,70 +372,66 @@ defmodule GenNative do
     {:ok, reply} -> reply
   end
 
-  # A normal call travels as a gen_server call once the mailbox admits it
-  # (under overflow: :block, once there is room); to a server that skips
-  # calls whose caller gave up, with the caller's deadline in its tag.
+  # A normal call travels as a gen_server call once the mailbox admits it;
+  # to a server that skips calls whose caller gave up, with the caller's
+  # deadline in its tag.
   defp admitted_call(pid, server, request, timeout) do
     case Native.mailbox_send(pid, nil, :normal, :admit) do
       result when result in [:ok, :not_native] ->
         gen_call(pid, server, request, timeout, timeout)
 
       :deadline ->
-        deadline_call(pid, server, request, timeout, deadline(timeout))
-
-      {:wait, tag} ->
         deadline = deadline(timeout)
+        mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
+        tag = call_tag(mref, deadline)
+        send(pid, {:"$gen_call", {self(), tag}, request})
         loc = {__MODULE__, :call, [server, request, timeout]}
+        await_reply(mref, tag, loc, remaining(timeout, deadline))
 
-        case wait_room(pid, tag, timeout) do
-          :ok -> gen_call(pid, server, request, timeout, remaining(timeout, deadline))
-          :deadline -> deadline_call(pid, server, request, timeout, deadline)
-          # the server died before the call reached it, as for a dead server
-          :closed -> exit({:noproc, loc})
-          :timeout -> exit({:timeout, loc})
-        end
+      # overflow: :block and no room: the mailbox sends the call when its
+      # turn comes, so that blocked calls keep their order
+      :busy ->
+        queued_call(pid, server, request, timeout, :normal)
 
       full when full in [:full, :dropped] ->
         exit({:mailbox_full, {__MODULE__, :call, [server, request, timeout]}})
     end
   end
 
-  defp deadline_call(pid, server, request, timeout, deadline) do
-    mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
-    tag = call_tag(mref, deadline)
-    send(pid, {:"$gen_call", {self(), tag}, request})
+  defp high_call(pid, server, request, timeout),
+    do: queued_call(pid, server, request, timeout, :high)
 
-    await_reply(
-      mref,
-      tag,
-      {__MODULE__, :call, [server, request, timeout]},
-      remaining(timeout, deadline)
-    )
-  end
-
-  # A priority call is queued in the mailbox's high lane and answered by
-  # the server from there.
-  defp high_call(pid, server, request, timeout) do
+  # A call handed to the mailbox: a priority call, queued in the high lane
+  # and answered by the server from there, or a normal call that waits for
+  # room, which the mailbox sends as gen_server's message.
+  defp queued_call(pid, server, request, timeout, lane) do
     deadline = deadline(timeout)
     mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
-    tag = call_tag(mref, deadline)
+    from = {self(), call_tag(mref, deadline)}
     loc = {__MODULE__, :call, [server, request, timeout]}
 
-    case Native.mailbox_send(pid, {:"$gn_high", {:call, {self(), tag}, request}}, :high, :call) do
+    item =
+      case lane do
+        :high -> {:"$gn_high", {:call, from, request}}
+        :normal -> {:"$gen_call", from, request}
+      end
+
+    case Native.mailbox_send(pid, item, lane, :call) do
       :ok ->
-        await_reply(mref, tag, loc, remaining(timeout, deadline))
+        await_reply(mref, elem(from, 1), loc, remaining(timeout, deadline))
 
       {:ok, dropped} ->
         notify_dropped(dropped)
-        await_reply(mref, tag, loc, remaining(timeout, deadline))
+        await_reply(mref, elem(from, 1), loc, remaining(timeout, deadline))
 
       :not_native ->
         :erlang.demonitor(mref, [:flush])
-        gen_call(pid, server, request, timeout, timeout)
+        gen_call(pid, server, request, timeout, remaining(timeout, deadline))
 
       {:wait, wait_tag} ->
-        case wait_room(pid, wait_tag, timeout) do
-          :ok -> await_reply(mref, tag, loc, remaining(timeout, deadline))
+        case wait_room(pid, wait_tag, remaining(timeout, deadline)) do
+          :ok -> await_reply(mref, elem(from, 1), loc, remaining(timeout, deadline))
+          # the server died before the call reached it, as for a dead server
           :closed -> give_up(mref, {:noproc, loc})
           :timeout -> give_up(mref, {:timeout, loc})
         end
@@ -437,9 +454,12 @@ defmodule GenNative do
 
   defp remaining(:infinity, _deadline), do: :infinity
 
+  # Rounded up: a caller never gives up before its deadline, which the
+  # server checks to skip calls whose caller gave up.
   defp remaining(_timeout, deadline) do
     left = deadline - :erlang.monotonic_time()
-    max(:erlang.convert_time_unit(left, :native, :millisecond), 0)
+    ms = :erlang.convert_time_unit(1, :millisecond, :native)
+    max(div(left + ms - 1, ms), 0)
   end
 
   defp await_reply(mref, tag, loc, wait) do
@@ -522,7 +542,7 @@ defmodule GenNative do
   ## Options
 
     * `:priority` - `:normal` (default) or `:high`: a high-priority cast is
-      handled before every normal request still queued.
+      handled before every request still waiting (see "Ordering" above).
     * `:timeout` - under `overflow: :block`, how long to wait for room, in
       milliseconds or `:infinity` (default).
   """
@@ -615,13 +635,17 @@ defmodule GenNative do
   server a message:
 
       %{length: n, high_length: n, capacity: c, overflow: policy,
-        accepted: n, rejected: n, dropped: n, max_length: n, blocked_senders: n}
+        accepted: n, rejected: n, dropped: n, expired: n, max_length: n,
+        blocked_senders: n}
 
-  `length` and `high_length` are the requests queued in each lane now;
-  `accepted`, `rejected` and `dropped` count every request since the
-  server started, calls included, each in exactly one of them, so that
-  `accepted + rejected + dropped` is what was sent: a request evicted under
-  `overflow: :drop_oldest` moves from `accepted` to `dropped`.
+  `length` is the normal casts waiting now (sent with `GenNative.cast` and
+  not handled yet; casts sent with `GenServer.cast/2` are not counted) and
+  `high_length` the priority requests; `accepted`, `rejected`, `dropped`
+  and `expired` count every request sent with GenNative since the server
+  started, calls included, each in exactly one of them, so that their sum is
+  what was sent: a request evicted under `overflow: :drop_oldest` moves from
+  `accepted` to `dropped`, a call skipped under `drop_expired_calls: true`
+  from `accepted` to `expired`.
   `max_length` is the most ever queued (both lanes); `blocked_senders` the
   senders waiting under `overflow: :block`, who count once admitted. Returns `{:error, :not_native}`
   for a plain `GenServer` and `{:error, :noproc}` when there is no such

@@ -6,11 +6,35 @@ defmodule GenNative.Mailbox do
   the `mailbox: [...]` option of `GenNative.start_link/3` and
   `GenNative.start/3`.
 
+  ## Modes, and the order each gives
+
+  The options decide where casts wait:
+
+    * **Message mode** (the default). A cast is admitted by the mailbox
+      (counted against `:capacity`, under the `:overflow` policy) and then
+      sent as the `{:"$gen_cast", request}` message `GenServer.cast/2` sends.
+      The order of everything the server handles is `GenServer`'s.
+    * **Queue mode**: with `overflow: :drop_oldest` (only a queued cast can be
+      evicted), `keep_on_crash: true` (a cast in a process mailbox dies with
+      the process) or a module that defines `c:GenNative.handle_batch/2` with
+      a `:batch_size` above 1 (batches come out of the queue). Casts wait in
+      the native queue, outside the server's heap. They keep their order
+      among themselves, and everything cast before a message (a call,
+      `send/2`, a `:sys` request, an exit signal) was sent is handled before
+      that message. The one difference from `GenServer`: a message sent
+      *before* a cast may be handled after it while the server has a backlog.
+
+  In both modes a `priority: :high` request is handled before every request
+  still waiting, except `:sys` requests and `stop/3`.
+
   ## Options
 
     * `:capacity` - a positive integer or `:infinity` (default). The most
-      requests the normal lane holds; the priority lane holds as many.
-      A normal call is admitted against the normal lane's capacity too.
+      normal casts waiting (sent with `GenNative.cast` and not handled yet,
+      in the process mailbox or the queue); the priority lane holds as many.
+      A normal call is admitted only while there is room too, but takes
+      none. Casts sent with `GenServer.cast/2` cannot be told apart from
+      other messages and are not counted.
 
     * `:overflow` - what happens to a request that meets a full lane
       (default `:reject`):
@@ -20,8 +44,8 @@ defmodule GenNative.Mailbox do
       * `:drop_newest` - the new request is discarded and counted; a cast
         returns `:ok`, a call exits with `{:mailbox_full, location}` at once.
       * `:drop_oldest` - the lane's oldest queued request is discarded and
-        counted to make room; if it was a (priority) call, its caller exits
-        with `{:mailbox_full, location}` at once.
+        counted to make room; if it was a priority call, its caller exits
+        with `{:mailbox_full, location}` at once. Queue mode.
       * `:block` - the sender waits, without spinning or polling, until there
         is room. A call's wait counts against its timeout; a cast waits up to
         its `:timeout` option (default `:infinity`) and returns
@@ -30,23 +54,31 @@ defmodule GenNative.Mailbox do
         blocked calls exit with `{:noproc, location}`, as for a dead server.
 
     * `:batch_size` - the most casts handed to `c:GenNative.handle_batch/2` at
-      once, and how many queued requests the server handles before it looks
-      at its process mailbox again (default 64, at most 1024). A waiting
-      call, `:sys` request or exit signal is handled once the casts its
-      sender queued before it are done: at most one batch later if it queued
-      none.
+      once, and in queue mode how many queued requests the server handles
+      before it looks at its process mailbox again (default 64, at most
+      1024). With `handle_batch/2` defined, a batch size above 1 means queue
+      mode; `batch_size: 1` keeps message mode.
 
     * `:keep_on_crash` - `true` or `false` (default). With `true`, casts still
       queued when the server crashes are delivered, in order, to the next
       server started under the same registered name with the same module
-      (typically by its supervisor); calls queued by the dead server are
-      dropped, their callers having exited already. A registered name is
-      required. Such a mailbox queues every cast, even to an idle server (a
-      cast delivered as a process message would die with the process). The
-      queue is freed when the server stops with `:normal`,
-      `:shutdown` or `{:shutdown, _}`, and otherwise kept for
+      (typically by its supervisor); priority calls queued by the dead server
+      are dropped, their callers having exited already. A registered name is
+      required. Queue mode. The queue is freed when the server stops with
+      `:normal`, `:shutdown` or `{:shutdown, _}`, and otherwise kept for
       `Application.get_env(:gen_native, :keep_on_crash_ms, 5000)` ms after
       the crash: if no new server has adopted it by then, it is freed.
+
+    * `:drop_expired_calls` - `false` (default) or `true`. With `true`, a
+      `GenNative.call/3,4` with an integer timeout whose deadline has passed
+      when the server reaches it is not given to `handle_call/3` and counts
+      as `expired` in `GenNative.mailbox_info/1`: its caller has already
+      exited with `{:timeout, location}`, so an overloaded server does not
+      fall further behind on work nobody waits for. Calls with an
+      `:infinity` timeout and `GenServer.call/3` are never skipped. The
+      deadline travels in the tag of the call's `from`
+      (`{pid, [[:alias | ref] | deadline]}`), which `GenNative.reply/2` and
+      `GenServer.reply/2` accept.
   """
 
   alias GenNative.Native

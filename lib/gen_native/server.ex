@@ -185,9 +185,10 @@ defmodule GenNative.Server do
   # Priority requests overtake the process message about to be handled.
   defp run_high(module, {mailbox, batch_size, mode} = gn, state) do
     Process.put(@gn, {:running, gn})
-    result = take_high({module, mailbox, mode}, batch_size, state)
+    ctx = {module, mailbox, mode}
+    result = keeping(ctx, fn -> take_high(ctx, batch_size, state) end)
     Process.put(@gn, gn)
-    finish(result)
+    result
   end
 
   defp take_high({_, mailbox, _} = ctx, batch_size, state) do
@@ -214,11 +215,7 @@ defmodule GenNative.Server do
         Process.put(@gn, {:running, gn})
         ctx = {module, mailbox, mode}
 
-        result =
-          case mode do
-            {_, _, true, _} -> drain_keeping(ctx, batch_size, state)
-            _ -> finish(drain(ctx, batch_size, state, :infinity, nil))
-          end
+        result = keeping(ctx, fn -> drain(ctx, batch_size, state, :infinity, nil) end)
 
         Process.put(@gn, gn)
         result
@@ -238,12 +235,13 @@ defmodule GenNative.Server do
     result
   end
 
-  # keep_on_crash: what was taken out and not handled when a callback
+  # Runs `take` (a drain or a take of priority requests) and finishes it.
+  # With keep_on_crash, what was taken out and not handled when a callback
   # crashes or stops the server goes back to the mailbox for the next one.
-  defp drain_keeping({_, mailbox, _} = ctx, batch_size, state) do
+  defp keeping({_, mailbox, {_, _, true, _}}, take) do
     result =
       try do
-        drain(ctx, batch_size, state, :infinity, nil)
+        take.()
       catch
         kind, reason ->
           requeue(mailbox)
@@ -257,6 +255,8 @@ defmodule GenNative.Server do
 
     finish(result)
   end
+
+  defp keeping(_ctx, take), do: finish(take.())
 
   defp requeue(mailbox) do
     case Process.delete(@pending) do

@@ -122,7 +122,7 @@ defmodule GenNative.Examples.DispatcherTest do
       end)
 
     send(pid, :subscribe)
-    assert_receive {:subscribed, ^pid}
+    assert_receive {:subscribed, ^pid}, 5000
     pid
   end
 

@@ -4,25 +4,51 @@ defmodule GenNative.MailboxModel do
   #
   # The server under test runs under a Supervisor with a registered name and
   # is kept suspended (`:sys.suspend/1`) between drains, so that requests
-  # accumulate: the first normal cast to an idle server travels as a plain
-  # {:"$gen_cast", request} message, everything else meets the lanes. What
-  # the server handles it sends to the test process, so the log survives a
-  # crash. A server restarted after a crash is held in its init/1 until the
-  # next drain, so requests also meet a mailbox that has just been adopted.
+  # accumulate. What the server handles it sends to the test process, so the
+  # log survives a crash. A server restarted after a crash is held in its
+  # init/1 until the next drain, so requests also meet a mailbox that has
+  # just been made or adopted.
   #
-  # The model keeps what the server's process mailbox holds (`procq`: the
-  # direct cast, the wake, normal calls, in arrival order) next to the two
-  # lanes. A drain lets the server handle `procq` in order, and a wake
-  # drains the lanes as they are then: the high lane FIFO, then the normal
-  # lane FIFO. A crash ends the drain and loses the rest of `procq`; with
-  # keep_on_crash the lanes go to the restarted server, whose priority calls
-  # are dropped (their callers exit with the crash), without it they are
-  # lost with the server.
+  # The mailbox has two modes (c_src/mailbox.c, docs/spec of issue 9):
+  #   * message mode (overflow :reject, :drop_newest or :block, no
+  #     keep_on_crash; the server has no handle_batch/2): a normal
+  #     GenNative.cast is counted (accepted, `length`, against `capacity`)
+  #     the moment it returns and travels as the process message
+  #     {:"$gen_cast", request}; the normal lane stays empty;
+  #   * queue mode (overflow :drop_oldest, or keep_on_crash): normal casts
+  #     wait in the normal lane, and the sender of a request that finds no
+  #     wake pending sends one.
+  # In both modes priority requests wait in the high lane (and wake the
+  # server the same way), and a normal call is admitted against the normal
+  # lane's capacity (evicting the oldest queued cast under :drop_oldest)
+  # without occupying a slot, then travels as a gen_server call.
+  #
+  # The model keeps what the server's process mailbox holds (`procq`: casts,
+  # GenServer.cast casts, plain messages, normal calls and wakes, in arrival
+  # order) next to the two lanes. A drain lets the server handle `procq` in
+  # order:
+  #   * before any process message other than a wake is handled, the high
+  #     lane is emptied and handled (priority overtakes everything waiting);
+  #     a normal call whose deadline has passed (drop_expired_calls) is
+  #     counted expired first and then skipped;
+  #   * a wake takes batches of up to @batch_size requests, the high lane
+  #     first, then (queue mode) the normal lane, until the lanes are empty;
+  #     a take that leaves both lanes empty clears `signaled`, so the next
+  #     request sends a wake again. (With process messages waiting the server
+  #     drains only what is queued at that moment and wakes itself for the
+  #     rest; nothing is sent during a drain here, so that is all of it.)
+  # A crash ends the drain and loses the rest of `procq` (normal calls in it
+  # exit). With keep_on_crash what was taken out and not handled goes back
+  # to the front of the lanes and the lanes go to the restarted server, whose
+  # priority calls are dropped (their callers exit with the crash); without
+  # it they are lost with the server and the new server has a new mailbox.
   #
   # Counters follow the issue: each request sent is counted in exactly one of
-  # accepted, rejected and dropped; a request dropped after it was accepted
-  # (evicted under :drop_oldest, or a priority call of a crashed server)
-  # moves from accepted to dropped.
+  # accepted, rejected, dropped and expired; a request dropped after it was
+  # accepted (evicted under :drop_oldest, or a priority call of a crashed
+  # server) moves from accepted to dropped, and a call whose deadline passed
+  # before the server reached it (drop_expired_calls) from accepted to
+  # expired.
   #
   # When a priority call of the crashed server is dropped is read two ways,
   # chosen by `:dead_calls` in the configuration:
@@ -38,6 +64,9 @@ defmodule GenNative.MailboxModel do
   @wait_ms 2_000
   # the default batch_size: the most requests one take hands over
   @batch_size 64
+  # the timeout of a call made to expire: the server is suspended, so its
+  # caller always gives up before the server reaches it
+  @short_ms 1
 
   defmodule Server do
     @moduledoc false
@@ -51,8 +80,8 @@ defmodule GenNative.MailboxModel do
       }
     end
 
-    # After a crash the new server waits here, mailbox adopted and name
-    # registered, until the test says go.
+    # After a crash the new server waits here, mailbox made or adopted and
+    # name registered, until the test says go.
     @impl true
     def init({owner, table} = state) do
       send(owner, {:gn_prop_started, self()})
@@ -82,28 +111,52 @@ defmodule GenNative.MailboxModel do
     def handle_call(:ping, _from, state), do: {:reply, :pong, state}
 
     def handle_call({kind, id} = request, _from, {owner, _} = state)
-        when kind in [:pcall, :ncall] do
+        when kind in [:pcall, :ncall, :tpcall, :tncall] do
       send(owner, {:gn_prop_handled, request})
       {:reply, {:reply, id}, state}
+    end
+
+    @impl true
+    def handle_info({:info, _id} = message, {owner, _} = state) do
+      send(owner, {:gn_prop_handled, message})
+      {:noreply, state}
     end
   end
 
   ## Configuration and the system under test
 
-  @doc "Generates a mailbox configuration: capacity, overflow, keep_on_crash."
+  @doc """
+  Generates a mailbox configuration: capacity, overflow, keep_on_crash,
+  drop_expired_calls.
+  """
   def config(dead_calls \\ :at_take) do
     :proper_types.bind(
       [
         :proper_types.oneof([:proper_types.integer(1, 5), :infinity]),
-        :proper_types.elements([:reject, :drop_newest, :drop_oldest]),
-        :proper_types.frequency([{3, true}, {1, false}])
+        :proper_types.frequency([
+          {2, :reject},
+          {2, :drop_newest},
+          {2, :drop_oldest},
+          {1, :block}
+        ]),
+        :proper_types.boolean(),
+        :proper_types.boolean()
       ],
-      fn [capacity, overflow, keep] ->
-        %{capacity: capacity, overflow: overflow, keep: keep, dead_calls: dead_calls}
+      fn [capacity, overflow, keep, expire] ->
+        %{
+          capacity: capacity,
+          overflow: overflow,
+          keep: keep,
+          expire: expire,
+          dead_calls: dead_calls
+        }
       end,
       false
     )
   end
+
+  @doc "Queue mode: normal casts wait in the normal lane."
+  def queue_mode?(cfg), do: cfg.overflow == :drop_oldest or cfg.keep
 
   @doc "Starts the server under a Supervisor, suspended."
   def setup(cfg) do
@@ -112,7 +165,13 @@ defmodule GenNative.MailboxModel do
     # A name of its own: a kept mailbox of a server that crashed during the
     # last case's teardown must not be adopted by this one.
     name = :"gn_mailbox_property_#{System.unique_integer([:positive])}"
-    mailbox = [capacity: cfg.capacity, overflow: cfg.overflow, keep_on_crash: cfg.keep]
+
+    mailbox = [
+      capacity: cfg.capacity,
+      overflow: cfg.overflow,
+      keep_on_crash: cfg.keep,
+      drop_expired_calls: cfg.expire
+    ]
 
     {:ok, sup} =
       Supervisor.start_link([{Server, {self(), table, name, mailbox}}],
@@ -131,7 +190,17 @@ defmodule GenNative.MailboxModel do
       end
 
     :ok = :sys.suspend(pid)
-    Process.put(@ctx, %{sup: sup, table: table, name: name, pid: pid, held: false, helpers: []})
+
+    Process.put(@ctx, %{
+      sup: sup,
+      table: table,
+      name: name,
+      pid: pid,
+      cfg: cfg,
+      held: false,
+      helpers: []
+    })
+
     :ok
   end
 
@@ -180,8 +249,31 @@ defmodule GenNative.MailboxModel do
   @doc false
   def cast_crash(lane, id), do: do_cast({:crash, lane, id}, lane)
 
-  defp do_cast(request, :normal), do: GenNative.cast(ctx().name, request)
-  defp do_cast(request, :high), do: GenNative.cast(ctx().name, request, priority: :high)
+  # Under :block a cast that finds no room gives up at once (the server is
+  # suspended: no room appears); otherwise the plain cast/2.
+  defp do_cast(request, lane) do
+    %{name: name, cfg: cfg} = ctx()
+
+    opts =
+      if(lane == :high, do: [priority: :high], else: []) ++
+        if cfg.overflow == :block, do: [timeout: 0], else: []
+
+    case opts do
+      [] -> GenNative.cast(name, request)
+      opts -> GenNative.cast(name, request, opts)
+    end
+  end
+
+  @doc false
+  # A cast GenNative cannot count: a plain {:"$gen_cast", request} message.
+  def gen_server_cast(id), do: GenServer.cast(ctx().name, {:cast, :gen_server, id})
+
+  @doc false
+  # A plain message, for handle_info/2.
+  def send_info(id) do
+    send(ctx().name, {:info, id})
+    :ok
+  end
 
   @doc false
   # A priority call from a helper process; returns once it is sent, its
@@ -199,38 +291,58 @@ defmodule GenNative.MailboxModel do
     helper_call(id, fn -> GenNative.call(name, {:ncall, id}, 30_000) end)
   end
 
+  @doc false
+  # A call, normal or priority, with a timeout so short that its caller
+  # gives up before the (suspended) server reaches it. Returns the caller's
+  # result once it has given up: a caller never gives up before its
+  # deadline, so with drop_expired_calls the server must skip the call.
+  def tcall(lane, id) do
+    name = ctx().name
+
+    {request, opts} =
+      case lane do
+        :normal -> {{:tncall, id}, []}
+        :high -> {{:tpcall, id}, [priority: :high]}
+      end
+
+    task =
+      Task.async(fn ->
+        call_result(id, fn -> GenNative.call(name, request, @short_ms, opts) end)
+      end)
+
+    case Task.yield(task, @wait_ms) || Task.shutdown(task, :brutal_kill) do
+      {:ok, result} -> result
+      _ -> :no_result
+    end
+  end
+
   defp helper_call(id, fun) do
     %{pid: pid, helpers: helpers} = c = ctx()
     before = sent(GenNative.mailbox_info(pid))
     parent = self()
-
-    helper =
-      spawn(fn ->
-        result =
-          try do
-            case fun.() do
-              {:reply, ^id} -> :ok
-              other -> {:unexpected_reply, other}
-            end
-          catch
-            :exit, reason -> exit_reason(reason)
-          end
-
-        send(parent, {:gn_prop_result, id, result})
-      end)
-
+    helper = spawn(fn -> send(parent, {:gn_prop_result, id, call_result(id, fun)}) end)
     Process.put(@ctx, %{c | helpers: [{id, helper} | helpers]})
     wait_sent(pid, before, helper, deadline())
   end
 
+  defp call_result(id, fun) do
+    case fun.() do
+      {:reply, ^id} -> :ok
+      other -> {:unexpected_reply, other}
+    end
+  catch
+    :exit, reason -> exit_reason(reason)
+  end
+
   defp exit_reason({:mailbox_full, {GenNative, :call, _}}), do: :mailbox_full
+  defp exit_reason({:timeout, {GenNative, :call, _}}), do: :timeout
 
   defp exit_reason({{%RuntimeError{message: "gn_prop crash"}, _}, {GenNative, :call, _}}),
     do: :crashed
 
   defp exit_reason(reason), do: {:exit, reason}
 
-  defp sent(%{accepted: a, rejected: r, dropped: d}), do: a + r + d
+  defp sent(%{accepted: a, rejected: r, dropped: d, expired: e}), do: a + r + d + e
 
   # Whatever the outcome, sending changes the counters; but an admitted
   # normal call is counted before its message goes, so also wait for the
@@ -321,22 +433,40 @@ defmodule GenNative.MailboxModel do
 
   ## The model
 
-  @counters %{admitted: 0, rejected: 0, dropped_new: 0, evicted: 0, skipped: 0, max_length: 0}
+  @counters %{
+    admitted: 0,
+    rejected: 0,
+    dropped_new: 0,
+    evicted: 0,
+    skipped: 0,
+    expired: 0,
+    max_length: 0
+  }
 
   def initial_state,
-    do: initial_state(%{capacity: :infinity, overflow: :reject, keep: true, dead_calls: :at_take})
+    do:
+      initial_state(%{
+        capacity: :infinity,
+        overflow: :reject,
+        keep: false,
+        expire: false,
+        dead_calls: :at_take
+      })
 
   def initial_state(cfg) do
     %{
       cfg: cfg,
       next_id: 1,
-      # lane items: {:cast | :crash, lane, id}, {:pcall, id}, and {:dead, id}
-      # for a priority call of a crashed server not taken out yet
+      # lane items: {:cast | :crash, lane, id}, {:pcall, id}, {:tpcall, id},
+      # and {:dead, id} for a priority call of a crashed server not taken
+      # out yet; the normal lane is used in queue mode only
       normal: [],
       high: [],
+      # the server's process mailbox: {:cast, request, counted?} (a
+      # {:"$gen_cast", request}; counted? for GenNative's, which are in
+      # `length`), {:call, {:ncall | :tncall, id}}, {:info, request}, :wake
       procq: [],
       signaled: false,
-      inflight: 0,
       # a restarted server waiting in init/1
       held: false,
       counters: @counters,
@@ -355,28 +485,60 @@ defmodule GenNative.MailboxModel do
       {8, {:call, __MODULE__, :cast, [lane, id]}},
       {3, {:call, __MODULE__, :pcall, [id]}},
       {2, {:call, __MODULE__, :ncall, [id]}},
+      {2, {:call, __MODULE__, :tcall, [lane, id]}},
+      {1, {:call, __MODULE__, :gen_server_cast, [id]}},
+      {1, {:call, __MODULE__, :send_info, [id]}},
       {1, {:call, __MODULE__, :cast_crash, [lane, id]}},
       {3, {:call, __MODULE__, :drain, []}},
       {2, {:call, __MODULE__, :info, []}}
     ])
   end
 
+  # Under :block a call that finds no room would wait for the next drain,
+  # racing with it: calls are only made while there is room.
+  def precondition(%{cfg: %{overflow: :block}} = s, {:call, _, fun, args})
+      when fun in [:pcall, :ncall, :tcall] do
+    lane =
+      case {fun, args} do
+        {:pcall, _} -> :high
+        {:ncall, _} -> :normal
+        {:tcall, [lane, _id]} -> lane
+      end
+
+    not full?(s.cfg.capacity, lane_len(s, lane))
+  end
+
   def precondition(_s, _call), do: true
 
   def next_state(s, _result, {:call, _, fun, [lane, id]}) when fun in [:cast, :cast_crash] do
     kind = if fun == :cast, do: :cast, else: :crash
-    {_result, s} = send_request(bump(s, id), lane, {kind, lane, id})
+    {_outcome, s} = send_request(bump(s, id), lane, {kind, lane, id})
     s
   end
 
   def next_state(s, _result, {:call, _, :pcall, [id]}) do
-    {_result, s} = send_request(bump(s, id), :high, {:pcall, id})
+    {_outcome, s} = send_request(bump(s, id), :high, {:pcall, id})
     %{s | outstanding: [id | s.outstanding]}
   end
 
   def next_state(s, _result, {:call, _, :ncall, [id]}) do
-    {_result, s} = send_request(bump(s, id), :normal, {:ncall, id})
+    {_outcome, s} = send_request(bump(s, id), :normal, {:ncall, id})
     %{s | outstanding: [id | s.outstanding]}
+  end
+
+  def next_state(s, _result, {:call, _, :tcall, [lane, id]}) do
+    {_outcome, s} = send_request(bump(s, id), lane, timed_call(lane, id))
+    s
+  end
+
+  def next_state(s, _result, {:call, _, :gen_server_cast, [id]}) do
+    s = bump(s, id)
+    %{s | procq: s.procq ++ [{:cast, {:cast, :gen_server, id}, false}]}
+  end
+
+  def next_state(s, _result, {:call, _, :send_info, [id]}) do
+    s = bump(s, id)
+    %{s | procq: s.procq ++ [{:info, {:info, id}}]}
   end
 
   def next_state(s, _result, {:call, _, :drain, []}), do: simulate_drain(s).state
@@ -384,14 +546,26 @@ defmodule GenNative.MailboxModel do
 
   defp bump(s, id), do: %{s | next_id: max(s.next_id, id + 1)}
 
+  defp timed_call(:normal, id), do: {:tncall, id}
+  defp timed_call(:high, id), do: {:tpcall, id}
+
   def postcondition(s, {:call, _, fun, [lane, id]}, result) when fun in [:cast, :cast_crash] do
     kind = if fun == :cast, do: :cast, else: :crash
-    {expected, _} = send_request(s, lane, {kind, lane, id})
+    {outcome, _} = send_request(s, lane, {kind, lane, id})
+    expected = if outcome == :rejected, do: {:error, :mailbox_full}, else: :ok
     check(fun, expected, result)
   end
 
-  def postcondition(_s, {:call, _, fun, [_id]}, result) when fun in [:pcall, :ncall],
-    do: check(fun, :ok, result)
+  def postcondition(s, {:call, _, :tcall, [lane, id]}, result) do
+    # its caller gave up: at once if the call was refused, else at its timeout
+    {outcome, _} = send_request(s, lane, timed_call(lane, id))
+    expected = if outcome == :accepted, do: :timeout, else: :mailbox_full
+    check(:tcall, expected, result)
+  end
+
+  def postcondition(_s, {:call, _, fun, [_id]}, result)
+      when fun in [:pcall, :ncall, :gen_server_cast, :send_info],
+      do: check(fun, :ok, result)
 
   def postcondition(s, {:call, _, :info, []}, result), do: check(:info, expected_info(s), result)
 
@@ -420,22 +594,36 @@ defmodule GenNative.MailboxModel do
     end
   end
 
-  # One request meets the mailbox, as the issue and c_src/mailbox.c say.
-  # Returns the sender's result and the new state.
-  defp send_request(s, lane, item) do
-    queue = Map.fetch!(s, lane)
-    call? = match?({kind, _} when kind in [:pcall, :ncall], item)
+  defp queue?(s), do: queue_mode?(s.cfg)
 
-    if full?(s.cfg.capacity, length(queue)) do
+  # What `length` counts: normal casts queued (queue mode) or sent with
+  # GenNative.cast and not handled yet (message mode).
+  defp normal_len(s) do
+    if queue?(s),
+      do: length(s.normal),
+      else: Enum.count(s.procq, &match?({:cast, _, true}, &1))
+  end
+
+  defp lane_len(s, :normal), do: normal_len(s)
+  defp lane_len(s, :high), do: length(s.high)
+
+  # One request meets the mailbox, as the issue and c_src/mailbox.c say.
+  # Returns :accepted, :rejected or :dropped (discarded under :drop_newest)
+  # and the new state. Under :block a cast that finds no room gives up at
+  # once and counts as rejected.
+  defp send_request(s, lane, item) do
+    if full?(s.cfg.capacity, lane_len(s, lane)) do
       case s.cfg.overflow do
-        :reject ->
-          {refused(call?), count(s, :rejected) |> settle(item, :mailbox_full)}
+        policy when policy in [:reject, :block] ->
+          {:rejected, count(s, :rejected) |> settle(item, :mailbox_full)}
 
         :drop_newest ->
-          {:ok, count(s, :dropped_new) |> settle(item, :mailbox_full)}
+          {:dropped, count(s, :dropped_new) |> settle(item, :mailbox_full)}
 
         :drop_oldest ->
-          [oldest | rest] = queue
+          # queue mode: the lane holds what `length` counts; a normal call
+          # evicts a queued cast too, though it takes no place itself
+          [oldest | rest] = Map.fetch!(s, lane)
 
           s =
             s
@@ -443,20 +631,17 @@ defmodule GenNative.MailboxModel do
             |> count(:evicted)
             |> settle(oldest, :mailbox_full)
 
-          accept(s, lane, item)
+          {:accepted, accept(s, lane, item)}
       end
     else
-      accept(s, lane, item)
+      {:accepted, accept(s, lane, item)}
     end
   end
 
   defp full?(:infinity, _len), do: false
   defp full?(capacity, len), do: len >= capacity
 
-  defp refused(true), do: :ok
-  defp refused(false), do: {:error, :mailbox_full}
-
-  # Only live calls have a caller to tell.
+  # Only live calls whose caller still waits have a caller to tell.
   defp settle(s, {kind, id}, result) when kind in [:pcall, :ncall],
     do: %{s | settled: Map.put(s.settled, id, result)}
 
@@ -464,27 +649,31 @@ defmodule GenNative.MailboxModel do
 
   defp count(s, key, n \\ 1), do: %{s | counters: Map.update!(s.counters, key, &(&1 + n))}
 
+  defp note_length(s) do
+    len = normal_len(s) + length(s.high)
+    %{s | counters: %{s.counters | max_length: max(s.counters.max_length, len)}}
+  end
+
+  # An admitted normal call travels as a gen_server call and takes no
+  # place; a normal cast in message mode travels as a {:"$gen_cast", _}
+  # message; anything else is queued, and its sender wakes the server if
+  # no wake is pending.
   defp accept(s, lane, item) do
     s = count(s, :admitted)
 
     cond do
-      match?({:ncall, _}, item) ->
-        {:ok, %{s | procq: s.procq ++ [item]}}
+      match?({kind, _} when kind in [:ncall, :tncall], item) ->
+        %{s | procq: s.procq ++ [{:call, item}]}
 
-      # a keep_on_crash mailbox queues every cast: a direct one would die
-      # with its server
-      lane == :normal and not s.cfg.keep and not s.signaled and s.normal == [] and s.high == [] and
-          s.inflight == 0 ->
-        {:ok, %{s | inflight: 1, procq: s.procq ++ [{:direct, item}]}}
+      lane == :normal and not queue?(s) ->
+        note_length(%{s | procq: s.procq ++ [{:cast, item, true}]})
 
       true ->
-        s = Map.put(s, lane, Map.fetch!(s, lane) ++ [item])
-        len = length(s.normal) + length(s.high)
-        s = %{s | counters: %{s.counters | max_length: max(s.counters.max_length, len)}}
+        s = s |> Map.put(lane, Map.fetch!(s, lane) ++ [item]) |> note_length()
 
         if s.signaled,
-          do: {:ok, s},
-          else: {:ok, %{s | signaled: true, procq: s.procq ++ [:wake]}}
+          do: s,
+          else: %{s | signaled: true, procq: s.procq ++ [:wake]}
     end
   end
 
@@ -493,21 +682,22 @@ defmodule GenNative.MailboxModel do
     later_dropped = c.evicted + c.skipped
 
     %{
-      length: length(s.normal),
+      length: normal_len(s),
       high_length: length(s.high),
       capacity: s.cfg.capacity,
       overflow: s.cfg.overflow,
-      accepted: c.admitted - later_dropped,
+      accepted: c.admitted - later_dropped - c.expired,
       rejected: c.rejected,
       dropped: c.dropped_new + later_dropped,
+      expired: c.expired,
       max_length: c.max_length,
       blocked_senders: 0
     }
   end
 
-  # What a drain does: the server handles its process mailbox in order; a
-  # wake takes the high lane, then the normal lane. Without a crash, the
-  # normal call that fetches the log is admitted last.
+  # What a drain does: the server handles its process mailbox in order,
+  # until it is empty or the server crashes. Without a crash, the normal
+  # call that fetches the log is admitted last.
   defp simulate_drain(s) do
     d = run_procq(%{s: %{s | held: false}, log: [], results: %{}})
     s = d.s
@@ -520,55 +710,108 @@ defmodule GenNative.MailboxModel do
     }
   end
 
-  defp run_procq(%{s: %{procq: []}} = d), do: %{d | s: %{d.s | signaled: false, inflight: 0}}
+  defp run_procq(%{s: %{procq: []}} = d), do: d
 
   defp run_procq(%{s: %{procq: [msg | rest]} = s} = d) do
-    d = %{d | s: %{s | procq: rest}}
-
-    case msg do
-      {:direct, item} ->
-        handle_items([item], %{d | s: %{d.s | inflight: 0}}, :direct)
-
-      {:ncall, _} = item ->
-        handle_items([item], d, :direct)
-
-      :wake ->
-        take(d)
+    case handle_message(msg, %{d | s: %{s | procq: rest}}) do
+      {:cont, d} -> run_procq(d)
+      {:crashed, d} -> d
     end
   end
 
-  # A wake takes batches of up to @batch_size requests, the high lane first,
-  # until the lanes are empty; a dead call is skipped, and counted, as it is
-  # taken out.
-  defp take(%{s: %{high: [], normal: []}} = d), do: run_procq(d)
+  # A wake: priority requests, then queued casts.
+  defp handle_message(:wake, d), do: take_all(d)
 
-  defp take(d) do
-    {batch, s} = take_batch(d.s, @batch_size, [])
-    handle_items(batch, %{d | s: s}, :taken)
+  # A normal call: told to the mailbox (as expired, if its deadline has
+  # passed and the server skips such calls), then priority requests first.
+  defp handle_message({:call, {kind, _id} = item} = msg, d) do
+    expired? = kind == :tncall and d.s.cfg.expire
+    d = if expired?, do: %{d | s: count(d.s, :expired)}, else: d
+
+    with {:cont, d} <- take_high(d, msg) do
+      if expired?, do: {:cont, d}, else: handle_item(item, d, [], [])
+    end
   end
 
-  defp take_batch(s, 0, acc), do: {Enum.reverse(acc), s}
-  defp take_batch(%{high: [], normal: []} = s, _n, acc), do: {Enum.reverse(acc), s}
+  # A cast (GenNative's or GenServer's) or a plain message: priority
+  # requests first.
+  defp handle_message({tag, item, _counted?} = msg, d) when tag == :cast do
+    with {:cont, d} <- take_high(d, msg), do: handle_item(item, d, [], [])
+  end
 
-  defp take_batch(%{high: [item | rest]} = s, n, acc),
-    do: take_one(%{s | high: rest}, item, n, acc)
+  defp handle_message({:info, item} = msg, d) do
+    with {:cont, d} <- take_high(d, msg), do: handle_item(item, d, [], [])
+  end
 
-  defp take_batch(%{high: [], normal: [item | rest]} = s, n, acc),
-    do: take_one(%{s | normal: rest}, item, n, acc)
+  # Before the process message `msg`: batches of the high lane only, until
+  # a short one. A crash loses `msg` with the rest of the process mailbox.
+  defp take_high(%{s: %{high: []}} = d, _msg), do: {:cont, d}
 
-  defp take_one(s, {:dead, _id}, n, acc), do: take_batch(count(s, :skipped), n, acc)
-  defp take_one(s, item, n, acc), do: take_batch(s, n - 1, [item | acc])
+  defp take_high(d, msg) do
+    {batch, s} = take_batch(d.s, @batch_size, [], :high)
 
-  defp handle_items([], d, :taken), do: take(d)
-  defp handle_items([], d, :direct), do: run_procq(d)
+    case handle_taken(batch, %{d | s: s}, [msg]) do
+      {:cont, d} when length(batch) < @batch_size -> {:cont, d}
+      {:cont, d} -> take_high(d, msg)
+      crashed -> crashed
+    end
+  end
 
-  defp handle_items([item | rest], d, how) do
+  # On a wake: batches of the high lane, then the normal lane, until a
+  # short one; a take that leaves both lanes empty clears `signaled`.
+  defp take_all(d) do
+    {batch, s} = take_batch(d.s, @batch_size, [], :all)
+    s = if s.high == [] and s.normal == [], do: %{s | signaled: false}, else: s
+
+    case handle_taken(batch, %{d | s: s}, []) do
+      {:cont, d} when length(batch) < @batch_size -> {:cont, d}
+      {:cont, d} -> take_all(d)
+      crashed -> crashed
+    end
+  end
+
+  # A dead call is skipped, and counted, as it is taken out; it does not
+  # count towards the batch.
+  defp take_batch(s, 0, acc, _lanes), do: {Enum.reverse(acc), s}
+
+  defp take_batch(%{high: [item | rest]} = s, n, acc, lanes),
+    do: take_one(%{s | high: rest}, item, n, acc, lanes)
+
+  defp take_batch(%{high: [], normal: [item | rest]} = s, n, acc, :all),
+    do: take_one(%{s | normal: rest}, item, n, acc, :all)
+
+  defp take_batch(s, _n, acc, _lanes), do: {Enum.reverse(acc), s}
+
+  defp take_one(s, {:dead, _id}, n, acc, lanes), do: take_batch(count(s, :skipped), n, acc, lanes)
+  defp take_one(s, item, n, acc, lanes), do: take_batch(s, n - 1, [item | acc], lanes)
+
+  defp handle_taken([], d, _lost), do: {:cont, d}
+
+  defp handle_taken([item | rest], d, lost) do
+    case handle_item(item, d, rest, lost) do
+      {:cont, d} -> handle_taken(rest, d, lost)
+      crashed -> crashed
+    end
+  end
+
+  # Handles one request; `untaken`: what was taken out with it and comes
+  # after it; `lost`: the process message being handled, if any.
+  defp handle_item(item, d, untaken, lost) do
     d = %{d | log: [item | d.log]}
 
     case item do
-      {:crash, _lane, _id} -> crash(d, if(how == :taken, do: rest, else: []))
-      {kind, id} when kind in [:pcall, :ncall] -> handle_items(rest, put_result(d, id, :ok), how)
-      _cast -> handle_items(rest, d, how)
+      {:crash, _lane, _id} ->
+        {:crashed, crash(d, untaken, lost)}
+
+      {:tpcall, _id} when d.s.cfg.expire ->
+        # taken out after its deadline: not handled, counted expired
+        {:cont, %{d | log: tl(d.log), s: count(d.s, :expired)}}
+
+      {kind, id} when kind in [:pcall, :ncall] ->
+        {:cont, put_result(d, id, :ok)}
+
+      _handled ->
+        {:cont, d}
     end
   end
 
@@ -578,42 +821,45 @@ defmodule GenNative.MailboxModel do
   # waiting there exit), what it took out and did not handle goes back to
   # the front of the lanes, and the callers of priority calls still queued
   # exit. Its successor is held in init/1.
-  defp crash(d, untaken) do
+  defp crash(d, untaken, lost) do
     s = d.s
     {high_back, normal_back} = Enum.split_with(untaken, &high?/1)
     high = high_back ++ s.high
     normal = normal_back ++ s.normal
-    lost_calls = for {:ncall, id} <- s.procq, do: id
+    lost_calls = for {:call, {:ncall, id}} <- lost ++ s.procq, do: id
     pcalls = for {:pcall, id} <- high, do: id
     d = Enum.reduce(lost_calls ++ pcalls, d, &put_result(&2, &1, :crashed))
 
     s =
       if s.cfg.keep do
         # adopted by the successor, which wakes itself if anything is queued
-        wake = if high ++ normal == [], do: [], else: [:wake]
-
         {high, s} =
           case s.cfg.dead_calls do
             :at_take ->
               {Enum.map(high, &dead/1), s}
 
             :at_crash ->
-              {Enum.reject(high, &match?({:pcall, _}, &1)), count(s, :skipped, length(pcalls))}
+              {kept, calls} = Enum.split_with(high, &(not call?(&1)))
+              {kept, count(s, :skipped, length(calls))}
           end
 
+        wake = if high ++ normal == [], do: [], else: [:wake]
         %{s | high: high, normal: normal, procq: wake, signaled: wake != []}
       else
-        # a fresh mailbox: what was queued is lost, counters start again
+        # a new mailbox: what was queued is lost, counters start again
         %{s | high: [], normal: [], counters: @counters, procq: [], signaled: false}
       end
 
-    %{d | s: %{s | inflight: 0, held: true}}
+    %{d | s: %{s | held: true}}
   end
 
-  defp dead({:pcall, id}), do: {:dead, id}
+  defp call?({kind, _id}), do: kind in [:pcall, :tpcall, :dead]
+  defp call?(_item), do: false
+
+  defp dead({kind, id}) when kind in [:pcall, :tpcall], do: {:dead, id}
   defp dead(item), do: item
 
-  defp high?({kind, _id}), do: kind in [:pcall, :dead]
+  defp high?({_kind, _id}), do: true
   defp high?({_kind, lane, _id}), do: lane == :high
 
   ## The property
@@ -685,10 +931,11 @@ defmodule GenNative.MailboxModel do
 end
 
 defmodule GenNative.MailboxPropertyTest do
-  # A stateful property (PropEr's proper_statem) of the native mailbox:
-  # random sequences of casts in both lanes, priority and normal calls,
-  # crashes, drains and mailbox_info/1 checks against one suspended server,
-  # compared with the model above.
+  # A stateful property (PropEr's proper_statem) of the native mailbox, in
+  # message mode and in queue mode: random sequences of casts in both lanes,
+  # GenServer casts, plain messages, priority and normal calls, calls whose
+  # caller gave up, crashes, drains and mailbox_info/1 checks against one
+  # suspended server, compared with the model above.
   #
   # Not async: the server under test has a fixed registered name.
   use ExUnit.Case, async: false

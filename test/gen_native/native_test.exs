@@ -124,8 +124,6 @@ defmodule GenNative.NativeTest do
       assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :normal, :shout) end
       # only a normal call asks for admission
       assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :high, :admit) end
-      # only a priority call is queued
-      assert_raise ArgumentError, fn -> Native.mailbox_send(pid, :x, :normal, :call) end
       assert_raise ArgumentError, fn -> Native.mailbox_ack(make_ref(), :sideways) end
       assert_raise ArgumentError, fn -> Native.mailbox_take(make_ref(), 1, :infinity, :maybe) end
       assert_raise ArgumentError, fn -> Native.mailbox_take(make_ref(), 1, -1, true) end

@@ -49,7 +49,7 @@ defmodule GenNative.StoreTest do
       # a resource of another type from the same NIF library
       mailbox_owner =
         spawn(fn ->
-          send(test, {:mailbox, GenNative.Native.mailbox_new(:infinity, :reject, false)})
+          send(test, {:mailbox, GenNative.Native.mailbox_new(:infinity, :reject, [])})
           Process.sleep(:infinity)
         end)
 
