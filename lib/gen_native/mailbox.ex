@@ -33,8 +33,10 @@ defmodule GenNative.Mailbox do
       normal casts waiting (sent with `GenNative.cast` and not handled yet,
       in the process mailbox or the queue); the priority lane holds as many.
       A normal call is admitted only while there is room too, but takes
-      none. Casts sent with `GenServer.cast/2` cannot be told apart from
-      other messages and are not counted.
+      none. A cast sent with `GenServer.cast/2` is the same message as a
+      GenNative cast, so the mailbox cannot tell them apart: it takes no
+      slot when sent, and handling it frees one, so with GenServer clients
+      mixed in, as many more casts as they sent can get in.
 
     * `:overflow` - what happens to a request that meets a full lane
       (default `:reject`):
