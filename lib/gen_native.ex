@@ -63,8 +63,11 @@ defmodule GenNative do
 
     * a request sent with `priority: :high` is handled before every request
       still waiting (casts, calls and plain messages in the server's process
-      mailbox, casts in its queue), but not before `:sys` requests and
-      `stop/3`, which the `:gen_server` loop handles itself;
+      mailbox, casts in its queue): the server handles the priority requests
+      waiting before each message it takes. `:sys` requests and `stop/3` are
+      handled by the `:gen_server` loop itself, in their place, so one that
+      the loop reaches before the server's next cast, call or message is
+      not overtaken;
     * in queue mode, casts keep their order among themselves and everything
       cast before a message was sent is handled before that message, but a
       message sent *before* a cast (`send(s, m)` then `cast(s, x)`, or a call

@@ -25,7 +25,7 @@ defmodule GenNative.Mailbox do
       *before* a cast may be handled after it while the server has a backlog.
 
   In both modes a `priority: :high` request is handled before every request
-  still waiting, except `:sys` requests and `stop/3`.
+  still waiting; see "Ordering" in `GenNative`.
 
   ## Options
 
