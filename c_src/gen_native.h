@@ -71,6 +71,7 @@
     X(block) \
     X(not_ready) \
     X(busy) \
+    X(send) \
     X(none) \
     X(store_deleted) \
     X(not_owner) \

@@ -6,7 +6,8 @@
  *
  *  - Message mode (the default). A normal cast is admitted here (counted in
  *    `sent` against `capacity`, under the overflow policy) and then travels
- *    as the process message {'$gen_cast', Request}, sent by the sender, so
+ *    as the process message {'$gen_cast', Request}, which the sender sends
+ *    itself once this NIF has admitted it, so
  *    that its order with every other message is the VM's, exactly as for
  *    GenServer.cast. The owner acks each cast it handles (`sent` goes down).
  *    The normal lane stays empty.
@@ -898,7 +899,7 @@ static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *se
 }
 
 /* mailbox_send(Pid, Item, Lane, Kind) ->
- *     ok | deadline | busy | {ok, DroppedCall} | not_native | full | dropped | {wait, Tag}
+ *     ok | send | deadline | busy | {ok, DroppedCall} | not_native | full | dropped | {wait, Tag}
  *
  * Lane: normal | high. Kind: cast (Item is a normal cast, or a wrapped
  * priority cast), admit (a normal call asks for room; nothing is queued; it
@@ -907,9 +908,10 @@ static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *se
  * back as a call) or call (on the high lane, Item is a priority call
  * wrapped by GenNative, to queue; on the normal lane, Item is the
  * {'$gen_call', From, Request} message of a normal call, sent to the owner
- * from here as soon as there is room). A normal cast in message mode is
- * sent to the owner as {'$gen_cast', Item} from here. See the top of this
- * file for what each result means. */
+ * from here as soon as there is room). A normal cast admitted in message
+ * mode gets `send`: the caller sends {'$gen_cast', Item} itself, with send/2,
+ * which costs less than enif_send. See the top of this file for what each
+ * result means. */
 ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
@@ -949,8 +951,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             return gn_am_ok;
         }
         __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
-        enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
-        return gn_am_ok;
+        return gn_am_send;
     }
 
     enif_mutex_lock(mb->lock);
@@ -959,7 +960,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         return gn_am_ok;
     }
 
-    enum { SEND, SEND_AS_IS, NONE } how = NONE;
+    enum { SEND_AS_IS, NONE } how = NONE;
     ERL_NIF_TERM result = gn_am_ok;
     gn_chunk *done = NULL;
     gn_lane *lane = &mb->lanes[lane_ix];
@@ -1012,7 +1013,10 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
             gn_note_length(mb);
         }
-        how = is_call ? SEND_AS_IS : SEND;
+        if (is_call)
+            how = SEND_AS_IS;
+        else
+            result = gn_am_send;
         goto unlock;
     }
     if (!gn_lane_push(lane, argv[1], mb->next_seq, mb->epoch, is_call)) {
@@ -1031,9 +1035,7 @@ unlock:
     /* Sent from the caller's environment, so it is ordered with the caller's
      * other messages to the owner; fails only if the owner died (dropped, as
      * with send/2). */
-    if (how == SEND)
-        enif_send(env, &pid, NULL, enif_make_tuple2(env, gn_am_gen_cast, argv[1]));
-    else if (how == SEND_AS_IS)
+    if (how == SEND_AS_IS)
         enif_send(env, &pid, NULL, argv[1]);
     return result;
 }

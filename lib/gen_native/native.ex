@@ -24,6 +24,7 @@ defmodule GenNative.Native do
 
   @spec mailbox_send(pid(), term(), :normal | :high, :cast | :call | :admit) ::
           :ok
+          | :send
           | :deadline
           | {:ok, term()}
           | :not_native
