@@ -18,9 +18,10 @@
  *
  * In both modes the `high` lane holds priority casts and calls. A request
  * queued in an empty mailbox wakes the owner: the *sender* sends one
- * '$gn_wake' message if no wake is pending (`signaled`), under the lock, so
- * the wake lands in the owner's process mailbox before any message sent
- * after the request was queued, by anyone. Only the owner, handling a wake, clears `signaled` (when it
+ * '$gn_wake' message if no wake is pending (`signaled`), so the wake lands
+ * in the owner's process mailbox before any message sent after the request
+ * was queued, by anyone: a sender that finds a wake pending but not yet
+ * sent (`unsent`) sends one of its own. Only the owner, handling a wake, clears `signaled` (when it
  * finds both lanes empty), so at most one sender-sent wake is on its way.
  * The owner also looks at the high lane (`high_hint`) before each message it
  * handles, which is how a priority request overtakes what is already in the
@@ -115,6 +116,7 @@ typedef struct gn_mailbox {
     int queue;    /* queue mode: normal casts wait in the normal lane */
     int expire;   /* drop_expired_calls: calls carry their deadline */
     int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
+    int unsent;   /* atomic: senders that set `signaled` and have not sent their wake yet */
     uint32_t epoch;
     gn_lane lanes[2];
     size_t capacity; /* per lane; SIZE_MAX for infinity */
@@ -300,7 +302,8 @@ static void gn_outbox_flush(ErlNifEnv *caller_env, gn_outbox *out)
     out->released = NULL;
 }
 
-/* Wakes the owner unless a wake is pending. Call with mb->lock held: the
+/* Wakes the owner unless a wake is pending, on the paths other than a
+ * sender's enqueue (admitted waiters, refills). Call with mb->lock held: the
  * wake is sent before the lock is released, so a sender that then finds
  * `signaled` set knows the wake is already in the owner's process mailbox,
  * ahead of anything it sends next (a wake sent after unlocking could be
@@ -960,7 +963,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         return gn_am_ok;
     }
 
-    enum { SEND_AS_IS, NONE } how = NONE;
+    enum { SEND_AS_IS, WAKE, WAKE_TOO, NONE } how = NONE;
     ERL_NIF_TERM result = gn_am_ok;
     gn_chunk *done = NULL;
     gn_lane *lane = &mb->lanes[lane_ix];
@@ -1027,7 +1030,16 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     }
     mb->next_seq++;
     gn_note_length(mb);
-    gn_signal(env, mb);
+    /* The wake goes out after unlocking, to keep the lock short on this
+     * path. A sender that finds a wake pending but not sent yet sends one
+     * too: its own wake, not the other's, must precede what it sends next. */
+    if (!__atomic_load_n(&mb->signaled, __ATOMIC_RELAXED)) {
+        __atomic_store_n(&mb->signaled, 1, __ATOMIC_RELEASE);
+        __atomic_fetch_add(&mb->unsent, 1, __ATOMIC_RELAXED);
+        how = WAKE;
+    } else if (__atomic_load_n(&mb->unsent, __ATOMIC_ACQUIRE) > 0) {
+        how = WAKE_TOO;
+    }
 
 unlock:
     gn_unlock(mb);
@@ -1037,6 +1049,10 @@ unlock:
      * with send/2). */
     if (how == SEND_AS_IS)
         enif_send(env, &pid, NULL, argv[1]);
+    else if (how == WAKE || how == WAKE_TOO)
+        enif_send(env, &pid, NULL, gn_am_wake);
+    if (how == WAKE)
+        __atomic_fetch_sub(&mb->unsent, 1, __ATOMIC_RELEASE);
     return result;
 }
 
