@@ -52,7 +52,6 @@
     X(queue) \
     X(keep) \
     X(expire) \
-    X(other) \
     X(deadline) \
     X(closed) \
     X(full) \

@@ -718,20 +718,32 @@ static void gn_sent_dec(gn_mailbox *mb)
         ;
 }
 
+/* mailbox_high(Ref) -> boolean()
+ * Whether priority requests wait: the owner asks before each call or other
+ * message it handles. Reads a hint only, so it needs no lock and no owner
+ * check; it is on the path of every call. */
+ERL_NIF_TERM gn_mailbox_high_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    gn_mailbox *mb;
+    if (!enif_get_resource(env, argv[0], gn_mailbox_rtype, (void **)&mb))
+        return enif_make_badarg(env);
+    return __atomic_load_n(&mb->high_hint, __ATOMIC_ACQUIRE) ? gn_am_true : gn_am_false;
+}
+
 /* mailbox_ack(Ref, What) -> ok | high
  * The owner is about to handle a process message. What: cast (a
  * {'$gen_cast', _}: in message mode one fewer is waiting, and a blocked
- * sender may fit now), other (a call or any other message), or expired (a
- * call whose caller gave up, which the owner skips: it moves from accepted
- * to expired). Returns high when priority requests wait, to be handled
- * first. */
+ * sender may fit now), or expired (a call whose caller gave up, which the
+ * owner skips: it moves from accepted to expired). Returns high when
+ * priority requests wait, to be handled first. */
 ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
     gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
     int cast = enif_is_identical(argv[1], gn_am_cast);
     int expired = enif_is_identical(argv[1], gn_am_expired);
-    if (!mb || (!cast && !expired && !enif_is_identical(argv[1], gn_am_other)))
+    if (!mb || (!cast && !expired))
         return enif_make_badarg(env);
     if (expired) {
         enif_mutex_lock(mb->lock);

@@ -92,6 +92,7 @@ static ErlNifFunc gn_funcs[] = {
     {"mailbox_take",     4,     gn_mailbox_take_nif,    0},
     {"mailbox_watermark", 1,    gn_mailbox_watermark_nif, 0},
     {"mailbox_ack",      2,     gn_mailbox_ack_nif,     0},
+    {"mailbox_high",     1,     gn_mailbox_high_nif,    0},
     {"mailbox_info",     1,     gn_mailbox_info_nif,    0},
     {"mailbox_adopt",    1,     gn_mailbox_adopt_nif,   0},
     {"mailbox_discard",  1,     gn_mailbox_discard_nif, 0},

@@ -245,7 +245,7 @@ defmodule GenNative do
       end
 
       def handle_cast(request, state) do
-        case GenNative.Server.before(__MODULE__, :cast, state) do
+        case GenNative.Server.before_cast(__MODULE__, state) do
           {:cont, state} -> unquote(handle_cast)
           stop -> stop
         end
@@ -256,7 +256,7 @@ defmodule GenNative do
       end
 
       def handle_info(message, state) do
-        case GenNative.Server.before(__MODULE__, :other, state) do
+        case GenNative.Server.before_info(__MODULE__, state) do
           {:cont, state} -> super(message, state)
           stop -> stop
         end

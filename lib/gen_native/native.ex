@@ -43,8 +43,11 @@ defmodule GenNative.Native do
   @spec mailbox_watermark(mailbox()) :: non_neg_integer() | :none
   def mailbox_watermark(_mailbox), do: :erlang.nif_error(:not_loaded)
 
-  @spec mailbox_ack(mailbox(), :cast | :other | :expired) :: :ok | :high
+  @spec mailbox_ack(mailbox(), :cast | :expired) :: :ok | :high
   def mailbox_ack(_mailbox, _what), do: :erlang.nif_error(:not_loaded)
+
+  @spec mailbox_high(mailbox()) :: boolean()
+  def mailbox_high(_mailbox), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_info(pid()) :: map() | :not_native
   def mailbox_info(_pid), do: :erlang.nif_error(:not_loaded)

@@ -136,13 +136,13 @@ defmodule GenNative.Server do
   end
 
   @doc false
-  # Before handle_cast/2 (kind :cast) or handle_info/2 (:other) runs for a
-  # process message: the mailbox counts the cast as handled, and priority
-  # requests waiting are handled first. Returns {:cont, state} or a stop.
-  def before(module, kind, state) do
+  # Before handle_cast/2 runs for a {:"$gen_cast", _} message: the mailbox
+  # counts the cast as handled, and priority requests waiting are handled
+  # first. Returns {:cont, state} or a stop.
+  def before_cast(module, state) do
     case Process.get(@gn) do
       {mailbox, _, _} = gn ->
-        case Native.mailbox_ack(mailbox, kind) do
+        case Native.mailbox_ack(mailbox, :cast) do
           :ok -> {:cont, state}
           :high -> run_high(module, gn, state)
         end
@@ -153,22 +153,31 @@ defmodule GenNative.Server do
   end
 
   @doc false
-  # Before handle_call/3: as before/2, and with drop_expired_calls a call
-  # whose caller gave up is skipped ({:skip, state}).
+  # Before handle_info/2 runs for any other message: priority requests
+  # waiting are handled first.
+  def before_info(module, state) do
+    case Process.get(@gn) do
+      {mailbox, _, _} = gn ->
+        if Native.mailbox_high(mailbox), do: run_high(module, gn, state), else: {:cont, state}
+
+      _not_a_server_or_running ->
+        {:cont, state}
+    end
+  end
+
+  @doc false
+  # Before handle_call/3: as before_info/2, and with drop_expired_calls a
+  # call whose caller gave up is skipped ({:skip, state}).
   def before_call(module, from, state) do
     case Process.get(@gn) do
       {mailbox, _, {_, _, _, expire?}} = gn ->
-        kind = if expire? and expired?(from), do: :expired, else: :other
-
-        result =
-          case Native.mailbox_ack(mailbox, kind) do
-            :ok -> {:cont, state}
-            :high -> run_high(module, gn, state)
+        if expire? and expired?(from) do
+          case Native.mailbox_ack(mailbox, :expired) do
+            :ok -> {:skip, state}
+            :high -> with {:cont, state} <- run_high(module, gn, state), do: {:skip, state}
           end
-
-        case result do
-          {:cont, state} when kind == :expired -> {:skip, state}
-          result -> result
+        else
+          if Native.mailbox_high(mailbox), do: run_high(module, gn, state), else: {:cont, state}
         end
 
       _not_a_server_or_running ->

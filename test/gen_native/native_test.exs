@@ -57,6 +57,7 @@ defmodule GenNative.NativeTest do
       for bad <- [make_ref(), forged, :atomics.new(1, []), :not_a_ref, 123, self()] do
         assert_raise ArgumentError, fn -> Native.mailbox_take(bad, 1, :infinity, true) end
         assert_raise ArgumentError, fn -> Native.mailbox_ack(bad, :cast) end
+        assert_raise ArgumentError, fn -> Native.mailbox_high(bad) end
       end
     end
 
