@@ -3,8 +3,22 @@ defmodule GenNative.BusyServers.Common do
   # The callbacks every server of GenNative.BusyServers shares. The state
   # is `%{test: owner, handled: casts handled so far, kept: last {:keep, _}}`.
 
-  defmacro __using__(_opts) do
+  # `batch: true` adds a handle_batch/2 that records each batch.
+  defmacro __using__(opts) do
+    batch =
+      if opts[:batch] do
+        quote do
+          @impl GenNative
+          def handle_batch(requests, state) do
+            send(state.test, {:ev, self(), {:batch, requests}})
+            {:noreply, %{state | handled: state.handled + length(requests)}}
+          end
+        end
+      end
+
     quote do
+      unquote(batch)
+
       @impl true
       def init(test), do: {:ok, %{test: test, handled: 0, kept: nil}}
 
@@ -105,26 +119,14 @@ defmodule GenNative.BusyServers.BatchOnly do
   # handle_batch/2 and no handle_cast/2: a cast given to handle_cast/2
   # crashes it with use GenNative's default.
   use GenNative
-  use GenNative.BusyServers.Common
-
-  @impl GenNative
-  def handle_batch(requests, state) do
-    send(state.test, {:ev, self(), {:batch, requests}})
-    {:noreply, %{state | handled: state.handled + length(requests)}}
-  end
+  use GenNative.BusyServers.Common, batch: true
 end
 
 defmodule GenNative.BusyServers.BatchAndCast do
   @moduledoc false
   # Both handle_batch/2 and handle_cast/2: every cast must go to the first.
   use GenNative
-  use GenNative.BusyServers.Common
-
-  @impl GenNative
-  def handle_batch(requests, state) do
-    send(state.test, {:ev, self(), {:batch, requests}})
-    {:noreply, %{state | handled: state.handled + length(requests)}}
-  end
+  use GenNative.BusyServers.Common, batch: true
 
   @impl true
   def handle_cast(request, state) do
