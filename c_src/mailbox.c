@@ -124,7 +124,7 @@ typedef struct gn_mailbox {
     gn_waiter *wait_head, *wait_tail;
     size_t waiting;
     size_t waiting_lane[2];
-    size_t high_hint;    /* atomic copy of lanes[GN_HIGH].len */
+    size_t high_hint; /* atomic copy of lanes[GN_HIGH].len */
     uint64_t next_seq;
     uint64_t rejected, dropped, expired;
     /* What every message-mode cast writes, on a cache line of its own (the
@@ -248,8 +248,8 @@ static size_t gn_queued(const gn_mailbox *mb)
 static void gn_note_max(gn_mailbox *mb, size_t len)
 {
     size_t max = __atomic_load_n(&mb->max_length, __ATOMIC_RELAXED);
-    while (len > max &&
-           !__atomic_compare_exchange_n(&mb->max_length, &max, len, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+    while (len > max && !__atomic_compare_exchange_n(&mb->max_length, &max, len, 1,
+                                                     __ATOMIC_RELAXED, __ATOMIC_RELAXED))
         ;
 }
 
@@ -340,7 +340,8 @@ static void gn_admit_waiters(ErlNifEnv *env, gn_mailbox *mb, gn_outbox *out)
         int l = w->lane;
         int into_lane = l == GN_HIGH || (mb->queue && !w->is_call);
         if (stuck[l] || gn_lane_len(mb, l) >= mb->capacity ||
-            (into_lane && !gn_lane_push(&mb->lanes[l], w->item, mb->next_seq, mb->epoch, w->is_call))) {
+            (into_lane &&
+             !gn_lane_push(&mb->lanes[l], w->item, mb->next_seq, mb->epoch, w->is_call))) {
             stuck[l] = 1;
             prev = w;
             link = &w->next;
@@ -661,8 +662,8 @@ static int gn_requeue_lane(ErlNifEnv *env, ERL_NIF_TERM item, int *is_call)
     int arity;
     *is_call = 0;
     if (!enif_get_tuple(env, item, &arity, &outer) || arity != 2 ||
-        !enif_is_identical(outer[0], gn_am_gn_high) || !enif_get_tuple(env, outer[1], &arity, &inner) ||
-        arity < 1)
+        !enif_is_identical(outer[0], gn_am_gn_high) ||
+        !enif_get_tuple(env, outer[1], &arity, &inner) || arity < 1)
         return GN_NORMAL;
     *is_call = enif_is_identical(inner[0], gn_am_call);
     return GN_HIGH;
@@ -713,8 +714,8 @@ static void gn_sent_dec(gn_mailbox *mb)
 {
     size_t sent = __atomic_load_n(&mb->sent, __ATOMIC_RELAXED);
     gn_note_max(mb, sent + __atomic_load_n(&mb->high_hint, __ATOMIC_RELAXED));
-    while (sent > 0 &&
-           !__atomic_compare_exchange_n(&mb->sent, &sent, sent - 1, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+    while (sent > 0 && !__atomic_compare_exchange_n(&mb->sent, &sent, sent - 1, 1, __ATOMIC_RELAXED,
+                                                    __ATOMIC_RELAXED))
         ;
 }
 
@@ -884,8 +885,8 @@ static gn_mailbox *gn_lock_target(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifP
 
 /* Parks the caller as a blocked sender of `item`. Call with mb->lock held.
  * Returns {wait, Tag}, or 0 when out of memory. */
-static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *self, ERL_NIF_TERM item,
-                             int lane, int is_call)
+static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *self,
+                             ERL_NIF_TERM item, int lane, int is_call)
 {
     gn_waiter *w = gn_alloc(sizeof(*w));
     ErlNifEnv *wenv = w ? enif_alloc_env() : NULL;
@@ -1116,8 +1117,8 @@ ERL_NIF_TERM gn_mailbox_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     gn_mailbox *mb = gn_lock_target(env, argv[0], &pid);
     if (!mb)
         return gn_am_not_native;
-    ERL_NIF_TERM keys[] = {gn_am_length,  gn_am_high_length, gn_am_capacity, gn_am_overflow,
-                           gn_am_accepted, gn_am_rejected,   gn_am_dropped,  gn_am_expired,
+    ERL_NIF_TERM keys[] = {gn_am_length,     gn_am_high_length,    gn_am_capacity, gn_am_overflow,
+                           gn_am_accepted,   gn_am_rejected,       gn_am_dropped,  gn_am_expired,
                            gn_am_max_length, gn_am_blocked_senders};
     ERL_NIF_TERM vals[] = {
         enif_make_uint64(env, gn_normal_len(mb)),
