@@ -368,7 +368,6 @@ static void gn_admit_waiters(ErlNifEnv *env, gn_mailbox *mb, gn_outbox *out)
         tail = &w->next;
     }
     gn_note_length(mb);
-    out->owner = mb->owner;
     if (pushed)
         gn_signal(env, mb);
 }

@@ -416,7 +416,8 @@ defmodule GenNative do
   defp queued_call(pid, server, request, timeout, lane) do
     deadline = deadline(timeout)
     mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
-    from = {self(), call_tag(mref, deadline)}
+    tag = call_tag(mref, deadline)
+    from = {self(), tag}
     loc = {__MODULE__, :call, [server, request, timeout]}
 
     item =
@@ -427,11 +428,11 @@ defmodule GenNative do
 
     case Native.mailbox_send(pid, item, lane, :call) do
       :ok ->
-        await_reply(mref, elem(from, 1), loc, remaining(timeout, deadline))
+        await_reply(mref, tag, loc, remaining(timeout, deadline))
 
       {:ok, dropped} ->
         notify_dropped(dropped)
-        await_reply(mref, elem(from, 1), loc, remaining(timeout, deadline))
+        await_reply(mref, tag, loc, remaining(timeout, deadline))
 
       :not_native ->
         :erlang.demonitor(mref, [:flush])
@@ -439,7 +440,7 @@ defmodule GenNative do
 
       {:wait, wait_tag} ->
         case wait_room(pid, wait_tag, remaining(timeout, deadline)) do
-          :ok -> await_reply(mref, elem(from, 1), loc, remaining(timeout, deadline))
+          :ok -> await_reply(mref, tag, loc, remaining(timeout, deadline))
           # the server died before the call reached it, as for a dead server
           :closed -> give_up(mref, {:noproc, loc})
           :timeout -> give_up(mref, {:timeout, loc})
