@@ -163,13 +163,21 @@ defmodule GenNative.NativeTest do
     # long_schedule reports any timeslice over 1 ms, including one stretched
     # because the OS preempted the scheduler thread on a busy machine. So each
     # watched NIF call gets a timeslice of its own (`:erlang.yield/0` before
-    # and after), and the whole scenario is retried: a NIF that takes over
-    # 1 ms does so on every attempt, a preemption does not.
+    # and after), and the whole scenario is retried, up to 5 times until one
+    # attempt is clean: a NIF that takes over 1 ms does so on every attempt,
+    # a preemption does not. (Takes of the largest batch, 196 per attempt,
+    # run 60 us at the median with 1 to 4 outliers of 0.9 to 1.2 ms wall on
+    # this 2-vCPU machine, on this code and on the code before it alike; in
+    # full-suite CI runs all of 3 attempts hit one in 2 of 4 runs.)
     # Tagged :scheduling: bin/sanitize excludes it, sanitized code is slower.
     @tag timeout: 300_000
     @tag :scheduling
     test "no NIF runs longer than 1 ms on a normal scheduler, with a million queued terms" do
-      attempts = for _ <- 1..3, do: long_schedules_in_scenario()
+      attempts =
+        Enum.reduce_while(1..5, [], fn _, acc ->
+          attempt = long_schedules_in_scenario()
+          if attempt == [], do: {:halt, [attempt | acc]}, else: {:cont, [attempt | acc]}
+        end)
 
       assert Enum.any?(attempts, &(&1 == [])),
              "long schedules: #{inspect(attempts, pretty: true)}"
