@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/file.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "durable.h"
@@ -164,6 +165,12 @@ static int parse_body(const unsigned char *p, size_t n, gn_record *r)
             return -1;
         r->records = gn_get_be(f, 8);
         return 0;
+    case GN_REC_SYNC:
+        if (left != 16 || r->name_len != 0)
+            return -1;
+        r->synced = gn_get_be(f, 8);
+        r->at = gn_get_be(f + 8, 8);
+        return 0;
     default:
         return -1;
     }
@@ -180,8 +187,13 @@ struct gn_durable {
     uint64_t gen;           /* the journal's generation */
     uint64_t journal_bytes; /* in the file */
     uint64_t snapshot_bytes;
-    int unsynced; /* written bytes not yet fsynced */
+    uint64_t first_gen;   /* the lowest journal generation on disk */
+    uint64_t synced;      /* bytes of the journal known to be on disk */
+    uint64_t marked;      /* the synced offset the last SYNC record names */
+    uint64_t sync_target; /* what the fdatasync in flight covers */
     int sync_inflight;
+    const char *fail_kind; /* the journal failed: fail-stop */
+    char fail_text[300];
     gn_buf journal; /* records waiting for commit */
     /* compaction */
     int snap_running;
@@ -261,8 +273,8 @@ static int read_file(const char *path, unsigned char **data, size_t *len)
     return 0;
 }
 
-/* Walks the records of a file after its 12-byte header. Returns the
- * offset where valid records end. */
+/* Walks the records of a file after its 12-byte header, applying all but
+ * SYNC records. Returns the offset where valid records end. */
 static size_t walk_records(const unsigned char *p, size_t n, gn_apply_fn apply, void *ctx,
                            uint64_t *records, int *saw_end)
 {
@@ -277,6 +289,12 @@ static size_t walk_records(const unsigned char *p, size_t n, gn_apply_fn apply, 
         gn_record r;
         if (parse_body(p + at + 8, len, &r))
             break;
+        if (r.op == GN_REC_SYNC) {
+            if (r.at != at || r.synced > at)
+                break;
+            at += 8 + len;
+            continue;
+        }
         if (r.op == GN_REC_END) {
             if (r.records != *records)
                 break;
@@ -289,6 +307,34 @@ static size_t walk_records(const unsigned char *p, size_t n, gn_apply_fn apply, 
         at += 8 + len;
     }
     return at;
+}
+
+#define GN_SYNC_REC_LEN 27 /* length (4) | CRC (4) | op (1) | name length (2) | 2 offsets */
+
+/* Looks for SYNC records after the damaged record at `bad` (they are found
+ * by their fixed shape, their CRC and the offset they name as their own,
+ * so a copy inside a value does not count). Returns the highest offset
+ * they say was synced, and in *next where the first of them starts. */
+static uint64_t synced_after(const unsigned char *p, size_t n, size_t bad, size_t *next)
+{
+    static const unsigned char shape[4] = {0, 0, 0, GN_SYNC_REC_LEN - 8};
+    uint64_t synced = 0;
+    *next = n;
+    for (size_t at = bad + 1; n - at >= GN_SYNC_REC_LEN; at++) {
+        const unsigned char *hit = memmem(p + at, n - at, shape, 4);
+        if (!hit || (size_t)(n - (size_t)(hit - p)) < GN_SYNC_REC_LEN)
+            break;
+        at = (size_t)(hit - p);
+        gn_record r;
+        if (gn_port_crc32(0, hit + 8, GN_SYNC_REC_LEN - 8) != (uint32_t)gn_get_be(hit + 4, 4) ||
+            parse_body(hit + 8, GN_SYNC_REC_LEN - 8, &r) || r.op != GN_REC_SYNC || r.at != at)
+            continue;
+        if (*next == n)
+            *next = at;
+        if (r.synced > synced)
+            synced = r.synced;
+    }
+    return synced;
 }
 
 static int open_new(const char *path)
@@ -311,8 +357,81 @@ static int cmp_u64(const void *a, const void *b)
     return x < y ? -1 : x > y;
 }
 
+static void fail(gn_durable *d, const char *kind, const char *what)
+{
+    if (!d->fail_kind) {
+        d->fail_kind = kind;
+        snprintf(d->fail_text, sizeof d->fail_text, "%s journal.%" PRIu64 ".gnj in %s: %s", what,
+                 d->gen, d->dir, strerror(errno));
+    }
+}
+
+static void load_error(gn_load_error *err, const char *kind, const char *path)
+{
+    err->kind = kind;
+    snprintf(err->path, sizeof err->path, "%s", path);
+}
+
+static void io_error(gn_load_error *err, const char *what, const char *path)
+{
+    err->kind = "io_error";
+    snprintf(err->text, sizeof err->text, "%s %s: %s", what, path, strerror(errno));
+}
+
+/* Replays one journal; 0, or -1 with `err` filled in. `newest`: the one
+ * writes append to, the only one that may end in a torn tail. */
+static int load_journal(gn_durable *d, const char *path, uint64_t gen, int newest,
+                        gn_apply_fn apply, void *ctx, uint64_t *dropped, size_t *size,
+                        gn_load_error *err)
+{
+    unsigned char *data;
+    size_t len;
+    if (read_file(path, &data, &len) < 0) {
+        io_error(err, "cannot read", path);
+        return -1;
+    }
+    *size = len;
+    if (len < 12) { /* created, and cut short before its header: no records */
+        free(data);
+        return 0;
+    }
+    if (memcmp(data, "GNJ1", 4) != 0 || gn_get_be(data + 4, 8) != gen) {
+        free(data);
+        load_error(err, "bad_journal_header", path);
+        return -1;
+    }
+    uint64_t records;
+    int saw_end;
+    size_t good = walk_records(data, len, apply, ctx, &records, &saw_end);
+    if (good < len || saw_end) {
+        size_t next;
+        uint64_t synced = synced_after(data, len, good, &next);
+        if (!newest || saw_end || synced > good) {
+            size_t rec_len = len - good >= 8 ? (size_t)gn_get_be(data + good, 4) : 0;
+            free(data);
+            load_error(err, "corrupt_journal", path);
+            err->from = good;
+            err->to = rec_len && len - good - 8 >= rec_len ? good + 8 + rec_len : next;
+            if (err->to > next)
+                err->to = next;
+            return -1;
+        }
+        /* a crash tail: cut it, so appends follow the last good record */
+        *dropped += len - good;
+        *size = good;
+        if (truncate(path, (off_t)good) < 0) {
+            free(data);
+            io_error(err, "cannot truncate", path);
+            return -1;
+        }
+    }
+    free(data);
+    (void)d;
+    return 0;
+}
+
 gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *ctx,
-                            uint64_t *dropped, char *err, size_t errlen)
+                            uint64_t *dropped, gn_load_error *err)
 {
     gn_durable *d = calloc(1, sizeof *d);
     if (!d)
@@ -321,24 +440,27 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
     d->sync = sync;
     d->journal_fd = d->lock_fd = d->snap_fd = -1;
     *dropped = 0;
+    memset(err, 0, sizeof *err);
     char *p = NULL;
+    uint64_t *gens = NULL;
+    size_t ngens = 0, cap = 0;
 
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
-        snprintf(err, errlen, "cannot create %s: %s", dir, strerror(errno));
+        io_error(err, "cannot create", dir);
         goto fail;
     }
     p = path_of(d, "LOCK");
     d->lock_fd = open(p, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
-    free(p);
-    p = NULL;
     if (d->lock_fd < 0) {
-        snprintf(err, errlen, "cannot open %s/LOCK: %s", dir, strerror(errno));
+        io_error(err, "cannot open", p);
         goto fail;
     }
+    free(p);
+    p = NULL;
     /* a program still closing on this directory: wait for it, a while */
     for (int tries = 0; flock(d->lock_fd, LOCK_EX | LOCK_NB) < 0; tries++) {
         if (tries == 100) {
-            snprintf(err, errlen, "locked");
+            load_error(err, "locked", dir);
             goto fail;
         }
         usleep(50 * 1000);
@@ -346,6 +468,7 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
 
     /* the snapshot: all of it or an error */
     uint64_t snap_gen = 0;
+    int have_snap = 0;
     unsigned char *data;
     size_t len;
     p = path_of(d, "snapshot.gns");
@@ -355,14 +478,15 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
         if (len < 12 || memcmp(data, "GNP1", 4) != 0 ||
             walk_records(data, len, apply, ctx, &records, &saw_end) != len || !saw_end) {
             free(data);
-            snprintf(err, errlen, "corrupt_snapshot");
+            load_error(err, "corrupt_snapshot", p);
             goto fail;
         }
         snap_gen = gn_get_be(data + 4, 8);
+        have_snap = 1;
         d->snapshot_bytes = len;
         free(data);
     } else if (errno != ENOENT) {
-        snprintf(err, errlen, "cannot read %s: %s", p, strerror(errno));
+        io_error(err, "cannot read", p);
         goto fail;
     }
     free(p);
@@ -371,12 +495,10 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
     free(p);
     p = NULL;
 
-    /* the journals of that generation and later, in order */
-    uint64_t gens[1024];
-    size_t ngens = 0;
+    /* the journals of that generation and later, in order: all of them */
     DIR *dh = opendir(dir);
     if (!dh) {
-        snprintf(err, errlen, "cannot list %s: %s", dir, strerror(errno));
+        io_error(err, "cannot list", dir);
         goto fail;
     }
     struct dirent *de;
@@ -385,66 +507,159 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
         char tail[8];
         if (sscanf(de->d_name, "journal.%" SCNu64 ".%7s", &g, tail) == 2 &&
             strcmp(tail, "gnj") == 0) {
-            if (g < snap_gen) {
+            if (have_snap && g < snap_gen) {
                 char *old = journal_path(d, g);
-                unlink(old);
+                unlink(old); /* a compaction that ended before deleting it */
                 free(old);
-            } else if (ngens < sizeof gens / sizeof gens[0]) {
+            } else {
+                if (ngens == cap) {
+                    cap = cap ? 2 * cap : 64;
+                    gens = realloc(gens, cap * sizeof *gens);
+                    if (!gens)
+                        abort();
+                }
                 gens[ngens++] = g;
             }
         }
     }
     closedir(dh);
-    qsort(gens, ngens, sizeof gens[0], cmp_u64);
+    qsort(gens, ngens, sizeof *gens, cmp_u64);
+    if (ngens && gens[0] > (have_snap ? snap_gen : 1)) {
+        if (have_snap) {
+            p = journal_path(d, snap_gen);
+            load_error(err, "missing_journal", p);
+        } else {
+            p = path_of(d, "snapshot.gns");
+            load_error(err, "missing_snapshot", p);
+        }
+        goto fail;
+    }
+    size_t kept = 0;
     for (size_t i = 0; i < ngens; i++) {
         p = journal_path(d, gens[i]);
-        if (read_file(p, &data, &len) < 0) {
-            snprintf(err, errlen, "cannot read %s: %s", p, strerror(errno));
+        size_t size;
+        int newest = i + 1 == ngens;
+        if (load_journal(d, p, gens[i], newest, apply, ctx, dropped, &size, err) < 0)
             goto fail;
-        }
-        uint64_t records;
-        int saw_end;
-        size_t good = 12;
-        if (len >= 12 && memcmp(data, "GNJ1", 4) == 0)
-            good = walk_records(data, len, apply, ctx, &records, &saw_end);
-        free(data);
-        if (good < len) {
-            *dropped += len - (good < len ? good : len);
-            /* cut the torn tail, so appends follow the last good record */
-            if (truncate(p, (off_t)(good <= len ? good : 0)) < 0) {
-                snprintf(err, errlen, "cannot truncate %s: %s", p, strerror(errno));
+        if (size <= 12 && i > 0 && !newest) {
+            /* a compaction cut short before any write: nothing to load */
+            if (unlink(p) < 0) {
+                io_error(err, "cannot delete", p);
                 goto fail;
             }
+        } else {
+            gens[kept++] = gens[i];
         }
         free(p);
         p = NULL;
     }
+    ngens = kept;
 
     /* append to the newest journal, or start one */
-    d->gen = ngens ? gens[ngens - 1] : (snap_gen ? snap_gen : 1);
+    d->gen = ngens ? gens[ngens - 1] : (have_snap ? snap_gen : 1);
+    d->first_gen = ngens ? gens[0] : d->gen;
     p = journal_path(d, d->gen);
     d->journal_fd = open(p, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
     if (d->journal_fd < 0) {
-        snprintf(err, errlen, "cannot open %s: %s", p, strerror(errno));
+        io_error(err, "cannot open", p);
         goto fail;
     }
     struct stat st;
-    fstat(d->journal_fd, &st);
-    if (st.st_size < 12) {
+    if (fstat(d->journal_fd, &st) < 0) {
+        io_error(err, "cannot stat", p);
+        goto fail;
+    }
+    if (st.st_size < 12) { /* new, or created and cut short before its header */
         if (ftruncate(d->journal_fd, 0) < 0 || write_header(d->journal_fd, "GNJ1", d->gen) < 0 ||
-            fsync(d->journal_fd) < 0 || fsync_dir(d) < 0) {
-            snprintf(err, errlen, "cannot write %s: %s", p, strerror(errno));
+            fsync_dir(d) < 0) {
+            io_error(err, "cannot write", p);
             goto fail;
         }
         st.st_size = 12;
     }
-    d->journal_bytes = (uint64_t)st.st_size;
+    /* what was read may have been in the page cache only: from here on it
+     * counts as synced, and the next commit's SYNC record says so */
+    if (fdatasync(d->journal_fd) < 0) {
+        io_error(err, "cannot fdatasync", p);
+        goto fail;
+    }
+    d->journal_bytes = d->synced = (uint64_t)st.st_size;
+    d->marked = st.st_size == 12 ? 12 : 0; /* a header needs no SYNC record */
     free(p);
+    free(gens);
     return d;
 fail:
     free(p);
+    free(gens);
     gn_durable_close(d);
     return NULL;
+}
+
+/* The SYNC record saying the first d->synced bytes are on disk, to be
+ * written at d->journal_bytes. */
+static void sync_record(const gn_durable *d, unsigned char *rec)
+{
+    gn_buf b = {0};
+    size_t mark;
+    gn_rec_begin(&b, &mark, GN_REC_SYNC, "", 0);
+    gn_buf_be(&b, d->synced, 8);
+    gn_buf_be(&b, d->journal_bytes, 8);
+    gn_rec_end(&b, mark);
+    memcpy(rec, b.data, GN_SYNC_REC_LEN);
+    gn_buf_free(&b);
+}
+
+static int writev_all(int fd, struct iovec *iov, int n)
+{
+    while (n > 0) {
+        ssize_t w = writev(fd, iov, n);
+        if (w < 0) {
+            if (errno == EINTR)
+                continue;
+            return -1;
+        }
+        while (n > 0 && (size_t)w >= iov->iov_len) {
+            w -= (ssize_t)iov->iov_len;
+            iov++;
+            n--;
+        }
+        if (n > 0) {
+            iov->iov_base = (char *)iov->iov_base + w;
+            iov->iov_len -= (size_t)w;
+        }
+    }
+    return 0;
+}
+
+/* Writes the buffered records, after a SYNC record if an fdatasync went
+ * through since the last one; with `force`, a SYNC record alone too. */
+static int write_journal(gn_durable *d, int force)
+{
+    if (d->fail_kind)
+        return -1;
+    unsigned char rec[GN_SYNC_REC_LEN];
+    struct iovec iov[2];
+    int n = 0;
+    int mark = d->synced > d->marked && (d->journal.len || force);
+    if (mark) {
+        sync_record(d, rec);
+        iov[n++] = (struct iovec){rec, sizeof rec};
+    }
+    if (d->journal.len)
+        iov[n++] = (struct iovec){d->journal.data, d->journal.len};
+    if (n == 0)
+        return 0;
+    if (writev_all(d->journal_fd, iov, n) < 0) {
+        fail(d, "journal_write_failed", "cannot write");
+        return -1;
+    }
+    if (mark) {
+        d->marked = d->synced;
+        d->journal_bytes += sizeof rec;
+    }
+    d->journal_bytes += d->journal.len;
+    d->journal.len = 0;
+    return 0;
 }
 
 void gn_durable_close(gn_durable *d)
@@ -452,8 +667,10 @@ void gn_durable_close(gn_durable *d)
     if (!d)
         return;
     if (d->journal_fd >= 0) {
-        gn_durable_commit(d);
-        fsync(d->journal_fd);
+        /* a clean stop: everything synced, and a SYNC record that says so,
+         * so that damage anywhere in this journal reads as corruption */
+        if (gn_durable_commit(d) == 0 && gn_durable_sync_now(d) == 0 && write_journal(d, 1) == 0)
+            gn_durable_sync_now(d);
         close(d->journal_fd);
     }
     if (d->snap_fd >= 0)
@@ -473,12 +690,9 @@ gn_buf *gn_durable_journal(gn_durable *d)
 int gn_durable_commit(gn_durable *d)
 {
     if (d->journal.len == 0)
-        return 0;
-    if (write_all(d->journal_fd, d->journal.data, d->journal.len) < 0)
+        return d->fail_kind ? -1 : 0;
+    if (write_journal(d, 0) < 0)
         return -1;
-    d->journal_bytes += d->journal.len;
-    d->journal.len = 0;
-    d->unsynced = 1;
     if (d->sync == 0) /* GN_SYNC_ALWAYS */
         return gn_durable_sync_now(d);
     return 0;
@@ -486,26 +700,52 @@ int gn_durable_commit(gn_durable *d)
 
 int gn_durable_sync_now(gn_durable *d)
 {
-    if (!d->unsynced)
-        return 0;
-    if (fdatasync(d->journal_fd) < 0)
+    if (d->fail_kind)
         return -1;
-    d->unsynced = 0;
+    if (d->synced == d->journal_bytes)
+        return 0;
+    if (fdatasync(d->journal_fd) < 0) {
+        fail(d, "fsync_failed", "fdatasync");
+        return -1;
+    }
+    d->synced = d->journal_bytes;
     return 0;
 }
 
 int gn_durable_sync_begin(gn_durable *d)
 {
-    if (!d->unsynced || d->sync_inflight)
+    if (d->fail_kind || d->sync_inflight || d->synced == d->journal_bytes)
         return -1;
-    d->unsynced = 0;
     d->sync_inflight = 1;
+    d->sync_target = d->journal_bytes;
     return d->journal_fd;
 }
 
-void gn_durable_sync_done(gn_durable *d)
+int gn_durable_sync_done(gn_durable *d, int result)
 {
     d->sync_inflight = 0;
+    if (result < 0) {
+        errno = -result;
+        fail(d, "fsync_failed", "fdatasync");
+        return -1;
+    }
+    if (d->sync_target > d->synced)
+        d->synced = d->sync_target;
+    return d->fail_kind ? -1 : 0;
+}
+
+int gn_durable_sync_inflight(const gn_durable *d)
+{
+    return d->sync_inflight;
+}
+
+int gn_durable_failed(const gn_durable *d, const char **kind, const char **text)
+{
+    if (!d->fail_kind)
+        return 0;
+    *kind = d->fail_kind;
+    *text = d->fail_text;
+    return 1;
 }
 
 int gn_durable_wants_compaction(const gn_durable *d)
@@ -524,31 +764,36 @@ int gn_durable_snap_begin(gn_durable *d)
     if (d->snap_running || d->sync_inflight)
         return -2;
     /* the current journal is complete and on disk; new writes go to the next */
-    if (gn_durable_commit(d) < 0 || fdatasync(d->journal_fd) < 0)
+    if (gn_durable_commit(d) < 0 || gn_durable_sync_now(d) < 0)
         return -1;
     uint64_t next = d->gen + 1;
     char *jp = journal_path(d, next);
-    int fd = open(jp, O_WRONLY | O_CREAT | O_TRUNC | O_APPEND | O_CLOEXEC, 0600);
-    free(jp);
-    if (fd < 0)
-        return -1;
-    if (write_header(fd, "GNJ1", next) < 0 || fsync(fd) < 0) {
-        close(fd);
+    /* never over an existing file: it could hold records no load has read */
+    int fd = open(jp, O_WRONLY | O_CREAT | O_EXCL | O_APPEND | O_CLOEXEC, 0600);
+    if (fd < 0) {
+        free(jp);
         return -1;
     }
     char *sp = path_of(d, "snapshot.tmp");
-    d->snap_fd = open_new(sp);
-    free(sp);
-    if (d->snap_fd < 0 || write_header(d->snap_fd, "GNP1", next) < 0) {
+    if (write_header(fd, "GNJ1", next) < 0 || fsync(fd) < 0 || (d->snap_fd = open_new(sp)) < 0 ||
+        write_header(d->snap_fd, "GNP1", next) < 0 || fsync_dir(d) < 0) {
         close(fd);
+        unlink(jp); /* holds no record yet */
+        if (d->snap_fd >= 0) {
+            close(d->snap_fd);
+            d->snap_fd = -1;
+            unlink(sp);
+        }
+        free(jp);
+        free(sp);
         return -1;
     }
-    fsync_dir(d);
+    free(jp);
+    free(sp);
     close(d->journal_fd);
     d->journal_fd = fd;
     d->gen = next;
-    d->journal_bytes = 12;
-    d->unsynced = 0;
+    d->journal_bytes = d->synced = d->marked = 12;
     d->snap_running = 1;
     d->snap_gen = next;
     d->snap_records = 0;
@@ -588,12 +833,12 @@ void gn_durable_snap_finish(gn_durable *d)
     if (d->snap_failed) {
         unlink(tmp);
     } else {
-        for (uint64_t g = d->snap_gen; g-- > 0;) {
+        /* every journal before the new snapshot's, gaps and all (header-only
+         * journals may have been deleted on load) */
+        for (uint64_t g = d->first_gen; g < d->snap_gen; g++) {
             char *jp = journal_path(d, g);
-            int gone = unlink(jp);
+            unlink(jp);
             free(jp);
-            if (gone < 0 && g + 1 < d->snap_gen)
-                break; /* older ones went at an earlier compaction */
         }
     }
     free(tmp);
@@ -605,6 +850,7 @@ int gn_durable_snap_done(gn_durable *d)
     d->snap_running = 0;
     if (d->snap_failed)
         return -1;
+    d->first_gen = d->snap_gen;
     d->snapshot_bytes = d->snap_written;
     return 0;
 }

@@ -15,10 +15,34 @@
  * replaying every journal of its generation and later gives exactly the
  * state the program acknowledged.
  *
- * On load a record that fails its CRC or runs past the end of the journal
- * ends it: the tail from there is dropped (the bytes are logged). A
- * snapshot must be whole: any bad record, or a missing END, is an error.
- * Files are created with mode 0600.
+ * After each fdatasync the next commit starts with a SYNC record naming
+ * the offset that is on disk, so a load can tell a crash tail from damage:
+ *
+ *   - a record that fails its CRC or runs past the end of the newest
+ *     journal, past every offset a SYNC record says was synced, is a torn
+ *     tail: it is dropped with everything after it (the bytes are logged)
+ *     and the file is cut there;
+ *   - a bad record before a synced offset, or anywhere in an older journal
+ *     (each was synced whole before the next began), is corruption: the
+ *     load fails ("corrupt_journal", with the byte range);
+ *   - a journal whose header is not "GNJ1" and the generation of its name
+ *     fails the load ("bad_journal_header"); it is left as it is;
+ *   - the lowest journal names the snapshot it follows: generation G > 1
+ *     exists only once a compaction to G began, and compactions delete
+ *     journals only below a snapshot in place. Without a snapshot, a
+ *     lowest journal above 1 (or with one, a lowest journal above its
+ *     generation) fails the load ("missing_snapshot", "missing_journal").
+ *
+ * A snapshot must be whole: any bad record, or a missing END, is an error.
+ * A journal holding only its header, neither the lowest nor the newest, is
+ * deleted on load (a compaction cut short before any write); every other
+ * journal is loaded, however many there are. Files are created with mode
+ * 0600, and a journal is never created over an existing file.
+ *
+ * Any failed write or fdatasync of the journal makes the journal "failed"
+ * for good: after EIO Linux may mark the pages clean, so a retry could
+ * report success for data that is gone. The caller must stop acknowledging
+ * and exit (fail-stop).
  */
 #ifndef GN_PORT_DURABLE_H
 #define GN_PORT_DURABLE_H
@@ -37,6 +61,7 @@ enum {
     GN_REC_MANY = 'M',    /* count (4) | entries */
     GN_REC_RESTORE = 'R', /* ordered (1) | max_size (8) | count (4) | entries */
     GN_REC_END = 'E',     /* count of records before it (8); snapshots only */
+    GN_REC_SYNC = 'S',    /* synced offset (8) | own offset (8); journals only */
 };
 /* entry: key length (4) | key ETF | value length (4) | value ETF | expires (8) */
 
@@ -52,7 +77,8 @@ typedef struct gn_record {
     uint32_t count;               /* MANY, RESTORE */
     const unsigned char *entries; /* MANY, RESTORE: `count` entries */
     size_t entries_len;
-    uint64_t records; /* END */
+    uint64_t records;    /* END */
+    uint64_t synced, at; /* SYNC */
 } gn_record;
 
 /* Reads the next entry of a MANY or RESTORE record; 0, or -1 at the end. */
@@ -73,24 +99,42 @@ typedef struct gn_durable gn_durable;
 
 typedef void (*gn_apply_fn)(void *ctx, const gn_record *r);
 
+/* Why a load failed: `kind` is one of "corrupt_snapshot", "corrupt_journal"
+ * (bytes [from, to) of `path` unreadable, before data that was synced),
+ * "bad_journal_header", "missing_snapshot", "missing_journal", "locked" or
+ * "io_error" (then `text` says what). */
+typedef struct gn_load_error {
+    const char *kind;
+    char path[4096];
+    uint64_t from, to;
+    char text[512];
+} gn_load_error;
+
 /* Opens (creating) and locks the directory, loads the snapshot and replays
- * the journals through `apply`. NULL on error, with the reason in `err`
- * (e.g. "corrupt_snapshot"). *dropped gets the bytes cut from torn tails. */
+ * the journals through `apply`. NULL on error, described in `err`.
+ * *dropped gets the bytes cut from a torn tail. */
 gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *ctx,
-                            uint64_t *dropped, char *err, size_t errlen);
+                            uint64_t *dropped, gn_load_error *err);
 void gn_durable_close(gn_durable *d);
 
 /* The journal's buffer: records appended here reach the file at commit. */
 gn_buf *gn_durable_journal(gn_durable *d);
-/* Writes the buffered records; with sync always, fsyncs too. 0 or -1. */
+/* Writes the buffered records; with sync always, fsyncs too. 0 or -1 (the
+ * journal has failed). */
 int gn_durable_commit(gn_durable *d);
-/* For sync {interval, ms}: whether written bytes wait for an fsync, and the
- * descriptor to fsync (the caller runs fdatasync off the loop thread and
- * calls sync_done). No rotation happens while one is in flight. */
+/* For sync {interval, ms}: the descriptor to fdatasync when written bytes
+ * wait for one and none is in flight, else -1. The caller runs fdatasync
+ * off the loop thread and passes its result (0 or -errno) to sync_done,
+ * which returns -1 if it failed. No rotation happens while one is in
+ * flight, and sync_now must not be called then. */
 int gn_durable_sync_begin(gn_durable *d);
-void gn_durable_sync_done(gn_durable *d);
-/* fdatasync now, on this thread. */
+int gn_durable_sync_done(gn_durable *d, int result);
+int gn_durable_sync_inflight(const gn_durable *d);
+/* fdatasync now, on this thread, if anything written waits for it. 0 or -1. */
 int gn_durable_sync_now(gn_durable *d);
+/* Whether a write or fdatasync of the journal failed; then `kind` is
+ * "fsync_failed" or "journal_write_failed" and `text` says more. */
+int gn_durable_failed(const gn_durable *d, const char **kind, const char **text);
 
 /* Whether the journal has outgrown the snapshot (GN_COMPACT_FACTOR). */
 int gn_durable_wants_compaction(const gn_durable *d);

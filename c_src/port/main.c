@@ -7,6 +7,12 @@
  *           sync {interval, ms}, the fsync
  *   stdout  replies, after the journal has taken their writes
  *
+ * The program ends by closing every handle, so that uv_run returns once
+ * the writes queued on stdout and the thread-pool work are through; main
+ * then flushes and fsyncs the journal (a clean end) or exits with the
+ * status `stop` chose, without touching a journal that failed. Every uv_*
+ * call that can fail is checked.
+ *
  * See PROTOCOL.md for the frames and port.c for what they do.
  */
 #include <ei.h>
@@ -17,6 +23,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "diag.h"
 #include "port.h"
 
 static uv_loop_t *loop;
@@ -24,11 +31,25 @@ static uv_pipe_t in_pipe, out_pipe;
 static uv_idle_t stepper, spinner;
 static uint64_t last_read; /* uv_hrtime() of the last request bytes */
 static uv_timer_t sweeper, syncer;
+static uv_shutdown_t out_shutdown;
 static gn_port *port;
-static int inflight; /* thread-pool work under way */
 static int closing;
+static int exit_status;
+static int journal_failed; /* the fatal event is out: never touch the journal again */
 
-static void finish(int status);
+#define GN_EXIT_JOURNAL 5
+
+static void stop(int status);
+
+/* Fails hard on a uv_* error where the program cannot go on. */
+static void check(int rc, const char *what)
+{
+    if (rc < 0) {
+        gn_diag("%s: %s", what, uv_strerror(rc));
+        gn_diag_flush(1000);
+        exit(70);
+    }
+}
 
 typedef struct {
     uv_write_t req;
@@ -41,24 +62,24 @@ static void on_written(uv_write_t *req, int status)
     gn_buf_free(&w->data);
     free(w);
     if (status < 0 && !closing) {
-        fprintf(stderr, "gen_native_port: writing to the VM: %s\n", uv_strerror(status));
-        finish(1);
+        gn_diag("writing to the VM: %s", uv_strerror(status));
+        stop(1);
     }
 }
 
-/* Journal first, then the replies that acknowledge it. */
-static void flush(void)
+/* Writes the port's output: at once what the pipe takes, the rest queued
+ * behind the writes already queued (frames stay whole and in order). */
+static void write_output(void)
 {
-    if (gn_port_commit(port) < 0) {
-        fprintf(stderr, "gen_native_port: cannot write the journal: exiting unacknowledged\n");
-        exit(4);
-    }
     gn_buf *out = gn_port_output(port);
     if (out->len == 0)
         return;
-    uv_buf_t b = uv_buf_init((char *)out->data, (unsigned)out->len);
-    int n = uv_try_write((uv_stream_t *)&out_pipe, &b, 1);
-    size_t done = n > 0 ? (size_t)n : 0;
+    size_t done = 0;
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&out_pipe) == 0) {
+        uv_buf_t b = uv_buf_init((char *)out->data, (unsigned)out->len);
+        int n = uv_try_write((uv_stream_t *)&out_pipe, &b, 1);
+        done = n > 0 ? (size_t)n : 0;
+    }
     if (done < out->len) {
         out_write *w = malloc(sizeof *w);
         if (!w)
@@ -68,8 +89,12 @@ static void flush(void)
         uv_buf_t rest = uv_buf_init((char *)w->data.data, (unsigned)w->data.len);
         int rc = uv_write(&w->req, (uv_stream_t *)&out_pipe, &rest, 1, on_written);
         if (rc < 0) {
-            fprintf(stderr, "gen_native_port: writing to the VM: %s\n", uv_strerror(rc));
-            exit(1);
+            gn_buf_free(&w->data);
+            free(w);
+            gn_diag("writing to the VM: %s", uv_strerror(rc));
+            out->len = 0;
+            stop(1);
+            return;
         }
     }
     out->len = 0;
@@ -77,18 +102,42 @@ static void flush(void)
         gn_buf_free(out);
 }
 
+/* The journal failed (a write or an fdatasync): fail-stop. Nothing more is
+ * acknowledged; the fatal event goes out, then the program exits. */
+static void journal_failure(void)
+{
+    if (journal_failed)
+        return;
+    journal_failed = 1;
+    gn_port_fail(port);
+    write_output();
+    stop(GN_EXIT_JOURNAL);
+}
+
+/* Journal first, then the replies that acknowledge it. */
+static void flush(void)
+{
+    if (journal_failed)
+        return;
+    if (gn_port_commit(port) < 0) {
+        journal_failure();
+        return;
+    }
+    write_output();
+}
+
 static void on_step(uv_idle_t *h)
 {
     int more = gn_port_step(port);
     flush(); /* the commit may start a compaction */
-    if (!more && !gn_port_busy(port))
-        uv_idle_stop(h);
+    if (!more && !gn_port_busy(port) && !closing)
+        check(uv_idle_stop(h), "uv_idle_stop");
 }
 
 static void kick(void)
 {
     if (!closing)
-        uv_idle_start(&stepper, on_step);
+        check(uv_idle_start(&stepper, on_step), "uv_idle_start");
 }
 
 /* After a request, the loop polls without blocking for a moment before it
@@ -99,8 +148,8 @@ static void kick(void)
 
 static void on_spin(uv_idle_t *h)
 {
-    if (uv_hrtime() - last_read > GN_SPIN_NS)
-        uv_idle_stop(h);
+    if (uv_hrtime() - last_read > GN_SPIN_NS && !closing)
+        check(uv_idle_stop(h), "uv_idle_stop");
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -114,22 +163,25 @@ static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 {
     (void)s;
+    if (closing)
+        return;
     if (n > 0) {
         gn_port_feed(port, (const unsigned char *)buf->base, (size_t)n);
         flush();
         kick();
         last_read = uv_hrtime();
         if (!closing)
-            uv_idle_start(&spinner, on_spin);
+            check(uv_idle_start(&spinner, on_spin), "uv_idle_start");
     } else if (n == UV_EOF) {
         if (!gn_port_at_frame_boundary(port)) {
-            fprintf(stderr, "gen_native_port: stdin closed inside a frame\n");
-            finish(3);
+            gn_diag("stdin closed inside a frame");
+            stop(3);
+        } else {
+            stop(0);
         }
-        finish(0);
     } else if (n < 0) {
-        fprintf(stderr, "gen_native_port: reading from the VM: %s\n", uv_strerror((int)n));
-        finish(1);
+        gn_diag("reading from the VM: %s", uv_strerror((int)n));
+        stop(1);
     }
 }
 
@@ -142,12 +194,15 @@ static void on_sweep(uv_timer_t *t)
 
 static void on_synced(uv_fs_t *req)
 {
+    int result = (int)req->result;
     uv_fs_req_cleanup(req);
     free(req);
-    gn_port_sync_done(port);
-    inflight--;
-    if (closing && !inflight)
-        finish(0);
+    if (journal_failed)
+        return;
+    if (gn_port_sync_done(port, result < 0 ? result : 0) < 0)
+        journal_failure();
+    else if (!closing)
+        flush(); /* the syncs that waited for it */
 }
 
 static void on_sync_timer(uv_timer_t *t)
@@ -159,8 +214,12 @@ static void on_sync_timer(uv_timer_t *t)
     uv_fs_t *req = malloc(sizeof *req);
     if (!req)
         abort();
-    inflight++;
-    uv_fs_fdatasync(loop, req, fd, on_synced);
+    int rc = uv_fs_fdatasync(loop, req, fd, on_synced);
+    if (rc < 0) {
+        free(req);
+        gn_port_sync_done(port, rc);
+        journal_failure();
+    }
 }
 
 typedef struct {
@@ -180,15 +239,9 @@ static void offload_after(uv_work_t *req, int status)
 {
     (void)status;
     offloaded *o = (offloaded *)req;
-    inflight--;
-    if (!closing) {
-        o->after(port, o->arg);
+    o->after(port, o->arg);
+    if (!closing)
         flush();
-    } else {
-        o->after(port, o->arg);
-        if (!inflight)
-            finish(0);
-    }
     free(o);
 }
 
@@ -201,30 +254,41 @@ static void offload(gn_port *p, void (*work)(void *), void (*after)(gn_port *, v
     o->work = work;
     o->after = after;
     o->arg = arg;
-    inflight++;
-    uv_queue_work(loop, &o->req, offload_work, offload_after);
+    int rc = uv_queue_work(loop, &o->req, offload_work, offload_after);
+    if (rc < 0) { /* cannot happen with a valid loop and callbacks: run it here */
+        o->work(o->arg);
+        offload_after(&o->req, rc);
+    }
 }
 
-/* Ends the program: at a clean end of input, once thread-pool work is
- * through, with the journal on disk. */
-static void finish(int status)
+static void close_handle(uv_handle_t *h)
 {
-    if (status != 0) {
-        exit(status);
-    }
-    if (!closing) {
-        closing = 1;
-        uv_read_stop((uv_stream_t *)&in_pipe);
-        uv_idle_stop(&stepper);
-        uv_idle_stop(&spinner);
-        uv_timer_stop(&sweeper);
-        uv_timer_stop(&syncer);
-    }
-    if (inflight)
-        return; /* on_synced / offload_after call again */
-    gn_port_commit(port);
-    gn_port_free(port); /* fsyncs the journal */
-    exit(0);
+    if (h->type != UV_UNKNOWN_HANDLE && !uv_is_closing(h))
+        uv_close(h, NULL);
+}
+
+static void on_out_shutdown(uv_shutdown_t *req, int status)
+{
+    (void)req;
+    (void)status;
+    close_handle((uv_handle_t *)&out_pipe);
+}
+
+/* Ends the program: closes every handle, so that uv_run returns once the
+ * replies queued on stdout and the thread-pool work are through. */
+static void stop(int status)
+{
+    if (closing)
+        return;
+    closing = 1;
+    exit_status = status;
+    close_handle((uv_handle_t *)&in_pipe);
+    close_handle((uv_handle_t *)&stepper);
+    close_handle((uv_handle_t *)&spinner);
+    close_handle((uv_handle_t *)&sweeper);
+    close_handle((uv_handle_t *)&syncer);
+    if (uv_shutdown(&out_shutdown, (uv_stream_t *)&out_pipe, on_out_shutdown) < 0)
+        close_handle((uv_handle_t *)&out_pipe);
 }
 
 static void usage(void)
@@ -269,31 +333,43 @@ int main(int argc, char **argv)
     port = gn_port_new(dir, sync);
     gn_port_set_offload(port, offload);
 
-    uv_pipe_init(loop, &out_pipe, 0);
+    check(uv_pipe_init(loop, &out_pipe, 0), "uv_pipe_init");
     if (uv_pipe_open(&out_pipe, 1) < 0) {
         fprintf(stderr, "gen_native_port: stdout is not a pipe: run me as an Erlang port\n");
         return 64;
     }
     int loaded = gn_port_load(port);
-    flush();
+    write_output();
     if (loaded < 0) {
-        uv_run(loop, UV_RUN_DEFAULT); /* write the error event out */
+        stop(2); /* write the error event out */
+        check(uv_run(loop, UV_RUN_DEFAULT), "uv_run");
+        gn_diag_flush(1000);
         return 2;
     }
-    uv_pipe_init(loop, &in_pipe, 0);
+    check(uv_pipe_init(loop, &in_pipe, 0), "uv_pipe_init");
     if (uv_guess_handle(0) != UV_NAMED_PIPE || uv_pipe_open(&in_pipe, 0) < 0) {
         fprintf(stderr, "gen_native_port: stdin is not a pipe: run me as an Erlang port\n");
         return 64;
     }
-    uv_read_start((uv_stream_t *)&in_pipe, on_alloc, on_read);
-    uv_idle_init(loop, &stepper);
-    uv_idle_init(loop, &spinner);
-    uv_timer_init(loop, &sweeper);
+    check(uv_read_start((uv_stream_t *)&in_pipe, on_alloc, on_read), "uv_read_start");
+    check(uv_idle_init(loop, &stepper), "uv_idle_init");
+    check(uv_idle_init(loop, &spinner), "uv_idle_init");
+    check(uv_timer_init(loop, &sweeper), "uv_timer_init");
     if (sweep_ms > 0)
-        uv_timer_start(&sweeper, on_sweep, (uint64_t)sweep_ms, (uint64_t)sweep_ms);
-    uv_timer_init(loop, &syncer);
+        check(uv_timer_start(&sweeper, on_sweep, (uint64_t)sweep_ms, (uint64_t)sweep_ms),
+              "uv_timer_start");
+    check(uv_timer_init(loop, &syncer), "uv_timer_init");
     if (dir && sync > 0)
-        uv_timer_start(&syncer, on_sync_timer, (uint64_t)sync, (uint64_t)sync);
-    uv_run(loop, UV_RUN_DEFAULT);
-    return 0;
+        check(uv_timer_start(&syncer, on_sync_timer, (uint64_t)sync, (uint64_t)sync),
+              "uv_timer_start");
+    uv_run(loop, UV_RUN_DEFAULT); /* until stop() has closed every handle */
+    if (exit_status != 0 || journal_failed) {
+        gn_diag_flush(1000);
+        _exit(journal_failed ? GN_EXIT_JOURNAL : exit_status);
+    }
+    /* a clean end of input: the journal on disk, then exit 0 */
+    int rc = gn_port_commit(port);
+    gn_port_free(port); /* fsyncs the journal */
+    gn_diag_flush(1000);
+    return rc < 0 ? GN_EXIT_JOURNAL : 0;
 }

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "diag.h"
 #include "durable.h"
 #include "etf.h"
 #include "keyenc.h"
@@ -116,6 +117,7 @@ struct gn_port {
     gn_pstore *busy;              /* stores with jobs */
     gn_job *global, *global_tail; /* RESTORE and COMPACT */
     gn_buf compact_waiters;       /* tags waiting for the compaction */
+    gn_buf sync_waiters;          /* tags waiting for the fdatasync in flight */
     int compact_pending;          /* to start once an fsync is through */
     gn_buf *frame_owner;          /* the buffer the frame being handled is in, if its own */
     int replaying;
@@ -227,15 +229,13 @@ static void event_log(gn_port *p, const char *level, const char *text)
     gn_enc_atom(&p->out, level);
     gn_enc_string(&p->out, text);
     frame_end(p, m);
-    if (gn_port_stderr)
-        fprintf(stderr, "gen_native_port: %s\n", text);
+    gn_diag("%s", text);
 }
 
 static void event_bad_request(gn_port *p, const char *why)
 {
     error_text(p, NULL, "bad_request", why);
-    if (gn_port_stderr)
-        fprintf(stderr, "gen_native_port: bad request: %s\n", why);
+    gn_diag("bad request: %s", why);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -1249,8 +1249,15 @@ static void op_global(gn_port *p, req *r)
         return op_restore(p, r);
     }
     if (!strcmp(r->op, "sync")) {
+        /* an fdatasync in flight may fail: the answer waits for it (a
+         * second one now could succeed on pages the first found bad) */
+        if (p->d && gn_durable_sync_inflight(p->d)) {
+            gn_buf_be(&p->sync_waiters, r->tag.len, 2);
+            gn_buf_put(&p->sync_waiters, r->tag.data, r->tag.len);
+            return;
+        }
         if (p->d && (gn_durable_commit(p->d) || gn_durable_sync_now(p->d)))
-            return reply_error(p, &r->tag, "sync_failed");
+            return; /* the journal failed: no answer, the program stops */
         return reply_atom(p, &r->tag, "ok");
     }
     if (!strcmp(r->op, "stores")) {
@@ -1663,35 +1670,51 @@ static void apply_record(void *ctx, const gn_record *r)
         ; /* replay frees as it goes */
 }
 
+/* The fatal load event: {error, {Kind, Path}}, {error, {corrupt_journal,
+ * Path, {From, To}}} or {error, {io_error, Text}}. */
+static void event_load_error(gn_port *p, const gn_load_error *e)
+{
+    const char *text = e->kind && strcmp(e->kind, "io_error") ? e->path : e->text;
+    const char *kind = e->kind ? e->kind : "io_error";
+    size_t m = error_begin(p, NULL, 0);
+    if (!strcmp(kind, "corrupt_journal")) {
+        gn_enc_tuple(&p->out, 3);
+        gn_enc_atom(&p->out, kind);
+        gn_enc_string(&p->out, text);
+        gn_enc_tuple(&p->out, 2);
+        gn_enc_int(&p->out, (int64_t)e->from);
+        gn_enc_int(&p->out, (int64_t)e->to);
+    } else {
+        gn_enc_tuple(&p->out, 2);
+        gn_enc_atom(&p->out, kind);
+        gn_enc_string(&p->out, text);
+    }
+    frame_end(p, m);
+    if (!strcmp(kind, "corrupt_journal"))
+        gn_diag("%s: %s: bytes %llu to %llu are damaged, before synced data: not loaded", kind,
+                text, (unsigned long long)e->from, (unsigned long long)e->to);
+    else
+        gn_diag("%s: %s: not loaded", kind, text);
+}
+
 int gn_port_load(gn_port *p)
 {
     uint64_t dropped = 0;
     if (p->dir) {
-        char err[512];
+        gn_load_error err;
         p->replaying = 1;
-        p->d = gn_durable_open(p->dir, p->sync, apply_record, p, &dropped, err, sizeof err);
+        p->d = gn_durable_open(p->dir, p->sync, apply_record, p, &dropped, &err);
         p->replaying = 0;
         if (!p->d) {
-            /* the fatal event: {error, {Kind, Text}} */
-            char path[4200];
-            if (!strcmp(err, "corrupt_snapshot")) {
-                snprintf(path, sizeof path, "%s/snapshot.gns", p->dir);
-                error_text(p, NULL, "corrupt_snapshot", path);
-                fprintf(stderr, "gen_native_port: corrupt snapshot %s: not loaded\n", path);
-            } else if (!strcmp(err, "locked")) {
-                error_text(p, NULL, "locked", p->dir);
-                fprintf(stderr, "gen_native_port: %s is in use by another program\n", p->dir);
-            } else {
-                error_text(p, NULL, "io_error", err);
-                fprintf(stderr, "gen_native_port: %s\n", err);
-            }
+            event_load_error(p, &err);
             return -1;
         }
         if (dropped) {
             char text[200];
-            snprintf(text, sizeof text,
-                     "dropped %llu bytes of a torn or corrupt journal tail in %s",
-                     (unsigned long long)dropped, p->dir);
+            snprintf(
+                text, sizeof text,
+                "dropped %llu bytes of a torn journal tail (after the last synced offset) in %s",
+                (unsigned long long)dropped, p->dir);
             event_log(p, "warning", text);
         }
     }
@@ -1733,13 +1756,14 @@ void gn_port_set_offload(gn_port *p, gn_offload_fn fn)
 
 int gn_port_commit(gn_port *p)
 {
+    const char *kind, *text;
     if (!p->d)
         return 0;
     if (gn_durable_commit(p->d) < 0)
         return -1;
     if (gn_durable_wants_compaction(p->d))
         start_compaction(p);
-    return 0;
+    return gn_durable_failed(p->d, &kind, &text) ? -1 : 0;
 }
 
 int gn_port_sync_begin(gn_port *p)
@@ -1747,9 +1771,33 @@ int gn_port_sync_begin(gn_port *p)
     return p->d ? gn_durable_sync_begin(p->d) : -1;
 }
 
-void gn_port_sync_done(gn_port *p)
+int gn_port_sync_done(gn_port *p, int result)
 {
-    gn_durable_sync_done(p->d);
+    if (gn_durable_sync_done(p->d, result) < 0)
+        return -1;
+    gn_buf *w = &p->sync_waiters;
+    if (w->len == 0)
+        return 0;
+    /* what they wait for may have been written after that fdatasync began */
+    if (gn_durable_commit(p->d) < 0 || gn_durable_sync_now(p->d) < 0)
+        return -1;
+    for (size_t at = 0; at + 2 <= w->len;) {
+        gn_slice tag = {w->data + at + 2, (size_t)gn_get_be(w->data + at, 2)};
+        reply_atom(p, &tag, "ok");
+        at += 2 + tag.len;
+    }
+    w->len = 0;
+    return 0;
+}
+
+void gn_port_fail(gn_port *p)
+{
+    const char *kind = "journal_write_failed", *text = "the journal failed";
+    if (p->d)
+        gn_durable_failed(p->d, &kind, &text);
+    p->out.len = 0; /* nothing more is acknowledged */
+    error_text(p, NULL, kind, text);
+    gn_diag("%s: %s: exiting, nothing more acknowledged", kind, text);
 }
 
 void gn_port_free(gn_port *p)
@@ -1775,6 +1823,7 @@ void gn_port_free(gn_port *p)
     gn_buf_free(&p->in);
     gn_buf_free(&p->skip_head);
     gn_buf_free(&p->compact_waiters);
+    gn_buf_free(&p->sync_waiters);
     gn_buf_free(&scratch_key);
     gn_buf_free(&scratch_val);
     gn_buf_free(&stream_part);

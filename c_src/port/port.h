@@ -53,9 +53,17 @@ gn_buf *gn_port_output(gn_port *p);
 int gn_port_commit(gn_port *p);
 
 /* For sync {interval, ms}: the descriptor to fdatasync off the loop thread,
- * or -1 if nothing waits; then gn_port_sync_done on the loop thread. */
+ * or -1 if nothing waits; then gn_port_sync_done on the loop thread with
+ * its result (0 or -errno), which answers the syncs that waited for it.
+ * -1: the journal failed, the program must stop (gn_port_fail). */
 int gn_port_sync_begin(gn_port *p);
-void gn_port_sync_done(gn_port *p);
+int gn_port_sync_done(gn_port *p, int result);
+
+/* After gn_port_commit or gn_port_sync_done returned -1: drops the output
+ * not yet written (nothing more is acknowledged) and queues the fatal
+ * event {error, {fsync_failed | journal_write_failed, Text}}. The program
+ * must write it and exit (status 5) without touching the journal again. */
+void gn_port_fail(gn_port *p);
 
 /* Queues the purge of expired entries (the TTL sweep, once a second). */
 void gn_port_sweep(gn_port *p);

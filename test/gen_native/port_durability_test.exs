@@ -41,6 +41,53 @@ defmodule GenNative.PortDurabilityTest do
 
   defp journals(dir), do: Path.wildcard(Path.join(dir, "journal.*.gnj"))
 
+  defp journal(dir, gen), do: Path.join(dir, "journal.#{gen}.gnj")
+
+  # A program not under a supervisor, for kill -9 without a restart, and
+  # for starts expected to fail.
+  defp start_unsupervised(port, dir, opts \\ []) do
+    Process.flag(:trap_exit, true)
+    GenNative.Port.start_link([name: port, dir: dir] ++ opts)
+  end
+
+  defp kill9_unsupervised(port, pid) do
+    kill9(port)
+    assert_receive {:EXIT, ^pid, {:port_exited, 137}}, 10_000
+  end
+
+  # The records of a journal: [{offset, op}], op as a character.
+  defp records(<<"GNJ1", _gen::64, rest::binary>>), do: records(rest, 12, [])
+
+  defp records(<<len::32, _crc::32, body::binary-size(len), rest::binary>>, at, acc),
+    do: records(rest, at + 8 + len, [{at, :binary.first(body)} | acc])
+
+  defp records(_, _, acc), do: Enum.reverse(acc)
+
+  defp flip(file, offset, mask) do
+    data = File.read!(file)
+    <<head::binary-size(offset), byte, tail::binary>> = data
+    bad = <<head::binary, Bitwise.bxor(byte, mask), tail::binary>>
+    File.write!(file, bad)
+    bad
+  end
+
+  # A journal record putting key = value into the store named `name`, as
+  # the program writes it: entries without the version byte, no expiry.
+  defp put_record(name, key, value) do
+    etf = fn term ->
+      binary_part(:erlang.term_to_binary(term), 1, byte_size(:erlang.term_to_binary(term)) - 1)
+    end
+
+    k = etf.(key)
+    v = etf.(value)
+
+    body =
+      <<?P, byte_size(name)::16, name::binary, byte_size(k)::32, k::binary, byte_size(v)::32,
+        v::binary, 0::64>>
+
+    <<byte_size(body)::32, :erlang.crc32(body)::32, body::binary>>
+  end
+
   describe "a restart" do
     test "reloads every store, with what every kind of write left", %{dir: dir, port: port} do
       start(port, dir)
@@ -265,23 +312,19 @@ defmodule GenNative.PortDurabilityTest do
     end
 
     @tag capture_log: true
-    test "a last record that fails its checksum is dropped, the ones before kept",
+    test "after a crash, a last record that fails its checksum is dropped, the ones before kept",
          %{dir: dir, port: port} do
-      start(port, dir)
+      {:ok, pid} = start_unsupervised(port, dir)
       {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
       for i <- 1..50, do: :ok = Store.put(s, i, i)
       :ok = GenNative.Port.sync(port)
-      [journal] = journals(dir)
-      size_before = File.stat!(journal).size
       :ok = Store.put(s, :last, "the last record")
-      stop(port)
+      kill9_unsupervised(port, pid)
 
-      size_after = File.stat!(journal).size
-      assert size_after > size_before
-      data = File.read!(journal)
-      offset = size_after - 3
-      <<head::binary-size(offset), byte, tail::binary>> = data
-      File.write!(journal, <<head::binary, Bitwise.bxor(byte, 0xFF), tail::binary>>)
+      [journal] = journals(dir)
+      size = File.stat!(journal).size
+      {last, ?P} = journal |> File.read!() |> records() |> List.last()
+      flip(journal, size - 3, 0xFF)
 
       log =
         capture_log(fn ->
@@ -290,7 +333,90 @@ defmodule GenNative.PortDurabilityTest do
           assert Store.fetch(s, :last) == :error
         end)
 
-      assert log =~ "dropped #{size_after - size_before} bytes"
+      assert log =~ "dropped #{size - last} bytes"
+    end
+
+    @tag capture_log: true
+    test "after a crash, unsynced records behind a damaged one are a crash tail: dropped",
+         %{dir: dir, port: port} do
+      # sync: :never: nothing is synced, so a power loss may have lost any
+      # page of the journal, and a hole followed by records is a tail
+      {:ok, pid} = start_unsupervised(port, dir, sync: :never)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..100, do: :ok = Store.put(s, i, i)
+      kill9_unsupervised(port, pid)
+
+      [journal] = journals(dir)
+      puts = for {at, ?P} <- journal |> File.read!() |> records(), do: at
+      at = Enum.at(puts, 10)
+      flip(journal, at + 12, 0x01)
+
+      size = File.stat!(journal).size
+      {{:ok, pid}, log} = with_log(fn -> start_unsupervised(port, dir, sync: :never) end)
+      assert log =~ "dropped #{size - at} bytes"
+      assert Enum.sort(Store.to_list(s)) == for(i <- 1..10, do: {i, i})
+      assert File.stat!(journal).size == at
+      GenServer.stop(pid)
+    end
+
+    test "a damaged record before synced data stops the start, naming the bytes, changing nothing",
+         %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..1000, do: :ok = Store.put(s, i, i)
+      stop(port)
+
+      [journal] = journals(dir)
+      {first_put, ?P} = journal |> File.read!() |> records() |> Enum.find(&match?({_, ?P}, &1))
+      bad = flip(journal, first_put + 12, 0x04)
+
+      {result, _log} = with_log(fn -> start_unsupervised(port, dir) end)
+      assert {:error, {:corrupt_journal, ^journal, {^first_put, to}}} = result
+      assert to > first_put
+      assert File.read!(journal) == bad
+      assert Process.whereis(port) == nil
+    end
+
+    test "a damaged journal header stops the start, and the journal is left as it is",
+         %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..100, do: :ok = Store.put(s, i, i)
+      stop(port)
+
+      [journal] = journals(dir)
+      good = File.read!(journal)
+
+      for offset <- [0, 11] do
+        bad = flip(journal, offset, 0x01)
+        {result, _log} = with_log(fn -> start_unsupervised(port, dir) end)
+        assert result == {:error, {:bad_journal_header, journal}}
+        assert File.read!(journal) == bad
+        File.write!(journal, good)
+      end
+
+      # its records were intact all along
+      start(port, dir)
+      assert Store.size(s) == 100
+      :ok = Store.put(s, :after, 1)
+      stop(port)
+      start(port, dir)
+      assert Store.size(s) == 101
+    end
+
+    test "a snapshot deleted after compact/1 stops the start", %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      :ok = Store.put_many(s, for(i <- 1..100, do: {i, i}))
+      :ok = GenNative.Port.compact(port)
+      :ok = Store.put(s, :after, 1)
+      stop(port)
+
+      snapshot = Path.join(dir, "snapshot.gns")
+      File.rm!(snapshot)
+      {result, _log} = with_log(fn -> start_unsupervised(port, dir) end)
+      assert result == {:error, {:missing_snapshot, snapshot}}
+      assert Process.whereis(port) == nil
     end
 
     test "a corrupt snapshot stops the start with {:corrupt_snapshot, path}, loading nothing",
@@ -344,6 +470,35 @@ defmodule GenNative.PortDurabilityTest do
       assert {:error, reason} = GenNative.Port.start_link(name: :"#{port}_2", dir: dir)
       assert inspect(reason) =~ "locked"
       assert Store.get(s, :k) == :v
+    end
+  end
+
+  describe "journals left by compactions cut short" do
+    # Journals 2..1300 as compactions cut short leave them: the odd ones
+    # header-only, the even ones each holding one acknowledged put.
+    test "are all loaded, however many; header-only ones are deleted; compact/1 ends them",
+         %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      :ok = Store.put(s, :first, 1)
+      stop(port)
+
+      for gen <- 2..1300 do
+        records = if rem(gen, 2) == 0, do: put_record("s", gen, gen), else: ""
+        File.write!(journal(dir, gen), <<"GNJ1", gen::64, records::binary>>)
+      end
+
+      start(port, dir)
+      assert Store.size(s) == 1 + 650
+      for gen <- 2..1300//2, do: assert(Store.get(s, gen) == gen, "journal #{gen} not loaded")
+      assert length(journals(dir)) == 1 + 650
+
+      :ok = GenNative.Port.compact(port)
+      assert [_] = journals(dir)
+      :ok = Store.put(s, :after, 1)
+      stop(port)
+      start(port, dir)
+      assert Store.size(s) == 652
     end
   end
 
