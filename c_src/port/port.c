@@ -919,6 +919,13 @@ static int restore_step(gn_port *p, gn_job *j, uint64_t deadline)
         scratch_key.len = 0;
         if (gn_key_encode(k + 1, kl - 1, &ix, &scratch_key, s->ordered ? GN_KEY_EQ : GN_KEY_EXACT))
             goto bad;
+        /* a value must be a term the VM can decode, as the NIF store checks
+         * with binary_to_term (atoms in UTF-8, no NaN, ...): the key
+         * encoder is the one full validator here */
+        ix = 0;
+        scratch_val.len = 0;
+        if (gn_key_encode(v + 1, vl - 1, &ix, &scratch_val, GN_KEY_EXACT) || ix != vl - 1)
+            goto bad;
         int created;
         int64_t expires = ttl ? j->now + ttl : 0;
         gn_pstore_put(s, scratch_key.data, scratch_key.len, k + 1, kl - 1, v + 1, vl - 1, expires,

@@ -231,6 +231,25 @@ defmodule GenNative.PortTest do
       assert_raise ArgumentError, ~r/deleted/, fn -> Store.size(store) end
     end
 
+    test "restore/2 refuses a value that cannot be decoded, as the NIF store does",
+         %{port: p} do
+      {:ok, nif} = Store.new(:set)
+      :ok = Store.put(nif, :k, {:ok, :zqzqzq})
+      good = Store.snapshot(nif)
+
+      # the atom (ATOM_EXT, Latin-1) made an ATOM_UTF8_EXT whose name
+      # is not UTF-8 (a lone continuation byte), the checksum made right
+      body = binary_part(good, 0, byte_size(good) - 4)
+      body = :binary.replace(body, <<100, 6::16, "zqzqzq">>, <<118, 6::16, "zqzqz", 0x80>>)
+      assert body != binary_part(good, 0, byte_size(good) - 4)
+      bad = <<body::binary, :erlang.crc32(body)::32>>
+
+      assert Store.restore(bad) == {:error, :invalid_snapshot}
+      assert Store.restore(bad, backend: {:port, p}, name: :bad) == {:error, :invalid_snapshot}
+      assert_raise ArgumentError, fn -> Store.size(%GenNative.Store.Port{port: p, name: :bad}) end
+      assert {:ok, _} = Store.restore(good, backend: {:port, p}, name: :good)
+    end
+
     test "whereis/1 does not find port stores", %{port: p} do
       name = unique(:gn_port_store)
       {:ok, _} = Store.new(:set, backend: {:port, p}, name: name)
