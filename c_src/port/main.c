@@ -168,6 +168,10 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
     if (n > 0) {
         gn_port_feed(port, (const unsigned char *)buf->base, (size_t)n);
         flush();
+        if (gn_port_stopping(port)) {
+            stop(0);
+            return;
+        }
         kick();
         last_read = uv_hrtime();
         if (!closing)

@@ -121,6 +121,7 @@ struct gn_port {
     int compact_pending;          /* to start once an fsync is through */
     gn_buf *frame_owner;          /* the buffer the frame being handled is in, if its own */
     int replaying;
+    int stopping; /* a stop request came */
     uint64_t loaded_entries;
     gn_offload_fn offload;
 };
@@ -1267,6 +1268,10 @@ static void op_global(gn_port *p, req *r)
             return; /* the journal failed: no answer, the program stops */
         return reply_atom(p, &r->tag, "ok");
     }
+    if (!strcmp(r->op, "stop")) {
+        p->stopping = 1; /* main.c ends the program as at the end of input */
+        return;
+    }
     if (!strcmp(r->op, "stores")) {
         size_t m = frame_begin(p, r->tag.data, r->tag.len);
         if (p->nstores)
@@ -1547,7 +1552,7 @@ static void oversized(gn_port *p)
 
 int gn_port_feed(gn_port *p, const unsigned char *data, size_t len)
 {
-    while (len > 0) {
+    while (len > 0 && !p->stopping) { /* nothing is read after a stop */
         if (p->skip_left) {
             size_t take = len < p->skip_left ? len : p->skip_left;
             if (p->skip_head.len < 65536) {
@@ -1600,6 +1605,11 @@ int gn_port_feed(gn_port *p, const unsigned char *data, size_t len)
         }
     }
     return 0;
+}
+
+int gn_port_stopping(const gn_port *p)
+{
+    return p->stopping;
 }
 
 int gn_port_at_frame_boundary(const gn_port *p)

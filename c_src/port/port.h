@@ -34,6 +34,10 @@ int gn_port_load(gn_port *p);
  * stderr). */
 int gn_port_feed(gn_port *p, const unsigned char *data, size_t len);
 
+/* Whether a `stop` request came: the program ends as at a clean end of
+ * input (journal flushed and fsynced, exit 0). */
+int gn_port_stopping(const gn_port *p);
+
 /* Whether the stream ends between frames (a clean end of input). */
 int gn_port_at_frame_boundary(const gn_port *p);
 

@@ -32,8 +32,11 @@ defmodule GenNative.Port do
 
   This server stops with the reason `{:port_exited, status}` (a program
   killed by a signal exits with 128 + the signal number: 137 for
-  `kill -9`), or with the reason of the program's fatal error event (such
-  as `{:corrupt_snapshot, path}`), so that its supervisor restarts it. When
+  `kill -9`), or with the reason of the program's fatal error event, so
+  that its supervisor restarts it: `{:fsync_failed, text}` or
+  `{:journal_write_failed, text}` when the journal could not be written or
+  flushed (the program then acknowledges nothing more, and never retries
+  the fsync). When
   a request written to the dead program's stdin breaks the pipe before the
   VM learns the exit status, the port closes without one and the reason is
   `{:port_closed, :epipe}`. Every
@@ -44,13 +47,12 @@ defmodule GenNative.Port do
   crash and the restart) exits with `{:noproc, {GenNative.Store, fun, args}}`.
 
   A restarted program starts empty without a data directory, and reloads the
-  directory with one. `terminate/2` waits (up to 10 seconds, then kills it)
-  for the program to exit, so that a restarted program never runs alongside
-  the previous one on the same directory.
+  directory with one. `terminate/2` sends the program a `stop` request (it
+  flushes and fsyncs its journal and exits) and waits for its exit status
+  (up to 10 seconds, then kills it), so that a restarted program never runs
+  alongside the previous one on the same directory.
   """
   use GenServer
-
-  import Bitwise, only: [<<<: 2]
 
   require Logger
 
@@ -59,6 +61,8 @@ defmodule GenNative.Port do
   @ready_timeout 120_000
   # how long terminate/2 waits for the program to exit before killing it
   @exit_wait 10_000
+  # the longest sync interval the program takes (--sync MS), in ms: a day
+  @max_interval 86_400_000
 
   @type name :: atom()
   @type sync :: :always | :never | {:interval, pos_integer()}
@@ -81,8 +85,11 @@ defmodule GenNative.Port do
   @doc """
   Starts the program and a server owning it, registered as `name`. Returns
   once the data directory is loaded; a program that fails to start or to
-  load it gives `{:error, reason}` (e.g. `{:corrupt_snapshot, path}`, or
-  `{:port_exited, status}`).
+  load it gives `{:error, reason}`: `{:corrupt_snapshot, path}`,
+  `{:corrupt_journal, path, {from, to}}` (damaged bytes before data that
+  was synced), `{:bad_journal_header, path}`, `{:missing_snapshot, path}`,
+  `{:missing_journal, path}`, `{:locked, dir}`, `{:io_error, text}`, or
+  `{:port_exited, status}`. The files are left as they are.
 
   ## Options
 
@@ -91,8 +98,8 @@ defmodule GenNative.Port do
     * `:dir` - the data directory (created if missing), or `nil` (default)
       for stores that live in memory only.
     * `:sync` - when the journal is flushed to disk: `:always` (before
-      each write is acknowledged), `:never`, or `{:interval, ms}`
-      (default `{:interval, 100}`).
+      each write is acknowledged), `:never`, or `{:interval, ms}` with
+      `ms` at most #{@max_interval} (a day; default `{:interval, 100}`).
     * `:timeout` - how long a request waits for its reply, in ms, or
       `:infinity` (default #{@default_timeout}).
 
@@ -129,10 +136,21 @@ defmodule GenNative.Port do
 
     sync =
       case sync do
-        :always -> "always"
-        :never -> "never"
-        {:interval, ms} when is_integer(ms) and ms > 0 and ms < 1 <<< 31 -> Integer.to_string(ms)
-        _ -> invalid!(:sync, sync, ":always, :never or {:interval, ms} with ms > 0")
+        :always ->
+          "always"
+
+        :never ->
+          "never"
+
+        {:interval, ms} when is_integer(ms) and ms > 0 and ms <= @max_interval ->
+          Integer.to_string(ms)
+
+        _ ->
+          invalid!(
+            :sync,
+            sync,
+            ":always, :never or {:interval, ms} with 0 < ms <= #{@max_interval} (a day)"
+          )
       end
 
     unless timeout == :infinity or (is_integer(timeout) and timeout > 0) do
@@ -308,9 +326,13 @@ defmodule GenNative.Port do
 
   defp make_dir(nil), do: :ok
 
+  # The parents only: the program creates the directory itself, mode 0700.
   defp make_dir(dir) do
-    case File.mkdir_p(dir) do
-      :ok -> :ok
+    with :ok <- File.mkdir_p(Path.dirname(dir)),
+         false <- File.exists?(dir) and not File.dir?(dir) do
+      :ok
+    else
+      true -> {:error, {:dir, dir, :enotdir}}
       {:error, reason} -> {:error, {:dir, dir, reason}}
     end
   end
@@ -438,23 +460,38 @@ defmodule GenNative.Port do
     :ok
   end
 
-  # Closes the program's stdin (it flushes its journal and exits) and waits
-  # for it to exit; kills it if it has not within @exit_wait.
+  # Asks the program to stop (it flushes and fsyncs its journal and exits
+  # 0) and waits for its exit status; kills it if it has not exited within
+  # @exit_wait. Replies still coming are skipped.
   defp stop_program(port, os_pid) do
+    try do
+      :erlang.port_command(port, :erlang.term_to_binary({make_ref(), :stop, nil}))
+    rescue
+      ArgumentError -> :ok
+    end
+
+    receive do
+      {^port, {:exit_status, _}} -> :ok
+    after
+      @exit_wait ->
+        System.cmd("kill", ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
+
+        receive do
+          {^port, {:exit_status, _}} -> :ok
+        after
+          1_000 -> :ok
+        end
+    end
+
     try do
       Port.close(port)
     rescue
       ArgumentError -> :ok
     end
-
-    deadline = System.monotonic_time(:millisecond) + @exit_wait
-
-    if await_exit(os_pid, deadline) == :timeout do
-      System.cmd("kill", ["-KILL", Integer.to_string(os_pid)], stderr_to_stdout: true)
-      await_exit(os_pid, System.monotonic_time(:millisecond) + 1_000)
-    end
   end
 
+  # For a program whose port is gone (its server was killed): polls until
+  # the OS process has exited.
   defp await_exit(os_pid, deadline) do
     cond do
       not os_alive?(os_pid) ->
@@ -464,7 +501,7 @@ defmodule GenNative.Port do
         :timeout
 
       true ->
-        Process.sleep(1)
+        Process.sleep(10)
         await_exit(os_pid, deadline)
     end
   end

@@ -165,6 +165,14 @@ defmodule GenNative.PortDurabilityTest do
       end
     end
 
+    test "the data directory it creates is mode 0700, its parents made as mkdir -p does",
+         %{dir: dir, port: port} do
+      nested = Path.join([dir, "a", "b"])
+      start(port, nested)
+      assert Bitwise.band(File.stat!(nested).mode, 0o777) == 0o700
+      assert File.dir?(Path.join(dir, "a"))
+    end
+
     @tag capture_log: true
     test "after GenNative.Port is killed (no terminate/2), the new program waits for the old",
          %{dir: dir, port: port} do

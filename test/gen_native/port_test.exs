@@ -84,6 +84,9 @@ defmodule GenNative.PortTest do
             {[name: :p, sync: :sometimes], ":sync"},
             {[name: :p, sync: {:interval, 0}], ":sync"},
             {[name: :p, sync: {:interval, 1.5}], ":sync"},
+            # the program's own bound (--sync MS): a day
+            {[name: :p, sync: {:interval, 86_400_001}], ":sync"},
+            {[name: :p, sync: {:interval, 90_000_000}], "86400000"},
             {[name: :p, timeout: 0], ":timeout"},
             {[name: :p, timeout: :never], ":timeout"},
             {[name: :p, bogus: 1], ":bogus"},
@@ -701,6 +704,20 @@ defmodule GenNative.PortTest do
       assert Enum.map(replies, fn <<n::16, tag::binary-size(n), payload::binary>> ->
                {:erlang.binary_to_term(tag), :erlang.binary_to_term(payload)}
              end) == [{1, :ok}, {2, :ok}, {3, {:ok, :v}}]
+    end
+
+    test "a stop request: the requests before it are answered, none after it; exit status 0" do
+      input =
+        frame({1, :open, :s, :set, :infinity}) <>
+          frame({2, :put, :s, :k, :v, 0}) <> frame({3, :stop, nil}) <> frame({4, :get, :s, :k})
+
+      {output, status} = run_with_input(input)
+      assert status == 0
+      [_ready | replies] = frames(output)
+
+      assert Enum.map(replies, fn <<n::16, tag::binary-size(n), payload::binary>> ->
+               {:erlang.binary_to_term(tag), :erlang.binary_to_term(payload)}
+             end) == [{1, :ok}, {2, :ok}]
     end
 
     test "a stream that ends inside a frame: exit status 3, the reason on stderr" do
