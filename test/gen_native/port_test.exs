@@ -553,6 +553,24 @@ defmodule GenNative.PortTest do
       close(port)
     end
 
+    test "with nobody draining its stderr, diagnostics never hold up replies" do
+      # stderr is a pipe whose reader never reads: 64 KiB fill it, and
+      # 20,000 bad requests each write a line
+      port =
+        Port.open({:spawn_executable, System.find_executable("bash")}, [
+          :binary,
+          {:packet, 4},
+          :exit_status,
+          args: ["-c", ~S|exec "$0" 2> >(exec sleep 60)|, PortProtocol.program()]
+        ])
+
+      assert {:ready, _} = event(port)
+      for _ <- 1..20_000, do: Port.command(port, "not a term")
+      assert call(port, {:open, :s, :set, :infinity}) == :ok
+      assert call(port, {:put, :s, :k, :v, 0}) == :ok
+      close(port)
+    end
+
     test "unknown ops, wrong arities and wrong argument types are answered {error, {badarg, _}}" do
       port = open_program()
       assert call(port, {:open, :s, :ordered_set, 2}) == :ok
