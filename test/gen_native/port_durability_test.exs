@@ -421,10 +421,20 @@ defmodule GenNative.PortDurabilityTest do
       stop(port)
 
       snapshot = Path.join(dir, "snapshot.gns")
+      [journal] = journals(dir)
+      saved = File.read!(snapshot)
       File.rm!(snapshot)
       {result, _log} = with_log(fn -> start_unsupervised(port, dir) end)
       assert result == {:error, {:missing_snapshot, snapshot}}
       assert Process.whereis(port) == nil
+      assert journals(dir) == [journal]
+
+      # the journal after the snapshot gone instead
+      File.write!(snapshot, saved)
+      File.rm!(journal)
+      File.write!(journal(dir, 9), <<"GNJ1", 9::64>>)
+      {result, _log} = with_log(fn -> start_unsupervised(port, dir) end)
+      assert result == {:error, {:missing_journal, journal}}
     end
 
     test "a corrupt snapshot stops the start with {:corrupt_snapshot, path}, loading nothing",
