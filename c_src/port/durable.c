@@ -320,6 +320,8 @@ static uint64_t synced_after(const unsigned char *p, size_t n, size_t bad, size_
     static const unsigned char shape[4] = {0, 0, 0, GN_SYNC_REC_LEN - 8};
     uint64_t synced = 0;
     *next = n;
+    if (bad >= n)
+        return 0;
     for (size_t at = bad + 1; n - at >= GN_SYNC_REC_LEN; at++) {
         const unsigned char *hit = memmem(p + at, n - at, shape, 4);
         if (!hit || (size_t)(n - (size_t)(hit - p)) < GN_SYNC_REC_LEN)
@@ -380,9 +382,8 @@ static void io_error(gn_load_error *err, const char *what, const char *path)
 
 /* Replays one journal; 0, or -1 with `err` filled in. `newest`: the one
  * writes append to, the only one that may end in a torn tail. */
-static int load_journal(gn_durable *d, const char *path, uint64_t gen, int newest,
-                        gn_apply_fn apply, void *ctx, uint64_t *dropped, size_t *size,
-                        gn_load_error *err)
+static int load_journal(const char *path, uint64_t gen, int newest, gn_apply_fn apply, void *ctx,
+                        uint64_t *dropped, size_t *size, gn_load_error *err)
 {
     unsigned char *data;
     size_t len;
@@ -426,7 +427,6 @@ static int load_journal(gn_durable *d, const char *path, uint64_t gen, int newes
         }
     }
     free(data);
-    (void)d;
     return 0;
 }
 
@@ -539,7 +539,7 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
         p = journal_path(d, gens[i]);
         size_t size;
         int newest = i + 1 == ngens;
-        if (load_journal(d, p, gens[i], newest, apply, ctx, dropped, &size, err) < 0)
+        if (load_journal(p, gens[i], newest, apply, ctx, dropped, &size, err) < 0)
             goto fail;
         if (size <= 12 && i > 0 && !newest) {
             /* a compaction cut short before any write: nothing to load */
