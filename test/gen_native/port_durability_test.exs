@@ -385,6 +385,57 @@ defmodule GenNative.PortDurabilityTest do
       assert Process.whereis(port) == nil
     end
 
+    @tag capture_log: true
+    test "with {:interval, ms}, damage after the last fsync is a crash tail, before it corruption",
+         %{dir: dir, port: port} do
+      # no background fsync in this test: only sync/1 syncs
+      opts = [sync: {:interval, 86_400_000}]
+      {:ok, pid} = start_unsupervised(port, dir, opts)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..50, do: :ok = Store.put(s, i, i)
+      :ok = GenNative.Port.sync(port)
+      for i <- 51..100, do: :ok = Store.put(s, i, i)
+      kill9_unsupervised(port, pid)
+
+      [journal] = journals(dir)
+      data = File.read!(journal)
+      puts = for {at, ?P} <- records(data), do: at
+      # the SYNC record the first write after sync/1 wrote
+      assert [{_, ?S}] = Enum.filter(records(data), &match?({_, ?S}, &1))
+
+      # put 20 was on disk (the SYNC record says so): corruption
+      synced = Enum.at(puts, 19)
+      flip(journal, synced + 12, 0x01)
+      {result, _log} = with_log(fn -> start_unsupervised(port, dir, opts) end)
+      assert {:error, {:corrupt_journal, ^journal, {^synced, _}}} = result
+      File.write!(journal, data)
+
+      # put 60 was not: a power loss may have lost its page, and it ends the journal
+      unsynced = Enum.at(puts, 59)
+      flip(journal, unsynced + 12, 0x01)
+      {{:ok, pid}, log} = with_log(fn -> start_unsupervised(port, dir, opts) end)
+      assert log =~ "dropped #{byte_size(data) - unsynced} bytes"
+      assert Enum.sort(Store.to_list(s)) == for(i <- 1..59, do: {i, i})
+      GenServer.stop(pid)
+    end
+
+    test "damage at the end of a journal that is not the newest is corruption",
+         %{dir: dir, port: port} do
+      {:ok, pid} = start_unsupervised(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..10, do: :ok = Store.put(s, i, i)
+      kill9_unsupervised(port, pid)
+
+      # a compaction cut short began journal 2 after journal 1 was synced
+      [journal] = journals(dir)
+      File.write!(journal(dir, 2), <<"GNJ1", 2::64, put_record("s", :later, 1)::binary>>)
+      {last, ?P} = journal |> File.read!() |> records() |> List.last()
+      flip(journal, File.stat!(journal).size - 1, 0x01)
+
+      {result, _log} = with_log(fn -> start_unsupervised(port, dir) end)
+      assert {:error, {:corrupt_journal, ^journal, {^last, _}}} = result
+    end
+
     test "a damaged journal header stops the start, and the journal is left as it is",
          %{dir: dir, port: port} do
       start(port, dir)
