@@ -523,7 +523,8 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
         }
     }
     closedir(dh);
-    qsort(gens, ngens, sizeof *gens, cmp_u64);
+    if (ngens) /* qsort takes no NULL array, even empty */
+        qsort(gens, ngens, sizeof *gens, cmp_u64);
     if (ngens && gens[0] > (have_snap ? snap_gen : 1)) {
         if (have_snap) {
             p = journal_path(d, snap_gen);
