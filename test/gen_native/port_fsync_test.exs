@@ -1,9 +1,10 @@
 defmodule GenNative.PortFsyncTest do
-  # The journal's fdatasync, seen through an LD_PRELOAD shim
+  # The journal's fdatasync and writes, seen through an LD_PRELOAD shim
   # (test/support/fsync_shim.c, compiled here with gcc) that can hold an
-  # fdatasync or fail it with EIO: sync/1 answers only once the data is on
-  # disk, and a failed fdatasync stops the program (fail-stop) with a
-  # reason, never to be retried or ignored.
+  # fdatasync, fail it with EIO, or fail a write with ENOSPC: sync/1
+  # answers only once the data is on disk, and a failed fdatasync or write
+  # stops the program (fail-stop) with a reason, never to be retried or
+  # ignored.
   #
   # async: false: LD_PRELOAD is set in this VM's environment for the moment
   # a program is spawned.
@@ -128,6 +129,27 @@ defmodule GenNative.PortFsyncTest do
 
       assert {{:fsync_failed, _}, {Store, :put, _}} = catch_exit(Store.put(s, :b, 2))
       assert_receive {:EXIT, ^pid, {:fsync_failed, _}}, 10_000
+    end
+  end
+
+  describe "a failed journal write (ENOSPC)" do
+    @tag capture_log: true
+    test "is not acknowledged: the program stops with {:journal_write_failed, text}",
+         %{shim: shim, dir: dir, port: port} do
+      pid = start_shimmed(shim, port, dir, {:interval, 100})
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      :ok = Store.put(s, :a, 1)
+      File.touch!(control(dir, "WRITE_FAIL"))
+
+      assert {{:journal_write_failed, text}, {Store, :put, _}} = catch_exit(Store.put(s, :b, 2))
+      assert text =~ "No space left on device"
+      assert_receive {:EXIT, ^pid, {:journal_write_failed, ^text}}, 10_000
+
+      File.rm!(control(dir, "WRITE_FAIL"))
+      {:ok, pid} = GenNative.Port.start_link(name: port, dir: dir)
+      assert Store.get(s, :a) == 1
+      assert Store.fetch(s, :b) == :error
+      GenServer.stop(pid)
     end
   end
 end

@@ -6,8 +6,10 @@
  *                once it blocks)
  *   FSYNC_FAIL   fails with EIO, as a disk that lost the pages would
  *
- * and creates FSYNC_DONE in that directory after each real fdatasync.
- * Without those files it is the real fdatasync.
+ * and creates FSYNC_DONE in that directory after each real fdatasync; and
+ * writev (the journal's commits) on a file in a directory holding
+ * WRITE_FAIL fails with ENOSPC. Without those files they are the real
+ * calls (a pipe has no directory: libuv's writes to the VM go through).
  */
 #define _GNU_SOURCE
 #include <dlfcn.h>
@@ -17,6 +19,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 static int exists(const char *dir, const char *name)
@@ -36,22 +39,43 @@ static void touch(const char *dir, const char *name)
         close(fd);
 }
 
+/* The directory of the file open as `fd` into dir; 0, or -1 (a pipe). */
+static int dir_of(int fd, char dir[PATH_MAX])
+{
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, dir, PATH_MAX - 1);
+    if (n <= 0)
+        return -1;
+    dir[n] = 0;
+    char *slash = strrchr(dir, '/');
+    if (!slash)
+        return -1;
+    *slash = 0;
+    return 0;
+}
+
+ssize_t writev(int fd, const struct iovec *iov, int n)
+{
+    static ssize_t (*real)(int, const struct iovec *, int);
+    if (!real)
+        real = (ssize_t(*)(int, const struct iovec *, int))dlsym(RTLD_NEXT, "writev");
+    char dir[PATH_MAX];
+    if (dir_of(fd, dir) == 0 && exists(dir, "WRITE_FAIL")) {
+        errno = ENOSPC;
+        return -1;
+    }
+    return real(fd, iov, n);
+}
+
 int fdatasync(int fd)
 {
     static int (*real)(int);
     if (!real)
         real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
-    char link[64], dir[PATH_MAX];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    ssize_t n = readlink(link, dir, sizeof dir - 1);
-    char *slash = NULL;
-    if (n > 0) {
-        dir[n] = 0;
-        slash = strrchr(dir, '/');
-    }
-    if (!slash)
+    char dir[PATH_MAX];
+    if (dir_of(fd, dir) < 0)
         return real(fd);
-    *slash = 0;
     if (exists(dir, "FSYNC_HOLD")) {
         touch(dir, "FSYNC_HELD");
         while (exists(dir, "FSYNC_HOLD"))
