@@ -632,8 +632,9 @@ static int writev_all(int fd, struct iovec *iov, int n)
     return 0;
 }
 
-/* Writes the buffered records, after a SYNC record if an fdatasync went
- * through since the last one; with `force`, a SYNC record alone too. */
+/* Writes the buffered records, after a SYNC record if fdatasyncs since the
+ * last one covered GN_SYNC_REC_EVERY bytes more; with `force`, a SYNC
+ * record alone, for any bytes more. */
 static int write_journal(gn_durable *d, int force)
 {
     if (d->fail_kind)
@@ -641,7 +642,8 @@ static int write_journal(gn_durable *d, int force)
     unsigned char rec[GN_SYNC_REC_LEN];
     struct iovec iov[2];
     int n = 0;
-    int mark = d->synced > d->marked && (d->journal.len || force);
+    int mark = force ? d->synced > d->marked
+                     : d->journal.len && d->synced >= d->marked + GN_SYNC_REC_EVERY;
     if (mark) {
         sync_record(d, rec);
         iov[n++] = (struct iovec){rec, sizeof rec};

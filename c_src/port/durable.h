@@ -15,8 +15,11 @@
  * replaying every journal of its generation and later gives exactly the
  * state the program acknowledged.
  *
- * After each fdatasync the next commit starts with a SYNC record naming
- * the offset that is on disk, so a load can tell a crash tail from damage:
+ * Once fdatasyncs have covered GN_SYNC_REC_EVERY more bytes, the next
+ * commit starts with a SYNC record naming the offset that is on disk (a
+ * clean stop writes one for any bytes more), so a load can tell a crash
+ * tail from damage (at most that many synced bytes, at the end, count as
+ * tail):
  *
  *   - a record that fails its CRC or runs past the end of the newest
  *     journal, past every offset a SYNC record says was synced, is a torn
@@ -149,6 +152,10 @@ int gn_durable_snap_write(gn_durable *d, gn_buf *records);
 void gn_durable_snap_finish(gn_durable *d); /* any thread */
 int gn_durable_snap_done(gn_durable *d);    /* 0, or -1 if the snapshot failed */
 int gn_durable_snap_running(const gn_durable *d);
+
+/* Synced bytes between SYNC records: a 27-byte record per commit would
+ * grow a journal of small records by half with sync always. */
+#define GN_SYNC_REC_EVERY 4096u
 
 #define GN_COMPACT_FACTOR 2
 #define GN_COMPACT_MIN_BYTES (4u << 20)

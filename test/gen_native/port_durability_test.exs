@@ -392,9 +392,11 @@ defmodule GenNative.PortDurabilityTest do
       opts = [sync: {:interval, 86_400_000}]
       {:ok, pid} = start_unsupervised(port, dir, opts)
       {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
-      for i <- 1..50, do: :ok = Store.put(s, i, i)
+      # (over 4 KiB before the sync: SYNC records come at most every 4 KiB)
+      value = fn i -> {i, :binary.copy("v", 100)} end
+      for i <- 1..50, do: :ok = Store.put(s, i, value.(i))
       :ok = GenNative.Port.sync(port)
-      for i <- 51..100, do: :ok = Store.put(s, i, i)
+      for i <- 51..100, do: :ok = Store.put(s, i, value.(i))
       kill9_unsupervised(port, pid)
 
       [journal] = journals(dir)
@@ -415,7 +417,7 @@ defmodule GenNative.PortDurabilityTest do
       flip(journal, unsynced + 12, 0x01)
       {{:ok, pid}, log} = with_log(fn -> start_unsupervised(port, dir, opts) end)
       assert log =~ "dropped #{byte_size(data) - unsynced} bytes"
-      assert Enum.sort(Store.to_list(s)) == for(i <- 1..59, do: {i, i})
+      assert Enum.sort(Store.to_list(s)) == for(i <- 1..59, do: {i, value.(i)})
       GenServer.stop(pid)
     end
 
