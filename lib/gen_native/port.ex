@@ -175,7 +175,11 @@ defmodule GenNative.Port do
           "invalid value for GenNative.Port option #{inspect(opt)}, expected #{expected}, got: #{inspect(value)}"
   end
 
-  @doc "Returns `:ok` once every write acknowledged so far is on disk."
+  @doc """
+  Returns `:ok` once every write acknowledged so far is on disk, waiting for
+  a background fsync in flight (`sync: {:interval, ms}`). If the fsync
+  fails, the program stops and the call exits with `{:fsync_failed, text}`.
+  """
   @spec sync(name()) :: :ok
   def sync(name) when is_atom(name),
     do: request(name, {:sync, nil}, :single, {__MODULE__, :sync, [name]})
