@@ -430,6 +430,17 @@ static int load_journal(const char *path, uint64_t gen, int newest, gn_apply_fn 
     return 0;
 }
 
+static void push_gen(uint64_t **gens, size_t *n, size_t *cap, uint64_t g)
+{
+    if (*n == *cap) {
+        *cap = *cap ? 2 * *cap : 64;
+        *gens = realloc(*gens, *cap * sizeof **gens);
+        if (!*gens)
+            abort();
+    }
+    (*gens)[(*n)++] = g;
+}
+
 gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *ctx,
                             uint64_t *dropped, gn_load_error *err)
 {
@@ -442,8 +453,8 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
     *dropped = 0;
     memset(err, 0, sizeof *err);
     char *p = NULL;
-    uint64_t *gens = NULL;
-    size_t ngens = 0, cap = 0;
+    uint64_t *gens = NULL, *drop = NULL;
+    size_t ngens = 0, cap = 0, ndrop = 0, dcap = 0;
 
     if (mkdir(dir, 0700) < 0 && errno != EEXIST) {
         io_error(err, "cannot create", dir);
@@ -490,12 +501,11 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
         goto fail;
     }
     free(p);
-    p = path_of(d, "snapshot.tmp");
-    unlink(p); /* a compaction cut short */
-    free(p);
     p = NULL;
 
-    /* the journals of that generation and later, in order: all of them */
+    /* the journals of that generation and later, in order: all of them
+     * (what no load needs is deleted only once the load has succeeded: a
+     * failed load changes no file) */
     DIR *dh = opendir(dir);
     if (!dh) {
         io_error(err, "cannot list", dir);
@@ -508,17 +518,9 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
         if (sscanf(de->d_name, "journal.%" SCNu64 ".%7s", &g, tail) == 2 &&
             strcmp(tail, "gnj") == 0) {
             if (have_snap && g < snap_gen) {
-                char *old = journal_path(d, g);
-                unlink(old); /* a compaction that ended before deleting it */
-                free(old);
+                push_gen(&drop, &ndrop, &dcap, g); /* a compaction ended before deleting it */
             } else {
-                if (ngens == cap) {
-                    cap = cap ? 2 * cap : 64;
-                    gens = realloc(gens, cap * sizeof *gens);
-                    if (!gens)
-                        abort();
-                }
-                gens[ngens++] = g;
+                push_gen(&gens, &ngens, &cap, g);
             }
         }
     }
@@ -542,19 +544,27 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
         int newest = i + 1 == ngens;
         if (load_journal(p, gens[i], newest, apply, ctx, dropped, &size, err) < 0)
             goto fail;
-        if (size <= 12 && i > 0 && !newest) {
-            /* a compaction cut short before any write: nothing to load */
-            if (unlink(p) < 0) {
-                io_error(err, "cannot delete", p);
-                goto fail;
-            }
-        } else {
+        if (size <= 12 && i > 0 && !newest)
+            push_gen(&drop, &ndrop, &dcap, gens[i]); /* a compaction cut short before any write */
+        else
             gens[kept++] = gens[i];
-        }
         free(p);
         p = NULL;
     }
     ngens = kept;
+    for (size_t i = 0; i < ndrop; i++) {
+        p = journal_path(d, drop[i]);
+        if (unlink(p) < 0 && errno != ENOENT) {
+            io_error(err, "cannot delete", p);
+            goto fail;
+        }
+        free(p);
+        p = NULL;
+    }
+    p = path_of(d, "snapshot.tmp");
+    unlink(p); /* a compaction cut short */
+    free(p);
+    p = NULL;
 
     /* append to the newest journal, or start one */
     d->gen = ngens ? gens[ngens - 1] : (have_snap ? snap_gen : 1);
@@ -588,10 +598,12 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
     d->marked = st.st_size == 12 ? 12 : 0; /* a header needs no SYNC record */
     free(p);
     free(gens);
+    free(drop);
     return d;
 fail:
     free(p);
     free(gens);
+    free(drop);
     gn_durable_close(d);
     return NULL;
 }

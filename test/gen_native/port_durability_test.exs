@@ -433,9 +433,18 @@ defmodule GenNative.PortDurabilityTest do
       File.write!(journal(dir, 2), <<"GNJ1", 2::64, put_record("s", :later, 1)::binary>>)
       {last, ?P} = journal |> File.read!() |> records() |> List.last()
       flip(journal, File.stat!(journal).size - 1, 0x01)
+      # what a load that succeeds deletes: a snapshot cut short, a journal
+      # holding only its header
+      File.write!(Path.join(dir, "snapshot.tmp"), "GNP1")
+      File.write!(journal(dir, 2), <<"GNJ1", 2::64>>)
+      File.write!(journal(dir, 3), <<"GNJ1", 3::64, put_record("s", :later, 1)::binary>>)
+      files = for f <- File.ls!(dir), do: {f, File.read!(Path.join(dir, f))}
 
       {result, _log} = with_log(fn -> start_unsupervised(port, dir) end)
       assert {:error, {:corrupt_journal, ^journal, {^last, _}}} = result
+      # a load that fails changes no file
+      assert Enum.sort(for f <- File.ls!(dir), do: {f, File.read!(Path.join(dir, f))}) ==
+               Enum.sort(files)
     end
 
     test "a damaged journal header stops the start, and the journal is left as it is",
