@@ -108,6 +108,8 @@ defmodule GenNative.PortFsyncTest do
          %{shim: shim, dir: dir, port: port} do
       pid = start_shimmed(shim, port, dir, {:interval, 10})
       {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      # nothing left to sync: the failing fdatasync is the one for the put
+      :ok = GenNative.Port.sync(port)
       File.touch!(control(dir, "FSYNC_FAIL"))
 
       log =
