@@ -44,7 +44,11 @@
  * keep_on_crash: a `keep` mailbox survives its owner's exit (closed, out of
  * the registry, lanes intact) until a new owner adopts it or it is discarded;
  * calls queued before an adoption are skipped by the new owner (each item
- * carries the `epoch` it was queued in).
+ * carries the `epoch` it was queued in). Such a mailbox also `hold`s what
+ * its owner takes: the items stay in their lane, behind the cursor, until
+ * the owner acks them as handled (a lock-free count) or takes again; when
+ * the owner dies, however it dies, the unacked ones go back in front in
+ * O(1), so that no code of the dying process has to run.
  *
  * Counters: every request sent through here ends in exactly one of
  * `accepted`, `rejected`, `dropped`, `expired` (an evicted request moves from
@@ -77,19 +81,29 @@ typedef struct gn_item {
     ERL_NIF_TERM term; /* in the chunk's env */
     uint64_t seq;      /* order of arrival, over both lanes */
     uint32_t epoch;
-    uint32_t is_call;
+    uint16_t is_call;
+    uint16_t dead; /* taken and gone for good (evicted, skipped): never handed out again */
 } gn_item;
 
 typedef struct gn_chunk {
     struct gn_chunk *next;
-    ErlNifEnv *env;      /* allocated with the chunk's first item */
-    unsigned head, tail; /* items[head..tail) are live */
+    ErlNifEnv *env;      /* allocated with the chunk */
+    unsigned head, tail; /* items[head..tail) are held */
     gn_item items[GN_CHUNK_ITEMS];
 } gn_chunk;
 
+/* A lane holds its items from the first chunk's head to the last chunk's
+ * tail. The cursor (cur, pos) splits them: before it, items taken out but
+ * not retired yet (`inflight` live ones, and dead ones); from it on, the
+ * `len` items queued. Only a `hold` mailbox (keep_on_crash) keeps taken
+ * items until the owner has handled them; the others retire them at once.
+ * Every chunk but the last is full. */
 typedef struct gn_lane {
     gn_chunk *first, *last;
+    gn_chunk *cur; /* the chunk of the next item to take; NULL iff first is */
+    unsigned pos;  /* its index in cur */
     size_t len;
+    size_t inflight;
 } gn_lane;
 
 typedef struct gn_waiter {
@@ -113,6 +127,7 @@ typedef struct gn_mailbox {
     uint64_t reg_hash;
     int closed;   /* atomic: no live owner */
     int keep;     /* keep_on_crash */
+    int hold;     /* keep_on_crash: items taken are held until handled */
     int queue;    /* queue mode: normal casts wait in the normal lane */
     int expire;   /* drop_expired_calls: calls carry their deadline */
     int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
@@ -125,6 +140,7 @@ typedef struct gn_mailbox {
     size_t waiting;
     size_t waiting_lane[2];
     size_t high_hint; /* atomic copy of lanes[GN_HIGH].len */
+    size_t acked;     /* atomic; hold: items of the last take handled so far */
     uint64_t next_seq;
     uint64_t rejected, dropped, expired;
     /* What every message-mode cast writes, on a cache line of its own (the
@@ -166,45 +182,100 @@ static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint64_t seq, uint32_t
         gn_chunk *n = gn_alloc(sizeof(*n));
         if (!n)
             return 0;
+        if (!(n->env = enif_alloc_env())) {
+            gn_free(n);
+            return 0;
+        }
         n->next = NULL;
-        n->env = NULL;
         n->head = n->tail = 0;
-        if (c)
+        if (c) {
             c->next = n;
-        else
-            lane->first = n;
+        } else {
+            lane->first = lane->cur = n;
+            lane->pos = 0;
+        }
         lane->last = n;
         c = n;
     }
-    if (!c->env && !(c->env = enif_alloc_env()))
-        return 0;
     gn_item *item = &c->items[c->tail++];
     item->term = enif_make_copy(c->env, term);
     item->seq = seq;
     item->epoch = epoch;
-    item->is_call = (uint32_t)is_call;
+    item->is_call = (uint16_t)is_call;
+    item->dead = 0;
     lane->len++;
     return 1;
 }
 
-/* Unlinks the head item and returns a pointer to it, valid until the chunks
- * pushed on *done are freed (after unlocking). Call with mb->lock held and
- * the lane non-empty. */
-static gn_item *gn_lane_pop(gn_lane *lane, gn_chunk **done)
+/* The next item to take, or NULL if none is queued. Moves the cursor past
+ * used-up chunks and past dead items (a rewind leaves them behind it). */
+static gn_item *gn_lane_peek(gn_lane *lane)
 {
-    gn_chunk *c = lane->first;
-    gn_item *item = &c->items[c->head++];
-    lane->len--;
-    /* A used-up chunk goes, unless it is the tail chunk with room left
-     * (requeued chunks in front can be partly filled). */
-    if (c->head == c->tail && (c->tail == GN_CHUNK_ITEMS || c->next)) {
-        lane->first = c->next;
-        if (!lane->first)
-            lane->last = NULL;
-        c->next = *done;
-        *done = c;
+    while (lane->len > 0) {
+        if (lane->pos == lane->cur->tail) {
+            /* len > 0: a full chunk with more behind it */
+            lane->cur = lane->cur->next;
+            lane->pos = 0;
+            continue;
+        }
+        gn_item *item = &lane->cur->items[lane->pos];
+        if (!item->dead)
+            return item;
+        lane->pos++;
     }
-    return item;
+    return NULL;
+}
+
+/* Takes the item gn_lane_peek() returned: it moves behind the cursor, where
+ * it stays valid until retired. The caller counts it in `inflight` or marks
+ * it dead. */
+static void gn_lane_take(gn_lane *lane)
+{
+    lane->pos++;
+    lane->len--;
+}
+
+/* Retires items taken, oldest first, up to the cursor: dead ones, and at
+ * most `live` live ones (SIZE_MAX: all). Chunks used up go on *done, to be
+ * freed after unlocking. O(items retired). Call with mb->lock held. */
+static void gn_lane_retire(gn_lane *lane, size_t live, gn_chunk **done)
+{
+    gn_chunk *c;
+    while ((c = lane->first)) {
+        if (c->head == GN_CHUNK_ITEMS) {
+            lane->first = c->next;
+            if (lane->cur == c) {
+                lane->cur = c->next;
+                lane->pos = 0;
+            }
+            if (!lane->first)
+                lane->last = NULL;
+            c->next = *done;
+            *done = c;
+            continue;
+        }
+        if (c == lane->cur && c->head == lane->pos)
+            break;
+        if (!c->items[c->head].dead) {
+            if (live == 0)
+                break;
+            live--;
+            lane->inflight--;
+        }
+        c->head++;
+    }
+}
+
+/* Puts the items taken and not retired back in front of the queue, in
+ * their order; O(1). Call with mb->lock held. */
+static void gn_lane_rewind(gn_lane *lane)
+{
+    if (!lane->first)
+        return;
+    lane->cur = lane->first;
+    lane->pos = lane->first->head;
+    lane->len += lane->inflight;
+    lane->inflight = 0;
 }
 
 /* Frees a chain of chunks and every term in them. */
@@ -225,8 +296,7 @@ static void gn_lane_discard(gn_lane *lane)
 {
     if (lane->first)
         gn_reap(gn_chunks_free, lane->first);
-    lane->first = lane->last = NULL;
-    lane->len = 0;
+    memset(lane, 0, sizeof(*lane));
 }
 
 /* Normal requests waiting: queued, or in message mode sent and not acked. */
@@ -412,12 +482,26 @@ static void gn_mailbox_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMon
     __atomic_store_n(&mb->closed, 1, __ATOMIC_RELEASE);
     __atomic_store_n(&mb->sent, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&mb->signaled, 0, __ATOMIC_RELEASE);
+    gn_chunk *done = NULL;
     if (!mb->keep) {
         gn_lane_discard(&mb->lanes[GN_NORMAL]);
         gn_lane_discard(&mb->lanes[GN_HIGH]);
+    } else {
+        /* What the owner took out and had not handled goes back in front,
+         * for the next owner: a take hands out the high lane's items
+         * first, and the owner acks them in that order. */
+        size_t acked = __atomic_load_n(&mb->acked, __ATOMIC_ACQUIRE);
+        size_t high = mb->lanes[GN_HIGH].inflight;
+        gn_lane_retire(&mb->lanes[GN_HIGH], acked < high ? acked : high, &done);
+        gn_lane_retire(&mb->lanes[GN_NORMAL], acked < high ? 0 : acked - high, &done);
+        gn_lane_rewind(&mb->lanes[GN_HIGH]);
+        gn_lane_rewind(&mb->lanes[GN_NORMAL]);
+        __atomic_store_n(&mb->acked, 0, __ATOMIC_RELAXED);
     }
     gn_release_waiters(mb, &out);
     gn_unlock(mb);
+    if (done)
+        gn_reap(gn_chunks_free, done);
     gn_outbox_flush(env, &out);
     /* may drop the last reference: last */
     gn_registry_remove(gn_current->registry, mb->reg_hash, mb);
@@ -533,9 +617,10 @@ ERL_NIF_TERM gn_mailbox_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     memset(mb, 0, sizeof(*mb));
     mb->capacity = capacity;
     mb->overflow = overflow;
-    mb->next_seq = 1; /* 0: requests put back in front by requeue */
+    mb->next_seq = 1;
     mb->queue = queue;
     mb->keep = keep;
+    mb->hold = keep;
     mb->expire = expire;
     mb->closed = 1; /* until owned: the destructor must not find it live */
     if (!(mb->lock = enif_mutex_create("gn_mailbox"))) {
@@ -605,19 +690,34 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     /* Message-mode casts are counted without the lock, and the longest
      * queue noted when the owner is about to shorten it: here, or at an ack. */
     gn_note_length(mb);
+    if (mb->hold) {
+        /* The owner takes again only once it has handled all it took. */
+        gn_lane_retire(&mb->lanes[GN_HIGH], SIZE_MAX, &done);
+        gn_lane_retire(&mb->lanes[GN_NORMAL], SIZE_MAX, &done);
+        __atomic_store_n(&mb->acked, 0, __ATOMIC_RELAXED);
+    }
     for (int l = GN_HIGH; l >= (high_only ? GN_HIGH : GN_NORMAL); l--) {
         gn_lane *lane = &mb->lanes[l];
-        while (n < max && lane->len > 0) {
-            if (l == GN_NORMAL && lane->first->items[lane->first->head].seq > upto)
+        gn_item *item;
+        while (n < max && (item = gn_lane_peek(lane))) {
+            if (l == GN_NORMAL && item->seq > upto)
                 break;
-            gn_item *item = gn_lane_pop(lane, &done);
+            gn_lane_take(lane);
             if (item->is_call && item->epoch != mb->epoch) {
                 /* its caller exited with the old owner */
                 __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
                 mb->dropped++;
-            } else
-                batch[n++] = enif_make_copy(env, item->term);
+                item->dead = 1;
+                continue;
+            }
+            batch[n++] = enif_make_copy(env, item->term);
+            if (mb->hold)
+                lane->inflight++;
+            else
+                item->dead = 1;
         }
+        if (!mb->hold)
+            gn_lane_retire(lane, SIZE_MAX, &done);
     }
     if (mb->waiting) {
         /* The owner is draining: a lane it refills needs no wake unless the
@@ -653,60 +753,6 @@ ERL_NIF_TERM gn_mailbox_watermark_nif(ErlNifEnv *env, int argc, const ERL_NIF_TE
     return len ? enif_make_uint64(env, mark) : gn_am_none;
 }
 
-/* Which lane a request taken out goes back to: the high lane for the
- * {'$gn_high', {cast | call, ...}} wrappers GenNative puts there. */
-static int gn_requeue_lane(ErlNifEnv *env, ERL_NIF_TERM item, int *is_call)
-{
-    const ERL_NIF_TERM *outer, *inner;
-    int arity;
-    *is_call = 0;
-    if (!enif_get_tuple(env, item, &arity, &outer) || arity != 2 ||
-        !enif_is_identical(outer[0], gn_am_gn_high) ||
-        !enif_get_tuple(env, outer[1], &arity, &inner) || arity < 1)
-        return GN_NORMAL;
-    *is_call = enif_is_identical(inner[0], gn_am_call);
-    return GN_HIGH;
-}
-
-/* mailbox_requeue(Ref, [Request]) -> ok
- * Puts requests the owner took out but did not handle (its batch, when it
- * crashed) back at the front of their lanes, in order, so that a
- * keep_on_crash mailbox hands them to the next owner. At most one batch. */
-ERL_NIF_TERM gn_mailbox_requeue_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
-{
-    (void)argc;
-    unsigned n;
-    gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
-    if (!mb || !mb->queue || !enif_get_list_length(env, argv[1], &n) || n > GN_MAILBOX_MAX_BATCH)
-        return enif_make_badarg(env);
-    gn_lane front[2] = {{NULL, NULL, 0}, {NULL, NULL, 0}};
-    ERL_NIF_TERM head, tail = argv[1];
-    while (enif_get_list_cell(env, tail, &head, &tail)) {
-        int is_call;
-        int l = gn_requeue_lane(env, head, &is_call);
-        /* sequence 0: before everything still queued */
-        if (!gn_lane_push(&front[l], head, 0, mb->epoch, is_call)) {
-            gn_chunks_free(front[GN_NORMAL].first);
-            gn_chunks_free(front[GN_HIGH].first);
-            return enif_raise_exception(env, enif_make_atom(env, "enomem"));
-        }
-    }
-    enif_mutex_lock(mb->lock);
-    for (int l = GN_NORMAL; l <= GN_HIGH; l++) {
-        gn_lane *lane = &mb->lanes[l];
-        if (!front[l].first)
-            continue;
-        front[l].last->next = lane->first;
-        if (!lane->last)
-            lane->last = front[l].last;
-        lane->first = front[l].first;
-        lane->len += front[l].len;
-    }
-    gn_note_length(mb);
-    gn_unlock(mb);
-    return gn_am_ok;
-}
-
 /* Takes one off `sent`, not below zero: a cast sent with GenServer.cast was
  * never counted. Notes the longest queue on the way. */
 static void gn_sent_dec(gn_mailbox *mb)
@@ -732,20 +778,30 @@ ERL_NIF_TERM gn_mailbox_high_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 }
 
 /* mailbox_ack(Ref, What) -> ok | high
- * The owner is about to handle a process message. What: cast (a
- * {'$gen_cast', _}: in message mode one fewer is waiting, and a blocked
- * sender may fit now), or expired (a call whose caller gave up, which the
- * owner skips: it moves from accepted to expired). Returns high when
- * priority requests wait, to be handled first. */
+ * The owner is about to handle a process message, or has handled requests
+ * it took. What: cast (a {'$gen_cast', _}: in message mode one fewer is
+ * waiting, and a blocked sender may fit now), expired (a call whose caller
+ * gave up, which the owner skips: it moves from accepted to expired), or N,
+ * a count: the next N requests of its last take are handled (or skipped),
+ * so that a keep_on_crash mailbox does not hand them out again if the
+ * owner dies; lock-free. Returns high when priority requests wait, to be
+ * handled first. */
 ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
     gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
+    unsigned handled;
     int cast = enif_is_identical(argv[1], gn_am_cast);
     int expired = enif_is_identical(argv[1], gn_am_expired);
-    if (!mb || (!cast && !expired))
+    int count = !cast && !expired && enif_get_uint(env, argv[1], &handled);
+    if (!mb || (!cast && !expired && !count))
         return enif_make_badarg(env);
-    if (expired) {
+    if (count) {
+        /* Only the owner writes it; the down callback reads it after the
+         * owner has exited, and the next take resets it. */
+        if (mb->hold)
+            __atomic_fetch_add(&mb->acked, handled, __ATOMIC_RELEASE);
+    } else if (expired) {
         enif_mutex_lock(mb->lock);
         __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
         mb->expired++;
@@ -996,11 +1052,17 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             if (lane->len > 0) {
                 /* The evicted request moves from accepted to dropped, so
                  * that the counters add up to what was sent. */
-                gn_item *old = gn_lane_pop(lane, &done);
+                gn_item *old = gn_lane_peek(lane);
+                gn_lane_take(lane);
+                old->dead = 1;
                 __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
                 mb->dropped++;
                 if (old->is_call && old->epoch == mb->epoch)
                     result = enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, old->term));
+                /* A held lane keeps it behind the cursor with the items
+                 * in flight until they are retired. */
+                if (!mb->hold)
+                    gn_lane_retire(lane, SIZE_MAX, &done);
             }
             break;
         case GN_BLOCK:

@@ -61,12 +61,21 @@ defmodule GenNative.Mailbox do
       1024). With `handle_batch/2` defined, a batch size above 1 means queue
       mode; `batch_size: 1` keeps message mode.
 
-    * `:keep_on_crash` - `true` or `false` (default). With `true`, casts still
-      queued when the server crashes are delivered, in order, to the next
-      server started under the same registered name with the same module
-      (typically by its supervisor); priority calls queued by the dead server
-      are dropped, their callers having exited already. A registered name is
-      required. Queue mode. The queue is freed when the server stops with
+    * `:keep_on_crash` - `true` or `false` (default). With `true`, casts not
+      handled yet when the server crashes are delivered, in order, to the
+      next server started under the same registered name with the same
+      module (typically by its supervisor); priority calls queued by the
+      dead server are dropped, their callers having exited already. A
+      registered name is required. Queue mode.
+
+      This holds for any exit, `Process.exit(pid, :kill)` and untrapped
+      linked exits included, where no code of the server runs: the mailbox
+      keeps the casts the server has taken out of it (up to `:batch_size`
+      at a time) until their callback returns. A cast whose callback raised
+      or stopped the server counts as handled and is not delivered again.
+      The cast (or `handle_batch/2` batch) being handled when the server is
+      killed is delivered again to the next server: delivery is at least
+      once for it, exactly once for every other cast. The queue is freed when the server stops with
       `:normal`, `:shutdown` or `{:shutdown, _}`, and otherwise kept for
       `Application.get_env(:gen_native, :keep_on_crash_ms, 5000)` ms after
       the crash: if no new server has adopted it by then, it is freed.

@@ -894,6 +894,58 @@ defmodule GenNative.MailboxTest do
       assert sync_events(new) == casts([:h | Enum.to_list(1..50)])
     end
 
+    # Casts taken out of the queue and not handled yet survive an exit that
+    # runs no code of the server's (a kill, an untrapped linked exit): they
+    # stay in the mailbox until handled. The cast being handled when the
+    # server died is delivered again (at least once).
+    for {how, kill} <- [
+          kill: quote(do: fn pid -> Process.exit(pid, :kill) end),
+          linked_exit:
+            quote(
+              do: fn pid ->
+                spawn(fn ->
+                  Process.link(pid)
+                  exit(:boom)
+                end)
+              end
+            )
+        ] do
+      test "casts taken out but not handled survive an exit (#{how})" do
+        name = unique_name(:keep_inflight)
+        {_sup, pid} = supervise(name)
+        :ok = :sys.suspend(pid)
+        test = self()
+        requests = Enum.to_list(1..9) ++ [{:hold, test}] ++ Enum.to_list(11..200)
+        Enum.each(requests, &GenNative.cast(name, &1))
+        :ok = :sys.resume(pid)
+        assert_receive {:holding, ^pid}, 5000
+        unquote(kill).(pid)
+
+        # the restarted server's first request is the one being handled
+        assert_receive {:holding, new} when new != pid, 5000
+        assert Process.whereis(name) == new
+        send(new, :release)
+        assert sync_events(new) == casts(Enum.drop(requests, 9))
+      end
+    end
+
+    test "a batch taken out but not handled survives a kill, and is handled again" do
+      name = unique_name(:keep_inflight_batch)
+      {_sup, pid} = supervise(name, BatchRecorder, batch_size: 4)
+      :ok = :sys.suspend(pid)
+      test = self()
+      Enum.each([1, 2, 3, 4, 5, {:hold, test}, 7, 8, 9, 10], &GenNative.cast(name, &1))
+      :ok = :sys.resume(pid)
+      assert_receive {:holding, ^pid}, 5000
+      Process.exit(pid, :kill)
+
+      assert_receive {:holding, new} when new != pid, 5000
+      assert Process.whereis(name) == new
+      send(new, :release)
+
+      assert sync_events(new) == [{:batch, [5, {:hold, test}, 7, 8]}, {:batch, [9, 10]}]
+    end
+
     test "casts not yet handled when a callback crashes reach the restarted server in order" do
       name = unique_name(:keep_raise)
       {_sup, pid} = supervise(name)

@@ -159,6 +159,61 @@ defmodule GenNative.NativeTest do
     end
   end
 
+  describe "keep: requests taken out are held until acked" do
+    # The owner of a keep mailbox acks what it has handled; when it exits,
+    # what it took out and did not ack goes back in front, in order, for
+    # the next owner; what was evicted meanwhile stays gone.
+    test "the unacked rest of a take goes back in front when the owner is killed" do
+      test = self()
+
+      owner =
+        spawn(fn ->
+          ref = Native.mailbox_new(3, :drop_oldest, [:queue, :keep])
+          send(test, {:mailbox, ref})
+
+          receive do
+            :take ->
+              send(test, {:taken, Native.mailbox_take(ref, 2, :infinity, true)})
+              Native.mailbox_ack(ref, 1)
+              send(test, :acked)
+              Process.sleep(:infinity)
+          end
+        end)
+
+      ref = receive(do: ({:mailbox, ref} -> ref))
+      for i <- 1..3, do: :ok = Native.mailbox_send(owner, i, :normal, :cast)
+      send(owner, :take)
+      assert_receive {:taken, [1, 2]}
+      assert_receive :acked
+      # 3 waits; 4 and 5 fit; 6 evicts 3, which is gone for good
+      for i <- 4..6, do: :ok = Native.mailbox_send(owner, i, :normal, :cast)
+      assert %{length: 3, dropped: 1} = Native.mailbox_info(owner)
+
+      mref = Process.monitor(owner)
+      Process.exit(owner, :kill)
+      assert_receive {:DOWN, ^mref, _, _, :killed}
+
+      spawn_link(fn ->
+        adopted = adopt(ref)
+        send(test, {:adopted, adopted, Native.mailbox_take(ref, 10, :infinity, true)})
+      end)
+
+      # 2 was taken and not acked: it comes back, before what was queued
+      assert_receive {:adopted, 4, [2, 4, 5, 6]}
+    end
+  end
+
+  defp adopt(ref) do
+    case Native.mailbox_adopt(ref) do
+      :not_ready ->
+        Process.sleep(1)
+        adopt(ref)
+
+      n ->
+        n
+    end
+  end
+
   describe "scheduling" do
     # long_schedule reports any timeslice over 1 ms, including one stretched
     # because the OS preempted the scheduler thread on a busy machine. So each
