@@ -62,9 +62,17 @@
  *
  * Lifetime: the registry holds one resource reference per live mailbox. The
  * owner's exit fires the monitor's down callback, which closes the mailbox,
- * releases blocked senders, hands the queued items to the reaper (unless
- * `keep`) and drops the registry's reference, all in O(1) whatever the
- * queue holds.
+ * hands the blocked senders (to be told `closed`) and the queued items
+ * (unless `keep`) to the reaper thread and drops the registry's reference,
+ * all in O(1) whatever the queue holds. It only try-locks: if the lock is
+ * busy, the whole close runs on the reaper thread instead, so that a
+ * scheduler never waits for it there.
+ *
+ * Blocked senders: each is a resource (gn_waiter) linked in its lane's
+ * doubly linked FIFO, and its resource term is the tag its sender waits
+ * for, so cancelling one (mailbox_cancel) is O(1) and admitting them is
+ * O(1 + admitted): each lane is served from its head and stops at the first
+ * that does not fit. A waiter holds a reference to its mailbox.
  */
 #include <string.h>
 
@@ -106,16 +114,22 @@ typedef struct gn_lane {
     size_t inflight;
 } gn_lane;
 
+/* A blocked sender: a resource, whose term is the tag the sender waits
+ * for ({Tag, Result}) and hands back to cancel, which so finds it in O(1).
+ * While it waits, its lane's FIFO holds the reference it was allocated
+ * with; whoever unlinks it sends the reply and releases that reference. */
 typedef struct gn_waiter {
-    struct gn_waiter *next;
+    struct gn_waiter *prev, *next; /* in its lane's FIFO, then in an outbox */
+    struct gn_mailbox *mb;         /* a resource reference, for cancel */
     ErlNifPid pid;
-    ErlNifEnv *env; /* holds tag and item */
-    ERL_NIF_TERM tag;
-    ERL_NIF_TERM item;   /* the request; 0 for a call only waiting for room */
+    ErlNifEnv *env;      /* holds item; freed once the sender is told */
+    ERL_NIF_TERM item;   /* the request */
     ERL_NIF_TERM result; /* an atom, once released */
+    uint64_t gen;        /* mb->wait_gen when it blocked */
     int lane;
     int is_call;
     int deliver; /* on release, send the owner: GN_AS_IS or GN_AS_CAST */
+    int linked;  /* in its lane's FIFO, unless that FIFO was released (gen) */
 } gn_waiter;
 
 enum { GN_KEEP = 0, GN_AS_IS, GN_AS_CAST };
@@ -125,18 +139,20 @@ typedef struct gn_mailbox {
     ErlNifPid owner;
     ErlNifMonitor monitor;
     uint64_t reg_hash;
-    int closed;   /* atomic: no live owner */
-    int keep;     /* keep_on_crash */
-    int hold;     /* keep_on_crash: items taken are held until handled */
-    int queue;    /* queue mode: normal casts wait in the normal lane */
-    int expire;   /* drop_expired_calls: calls carry their deadline */
-    int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
-    int unsent;   /* atomic: senders that set `signaled` and have not sent their wake yet */
+    gn_registry *registry; /* the one it is registered in while owned */
+    int closed;            /* atomic: no live owner */
+    int keep;              /* keep_on_crash */
+    int hold;              /* keep_on_crash: items taken are held until handled */
+    int queue;             /* queue mode: normal casts wait in the normal lane */
+    int expire;            /* drop_expired_calls: calls carry their deadline */
+    int signaled;          /* atomic: a wake is on its way to, or being handled by, the owner */
+    int unsent; /* atomic: senders that set `signaled` and have not sent their wake yet */
     uint32_t epoch;
     gn_lane lanes[2];
     size_t capacity; /* per lane; SIZE_MAX for infinity */
     gn_overflow overflow;
-    gn_waiter *wait_head, *wait_tail;
+    gn_waiter *wait_head[2], *wait_tail[2]; /* per lane, doubly linked */
+    uint64_t wait_gen;                      /* bumped when all are released */
     size_t waiting;
     size_t waiting_lane[2];
     size_t high_hint; /* atomic copy of lanes[GN_HIGH].len */
@@ -157,6 +173,7 @@ typedef struct gn_mailbox {
 } gn_mailbox;
 
 static ErlNifResourceType *gn_mailbox_rtype;
+static ErlNifResourceType *gn_waiter_rtype;
 
 static void gn_unlock(gn_mailbox *mb)
 {
@@ -341,15 +358,34 @@ static void gn_note_length(gn_mailbox *mb)
 
 /* What to send once mb->lock is released. */
 typedef struct gn_outbox {
-    gn_waiter *released; /* waiters to tell {Tag, w->result}, then free */
-    ErlNifPid owner;     /* gets the requests of `deliver` waiters */
+    gn_waiter *released, *last; /* waiters to tell {Tag, w->result} */
+    ErlNifPid owner;            /* gets the requests of `deliver` waiters */
 } gn_outbox;
 
-static void gn_waiter_free(gn_waiter *w)
+#define GN_OUTBOX(mb)                                                                              \
+    {                                                                                              \
+        NULL, NULL, (mb)->owner                                                                    \
+    }
+
+static void gn_outbox_add(gn_outbox *out, gn_waiter *w)
 {
-    if (w->env)
-        enif_free_env(w->env);
-    gn_free(w);
+    w->next = NULL;
+    if (out->last)
+        out->last->next = w;
+    else
+        out->released = w;
+    out->last = w;
+}
+
+/* Tells a waiter unlinked from its FIFO its result, frees its request, and
+ * drops the FIFO's reference. Any thread; no lock held. */
+static void gn_waiter_tell(ErlNifEnv *caller_env, gn_waiter *w)
+{
+    ERL_NIF_TERM msg = enif_make_tuple2(w->env, enif_make_resource(w->env, w), w->result);
+    enif_send(caller_env, &w->pid, w->env, msg); /* fails only if the sender died */
+    enif_free_env(w->env);
+    w->env = NULL;
+    enif_release_resource(w);
 }
 
 static void gn_outbox_flush(ErlNifEnv *caller_env, gn_outbox *out)
@@ -364,12 +400,28 @@ static void gn_outbox_flush(ErlNifEnv *caller_env, gn_outbox *out)
             enif_send(caller_env, &out->owner, NULL,
                       w->deliver == GN_AS_CAST ? enif_make_tuple2(w->env, gn_am_gen_cast, w->item)
                                                : w->item);
-        ERL_NIF_TERM msg = enif_make_tuple2(w->env, w->tag, w->result);
-        enif_send(caller_env, &w->pid, w->env, msg); /* fails only if the sender died */
-        gn_waiter_free(w);
+        gn_waiter_tell(caller_env, w);
         w = next;
     }
-    out->released = NULL;
+    out->released = out->last = NULL;
+}
+
+/* Takes a waiter out of its lane's FIFO; O(1). Call with mb->lock held. */
+static void gn_wait_unlink(gn_mailbox *mb, gn_waiter *w)
+{
+    int l = w->lane;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        mb->wait_head[l] = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        mb->wait_tail[l] = w->prev;
+    w->prev = w->next = NULL;
+    w->linked = 0;
+    mb->waiting--;
+    mb->waiting_lane[l]--;
 }
 
 /* Wakes the owner unless a wake is pending, on the paths other than a
@@ -397,60 +449,70 @@ static ERL_NIF_TERM gn_admitted(const gn_mailbox *mb)
  * queued cast or priority call goes into its lane, a message-mode cast is
  * counted and handed to the outbox to deliver, and so is a normal call (its
  * whole {'$gen_call', From, Request} message), which takes no room. A lane
- * filled while no wake is pending gets one. Call with mb->lock held. */
+ * filled while no wake is pending gets one. O(1 + admitted). Call with
+ * mb->lock held. */
 static void gn_admit_waiters(ErlNifEnv *env, gn_mailbox *mb, gn_outbox *out)
 {
-    gn_waiter **tail = &out->released;
-    while (*tail)
-        tail = &(*tail)->next;
-    int stuck[2] = {0, 0}, pushed = 0;
-    gn_waiter **link = &mb->wait_head, *prev = NULL;
-    while (*link) {
-        gn_waiter *w = *link;
-        int l = w->lane;
-        int into_lane = l == GN_HIGH || (mb->queue && !w->is_call);
-        if (stuck[l] || gn_lane_len(mb, l) >= mb->capacity ||
-            (into_lane &&
-             !gn_lane_push(&mb->lanes[l], w->item, mb->next_seq, mb->epoch, w->is_call))) {
-            stuck[l] = 1;
-            prev = w;
-            link = &w->next;
-            continue;
+    int pushed = 0;
+    for (int l = GN_NORMAL; l <= GN_HIGH; l++) {
+        gn_waiter *w;
+        while ((w = mb->wait_head[l])) {
+            int into_lane = l == GN_HIGH || (mb->queue && !w->is_call);
+            if (gn_lane_len(mb, l) >= mb->capacity ||
+                (into_lane &&
+                 !gn_lane_push(&mb->lanes[l], w->item, mb->next_seq, mb->epoch, w->is_call)))
+                break;
+            if (into_lane) {
+                mb->next_seq++;
+                pushed = 1;
+            } else if (w->is_call) {
+                w->deliver = GN_AS_IS;
+            } else {
+                w->deliver = GN_AS_CAST;
+                __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
+            }
+            w->result = gn_am_ok;
+            gn_wait_unlink(mb, w);
+            __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
+            gn_outbox_add(out, w);
         }
-        if (into_lane) {
-            mb->next_seq++;
-            pushed = 1;
-        } else if (w->is_call) {
-            w->deliver = GN_AS_IS;
-        } else {
-            w->deliver = GN_AS_CAST;
-            __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
-        }
-        w->result = gn_am_ok;
-        *link = w->next;
-        if (mb->wait_tail == w)
-            mb->wait_tail = prev;
-        mb->waiting--;
-        mb->waiting_lane[l]--;
-        __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
-        w->next = NULL;
-        *tail = w;
-        tail = &w->next;
     }
     gn_note_length(mb);
     if (pushed)
         gn_signal(env, mb);
 }
 
-/* Detaches every waiter, to be told `closed`. Call with mb->lock held. */
-static void gn_release_waiters(gn_mailbox *mb, gn_outbox *out)
+/* Tells every waiter of a released chain `closed`: a reaper job, so that
+ * an owner's exit costs O(1) however many senders wait. */
+static void gn_waiters_close(void *arg)
 {
-    for (gn_waiter *w = mb->wait_head; w; w = w->next)
+    gn_waiter *w = arg;
+    while (w) {
+        gn_waiter *next = w->next;
         w->result = gn_am_closed;
-    out->released = mb->wait_head;
-    mb->wait_head = mb->wait_tail = NULL;
+        gn_waiter_tell(NULL, w);
+        w = next;
+    }
+}
+
+/* Detaches every waiter, for the reaper to tell `closed`; O(1). A cancel
+ * that comes later finds its waiter's generation gone. Call with mb->lock
+ * held. */
+static void gn_release_waiters(gn_mailbox *mb)
+{
+    gn_waiter *all = mb->wait_head[GN_NORMAL];
+    if (mb->wait_tail[GN_NORMAL])
+        mb->wait_tail[GN_NORMAL]->next = mb->wait_head[GN_HIGH];
+    else
+        all = mb->wait_head[GN_HIGH];
+    if (all)
+        gn_reap(gn_waiters_close, all);
+    for (int l = GN_NORMAL; l <= GN_HIGH; l++) {
+        mb->wait_head[l] = mb->wait_tail[l] = NULL;
+        mb->waiting_lane[l] = 0;
+    }
     mb->waiting = 0;
-    mb->waiting_lane[GN_NORMAL] = mb->waiting_lane[GN_HIGH] = 0;
+    mb->wait_gen++;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -460,29 +522,32 @@ static void gn_mailbox_dtor(ErlNifEnv *env, void *obj)
 {
     (void)env;
     gn_mailbox *mb = obj;
+    /* No waiter is linked: each holds a reference to mb while it is. */
     gn_lane_discard(&mb->lanes[GN_NORMAL]);
     gn_lane_discard(&mb->lanes[GN_HIGH]);
-    gn_waiter *w = mb->wait_head;
-    while (w) {
-        gn_waiter *next = w->next;
-        gn_waiter_free(w);
-        w = next;
-    }
     if (mb->lock)
         enif_mutex_destroy(mb->lock);
 }
 
-static void gn_mailbox_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
+static void gn_waiter_dtor(ErlNifEnv *env, void *obj)
 {
-    (void)pid;
-    (void)mon;
-    gn_mailbox *mb = obj;
-    gn_outbox out = {NULL, mb->owner};
-    enif_mutex_lock(mb->lock);
+    (void)env;
+    gn_waiter *w = obj;
+    if (w->env)
+        enif_free_env(w->env);
+    if (w->mb)
+        enif_release_resource(w->mb);
+}
+
+/* The owner has exited: closes the mailbox, keeps its lanes or frees them,
+ * releases its blocked senders and takes it out of the registry, in O(1)
+ * whatever it holds. Call with mb->lock held; unlocks. */
+static void gn_mailbox_close(gn_mailbox *mb)
+{
+    gn_chunk *done = NULL;
     __atomic_store_n(&mb->closed, 1, __ATOMIC_RELEASE);
     __atomic_store_n(&mb->sent, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&mb->signaled, 0, __ATOMIC_RELEASE);
-    gn_chunk *done = NULL;
     if (!mb->keep) {
         gn_lane_discard(&mb->lanes[GN_NORMAL]);
         gn_lane_discard(&mb->lanes[GN_HIGH]);
@@ -498,13 +563,37 @@ static void gn_mailbox_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMon
         gn_lane_rewind(&mb->lanes[GN_NORMAL]);
         __atomic_store_n(&mb->acked, 0, __ATOMIC_RELAXED);
     }
-    gn_release_waiters(mb, &out);
+    gn_release_waiters(mb);
     gn_unlock(mb);
     if (done)
         gn_reap(gn_chunks_free, done);
-    gn_outbox_flush(env, &out);
     /* may drop the last reference: last */
-    gn_registry_remove(gn_current->registry, mb->reg_hash, mb);
+    gn_registry_remove(mb->registry, mb->reg_hash, mb);
+}
+
+static void gn_mailbox_close_deferred(void *arg)
+{
+    gn_mailbox *mb = arg;
+    enif_mutex_lock(mb->lock);
+    gn_mailbox_close(mb);
+    enif_release_resource(mb);
+}
+
+/* The down callback runs on a normal scheduler: it never waits for the
+ * lock (a sender or the reaper may hold it), but hands the close to the
+ * reaper thread then. */
+static void gn_mailbox_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
+{
+    (void)env;
+    (void)pid;
+    (void)mon;
+    gn_mailbox *mb = obj;
+    if (enif_mutex_trylock(mb->lock) != 0) {
+        enif_keep_resource(mb);
+        gn_reap(gn_mailbox_close_deferred, mb);
+        return;
+    }
+    gn_mailbox_close(mb);
 }
 
 int gn_mailbox_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
@@ -515,9 +604,12 @@ int gn_mailbox_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
         .down = gn_mailbox_down,
     };
     ErlNifResourceType *rt = enif_open_resource_type_x(env, "gn_mailbox", &init, flags, NULL);
-    if (!rt)
+    ErlNifResourceTypeInit winit = {.dtor = gn_waiter_dtor, .stop = NULL, .down = NULL};
+    ErlNifResourceType *wrt = enif_open_resource_type_x(env, "gn_waiter", &winit, flags, NULL);
+    if (!rt || !wrt)
         return 0;
     gn_mailbox_rtype = rt;
+    gn_waiter_rtype = wrt;
     priv->mailbox_rtype = rt;
     return 1;
 }
@@ -560,9 +652,10 @@ static int gn_take_ownership(ErlNifEnv *env, gn_mailbox *mb)
     if (!enif_self(env, &mb->owner))
         return 0;
     mb->reg_hash = gn_registry_hash(enif_make_pid(env, &mb->owner));
+    mb->registry = gn_current->registry;
     if (enif_monitor_process(env, mb, &mb->owner, &mb->monitor) != 0)
         return 0;
-    if (!gn_registry_insert(gn_current->registry, mb->reg_hash, &mb->owner, mb)) {
+    if (!gn_registry_insert(mb->registry, mb->reg_hash, &mb->owner, mb)) {
         enif_demonitor_process(env, mb, &mb->monitor);
         return 0;
     }
@@ -680,7 +773,7 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 
     ERL_NIF_TERM batch[GN_MAILBOX_MAX_BATCH];
     gn_chunk *done = NULL;
-    gn_outbox out = {NULL, mb->owner};
+    gn_outbox out = GN_OUTBOX(mb);
     unsigned n = 0;
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
@@ -810,7 +903,7 @@ ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         if (gn_lock_free(mb)) {
             gn_sent_dec(mb);
         } else {
-            gn_outbox out = {NULL, mb->owner};
+            gn_outbox out = GN_OUTBOX(mb);
             enif_mutex_lock(mb->lock);
             gn_sent_dec(mb);
             if (mb->waiting && !mb->closed)
@@ -943,30 +1036,34 @@ static gn_mailbox *gn_lock_target(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifP
 static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *self,
                              ERL_NIF_TERM item, int lane, int is_call)
 {
-    gn_waiter *w = gn_alloc(sizeof(*w));
-    ErlNifEnv *wenv = w ? enif_alloc_env() : NULL;
-    if (!wenv) {
-        if (w)
-            gn_free(w);
+    gn_waiter *w = enif_alloc_resource(gn_waiter_rtype, sizeof(*w));
+    if (!w)
+        return 0;
+    memset(w, 0, sizeof(*w));
+    if (!(w->env = enif_alloc_env())) {
+        enif_release_resource(w);
         return 0;
     }
-    w->next = NULL;
+    enif_keep_resource(mb);
+    w->mb = mb;
     w->pid = *self;
-    w->env = wenv;
-    w->tag = enif_make_ref(wenv);
-    w->item = enif_make_copy(wenv, item);
+    w->item = enif_make_copy(w->env, item);
     w->result = gn_am_ok;
     w->lane = lane;
     w->is_call = is_call;
     w->deliver = GN_KEEP;
-    if (mb->wait_tail)
-        mb->wait_tail->next = w;
+    w->gen = mb->wait_gen;
+    w->linked = 1;
+    /* the allocation's reference is the FIFO's */
+    w->prev = mb->wait_tail[lane];
+    if (w->prev)
+        w->prev->next = w;
     else
-        mb->wait_head = w;
-    mb->wait_tail = w;
+        mb->wait_head[lane] = w;
+    mb->wait_tail[lane] = w;
     mb->waiting++;
     mb->waiting_lane[lane]++;
-    return enif_make_tuple2(env, gn_am_wait, enif_make_copy(env, w->tag));
+    return enif_make_tuple2(env, gn_am_wait, enif_make_resource(env, w));
 }
 
 /* mailbox_send(Pid, Item, Lane, Kind) ->
@@ -1132,38 +1229,33 @@ unlock:
 
 /* mailbox_cancel(Pid, Tag) -> cancelled | not_found
  * A blocked sender gives up; its request counts as rejected. not_found: it
- * was admitted or released already, and {Tag, Result} is on its way. */
+ * was admitted or released already, and {Tag, Result} is on its way. O(1)
+ * (plus the waiters behind it it lets in). */
 ERL_NIF_TERM gn_mailbox_cancel_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
-    ErlNifPid pid;
-    if (!enif_is_pid(env, argv[0]) || !enif_is_ref(env, argv[1]))
+    gn_waiter *w;
+    if (!enif_is_pid(env, argv[0]) ||
+        !enif_get_resource(env, argv[1], gn_waiter_rtype, (void **)&w))
         return enif_make_badarg(env);
-    gn_mailbox *mb = gn_lock_target(env, argv[0], &pid);
-    if (!mb)
-        return gn_am_not_found;
-    gn_waiter *found = NULL;
-    for (gn_waiter **p = &mb->wait_head, *prev = NULL; *p; prev = *p, p = &(*p)->next) {
-        if (enif_is_identical((*p)->tag, argv[1])) {
-            found = *p;
-            *p = found->next;
-            if (mb->wait_tail == found)
-                mb->wait_tail = prev;
-            mb->waiting--;
-            mb->waiting_lane[found->lane]--;
-            mb->rejected++; /* it gave up: sent, never accepted */
-            break;
-        }
+    gn_mailbox *mb = w->mb;
+    gn_outbox out = GN_OUTBOX(mb);
+    enif_mutex_lock(mb->lock);
+    int found = w->linked && w->gen == mb->wait_gen;
+    if (found) {
+        gn_wait_unlink(mb, w);
+        mb->rejected++; /* it gave up: sent, never accepted */
+        /* Those behind it may fit now. */
+        if (mb->waiting && !mb->closed)
+            gn_admit_waiters(env, mb, &out);
     }
-    /* Those behind it may fit now. */
-    gn_outbox out = {NULL, mb->owner};
-    if (found && mb->waiting && !mb->closed)
-        gn_admit_waiters(env, mb, &out);
     gn_unlock(mb);
     gn_outbox_flush(env, &out);
     if (!found)
         return gn_am_not_found;
-    gn_waiter_free(found);
+    enif_free_env(w->env);
+    w->env = NULL;
+    enif_release_resource(w); /* the FIFO's reference */
     return gn_am_cancelled;
 }
 
