@@ -35,6 +35,7 @@
 #define GN_ATOMS_PLAIN(X) \
     X(ok) \
     X(error) \
+    X(enomem) \
     X(true) \
     X(false) \
     X(not_native) \

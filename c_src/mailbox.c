@@ -706,7 +706,7 @@ ERL_NIF_TERM gn_mailbox_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
 
     gn_mailbox *mb = enif_alloc_resource(gn_mailbox_rtype, sizeof(*mb));
     if (!mb)
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        return enif_raise_exception(env, gn_am_enomem);
     memset(mb, 0, sizeof(*mb));
     mb->capacity = capacity;
     mb->overflow = overflow;
@@ -718,7 +718,7 @@ ERL_NIF_TERM gn_mailbox_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     mb->closed = 1; /* until owned: the destructor must not find it live */
     if (!(mb->lock = enif_mutex_create("gn_mailbox"))) {
         enif_release_resource(mb);
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        return enif_raise_exception(env, gn_am_enomem);
     }
     if (!gn_take_ownership(env, mb)) {
         enif_release_resource(mb);
@@ -1170,7 +1170,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             result = gn_block(env, mb, &self, argv[1], lane_ix, is_call);
             if (!result) {
                 gn_unlock(mb);
-                return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+                return enif_raise_exception(env, gn_am_enomem);
             }
             goto unlock;
         }
@@ -1197,7 +1197,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
         gn_unlock(mb);
         gn_chunks_free(done);
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        return enif_raise_exception(env, gn_am_enomem);
     }
     mb->next_seq++;
     gn_note_length(mb);
