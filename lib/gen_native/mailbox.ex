@@ -185,7 +185,7 @@ defmodule GenNative.Mailbox do
   The state of `server`'s native mailbox, read in O(1) without sending the
   server a message. See `GenNative.mailbox_info/1`.
   """
-  @spec info(GenServer.server()) :: info() | {:error, :not_native | :noproc}
+  @spec info(GenServer.server()) :: info() | {:error, :not_native | :noproc | {:nodedown, node()}}
   def info(server) do
     case GenServer.whereis(server) do
       pid when is_pid(pid) and node(pid) == node() ->
@@ -201,8 +201,16 @@ defmodule GenNative.Mailbox do
         {:error, :noproc}
 
       remote ->
-        :erpc.call(node_of(remote), __MODULE__, :info, [local_name(remote)])
+        remote_info(node_of(remote), local_name(remote))
     end
+  end
+
+  defp remote_info(node, server) do
+    :erpc.call(node, __MODULE__, :info, [server])
+  catch
+    :error, {:erpc, :noconnection} -> {:error, {:nodedown, node}}
+    # a node without GenNative runs no GenNative server
+    :error, {:exception, :undef, [{__MODULE__, :info, _, _} | _]} -> {:error, :not_native}
   end
 
   defp node_of({_name, node}), do: node

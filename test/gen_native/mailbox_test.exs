@@ -36,6 +36,28 @@ defmodule GenNative.MailboxTest do
 
   defp unique_name(prefix), do: :"#{prefix}_#{System.unique_integer([:positive])}"
 
+  describe "cast/3 and call/4 options" do
+    test "options that are not a keyword list raise ArgumentError, whatever the server" do
+      pid = start_server([])
+      name = unique_name(:opts)
+      Process.register(spawn(fn -> Process.sleep(:infinity) end), name)
+
+      for server <- [pid, name, :no_such_name, {:global, :no_such}, {:x, :gn_nohost@nohost}],
+          bad <- [[:high], [{:priority}], :high, %{priority: :high}, [{"priority", :high}]] do
+        error = assert_raise ArgumentError, fn -> GenNative.cast(server, :x, bad) end
+        assert error.message =~ "expected options to be a keyword list, got: #{inspect(bad)}"
+      end
+
+      for bad <- [[:high], :high, %{priority: :high}] do
+        error = assert_raise ArgumentError, fn -> GenNative.call(pid, :x, 5000, bad) end
+        assert error.message =~ "expected options to be a keyword list, got: #{inspect(bad)}"
+      end
+
+      # the server saw none of them
+      assert sync_events(pid) == []
+    end
+  end
+
   describe "options" do
     @invalid [
       capacity: [0, -1, 1.5, :big, nil, "10", [1]],
@@ -1051,6 +1073,11 @@ defmodule GenNative.MailboxTest do
   end
 
   describe "mailbox_info/1" do
+    test "a server on a node that cannot be reached: {:error, {:nodedown, node}}" do
+      node = :"gn_unreachable@nohost.invalid"
+      assert info({:some_server, node}) == {:error, {:nodedown, node}}
+    end
+
     test "reads the counters without a message to the server, by pid and by name" do
       name = unique_name(:info)
       pid = start_server([capacity: 10], name: name)
