@@ -36,6 +36,7 @@
     X(ok) \
     X(error) \
     X(enomem) \
+    X(more) \
     X(true) \
     X(false) \
     X(not_native) \

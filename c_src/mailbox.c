@@ -75,6 +75,7 @@
  * that does not fit. A waiter holds a reference to its mailbox.
  */
 #include <string.h>
+#include <time.h>
 
 #include "mailbox.h"
 #include "registry.h"
@@ -89,8 +90,9 @@ typedef struct gn_item {
     ERL_NIF_TERM term; /* in the chunk's env */
     uint64_t seq;      /* order of arrival, over both lanes */
     uint32_t epoch;
-    uint16_t is_call;
-    uint16_t dead; /* taken and gone for good (evicted, skipped): never handed out again */
+    uint8_t is_call;
+    uint8_t dead;  /* taken and gone for good (evicted, skipped): never handed out again */
+    uint16_t cost; /* microseconds its copy in took (saturated): what a copy out will */
 } gn_item;
 
 typedef struct gn_chunk {
@@ -190,6 +192,15 @@ static int gn_lock_free(const gn_mailbox *mb)
 /* ------------------------------------------------------------------------ */
 /* Lanes                                                                     */
 
+/* Microseconds, for costs only: clock_gettime() is a vDSO call, several
+ * times cheaper than enif_monotonic_time() on the enqueue path. */
+static uint64_t gn_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 /* Appends a copy of `term` to the lane. Call with mb->lock held. Returns 0
  * when out of memory, leaving the lane unchanged. */
 static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint64_t seq, uint32_t epoch, int is_call)
@@ -215,10 +226,13 @@ static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint64_t seq, uint32_t
         c = n;
     }
     gn_item *item = &c->items[c->tail++];
+    uint64_t t0 = gn_now_us();
     item->term = enif_make_copy(c->env, term);
+    uint64_t us = gn_now_us() - t0;
+    item->cost = us > UINT16_MAX ? UINT16_MAX : (uint16_t)us;
     item->seq = seq;
     item->epoch = epoch;
-    item->is_call = (uint16_t)is_call;
+    item->is_call = (uint8_t)is_call;
     item->dead = 0;
     lane->len++;
     return 1;
@@ -743,17 +757,44 @@ static gn_mailbox *gn_owned_mailbox(ErlNifEnv *env, ERL_NIF_TERM term)
     return mb;
 }
 
-/* mailbox_take(Ref, Max, Upto, Wake) -> [Request]
+/* A take copies its requests out of the lanes, under the lock, on the
+ * owner's scheduler: it stops before a request that would take it past
+ * this budget, and hands a request too big for a normal scheduler to a
+ * dirty one. A copy out costs about what the copy in cost its sender,
+ * noted in `cost`: the budget goes by those (so that a batch of small
+ * requests is never cut short because the thread was preempted), and
+ * the time actually spent is charged to the owner's timeslice. */
+#define GN_TAKE_BUDGET_US 250
+#define GN_TAKE_DIRTY_US 600
+
+static ERL_NIF_TERM gn_take(ErlNifEnv *env, const ERL_NIF_TERM argv[], int dirty);
+
+static ERL_NIF_TERM gn_mailbox_take_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    return gn_take(env, argv, 1);
+}
+
+/* mailbox_take(Ref, Max, Upto, Wake) -> [Request] | {more, [Request]}
  * Pops up to Max requests, the high lane first, then normal requests whose
  * sequence number is at most Upto (infinity: all; high: none), then admits
  * blocked senders into the room made. Calls queued before the last adoption
- * are skipped. Fewer than Max means the lanes were emptied or Upto reached.
+ * are skipped. A list of fewer than Max means the lanes were emptied or
+ * Upto reached; {more, Requests}: the take stopped at its time budget
+ * (large requests) with more to take, as if it had taken Max.
  * Wake = true when the owner is handling a wake: finding both lanes empty
  * then clears `signaled`, so that the next request wakes the owner again,
- * and lanes refilled by blocked senders get a wake of their own. */
+ * and lanes refilled by blocked senders get a wake of their own. In a hold
+ * mailbox, the requests taken before are retired first (the owner takes
+ * only once it has handled them), and those taken now are held. */
 ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
+    return gn_take(env, argv, 0);
+}
+
+static ERL_NIF_TERM gn_take(ErlNifEnv *env, const ERL_NIF_TERM argv[], int dirty)
+{
     unsigned max;
     ErlNifUInt64 upto = UINT64_MAX;
     int high_only = 0, wake;
@@ -775,6 +816,9 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     gn_chunk *done = NULL;
     gn_outbox out = GN_OUTBOX(mb);
     unsigned n = 0;
+    int cut = 0, too_big = 0;
+    ErlNifTime start = enif_monotonic_time(ERL_NIF_USEC);
+    unsigned long costs = 0;
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
         gn_unlock(mb);
@@ -789,12 +833,20 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         gn_lane_retire(&mb->lanes[GN_NORMAL], SIZE_MAX, &done);
         __atomic_store_n(&mb->acked, 0, __ATOMIC_RELAXED);
     }
-    for (int l = GN_HIGH; l >= (high_only ? GN_HIGH : GN_NORMAL); l--) {
+    for (int l = GN_HIGH; l >= (high_only ? GN_HIGH : GN_NORMAL) && !cut && !too_big; l--) {
         gn_lane *lane = &mb->lanes[l];
         gn_item *item;
         while (n < max && (item = gn_lane_peek(lane))) {
             if (l == GN_NORMAL && item->seq > upto)
                 break;
+            if (n > 0 && costs + item->cost > GN_TAKE_BUDGET_US) {
+                cut = 1;
+                break;
+            }
+            if (n == 0 && !dirty && item->cost > GN_TAKE_DIRTY_US) {
+                too_big = 1;
+                break;
+            }
             gn_lane_take(lane);
             if (item->is_call && item->epoch != mb->epoch) {
                 /* its caller exited with the old owner */
@@ -804,6 +856,7 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
                 continue;
             }
             batch[n++] = enif_make_copy(env, item->term);
+            costs += item->cost;
             if (mb->hold)
                 lane->inflight++;
             else
@@ -812,12 +865,19 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         if (!mb->hold)
             gn_lane_retire(lane, SIZE_MAX, &done);
     }
+    if (too_big) {
+        /* nothing taken: take again on a dirty scheduler */
+        gn_unlock(mb);
+        gn_chunks_free(done);
+        return enif_schedule_nif(env, "mailbox_take", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                 gn_mailbox_take_dirty, 4, argv);
+    }
     if (mb->waiting) {
         /* The owner is draining: a lane it refills needs no wake unless the
          * drain ends with this take. */
         int was = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
         gn_admit_waiters(env, mb, &out);
-        if (wake && was && gn_queued(mb) > 0 && n < max)
+        if (wake && was && gn_queued(mb) > 0 && n < max && !cut)
             enif_send(env, &mb->owner, NULL, gn_am_wake);
     }
     if (wake && gn_queued(mb) == 0)
@@ -825,8 +885,13 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     gn_unlock(mb);
     gn_chunks_free(done);
     gn_outbox_flush(env, &out);
-    enif_consume_timeslice(env, 1 + (int)(n / 32));
-    return enif_make_list_from_array(env, batch, n);
+    if (!dirty) {
+        ErlNifTime spent = enif_monotonic_time(ERL_NIF_USEC) - start;
+        int percent = 1 + (int)(n / 32) + (int)(spent / 10);
+        enif_consume_timeslice(env, percent > 100 ? 100 : percent);
+    }
+    ERL_NIF_TERM list = enif_make_list_from_array(env, batch, n);
+    return cut ? enif_make_tuple2(env, gn_am_more, list) : list;
 }
 
 /* mailbox_watermark(Ref) -> Seq | none

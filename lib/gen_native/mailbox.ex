@@ -59,7 +59,10 @@ defmodule GenNative.Mailbox do
       once, and in queue mode how many queued requests the server handles
       before it looks at its process mailbox again (default 64, at most
       1024). With `handle_batch/2` defined, a batch size above 1 means queue
-      mode; `batch_size: 1` keeps message mode.
+      mode; `batch_size: 1` keeps message mode. A batch of large casts can
+      be smaller: the server copies casts out of the queue for about 250 us
+      at a time on its scheduler (a cast too large for that is copied on a
+      dirty scheduler).
 
     * `:keep_on_crash` - `true` or `false` (default). With `true`, casts not
       handled yet when the server crashes are delivered, in order, to the

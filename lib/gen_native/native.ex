@@ -37,7 +37,7 @@ defmodule GenNative.Native do
   def mailbox_cancel(_pid, _tag), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_take(mailbox(), pos_integer(), non_neg_integer() | :infinity | :high, boolean()) ::
-          [term()]
+          [term()] | {:more, [term()]}
   def mailbox_take(_mailbox, _max, _upto, _wake), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_watermark(mailbox()) :: non_neg_integer() | :none

@@ -202,19 +202,27 @@ defmodule GenNative.Server do
   end
 
   defp take_high({_, mailbox, _} = ctx, batch_size, state) do
-    case Native.mailbox_take(mailbox, batch_size, :high, false) do
+    {requests, more?} = taken(Native.mailbox_take(mailbox, batch_size, :high, false), batch_size)
+
+    case requests do
       [] ->
         {:cont, state}
 
       requests ->
         case handle_requests(ctx, requests, state, nil) do
+          {:cont, state, _} when more? -> take_high(ctx, batch_size, state)
           # a short take emptied the lane
-          {:cont, state, _} when length(requests) < batch_size -> {:cont, state}
-          {:cont, state, _} -> take_high(ctx, batch_size, state)
+          {:cont, state, _} -> {:cont, state}
           stop -> stop
         end
     end
   end
+
+  # What a take returned, and whether there may be more to take: a short
+  # list means the lanes were emptied (or `upto` reached); {:more, list}, a
+  # take cut short by large requests, that there is more.
+  defp taken({:more, requests}, _batch_size), do: {requests, true}
+  defp taken(requests, batch_size), do: {requests, length(requests) == batch_size}
 
   @doc false
   # handle_info(:"$gn_wake", state): priority requests and, in queue mode,
@@ -295,7 +303,9 @@ defmodule GenNative.Server do
   # `upto` is :infinity, :high (priority requests only) or the sequence
   # number of the last normal request to take.
   defp drain({_, mailbox, _} = ctx, batch_size, state, upto, timeout) do
-    case Native.mailbox_take(mailbox, batch_size, upto, true) do
+    {requests, more?} = taken(Native.mailbox_take(mailbox, batch_size, upto, true), batch_size)
+
+    case requests do
       [] ->
         reply(state, timeout)
 
@@ -304,7 +314,7 @@ defmodule GenNative.Server do
           {:cont, state, timeout} ->
             cond do
               # a short take emptied the lanes or reached `upto`
-              length(requests) < batch_size -> reply(state, timeout)
+              not more? -> reply(state, timeout)
               upto == :infinity -> continue(ctx, batch_size, state, timeout)
               true -> drain(ctx, batch_size, state, upto, timeout)
             end

@@ -239,6 +239,72 @@ defmodule GenNative.NativeTest do
     end
   end
 
+  describe "large requests" do
+    # A take copies requests out of the C queue; large ones must not hold
+    # the owner's normal scheduler past 1 ms: a take stops at its budget
+    # and says {:more, requests}, and a single request too large for one
+    # timeslice is copied on a dirty scheduler. Retried as above.
+    @tag timeout: 300_000
+    @tag :scheduling
+    test "taking large requests never runs longer than 1 ms on a normal scheduler" do
+      attempts =
+        Enum.reduce_while(1..5, [], fn _, acc ->
+          attempt = large_take_scenario()
+          if attempt == [], do: {:halt, [attempt | acc]}, else: {:cont, [attempt | acc]}
+        end)
+
+      assert Enum.any?(attempts, &(&1 == [])),
+             "long schedules: #{inspect(attempts, pretty: true)}"
+    end
+  end
+
+  defp large_take_scenario do
+    parent = self()
+
+    owner =
+      spawn(fn ->
+        ref = Native.mailbox_new(:infinity, :reject, [:queue])
+        send(parent, {:owner_ready, self()})
+
+        receive do
+          :go -> send(parent, {:taken, take_all(ref, [])})
+        end
+      end)
+
+    assert_receive {:owner_ready, ^owner}
+    big = Enum.to_list(1..10_000)
+    for i <- 1..200, do: :ok = Native.mailbox_send(owner, {i, big}, :normal, :cast)
+    huge = Enum.to_list(1..1_000_000)
+    :ok = Native.mailbox_send(owner, {:huge, huge}, :normal, :cast)
+    :ok = Native.mailbox_send(owner, {:last, big}, :normal, :cast)
+
+    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
+
+    try do
+      send(owner, :go)
+      assert_receive {:taken, taken}, 60_000
+      # every request, in order
+      assert taken == Enum.to_list(1..200) ++ [:huge, :last]
+    after
+      restore_monitor(previous)
+    end
+
+    for {pid, info} <- collect_long_schedules([]), pid == owner, do: {pid, info}
+  end
+
+  # Keeps the first element of each request only: the owner's own work on
+  # the large terms (a comparison, a GC of them kept alive) would be long
+  # schedules of its own.
+  defp take_all(ref, acc) do
+    case isolated(fn -> Native.mailbox_take(ref, 1024, :infinity, true) end) do
+      [] -> Enum.reverse(acc)
+      {:more, items} -> take_all(ref, tags(items, acc))
+      items -> take_all(ref, tags(items, acc))
+    end
+  end
+
+  defp tags(items, acc), do: Enum.reduce(items, acc, fn {tag, [1, 2 | _]}, acc -> [tag | acc] end)
+
   defp long_schedules_in_scenario do
     payload = {:item, "some binary", [1, 2, 3], %{k: :v}}
 
@@ -301,6 +367,7 @@ defmodule GenNative.NativeTest do
   defp drain(ref, count) do
     case isolated(fn -> Native.mailbox_take(ref, 1024, :infinity, true) end) do
       [] -> count
+      {:more, items} -> drain(ref, count + length(items))
       items -> drain(ref, count + length(items))
     end
   end
