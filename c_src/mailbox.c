@@ -471,14 +471,23 @@ static ERL_NIF_TERM gn_admitted(const gn_mailbox *mb)
  * queued cast or priority call goes into its lane, a message-mode cast is
  * counted and handed to the outbox to deliver, and so is a normal call (its
  * whole {'$gen_call', From, Request} message), which takes no room. A lane
- * filled while no wake is pending gets one. O(1 + admitted). Call with
- * mb->lock held. */
-static void gn_admit_waiters(ErlNifEnv *env, gn_mailbox *mb, gn_outbox *out)
+ * filled while no wake is pending gets one. At most GN_ADMIT_SLICE at once
+ * (calls take no room, so any number of them could fit): if more could go,
+ * the owner gets a wake, whose take admits the next slice. Returns whether
+ * more could go. O(1 + admitted). Call with mb->lock held. */
+#define GN_ADMIT_SLICE 128
+
+static int gn_admit_waiters(ErlNifEnv *env, gn_mailbox *mb, gn_outbox *out)
 {
-    int pushed = 0;
-    for (int l = GN_NORMAL; l <= GN_HIGH; l++) {
+    int pushed = 0, more = 0;
+    unsigned admitted = 0;
+    for (int l = GN_NORMAL; l <= GN_HIGH && !more; l++) {
         gn_waiter *w;
         while ((w = mb->wait_head[l])) {
+            if (admitted == GN_ADMIT_SLICE) {
+                more = 1;
+                break;
+            }
             int into_lane = l == GN_HIGH || (mb->queue && !w->is_call);
             if (gn_lane_len(mb, l) >= mb->capacity ||
                 (into_lane &&
@@ -497,11 +506,13 @@ static void gn_admit_waiters(ErlNifEnv *env, gn_mailbox *mb, gn_outbox *out)
             gn_wait_unlink(mb, w);
             __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
             gn_outbox_add(out, w);
+            admitted++;
         }
     }
     gn_note_length(mb);
-    if (pushed)
+    if (pushed || more)
         gn_signal(env, mb);
+    return more;
 }
 
 /* Tells every waiter of a released chain `closed`: a reaper job, so that
@@ -884,8 +895,8 @@ static ERL_NIF_TERM gn_take(ErlNifEnv *env, const ERL_NIF_TERM argv[], int dirty
         /* The owner is draining: a lane it refills needs no wake unless the
          * drain ends with this take. */
         int was = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
-        gn_admit_waiters(env, mb, &out);
-        if (wake && was && gn_queued(mb) > 0 && n < max && !cut)
+        int more = gn_admit_waiters(env, mb, &out);
+        if (wake && was && (gn_queued(mb) > 0 || more) && n < max && !cut)
             enif_send(env, &mb->owner, NULL, gn_am_wake);
     }
     if (wake && gn_queued(mb) == 0)

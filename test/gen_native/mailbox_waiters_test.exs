@@ -144,6 +144,82 @@ defmodule GenNative.MailboxWaitersTest do
     assert_clean(attempts)
   end
 
+  # Normal calls take no room: when one slot frees, every call waiting in
+  # a row fits. They are let in a slice at a time, with a wake to the owner
+  # for the next slice.
+  test "blocked calls let in by one ack come in slices, all of them, in order" do
+    n = 5_000
+
+    attempts =
+      clean_attempt?(fn ->
+        test = self()
+
+        owner =
+          spawn(fn ->
+            ref = Native.mailbox_new(1, :block, [])
+            send(test, {:mailbox, ref})
+
+            receive do
+              :go -> isolated(fn -> Native.mailbox_ack(ref, :cast) end)
+            end
+
+            send(test, {:calls, receive_calls(ref, 1, n)})
+          end)
+
+        assert_receive {:mailbox, _ref}
+        :send = Native.mailbox_send(owner, :first, :normal, :cast)
+
+        # the blocked callers: a process that only counts, once all is done,
+        # the {tag, :ok} it was sent
+        caller =
+          spawn(fn ->
+            for i <- 1..n do
+              call = {:"$gen_call", {self(), make_ref()}, i}
+              {:wait, _tag} = Native.mailbox_send(owner, call, :normal, :call)
+            end
+
+            send(test, :blocked)
+            receive(do: (:count -> send(test, {:admitted, count_ok(0)})))
+          end)
+
+        assert_receive :blocked, 60_000
+        send(owner, :go)
+        assert_receive {:calls, :all_in_order}, 60_000
+        send(caller, :count)
+        assert_receive {:admitted, ^n}, 60_000
+        [owner]
+      end)
+
+    assert_clean(attempts)
+  end
+
+  defp count_ok(count) do
+    receive do
+      {_tag, :ok} -> count_ok(count + 1)
+    after
+      0 -> count
+    end
+  end
+
+  # The owner's side: calls 1..n in order, and a take on each wake.
+  defp receive_calls(_ref, next, n) when next > n, do: :all_in_order
+
+  defp receive_calls(ref, next, n) do
+    receive do
+      {:"$gen_call", _from, ^next} ->
+        receive_calls(ref, next + 1, n)
+
+      {:"$gen_call", _from, other} ->
+        {:expected, next, :got, other}
+
+      :"$gn_wake" ->
+        [] = isolated(fn -> Native.mailbox_take(ref, 64, :infinity, true) end)
+        receive_calls(ref, next, n)
+    after
+      10_000 -> {:stuck_at, next}
+    end
+  end
+
   test "the owner's exit releases every blocked sender without a long callback" do
     attempts =
       clean_attempt?(fn ->
