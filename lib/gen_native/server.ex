@@ -255,7 +255,7 @@ defmodule GenNative.Server do
 
   # Runs `take` (a drain or a take of priority requests) and finishes it.
   # With keep_on_crash, the mailbox holds what the server took out until
-  # the server acks it as handled (see handled/2), and gives what was not
+  # the server acks it as handled (see handled/1), and gives what was not
   # back to the next server when this one exits, however it exits: a
   # request whose callback raised counts as handled, as one that stopped
   # the server does.
@@ -265,7 +265,7 @@ defmodule GenNative.Server do
         take.()
       catch
         kind, reason ->
-          handled({nil, mailbox, nil})
+          ack_pending(mailbox)
           :erlang.raise(kind, reason, __STACKTRACE__)
       end
 
@@ -430,7 +430,6 @@ defmodule GenNative.Server do
 
   # keep_on_crash: they are handled (the callback returned, or raised)
   defp handled({_, mailbox, {_, _, true, _}}), do: ack_pending(mailbox)
-  defp handled({nil, mailbox, nil}), do: ack_pending(mailbox)
   defp handled(_ctx), do: :ok
 
   defp ack_pending(mailbox) do
