@@ -35,6 +35,8 @@
 #define GN_ATOMS_PLAIN(X) \
     X(ok) \
     X(error) \
+    X(enomem) \
+    X(more) \
     X(true) \
     X(false) \
     X(not_native) \

@@ -44,7 +44,11 @@
  * keep_on_crash: a `keep` mailbox survives its owner's exit (closed, out of
  * the registry, lanes intact) until a new owner adopts it or it is discarded;
  * calls queued before an adoption are skipped by the new owner (each item
- * carries the `epoch` it was queued in).
+ * carries the `epoch` it was queued in). Such a mailbox also `hold`s what
+ * its owner takes: the items stay in their lane, behind the cursor, until
+ * the owner acks them as handled (a lock-free count) or takes again; when
+ * the owner dies, however it dies, the unacked ones go back in front in
+ * O(1), so that no code of the dying process has to run.
  *
  * Counters: every request sent through here ends in exactly one of
  * `accepted`, `rejected`, `dropped`, `expired` (an evicted request moves from
@@ -58,11 +62,20 @@
  *
  * Lifetime: the registry holds one resource reference per live mailbox. The
  * owner's exit fires the monitor's down callback, which closes the mailbox,
- * releases blocked senders, hands the queued items to the reaper (unless
- * `keep`) and drops the registry's reference, all in O(1) whatever the
- * queue holds.
+ * hands the blocked senders (to be told `closed`) and the queued items
+ * (unless `keep`) to the reaper thread and drops the registry's reference,
+ * all in O(1) whatever the queue holds. It only try-locks: if the lock is
+ * busy, the whole close runs on the reaper thread instead, so that a
+ * scheduler never waits for it there.
+ *
+ * Blocked senders: each is a resource (gn_waiter) linked in its lane's
+ * doubly linked FIFO, and its resource term is the tag its sender waits
+ * for, so cancelling one (mailbox_cancel) is O(1) and admitting them is
+ * O(1 + admitted): each lane is served from its head and stops at the first
+ * that does not fit. A waiter holds a reference to its mailbox.
  */
 #include <string.h>
+#include <time.h>
 
 #include "mailbox.h"
 #include "registry.h"
@@ -77,31 +90,48 @@ typedef struct gn_item {
     ERL_NIF_TERM term; /* in the chunk's env */
     uint64_t seq;      /* order of arrival, over both lanes */
     uint32_t epoch;
-    uint32_t is_call;
+    uint8_t is_call;
+    uint8_t dead;  /* taken and gone for good (evicted, skipped): never handed out again */
+    uint16_t cost; /* microseconds its copy in took (saturated): what a copy out will */
 } gn_item;
 
 typedef struct gn_chunk {
     struct gn_chunk *next;
-    ErlNifEnv *env;      /* allocated with the chunk's first item */
-    unsigned head, tail; /* items[head..tail) are live */
+    ErlNifEnv *env;      /* allocated with the chunk */
+    unsigned head, tail; /* items[head..tail) are held */
     gn_item items[GN_CHUNK_ITEMS];
 } gn_chunk;
 
+/* A lane holds its items from the first chunk's head to the last chunk's
+ * tail. The cursor (cur, pos) splits them: before it, items taken out but
+ * not retired yet (`inflight` live ones, and dead ones); from it on, the
+ * `len` items queued. Only a `hold` mailbox (keep_on_crash) keeps taken
+ * items until the owner has handled them; the others retire them at once.
+ * Every chunk but the last is full. */
 typedef struct gn_lane {
     gn_chunk *first, *last;
+    gn_chunk *cur; /* the chunk of the next item to take; NULL iff first is */
+    unsigned pos;  /* its index in cur */
     size_t len;
+    size_t inflight;
 } gn_lane;
 
+/* A blocked sender: a resource, whose term is the tag the sender waits
+ * for ({Tag, Result}) and hands back to cancel, which so finds it in O(1).
+ * While it waits, its lane's FIFO holds the reference it was allocated
+ * with; whoever unlinks it sends the reply and releases that reference. */
 typedef struct gn_waiter {
-    struct gn_waiter *next;
+    struct gn_waiter *prev, *next; /* in its lane's FIFO, then in an outbox */
+    struct gn_mailbox *mb;         /* a resource reference, for cancel */
     ErlNifPid pid;
-    ErlNifEnv *env; /* holds tag and item */
-    ERL_NIF_TERM tag;
-    ERL_NIF_TERM item;   /* the request; 0 for a call only waiting for room */
+    ErlNifEnv *env;      /* holds item; freed once the sender is told */
+    ERL_NIF_TERM item;   /* the request */
     ERL_NIF_TERM result; /* an atom, once released */
+    uint64_t gen;        /* mb->wait_gen when it blocked */
     int lane;
     int is_call;
     int deliver; /* on release, send the owner: GN_AS_IS or GN_AS_CAST */
+    int linked;  /* in its lane's FIFO, unless that FIFO was released (gen) */
 } gn_waiter;
 
 enum { GN_KEEP = 0, GN_AS_IS, GN_AS_CAST };
@@ -111,20 +141,24 @@ typedef struct gn_mailbox {
     ErlNifPid owner;
     ErlNifMonitor monitor;
     uint64_t reg_hash;
-    int closed;   /* atomic: no live owner */
-    int keep;     /* keep_on_crash */
-    int queue;    /* queue mode: normal casts wait in the normal lane */
-    int expire;   /* drop_expired_calls: calls carry their deadline */
-    int signaled; /* atomic: a wake is on its way to, or being handled by, the owner */
-    int unsent;   /* atomic: senders that set `signaled` and have not sent their wake yet */
+    gn_registry *registry; /* the one it is registered in while owned */
+    int closed;            /* atomic: no live owner */
+    int keep;              /* keep_on_crash */
+    int hold;              /* keep_on_crash: items taken are held until handled */
+    int queue;             /* queue mode: normal casts wait in the normal lane */
+    int expire;            /* drop_expired_calls: calls carry their deadline */
+    int signaled;          /* atomic: a wake is on its way to, or being handled by, the owner */
+    int unsent; /* atomic: senders that set `signaled` and have not sent their wake yet */
     uint32_t epoch;
     gn_lane lanes[2];
     size_t capacity; /* per lane; SIZE_MAX for infinity */
     gn_overflow overflow;
-    gn_waiter *wait_head, *wait_tail;
+    gn_waiter *wait_head[2], *wait_tail[2]; /* per lane, doubly linked */
+    uint64_t wait_gen;                      /* bumped when all are released */
     size_t waiting;
     size_t waiting_lane[2];
     size_t high_hint; /* atomic copy of lanes[GN_HIGH].len */
+    size_t acked;     /* atomic; hold: items of the last take handled so far */
     uint64_t next_seq;
     uint64_t rejected, dropped, expired;
     /* What every message-mode cast writes, on a cache line of its own (the
@@ -141,6 +175,7 @@ typedef struct gn_mailbox {
 } gn_mailbox;
 
 static ErlNifResourceType *gn_mailbox_rtype;
+static ErlNifResourceType *gn_waiter_rtype;
 
 static void gn_unlock(gn_mailbox *mb)
 {
@@ -157,6 +192,15 @@ static int gn_lock_free(const gn_mailbox *mb)
 /* ------------------------------------------------------------------------ */
 /* Lanes                                                                     */
 
+/* Microseconds, for costs only: clock_gettime() is a vDSO call, several
+ * times cheaper than enif_monotonic_time() on the enqueue path. */
+static uint64_t gn_now_us(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
+}
+
 /* Appends a copy of `term` to the lane. Call with mb->lock held. Returns 0
  * when out of memory, leaving the lane unchanged. */
 static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint64_t seq, uint32_t epoch, int is_call)
@@ -166,45 +210,103 @@ static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint64_t seq, uint32_t
         gn_chunk *n = gn_alloc(sizeof(*n));
         if (!n)
             return 0;
+        if (!(n->env = enif_alloc_env())) {
+            gn_free(n);
+            return 0;
+        }
         n->next = NULL;
-        n->env = NULL;
         n->head = n->tail = 0;
-        if (c)
+        if (c) {
             c->next = n;
-        else
-            lane->first = n;
+        } else {
+            lane->first = lane->cur = n;
+            lane->pos = 0;
+        }
         lane->last = n;
         c = n;
     }
-    if (!c->env && !(c->env = enif_alloc_env()))
-        return 0;
     gn_item *item = &c->items[c->tail++];
+    uint64_t t0 = gn_now_us();
     item->term = enif_make_copy(c->env, term);
+    uint64_t us = gn_now_us() - t0;
+    item->cost = us > UINT16_MAX ? UINT16_MAX : (uint16_t)us;
     item->seq = seq;
     item->epoch = epoch;
-    item->is_call = (uint32_t)is_call;
+    item->is_call = (uint8_t)is_call;
+    item->dead = 0;
     lane->len++;
     return 1;
 }
 
-/* Unlinks the head item and returns a pointer to it, valid until the chunks
- * pushed on *done are freed (after unlocking). Call with mb->lock held and
- * the lane non-empty. */
-static gn_item *gn_lane_pop(gn_lane *lane, gn_chunk **done)
+/* The next item to take, or NULL if none is queued. Moves the cursor past
+ * used-up chunks and past dead items (a rewind leaves them behind it). */
+static gn_item *gn_lane_peek(gn_lane *lane)
 {
-    gn_chunk *c = lane->first;
-    gn_item *item = &c->items[c->head++];
-    lane->len--;
-    /* A used-up chunk goes, unless it is the tail chunk with room left
-     * (requeued chunks in front can be partly filled). */
-    if (c->head == c->tail && (c->tail == GN_CHUNK_ITEMS || c->next)) {
-        lane->first = c->next;
-        if (!lane->first)
-            lane->last = NULL;
-        c->next = *done;
-        *done = c;
+    while (lane->len > 0) {
+        if (lane->pos == lane->cur->tail) {
+            /* len > 0: a full chunk with more behind it */
+            lane->cur = lane->cur->next;
+            lane->pos = 0;
+            continue;
+        }
+        gn_item *item = &lane->cur->items[lane->pos];
+        if (!item->dead)
+            return item;
+        lane->pos++;
     }
-    return item;
+    return NULL;
+}
+
+/* Takes the item gn_lane_peek() returned: it moves behind the cursor, where
+ * it stays valid until retired. The caller counts it in `inflight` or marks
+ * it dead. */
+static void gn_lane_take(gn_lane *lane)
+{
+    lane->pos++;
+    lane->len--;
+}
+
+/* Retires items taken, oldest first, up to the cursor: dead ones, and at
+ * most `live` live ones (SIZE_MAX: all). Chunks used up go on *done, to be
+ * freed after unlocking. O(items retired). Call with mb->lock held. */
+static void gn_lane_retire(gn_lane *lane, size_t live, gn_chunk **done)
+{
+    gn_chunk *c;
+    while ((c = lane->first)) {
+        if (c->head == GN_CHUNK_ITEMS) {
+            lane->first = c->next;
+            if (lane->cur == c) {
+                lane->cur = c->next;
+                lane->pos = 0;
+            }
+            if (!lane->first)
+                lane->last = NULL;
+            c->next = *done;
+            *done = c;
+            continue;
+        }
+        if (c == lane->cur && c->head == lane->pos)
+            break;
+        if (!c->items[c->head].dead) {
+            if (live == 0)
+                break;
+            live--;
+            lane->inflight--;
+        }
+        c->head++;
+    }
+}
+
+/* Puts the items taken and not retired back in front of the queue, in
+ * their order; O(1). Call with mb->lock held. */
+static void gn_lane_rewind(gn_lane *lane)
+{
+    if (!lane->first)
+        return;
+    lane->cur = lane->first;
+    lane->pos = lane->first->head;
+    lane->len += lane->inflight;
+    lane->inflight = 0;
 }
 
 /* Frees a chain of chunks and every term in them. */
@@ -225,8 +327,7 @@ static void gn_lane_discard(gn_lane *lane)
 {
     if (lane->first)
         gn_reap(gn_chunks_free, lane->first);
-    lane->first = lane->last = NULL;
-    lane->len = 0;
+    memset(lane, 0, sizeof(*lane));
 }
 
 /* Normal requests waiting: queued, or in message mode sent and not acked. */
@@ -271,20 +372,44 @@ static void gn_note_length(gn_mailbox *mb)
 
 /* What to send once mb->lock is released. */
 typedef struct gn_outbox {
-    gn_waiter *released; /* waiters to tell {Tag, w->result}, then free */
-    ErlNifPid owner;     /* gets the requests of `deliver` waiters */
+    gn_waiter *released, *last; /* waiters to tell {Tag, w->result} */
+    ErlNifPid owner;            /* gets the requests of `deliver` waiters */
 } gn_outbox;
 
-static void gn_waiter_free(gn_waiter *w)
+#define GN_OUTBOX(mb)                                                                              \
+    {                                                                                              \
+        NULL, NULL, (mb)->owner                                                                    \
+    }
+
+static void gn_outbox_add(gn_outbox *out, gn_waiter *w)
 {
-    if (w->env)
-        enif_free_env(w->env);
-    gn_free(w);
+    w->next = NULL;
+    if (out->last)
+        out->last->next = w;
+    else
+        out->released = w;
+    out->last = w;
 }
 
+/* Tells a waiter unlinked from its FIFO its result, frees its request, and
+ * drops the FIFO's reference. Any thread; no lock held. */
+static void gn_waiter_tell(ErlNifEnv *caller_env, gn_waiter *w)
+{
+    ERL_NIF_TERM msg = enif_make_tuple2(w->env, enif_make_resource(w->env, w), w->result);
+    enif_send(caller_env, &w->pid, w->env, msg); /* fails only if the sender died */
+    enif_free_env(w->env);
+    w->env = NULL;
+    enif_release_resource(w);
+}
+
+/* Sends what the outbox holds: the admitted requests to the owner, the
+ * results to their senders; charged to the caller's timeslice, as a
+ * message that wakes a process costs far more than the one reduction the
+ * NIF call counts (1% of a timeslice, about 10 us, per 4 messages). */
 static void gn_outbox_flush(ErlNifEnv *caller_env, gn_outbox *out)
 {
     gn_waiter *w = out->released;
+    int sent = 0;
     while (w) {
         gn_waiter *next = w->next;
         /* The request reaches the owner before its sender is told, so it
@@ -294,12 +419,31 @@ static void gn_outbox_flush(ErlNifEnv *caller_env, gn_outbox *out)
             enif_send(caller_env, &out->owner, NULL,
                       w->deliver == GN_AS_CAST ? enif_make_tuple2(w->env, gn_am_gen_cast, w->item)
                                                : w->item);
-        ERL_NIF_TERM msg = enif_make_tuple2(w->env, w->tag, w->result);
-        enif_send(caller_env, &w->pid, w->env, msg); /* fails only if the sender died */
-        gn_waiter_free(w);
+        sent += w->deliver ? 2 : 1;
+        gn_waiter_tell(caller_env, w); /* may free w */
         w = next;
     }
-    out->released = NULL;
+    out->released = out->last = NULL;
+    if (sent)
+        enif_consume_timeslice(caller_env, sent / 4 > 99 ? 100 : 1 + sent / 4);
+}
+
+/* Takes a waiter out of its lane's FIFO; O(1). Call with mb->lock held. */
+static void gn_wait_unlink(gn_mailbox *mb, gn_waiter *w)
+{
+    int l = w->lane;
+    if (w->prev)
+        w->prev->next = w->next;
+    else
+        mb->wait_head[l] = w->next;
+    if (w->next)
+        w->next->prev = w->prev;
+    else
+        mb->wait_tail[l] = w->prev;
+    w->prev = w->next = NULL;
+    w->linked = 0;
+    mb->waiting--;
+    mb->waiting_lane[l]--;
 }
 
 /* Wakes the owner unless a wake is pending, on the paths other than a
@@ -327,60 +471,81 @@ static ERL_NIF_TERM gn_admitted(const gn_mailbox *mb)
  * queued cast or priority call goes into its lane, a message-mode cast is
  * counted and handed to the outbox to deliver, and so is a normal call (its
  * whole {'$gen_call', From, Request} message), which takes no room. A lane
- * filled while no wake is pending gets one. Call with mb->lock held. */
-static void gn_admit_waiters(ErlNifEnv *env, gn_mailbox *mb, gn_outbox *out)
+ * filled while no wake is pending gets one. At most GN_ADMIT_SLICE at once
+ * (calls take no room, so any number of them could fit): if more could go,
+ * the owner gets a wake, whose take admits the next slice. Returns whether
+ * more could go. O(1 + admitted). Call with mb->lock held. */
+#define GN_ADMIT_SLICE 128
+
+static int gn_admit_waiters(ErlNifEnv *env, gn_mailbox *mb, gn_outbox *out)
 {
-    gn_waiter **tail = &out->released;
-    while (*tail)
-        tail = &(*tail)->next;
-    int stuck[2] = {0, 0}, pushed = 0;
-    gn_waiter **link = &mb->wait_head, *prev = NULL;
-    while (*link) {
-        gn_waiter *w = *link;
-        int l = w->lane;
-        int into_lane = l == GN_HIGH || (mb->queue && !w->is_call);
-        if (stuck[l] || gn_lane_len(mb, l) >= mb->capacity ||
-            (into_lane &&
-             !gn_lane_push(&mb->lanes[l], w->item, mb->next_seq, mb->epoch, w->is_call))) {
-            stuck[l] = 1;
-            prev = w;
-            link = &w->next;
-            continue;
+    int pushed = 0, more = 0;
+    unsigned admitted = 0;
+    for (int l = GN_NORMAL; l <= GN_HIGH && !more; l++) {
+        gn_waiter *w;
+        while ((w = mb->wait_head[l])) {
+            if (admitted == GN_ADMIT_SLICE) {
+                more = 1;
+                break;
+            }
+            int into_lane = l == GN_HIGH || (mb->queue && !w->is_call);
+            if (gn_lane_len(mb, l) >= mb->capacity ||
+                (into_lane &&
+                 !gn_lane_push(&mb->lanes[l], w->item, mb->next_seq, mb->epoch, w->is_call)))
+                break;
+            if (into_lane) {
+                mb->next_seq++;
+                pushed = 1;
+            } else if (w->is_call) {
+                w->deliver = GN_AS_IS;
+            } else {
+                w->deliver = GN_AS_CAST;
+                __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
+            }
+            w->result = gn_am_ok;
+            gn_wait_unlink(mb, w);
+            __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
+            gn_outbox_add(out, w);
+            admitted++;
         }
-        if (into_lane) {
-            mb->next_seq++;
-            pushed = 1;
-        } else if (w->is_call) {
-            w->deliver = GN_AS_IS;
-        } else {
-            w->deliver = GN_AS_CAST;
-            __atomic_fetch_add(&mb->sent, 1, __ATOMIC_RELAXED);
-        }
-        w->result = gn_am_ok;
-        *link = w->next;
-        if (mb->wait_tail == w)
-            mb->wait_tail = prev;
-        mb->waiting--;
-        mb->waiting_lane[l]--;
-        __atomic_fetch_add(&mb->accepted, 1, __ATOMIC_RELAXED);
-        w->next = NULL;
-        *tail = w;
-        tail = &w->next;
     }
     gn_note_length(mb);
-    if (pushed)
+    if (pushed || more)
         gn_signal(env, mb);
+    return more;
 }
 
-/* Detaches every waiter, to be told `closed`. Call with mb->lock held. */
-static void gn_release_waiters(gn_mailbox *mb, gn_outbox *out)
+/* Tells every waiter of a released chain `closed`: a reaper job, so that
+ * an owner's exit costs O(1) however many senders wait. */
+static void gn_waiters_close(void *arg)
 {
-    for (gn_waiter *w = mb->wait_head; w; w = w->next)
+    gn_waiter *w = arg;
+    while (w) {
+        gn_waiter *next = w->next;
         w->result = gn_am_closed;
-    out->released = mb->wait_head;
-    mb->wait_head = mb->wait_tail = NULL;
+        gn_waiter_tell(NULL, w);
+        w = next;
+    }
+}
+
+/* Detaches every waiter, for the reaper to tell `closed`; O(1). A cancel
+ * that comes later finds its waiter's generation gone. Call with mb->lock
+ * held. */
+static void gn_release_waiters(gn_mailbox *mb)
+{
+    gn_waiter *all = mb->wait_head[GN_NORMAL];
+    if (mb->wait_tail[GN_NORMAL])
+        mb->wait_tail[GN_NORMAL]->next = mb->wait_head[GN_HIGH];
+    else
+        all = mb->wait_head[GN_HIGH];
+    if (all)
+        gn_reap(gn_waiters_close, all);
+    for (int l = GN_NORMAL; l <= GN_HIGH; l++) {
+        mb->wait_head[l] = mb->wait_tail[l] = NULL;
+        mb->waiting_lane[l] = 0;
+    }
     mb->waiting = 0;
-    mb->waiting_lane[GN_NORMAL] = mb->waiting_lane[GN_HIGH] = 0;
+    mb->wait_gen++;
 }
 
 /* ------------------------------------------------------------------------ */
@@ -390,37 +555,78 @@ static void gn_mailbox_dtor(ErlNifEnv *env, void *obj)
 {
     (void)env;
     gn_mailbox *mb = obj;
+    /* No waiter is linked: each holds a reference to mb while it is. */
     gn_lane_discard(&mb->lanes[GN_NORMAL]);
     gn_lane_discard(&mb->lanes[GN_HIGH]);
-    gn_waiter *w = mb->wait_head;
-    while (w) {
-        gn_waiter *next = w->next;
-        gn_waiter_free(w);
-        w = next;
-    }
     if (mb->lock)
         enif_mutex_destroy(mb->lock);
 }
 
-static void gn_mailbox_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
+static void gn_waiter_dtor(ErlNifEnv *env, void *obj)
 {
-    (void)pid;
-    (void)mon;
-    gn_mailbox *mb = obj;
-    gn_outbox out = {NULL, mb->owner};
-    enif_mutex_lock(mb->lock);
+    (void)env;
+    gn_waiter *w = obj;
+    if (w->env)
+        enif_free_env(w->env);
+    if (w->mb)
+        enif_release_resource(w->mb);
+}
+
+/* The owner has exited: closes the mailbox, keeps its lanes or frees them,
+ * releases its blocked senders and takes it out of the registry, in O(1)
+ * whatever it holds. Call with mb->lock held; unlocks. */
+static void gn_mailbox_close(gn_mailbox *mb)
+{
+    gn_chunk *done = NULL;
     __atomic_store_n(&mb->closed, 1, __ATOMIC_RELEASE);
     __atomic_store_n(&mb->sent, 0, __ATOMIC_RELAXED);
     __atomic_store_n(&mb->signaled, 0, __ATOMIC_RELEASE);
     if (!mb->keep) {
         gn_lane_discard(&mb->lanes[GN_NORMAL]);
         gn_lane_discard(&mb->lanes[GN_HIGH]);
+    } else {
+        /* What the owner took out and had not handled goes back in front,
+         * for the next owner: a take hands out the high lane's items
+         * first, and the owner acks them in that order. */
+        size_t acked = __atomic_load_n(&mb->acked, __ATOMIC_ACQUIRE);
+        size_t high = mb->lanes[GN_HIGH].inflight;
+        gn_lane_retire(&mb->lanes[GN_HIGH], acked < high ? acked : high, &done);
+        gn_lane_retire(&mb->lanes[GN_NORMAL], acked < high ? 0 : acked - high, &done);
+        gn_lane_rewind(&mb->lanes[GN_HIGH]);
+        gn_lane_rewind(&mb->lanes[GN_NORMAL]);
+        __atomic_store_n(&mb->acked, 0, __ATOMIC_RELAXED);
     }
-    gn_release_waiters(mb, &out);
+    gn_release_waiters(mb);
     gn_unlock(mb);
-    gn_outbox_flush(env, &out);
+    if (done)
+        gn_reap(gn_chunks_free, done);
     /* may drop the last reference: last */
-    gn_registry_remove(gn_current->registry, mb->reg_hash, mb);
+    gn_registry_remove(mb->registry, mb->reg_hash, mb);
+}
+
+static void gn_mailbox_close_deferred(void *arg)
+{
+    gn_mailbox *mb = arg;
+    enif_mutex_lock(mb->lock);
+    gn_mailbox_close(mb);
+    enif_release_resource(mb);
+}
+
+/* The down callback runs on a normal scheduler: it never waits for the
+ * lock (a sender or the reaper may hold it), but hands the close to the
+ * reaper thread then. */
+static void gn_mailbox_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
+{
+    (void)env;
+    (void)pid;
+    (void)mon;
+    gn_mailbox *mb = obj;
+    if (enif_mutex_trylock(mb->lock) != 0) {
+        enif_keep_resource(mb);
+        gn_reap(gn_mailbox_close_deferred, mb);
+        return;
+    }
+    gn_mailbox_close(mb);
 }
 
 int gn_mailbox_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
@@ -431,9 +637,12 @@ int gn_mailbox_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
         .down = gn_mailbox_down,
     };
     ErlNifResourceType *rt = enif_open_resource_type_x(env, "gn_mailbox", &init, flags, NULL);
-    if (!rt)
+    ErlNifResourceTypeInit winit = {.dtor = gn_waiter_dtor, .stop = NULL, .down = NULL};
+    ErlNifResourceType *wrt = enif_open_resource_type_x(env, "gn_waiter", &winit, flags, NULL);
+    if (!rt || !wrt)
         return 0;
     gn_mailbox_rtype = rt;
+    gn_waiter_rtype = wrt;
     priv->mailbox_rtype = rt;
     return 1;
 }
@@ -476,9 +685,10 @@ static int gn_take_ownership(ErlNifEnv *env, gn_mailbox *mb)
     if (!enif_self(env, &mb->owner))
         return 0;
     mb->reg_hash = gn_registry_hash(enif_make_pid(env, &mb->owner));
+    mb->registry = gn_current->registry;
     if (enif_monitor_process(env, mb, &mb->owner, &mb->monitor) != 0)
         return 0;
-    if (!gn_registry_insert(gn_current->registry, mb->reg_hash, &mb->owner, mb)) {
+    if (!gn_registry_insert(mb->registry, mb->reg_hash, &mb->owner, mb)) {
         enif_demonitor_process(env, mb, &mb->monitor);
         return 0;
     }
@@ -529,18 +739,19 @@ ERL_NIF_TERM gn_mailbox_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
 
     gn_mailbox *mb = enif_alloc_resource(gn_mailbox_rtype, sizeof(*mb));
     if (!mb)
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        return enif_raise_exception(env, gn_am_enomem);
     memset(mb, 0, sizeof(*mb));
     mb->capacity = capacity;
     mb->overflow = overflow;
-    mb->next_seq = 1; /* 0: requests put back in front by requeue */
+    mb->next_seq = 1;
     mb->queue = queue;
     mb->keep = keep;
+    mb->hold = keep;
     mb->expire = expire;
     mb->closed = 1; /* until owned: the destructor must not find it live */
     if (!(mb->lock = enif_mutex_create("gn_mailbox"))) {
         enif_release_resource(mb);
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        return enif_raise_exception(env, gn_am_enomem);
     }
     if (!gn_take_ownership(env, mb)) {
         enif_release_resource(mb);
@@ -565,17 +776,44 @@ static gn_mailbox *gn_owned_mailbox(ErlNifEnv *env, ERL_NIF_TERM term)
     return mb;
 }
 
-/* mailbox_take(Ref, Max, Upto, Wake) -> [Request]
+/* A take copies its requests out of the lanes, under the lock, on the
+ * owner's scheduler: it stops before a request that would take it past
+ * this budget, and hands a request too big for a normal scheduler to a
+ * dirty one. A copy out costs about what the copy in cost its sender,
+ * noted in `cost`: the budget goes by those (so that a batch of small
+ * requests is never cut short because the thread was preempted), and
+ * the time actually spent is charged to the owner's timeslice. */
+#define GN_TAKE_BUDGET_US 250
+#define GN_TAKE_DIRTY_US 600
+
+static ERL_NIF_TERM gn_take(ErlNifEnv *env, const ERL_NIF_TERM argv[], int dirty);
+
+static ERL_NIF_TERM gn_mailbox_take_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    return gn_take(env, argv, 1);
+}
+
+/* mailbox_take(Ref, Max, Upto, Wake) -> [Request] | {more, [Request]}
  * Pops up to Max requests, the high lane first, then normal requests whose
  * sequence number is at most Upto (infinity: all; high: none), then admits
  * blocked senders into the room made. Calls queued before the last adoption
- * are skipped. Fewer than Max means the lanes were emptied or Upto reached.
+ * are skipped. A list of fewer than Max means the lanes were emptied or
+ * Upto reached; {more, Requests}: the take stopped at its time budget
+ * (large requests) with more to take, as if it had taken Max.
  * Wake = true when the owner is handling a wake: finding both lanes empty
  * then clears `signaled`, so that the next request wakes the owner again,
- * and lanes refilled by blocked senders get a wake of their own. */
+ * and lanes refilled by blocked senders get a wake of their own. In a hold
+ * mailbox, the requests taken before are retired first (the owner takes
+ * only once it has handled them), and those taken now are held. */
 ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
+    return gn_take(env, argv, 0);
+}
+
+static ERL_NIF_TERM gn_take(ErlNifEnv *env, const ERL_NIF_TERM argv[], int dirty)
+{
     unsigned max;
     ErlNifUInt64 upto = UINT64_MAX;
     int high_only = 0, wake;
@@ -595,8 +833,11 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 
     ERL_NIF_TERM batch[GN_MAILBOX_MAX_BATCH];
     gn_chunk *done = NULL;
-    gn_outbox out = {NULL, mb->owner};
+    gn_outbox out = GN_OUTBOX(mb);
     unsigned n = 0;
+    int cut = 0, too_big = 0;
+    ErlNifTime start = enif_monotonic_time(ERL_NIF_USEC);
+    unsigned long costs = 0;
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
         gn_unlock(mb);
@@ -605,26 +846,57 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     /* Message-mode casts are counted without the lock, and the longest
      * queue noted when the owner is about to shorten it: here, or at an ack. */
     gn_note_length(mb);
-    for (int l = GN_HIGH; l >= (high_only ? GN_HIGH : GN_NORMAL); l--) {
+    if (mb->hold) {
+        /* The owner takes again only once it has handled all it took. */
+        gn_lane_retire(&mb->lanes[GN_HIGH], SIZE_MAX, &done);
+        gn_lane_retire(&mb->lanes[GN_NORMAL], SIZE_MAX, &done);
+        __atomic_store_n(&mb->acked, 0, __ATOMIC_RELAXED);
+    }
+    for (int l = GN_HIGH; l >= (high_only ? GN_HIGH : GN_NORMAL) && !cut && !too_big; l--) {
         gn_lane *lane = &mb->lanes[l];
-        while (n < max && lane->len > 0) {
-            if (l == GN_NORMAL && lane->first->items[lane->first->head].seq > upto)
+        gn_item *item;
+        while (n < max && (item = gn_lane_peek(lane))) {
+            if (l == GN_NORMAL && item->seq > upto)
                 break;
-            gn_item *item = gn_lane_pop(lane, &done);
+            if (n > 0 && costs + item->cost > GN_TAKE_BUDGET_US) {
+                cut = 1;
+                break;
+            }
+            if (n == 0 && !dirty && item->cost > GN_TAKE_DIRTY_US) {
+                too_big = 1;
+                break;
+            }
+            gn_lane_take(lane);
             if (item->is_call && item->epoch != mb->epoch) {
                 /* its caller exited with the old owner */
                 __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
                 mb->dropped++;
-            } else
-                batch[n++] = enif_make_copy(env, item->term);
+                item->dead = 1;
+                continue;
+            }
+            batch[n++] = enif_make_copy(env, item->term);
+            costs += item->cost;
+            if (mb->hold)
+                lane->inflight++;
+            else
+                item->dead = 1;
         }
+        if (!mb->hold)
+            gn_lane_retire(lane, SIZE_MAX, &done);
+    }
+    if (too_big) {
+        /* nothing taken: take again on a dirty scheduler */
+        gn_unlock(mb);
+        gn_chunks_free(done);
+        return enif_schedule_nif(env, "mailbox_take", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                 gn_mailbox_take_dirty, 4, argv);
     }
     if (mb->waiting) {
         /* The owner is draining: a lane it refills needs no wake unless the
          * drain ends with this take. */
         int was = __atomic_load_n(&mb->signaled, __ATOMIC_RELAXED);
-        gn_admit_waiters(env, mb, &out);
-        if (wake && was && gn_queued(mb) > 0 && n < max)
+        int more = gn_admit_waiters(env, mb, &out);
+        if (wake && was && (gn_queued(mb) > 0 || more) && n < max && !cut)
             enif_send(env, &mb->owner, NULL, gn_am_wake);
     }
     if (wake && gn_queued(mb) == 0)
@@ -632,8 +904,13 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     gn_unlock(mb);
     gn_chunks_free(done);
     gn_outbox_flush(env, &out);
-    enif_consume_timeslice(env, 1 + (int)(n / 32));
-    return enif_make_list_from_array(env, batch, n);
+    if (!dirty) {
+        ErlNifTime spent = enif_monotonic_time(ERL_NIF_USEC) - start;
+        int percent = 1 + (int)(n / 32) + (int)(spent / 10);
+        enif_consume_timeslice(env, percent > 100 ? 100 : percent);
+    }
+    ERL_NIF_TERM list = enif_make_list_from_array(env, batch, n);
+    return cut ? enif_make_tuple2(env, gn_am_more, list) : list;
 }
 
 /* mailbox_watermark(Ref) -> Seq | none
@@ -651,60 +928,6 @@ ERL_NIF_TERM gn_mailbox_watermark_nif(ErlNifEnv *env, int argc, const ERL_NIF_TE
     uint64_t mark = mb->next_seq - 1;
     gn_unlock(mb);
     return len ? enif_make_uint64(env, mark) : gn_am_none;
-}
-
-/* Which lane a request taken out goes back to: the high lane for the
- * {'$gn_high', {cast | call, ...}} wrappers GenNative puts there. */
-static int gn_requeue_lane(ErlNifEnv *env, ERL_NIF_TERM item, int *is_call)
-{
-    const ERL_NIF_TERM *outer, *inner;
-    int arity;
-    *is_call = 0;
-    if (!enif_get_tuple(env, item, &arity, &outer) || arity != 2 ||
-        !enif_is_identical(outer[0], gn_am_gn_high) ||
-        !enif_get_tuple(env, outer[1], &arity, &inner) || arity < 1)
-        return GN_NORMAL;
-    *is_call = enif_is_identical(inner[0], gn_am_call);
-    return GN_HIGH;
-}
-
-/* mailbox_requeue(Ref, [Request]) -> ok
- * Puts requests the owner took out but did not handle (its batch, when it
- * crashed) back at the front of their lanes, in order, so that a
- * keep_on_crash mailbox hands them to the next owner. At most one batch. */
-ERL_NIF_TERM gn_mailbox_requeue_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
-{
-    (void)argc;
-    unsigned n;
-    gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
-    if (!mb || !mb->queue || !enif_get_list_length(env, argv[1], &n) || n > GN_MAILBOX_MAX_BATCH)
-        return enif_make_badarg(env);
-    gn_lane front[2] = {{NULL, NULL, 0}, {NULL, NULL, 0}};
-    ERL_NIF_TERM head, tail = argv[1];
-    while (enif_get_list_cell(env, tail, &head, &tail)) {
-        int is_call;
-        int l = gn_requeue_lane(env, head, &is_call);
-        /* sequence 0: before everything still queued */
-        if (!gn_lane_push(&front[l], head, 0, mb->epoch, is_call)) {
-            gn_chunks_free(front[GN_NORMAL].first);
-            gn_chunks_free(front[GN_HIGH].first);
-            return enif_raise_exception(env, enif_make_atom(env, "enomem"));
-        }
-    }
-    enif_mutex_lock(mb->lock);
-    for (int l = GN_NORMAL; l <= GN_HIGH; l++) {
-        gn_lane *lane = &mb->lanes[l];
-        if (!front[l].first)
-            continue;
-        front[l].last->next = lane->first;
-        if (!lane->last)
-            lane->last = front[l].last;
-        lane->first = front[l].first;
-        lane->len += front[l].len;
-    }
-    gn_note_length(mb);
-    gn_unlock(mb);
-    return gn_am_ok;
 }
 
 /* Takes one off `sent`, not below zero: a cast sent with GenServer.cast was
@@ -732,20 +955,30 @@ ERL_NIF_TERM gn_mailbox_high_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 }
 
 /* mailbox_ack(Ref, What) -> ok | high
- * The owner is about to handle a process message. What: cast (a
- * {'$gen_cast', _}: in message mode one fewer is waiting, and a blocked
- * sender may fit now), or expired (a call whose caller gave up, which the
- * owner skips: it moves from accepted to expired). Returns high when
- * priority requests wait, to be handled first. */
+ * The owner is about to handle a process message, or has handled requests
+ * it took. What: cast (a {'$gen_cast', _}: in message mode one fewer is
+ * waiting, and a blocked sender may fit now), expired (a call whose caller
+ * gave up, which the owner skips: it moves from accepted to expired), or N,
+ * a count: the next N requests of its last take are handled (or skipped),
+ * so that a keep_on_crash mailbox does not hand them out again if the
+ * owner dies; lock-free. Returns high when priority requests wait, to be
+ * handled first. */
 ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
     gn_mailbox *mb = gn_owned_mailbox(env, argv[0]);
+    unsigned handled;
     int cast = enif_is_identical(argv[1], gn_am_cast);
     int expired = enif_is_identical(argv[1], gn_am_expired);
-    if (!mb || (!cast && !expired))
+    int count = !cast && !expired && enif_get_uint(env, argv[1], &handled);
+    if (!mb || (!cast && !expired && !count))
         return enif_make_badarg(env);
-    if (expired) {
+    if (count) {
+        /* Only the owner writes it; the down callback reads it after the
+         * owner has exited, and the next take resets it. */
+        if (mb->hold)
+            __atomic_fetch_add(&mb->acked, handled, __ATOMIC_RELEASE);
+    } else if (expired) {
         enif_mutex_lock(mb->lock);
         __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
         mb->expired++;
@@ -754,7 +987,7 @@ ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         if (gn_lock_free(mb)) {
             gn_sent_dec(mb);
         } else {
-            gn_outbox out = {NULL, mb->owner};
+            gn_outbox out = GN_OUTBOX(mb);
             enif_mutex_lock(mb->lock);
             gn_sent_dec(mb);
             if (mb->waiting && !mb->closed)
@@ -887,30 +1120,34 @@ static gn_mailbox *gn_lock_target(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifP
 static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *self,
                              ERL_NIF_TERM item, int lane, int is_call)
 {
-    gn_waiter *w = gn_alloc(sizeof(*w));
-    ErlNifEnv *wenv = w ? enif_alloc_env() : NULL;
-    if (!wenv) {
-        if (w)
-            gn_free(w);
+    gn_waiter *w = enif_alloc_resource(gn_waiter_rtype, sizeof(*w));
+    if (!w)
+        return 0;
+    memset(w, 0, sizeof(*w));
+    if (!(w->env = enif_alloc_env())) {
+        enif_release_resource(w);
         return 0;
     }
-    w->next = NULL;
+    enif_keep_resource(mb);
+    w->mb = mb;
     w->pid = *self;
-    w->env = wenv;
-    w->tag = enif_make_ref(wenv);
-    w->item = enif_make_copy(wenv, item);
+    w->item = enif_make_copy(w->env, item);
     w->result = gn_am_ok;
     w->lane = lane;
     w->is_call = is_call;
     w->deliver = GN_KEEP;
-    if (mb->wait_tail)
-        mb->wait_tail->next = w;
+    w->gen = mb->wait_gen;
+    w->linked = 1;
+    /* the allocation's reference is the FIFO's */
+    w->prev = mb->wait_tail[lane];
+    if (w->prev)
+        w->prev->next = w;
     else
-        mb->wait_head = w;
-    mb->wait_tail = w;
+        mb->wait_head[lane] = w;
+    mb->wait_tail[lane] = w;
     mb->waiting++;
     mb->waiting_lane[lane]++;
-    return enif_make_tuple2(env, gn_am_wait, enif_make_copy(env, w->tag));
+    return enif_make_tuple2(env, gn_am_wait, enif_make_resource(env, w));
 }
 
 /* mailbox_send(Pid, Item, Lane, Kind) ->
@@ -996,11 +1233,17 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             if (lane->len > 0) {
                 /* The evicted request moves from accepted to dropped, so
                  * that the counters add up to what was sent. */
-                gn_item *old = gn_lane_pop(lane, &done);
+                gn_item *old = gn_lane_peek(lane);
+                gn_lane_take(lane);
+                old->dead = 1;
                 __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
                 mb->dropped++;
                 if (old->is_call && old->epoch == mb->epoch)
                     result = enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, old->term));
+                /* A held lane keeps it behind the cursor with the items
+                 * in flight until they are retired. */
+                if (!mb->hold)
+                    gn_lane_retire(lane, SIZE_MAX, &done);
             }
             break;
         case GN_BLOCK:
@@ -1011,7 +1254,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             result = gn_block(env, mb, &self, argv[1], lane_ix, is_call);
             if (!result) {
                 gn_unlock(mb);
-                return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+                return enif_raise_exception(env, gn_am_enomem);
             }
             goto unlock;
         }
@@ -1038,7 +1281,7 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
         gn_unlock(mb);
         gn_chunks_free(done);
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        return enif_raise_exception(env, gn_am_enomem);
     }
     mb->next_seq++;
     gn_note_length(mb);
@@ -1070,38 +1313,33 @@ unlock:
 
 /* mailbox_cancel(Pid, Tag) -> cancelled | not_found
  * A blocked sender gives up; its request counts as rejected. not_found: it
- * was admitted or released already, and {Tag, Result} is on its way. */
+ * was admitted or released already, and {Tag, Result} is on its way. O(1)
+ * (plus the waiters behind it it lets in). */
 ERL_NIF_TERM gn_mailbox_cancel_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     (void)argc;
-    ErlNifPid pid;
-    if (!enif_is_pid(env, argv[0]) || !enif_is_ref(env, argv[1]))
+    gn_waiter *w;
+    if (!enif_is_pid(env, argv[0]) ||
+        !enif_get_resource(env, argv[1], gn_waiter_rtype, (void **)&w))
         return enif_make_badarg(env);
-    gn_mailbox *mb = gn_lock_target(env, argv[0], &pid);
-    if (!mb)
-        return gn_am_not_found;
-    gn_waiter *found = NULL;
-    for (gn_waiter **p = &mb->wait_head, *prev = NULL; *p; prev = *p, p = &(*p)->next) {
-        if (enif_is_identical((*p)->tag, argv[1])) {
-            found = *p;
-            *p = found->next;
-            if (mb->wait_tail == found)
-                mb->wait_tail = prev;
-            mb->waiting--;
-            mb->waiting_lane[found->lane]--;
-            mb->rejected++; /* it gave up: sent, never accepted */
-            break;
-        }
+    gn_mailbox *mb = w->mb;
+    gn_outbox out = GN_OUTBOX(mb);
+    enif_mutex_lock(mb->lock);
+    int found = w->linked && w->gen == mb->wait_gen;
+    if (found) {
+        gn_wait_unlink(mb, w);
+        mb->rejected++; /* it gave up: sent, never accepted */
+        /* Those behind it may fit now. */
+        if (mb->waiting && !mb->closed)
+            gn_admit_waiters(env, mb, &out);
     }
-    /* Those behind it may fit now. */
-    gn_outbox out = {NULL, mb->owner};
-    if (found && mb->waiting && !mb->closed)
-        gn_admit_waiters(env, mb, &out);
     gn_unlock(mb);
     gn_outbox_flush(env, &out);
     if (!found)
         return gn_am_not_found;
-    gn_waiter_free(found);
+    enif_free_env(w->env);
+    w->env = NULL;
+    enif_release_resource(w); /* the FIFO's reference */
     return gn_am_cancelled;
 }
 

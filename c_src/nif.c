@@ -96,7 +96,6 @@ static ErlNifFunc gn_funcs[] = {
     {"mailbox_info",     1,     gn_mailbox_info_nif,    0},
     {"mailbox_adopt",    1,     gn_mailbox_adopt_nif,   0},
     {"mailbox_discard",  1,     gn_mailbox_discard_nif, 0},
-    {"mailbox_requeue",  2,     gn_mailbox_requeue_nif, 0},
     {"store_new",        5,     gn_store_new_nif,       0},
     {"store_whereis",    1,     gn_store_whereis_nif,   0},
     {"store_put",        5,     gn_store_put_nif,       0},

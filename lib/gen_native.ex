@@ -349,6 +349,9 @@ defmodule GenNative do
     * `:priority` - `:normal` (default) or `:high`. A high-priority call is
       handled before every request still waiting (see "Ordering" above), in
       FIFO order with other high-priority requests.
+
+  Options that are not a keyword list, or a bad `:priority`, raise
+  `ArgumentError`.
   """
   @spec call(GenServer.server(), term(), timeout(), keyword()) :: term()
   def call(server, request, timeout \\ @default_timeout, options \\ []) do
@@ -532,7 +535,7 @@ defmodule GenNative do
   defp priority!([]), do: :normal
 
   defp priority!(options) do
-    case Keyword.get(options, :priority, :normal) do
+    case Keyword.get(options!(options), :priority, :normal) do
       p when p in [:normal, :high] ->
         p
 
@@ -555,28 +558,43 @@ defmodule GenNative do
       handled before every request still waiting (see "Ordering" above).
     * `:timeout` - under `overflow: :block`, how long to wait for room, in
       milliseconds or `:infinity` (default).
+
+  Options that are not a keyword list, or a bad `:priority` or `:timeout`,
+  raise `ArgumentError`.
   """
   @spec cast(GenServer.server(), term(), keyword()) :: :ok | {:error, :mailbox_full}
   def cast(server, request, options \\ [])
+  def cast(server, request, []), do: do_cast(server, request, [])
+  def cast(server, request, options), do: do_cast(server, request, options!(options))
 
-  def cast(pid, request, options) when is_pid(pid) and node(pid) == node(),
+  defp do_cast(pid, request, options) when is_pid(pid) and node(pid) == node(),
     do: native_cast(pid, request, options)
 
-  def cast(name, request, options) when is_atom(name) do
+  defp do_cast(name, request, options) when is_atom(name) do
     case Process.whereis(name) do
       nil -> :ok
       pid -> native_cast(pid, request, options)
     end
   end
 
-  def cast({name, node}, request, options) when is_atom(name) and node == node(),
-    do: cast(name, request, options)
+  defp do_cast({name, node}, request, options) when is_atom(name) and node == node(),
+    do: do_cast(name, request, options)
 
-  def cast({tag, _} = server, request, options) when tag == :global,
+  defp do_cast({tag, _} = server, request, options) when tag == :global,
     do: cast_registered(server, request, options)
 
-  def cast({:via, _, _} = server, request, options), do: cast_registered(server, request, options)
-  def cast(server, request, _options), do: GenServer.cast(server, request)
+  defp do_cast({:via, _, _} = server, request, options),
+    do: cast_registered(server, request, options)
+
+  defp do_cast(server, request, _options), do: GenServer.cast(server, request)
+
+  defp options!(options) do
+    unless Keyword.keyword?(options) do
+      raise ArgumentError, "expected options to be a keyword list, got: #{inspect(options)}"
+    end
+
+    options
+  end
 
   # GenServer.cast/2 returns :ok whatever the name's module does; so do we.
   defp cast_registered(server, request, options) do
@@ -663,11 +681,13 @@ defmodule GenNative do
   from `accepted` to `expired`.
   `max_length` is the most ever queued (both lanes); `blocked_senders` the
   senders waiting under `overflow: :block`, who count once admitted. Returns `{:error, :not_native}`
-  for a plain `GenServer` and `{:error, :noproc}` when there is no such
-  process.
+  for a plain `GenServer` (or a node without GenNative), `{:error, :noproc}`
+  when there is no such process, and `{:error, {:nodedown, node}}` for a
+  server on a node that cannot be reached (the reason `GenServer.call/3`
+  exits with there).
   """
   @spec mailbox_info(GenServer.server()) ::
-          GenNative.Mailbox.info() | {:error, :not_native | :noproc}
+          GenNative.Mailbox.info() | {:error, :not_native | :noproc | {:nodedown, node()}}
   defdelegate mailbox_info(server), to: GenNative.Mailbox, as: :info
 
   @doc """

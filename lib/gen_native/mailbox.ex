@@ -59,14 +59,26 @@ defmodule GenNative.Mailbox do
       once, and in queue mode how many queued requests the server handles
       before it looks at its process mailbox again (default 64, at most
       1024). With `handle_batch/2` defined, a batch size above 1 means queue
-      mode; `batch_size: 1` keeps message mode.
+      mode; `batch_size: 1` keeps message mode. A batch of large casts can
+      be smaller: the server copies casts out of the queue for about 250 us
+      at a time on its scheduler (a cast too large for that is copied on a
+      dirty scheduler).
 
-    * `:keep_on_crash` - `true` or `false` (default). With `true`, casts still
-      queued when the server crashes are delivered, in order, to the next
-      server started under the same registered name with the same module
-      (typically by its supervisor); priority calls queued by the dead server
-      are dropped, their callers having exited already. A registered name is
-      required. Queue mode. The queue is freed when the server stops with
+    * `:keep_on_crash` - `true` or `false` (default). With `true`, casts not
+      handled yet when the server crashes are delivered, in order, to the
+      next server started under the same registered name with the same
+      module (typically by its supervisor); priority calls queued by the
+      dead server are dropped, their callers having exited already. A
+      registered name is required. Queue mode.
+
+      This holds for any exit, `Process.exit(pid, :kill)` and untrapped
+      linked exits included, where no code of the server runs: the mailbox
+      keeps the casts the server has taken out of it (up to `:batch_size`
+      at a time) until their callback returns. A cast whose callback raised
+      or stopped the server counts as handled and is not delivered again.
+      The cast (or `handle_batch/2` batch) being handled when the server is
+      killed is delivered again to the next server: delivery is at least
+      once for it, exactly once for every other cast. The queue is freed when the server stops with
       `:normal`, `:shutdown` or `{:shutdown, _}`, and otherwise kept for
       `Application.get_env(:gen_native, :keep_on_crash_ms, 5000)` ms after
       the crash: if no new server has adopted it by then, it is freed.
@@ -176,7 +188,7 @@ defmodule GenNative.Mailbox do
   The state of `server`'s native mailbox, read in O(1) without sending the
   server a message. See `GenNative.mailbox_info/1`.
   """
-  @spec info(GenServer.server()) :: info() | {:error, :not_native | :noproc}
+  @spec info(GenServer.server()) :: info() | {:error, :not_native | :noproc | {:nodedown, node()}}
   def info(server) do
     case GenServer.whereis(server) do
       pid when is_pid(pid) and node(pid) == node() ->
@@ -192,8 +204,16 @@ defmodule GenNative.Mailbox do
         {:error, :noproc}
 
       remote ->
-        :erpc.call(node_of(remote), __MODULE__, :info, [local_name(remote)])
+        remote_info(node_of(remote), local_name(remote))
     end
+  end
+
+  defp remote_info(node, server) do
+    :erpc.call(node, __MODULE__, :info, [server])
+  catch
+    :error, {:erpc, :noconnection} -> {:error, {:nodedown, node}}
+    # a node without GenNative runs no GenNative server
+    :error, {:exception, :undef, [{__MODULE__, :info, _, _} | _]} -> {:error, :not_native}
   end
 
   defp node_of({_name, node}), do: node

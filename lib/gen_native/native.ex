@@ -37,13 +37,13 @@ defmodule GenNative.Native do
   def mailbox_cancel(_pid, _tag), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_take(mailbox(), pos_integer(), non_neg_integer() | :infinity | :high, boolean()) ::
-          [term()]
+          [term()] | {:more, [term()]}
   def mailbox_take(_mailbox, _max, _upto, _wake), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_watermark(mailbox()) :: non_neg_integer() | :none
   def mailbox_watermark(_mailbox), do: :erlang.nif_error(:not_loaded)
 
-  @spec mailbox_ack(mailbox(), :cast | :expired) :: :ok | :high
+  @spec mailbox_ack(mailbox(), :cast | :expired | non_neg_integer()) :: :ok | :high
   def mailbox_ack(_mailbox, _what), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_high(mailbox()) :: boolean()
@@ -54,9 +54,6 @@ defmodule GenNative.Native do
 
   @spec mailbox_adopt(mailbox()) :: non_neg_integer()
   def mailbox_adopt(_mailbox), do: :erlang.nif_error(:not_loaded)
-
-  @spec mailbox_requeue(mailbox(), [term()]) :: :ok
-  def mailbox_requeue(_mailbox, _requests), do: :erlang.nif_error(:not_loaded)
 
   @spec mailbox_discard(mailbox()) :: :ok
   def mailbox_discard(_mailbox), do: :erlang.nif_error(:not_loaded)

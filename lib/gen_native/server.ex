@@ -37,7 +37,8 @@ defmodule GenNative.Server do
   # puts around handle_cast/2 and handle_call/3 step aside; nil when init/1
   # ran outside a server
   @gn :"$gn"
-  # keep_on_crash: requests taken out but not handled yet
+  # keep_on_crash: how many requests taken out the callback running now
+  # handles, to ack once it returns (or raises)
   @pending :"$gn_pending"
   # {from, reply} of a priority call that returned {:stop, r, reply, s}
   @stop_reply :"$gn_stop_reply"
@@ -201,19 +202,27 @@ defmodule GenNative.Server do
   end
 
   defp take_high({_, mailbox, _} = ctx, batch_size, state) do
-    case Native.mailbox_take(mailbox, batch_size, :high, false) do
+    {requests, more?} = taken(Native.mailbox_take(mailbox, batch_size, :high, false), batch_size)
+
+    case requests do
       [] ->
         {:cont, state}
 
       requests ->
         case handle_requests(ctx, requests, state, nil) do
+          {:cont, state, _} when more? -> take_high(ctx, batch_size, state)
           # a short take emptied the lane
-          {:cont, state, _} when length(requests) < batch_size -> {:cont, state}
-          {:cont, state, _} -> take_high(ctx, batch_size, state)
+          {:cont, state, _} -> {:cont, state}
           stop -> stop
         end
     end
   end
+
+  # What a take returned, and whether there may be more to take: a short
+  # list means the lanes were emptied (or `upto` reached); {:more, list}, a
+  # take cut short by large requests, that there is more.
+  defp taken({:more, requests}, _batch_size), do: {requests, true}
+  defp taken(requests, batch_size), do: {requests, length(requests) == batch_size}
 
   @doc false
   # handle_info(:"$gn_wake", state): priority requests and, in queue mode,
@@ -245,34 +254,25 @@ defmodule GenNative.Server do
   end
 
   # Runs `take` (a drain or a take of priority requests) and finishes it.
-  # With keep_on_crash, what was taken out and not handled when a callback
-  # crashes or stops the server goes back to the mailbox for the next one.
+  # With keep_on_crash, the mailbox holds what the server took out until
+  # the server acks it as handled (see handled/1), and gives what was not
+  # back to the next server when this one exits, however it exits: a
+  # request whose callback raised counts as handled, as one that stopped
+  # the server does.
   defp keeping({_, mailbox, {_, _, true, _}}, take) do
     result =
       try do
         take.()
       catch
         kind, reason ->
-          requeue(mailbox)
+          ack_pending(mailbox)
           :erlang.raise(kind, reason, __STACKTRACE__)
       end
-
-    case result do
-      {:stop, _, _} -> requeue(mailbox)
-      _ -> Process.delete(@pending)
-    end
 
     finish(result)
   end
 
   defp keeping(_ctx, take), do: finish(take.())
-
-  defp requeue(mailbox) do
-    case Process.delete(@pending) do
-      [_ | _] = rest -> Native.mailbox_requeue(mailbox, rest)
-      _ -> :ok
-    end
-  end
 
   @doc false
   # format_status/1: a crash report names the request taken from the
@@ -303,7 +303,9 @@ defmodule GenNative.Server do
   # `upto` is :infinity, :high (priority requests only) or the sequence
   # number of the last normal request to take.
   defp drain({_, mailbox, _} = ctx, batch_size, state, upto, timeout) do
-    case Native.mailbox_take(mailbox, batch_size, upto, true) do
+    {requests, more?} = taken(Native.mailbox_take(mailbox, batch_size, upto, true), batch_size)
+
+    case requests do
       [] ->
         reply(state, timeout)
 
@@ -312,7 +314,7 @@ defmodule GenNative.Server do
           {:cont, state, timeout} ->
             cond do
               # a short take emptied the lanes or reached `upto`
-              length(requests) < batch_size -> reply(state, timeout)
+              not more? -> reply(state, timeout)
               upto == :infinity -> continue(ctx, batch_size, state, timeout)
               true -> drain(ctx, batch_size, state, upto, timeout)
             end
@@ -345,27 +347,26 @@ defmodule GenNative.Server do
 
   # Priority requests come first in a take, wrapped as {:"$gn_high", _};
   # then normal casts, bare. `mode` is {queue?, handle_batch/2 exported?,
-  # keep_on_crash?, drop_expired_calls?}; with keep_on_crash the requests
-  # not handled yet are kept in @pending, to go back to the mailbox if a
-  # callback crashes.
+  # keep_on_crash?, drop_expired_calls?}; with keep_on_crash each request
+  # is acked once its callback has returned (track/2, handled/1), so that
+  # if the server is killed, only the one being handled is given to the
+  # next server again.
   defp handle_requests(_ctx, [], state, timeout), do: {:cont, state, timeout}
 
   defp handle_requests(ctx, [{:"$gn_high", {:call, from, request}} | rest], state, timeout) do
     {module, mailbox, {_, _, _, expire?} = mode} = ctx
-    track(mode, rest)
+    track(mode, 1)
 
     if expire? and expired?(from) do
       Native.mailbox_ack(mailbox, :expired)
+      handled(ctx)
       handle_requests(ctx, rest, state, timeout)
     else
       Process.put(@last, {:"$gen_call", from, request})
+      result = run(fn -> module.handle_call(request, from, state) end)
+      handled(ctx)
 
-      case call_result(
-             module,
-             from,
-             run(fn -> module.handle_call(request, from, state) end),
-             state
-           ) do
+      case call_result(module, from, result, state) do
         {:cont, state, timeout} -> handle_requests(ctx, rest, state, timeout)
         stop -> stop
       end
@@ -374,13 +375,15 @@ defmodule GenNative.Server do
 
   defp handle_requests(ctx, [{:"$gn_high", {:cast, request}} | rest], state, _) do
     {module, _, {_, batch?, _, _} = mode} = ctx
-    track(mode, rest)
+    track(mode, 1)
     Process.put(@last, {:"$gen_cast", request})
 
     result =
       if batch?,
         do: run(fn -> module.handle_batch([request], state) end),
         else: run(fn -> module.handle_cast(request, state) end)
+
+    handled(ctx)
 
     case noreply(module, result, state) do
       {:cont, state, timeout} -> handle_requests(ctx, rest, state, timeout)
@@ -390,17 +393,19 @@ defmodule GenNative.Server do
 
   defp handle_requests({module, _, {_, true, _, _} = mode} = ctx, requests, state, _timeout) do
     {batch, rest} = Enum.split_while(requests, &(not wrapped?(&1)))
-    track(mode, rest)
+    track(mode, length(batch))
     Process.put(@last, {:"$gen_cast", {:"$gn_batch", batch}})
+    result = run(fn -> module.handle_batch(batch, state) end)
+    handled(ctx)
 
-    case noreply(module, run(fn -> module.handle_batch(batch, state) end), state) do
+    case noreply(module, result, state) do
       {:cont, state, timeout} -> handle_requests(ctx, rest, state, timeout)
       stop -> stop
     end
   end
 
   defp handle_requests({module, _, mode} = ctx, [request | rest], state, _timeout) do
-    track(mode, rest)
+    track(mode, 1)
     Process.put(@last, {:"$gen_cast", request})
 
     # the hot path: no closure
@@ -411,14 +416,28 @@ defmodule GenNative.Server do
         :throw, value -> value
       end
 
+    handled(ctx)
+
     case noreply(module, result, state) do
       {:cont, state, timeout} -> handle_requests(ctx, rest, state, timeout)
       stop -> stop
     end
   end
 
-  defp track({_, _, true, _}, rest), do: Process.put(@pending, rest)
-  defp track(_mode, _rest), do: :ok
+  # keep_on_crash: the callback about to run handles `n` requests taken out
+  defp track({_, _, true, _}, n), do: Process.put(@pending, n)
+  defp track(_mode, _n), do: :ok
+
+  # keep_on_crash: they are handled (the callback returned, or raised)
+  defp handled({_, mailbox, {_, _, true, _}}), do: ack_pending(mailbox)
+  defp handled(_ctx), do: :ok
+
+  defp ack_pending(mailbox) do
+    case Process.put(@pending, 0) do
+      n when is_integer(n) and n > 0 -> Native.mailbox_ack(mailbox, n)
+      _ -> :ok
+    end
+  end
 
   # priority requests end a batch
   defp wrapped?({:"$gn_high", _}), do: true

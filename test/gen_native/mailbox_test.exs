@@ -36,6 +36,28 @@ defmodule GenNative.MailboxTest do
 
   defp unique_name(prefix), do: :"#{prefix}_#{System.unique_integer([:positive])}"
 
+  describe "cast/3 and call/4 options" do
+    test "options that are not a keyword list raise ArgumentError, whatever the server" do
+      pid = start_server([])
+      name = unique_name(:opts)
+      Process.register(spawn(fn -> Process.sleep(:infinity) end), name)
+
+      for server <- [pid, name, :no_such_name, {:global, :no_such}, {:x, :gn_nohost@nohost}],
+          bad <- [[:high], [{:priority}], :high, %{priority: :high}, [{"priority", :high}]] do
+        error = assert_raise ArgumentError, fn -> GenNative.cast(server, :x, bad) end
+        assert error.message =~ "expected options to be a keyword list, got: #{inspect(bad)}"
+      end
+
+      for bad <- [[:high], :high, %{priority: :high}] do
+        error = assert_raise ArgumentError, fn -> GenNative.call(pid, :x, 5000, bad) end
+        assert error.message =~ "expected options to be a keyword list, got: #{inspect(bad)}"
+      end
+
+      # the server saw none of them
+      assert sync_events(pid) == []
+    end
+  end
+
   describe "options" do
     @invalid [
       capacity: [0, -1, 1.5, :big, nil, "10", [1]],
@@ -894,6 +916,58 @@ defmodule GenNative.MailboxTest do
       assert sync_events(new) == casts([:h | Enum.to_list(1..50)])
     end
 
+    # Casts taken out of the queue and not handled yet survive an exit that
+    # runs no code of the server's (a kill, an untrapped linked exit): they
+    # stay in the mailbox until handled. The cast being handled when the
+    # server died is delivered again (at least once).
+    for {how, kill} <- [
+          kill: quote(do: fn pid -> Process.exit(pid, :kill) end),
+          linked_exit:
+            quote(
+              do: fn pid ->
+                spawn(fn ->
+                  Process.link(pid)
+                  exit(:boom)
+                end)
+              end
+            )
+        ] do
+      test "casts taken out but not handled survive an exit (#{how})" do
+        name = unique_name(:keep_inflight)
+        {_sup, pid} = supervise(name)
+        :ok = :sys.suspend(pid)
+        test = self()
+        requests = Enum.to_list(1..9) ++ [{:hold, test}] ++ Enum.to_list(11..200)
+        Enum.each(requests, &GenNative.cast(name, &1))
+        :ok = :sys.resume(pid)
+        assert_receive {:holding, ^pid}, 5000
+        unquote(kill).(pid)
+
+        # the restarted server's first request is the one being handled
+        assert_receive {:holding, new} when new != pid, 5000
+        assert Process.whereis(name) == new
+        send(new, :release)
+        assert sync_events(new) == casts(Enum.drop(requests, 9))
+      end
+    end
+
+    test "a batch taken out but not handled survives a kill, and is handled again" do
+      name = unique_name(:keep_inflight_batch)
+      {_sup, pid} = supervise(name, BatchRecorder, batch_size: 4)
+      :ok = :sys.suspend(pid)
+      test = self()
+      Enum.each([1, 2, 3, 4, 5, {:hold, test}, 7, 8, 9, 10], &GenNative.cast(name, &1))
+      :ok = :sys.resume(pid)
+      assert_receive {:holding, ^pid}, 5000
+      Process.exit(pid, :kill)
+
+      assert_receive {:holding, new} when new != pid, 5000
+      assert Process.whereis(name) == new
+      send(new, :release)
+
+      assert sync_events(new) == [{:batch, [5, {:hold, test}, 7, 8]}, {:batch, [9, 10]}]
+    end
+
     test "casts not yet handled when a callback crashes reach the restarted server in order" do
       name = unique_name(:keep_raise)
       {_sup, pid} = supervise(name)
@@ -999,6 +1073,11 @@ defmodule GenNative.MailboxTest do
   end
 
   describe "mailbox_info/1" do
+    test "a server on a node that cannot be reached: {:error, {:nodedown, node}}" do
+      node = :"gn_unreachable@nohost.invalid"
+      assert info({:some_server, node}) == {:error, {:nodedown, node}}
+    end
+
     test "reads the counters without a message to the server, by pid and by name" do
       name = unique_name(:info)
       pid = start_server([capacity: 10], name: name)

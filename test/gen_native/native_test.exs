@@ -159,6 +159,61 @@ defmodule GenNative.NativeTest do
     end
   end
 
+  describe "keep: requests taken out are held until acked" do
+    # The owner of a keep mailbox acks what it has handled; when it exits,
+    # what it took out and did not ack goes back in front, in order, for
+    # the next owner; what was evicted meanwhile stays gone.
+    test "the unacked rest of a take goes back in front when the owner is killed" do
+      test = self()
+
+      owner =
+        spawn(fn ->
+          ref = Native.mailbox_new(3, :drop_oldest, [:queue, :keep])
+          send(test, {:mailbox, ref})
+
+          receive do
+            :take ->
+              send(test, {:taken, Native.mailbox_take(ref, 2, :infinity, true)})
+              Native.mailbox_ack(ref, 1)
+              send(test, :acked)
+              Process.sleep(:infinity)
+          end
+        end)
+
+      ref = receive(do: ({:mailbox, ref} -> ref))
+      for i <- 1..3, do: :ok = Native.mailbox_send(owner, i, :normal, :cast)
+      send(owner, :take)
+      assert_receive {:taken, [1, 2]}
+      assert_receive :acked
+      # 3 waits; 4 and 5 fit; 6 evicts 3, which is gone for good
+      for i <- 4..6, do: :ok = Native.mailbox_send(owner, i, :normal, :cast)
+      assert %{length: 3, dropped: 1} = Native.mailbox_info(owner)
+
+      mref = Process.monitor(owner)
+      Process.exit(owner, :kill)
+      assert_receive {:DOWN, ^mref, _, _, :killed}
+
+      spawn_link(fn ->
+        adopted = adopt(ref)
+        send(test, {:adopted, adopted, Native.mailbox_take(ref, 10, :infinity, true)})
+      end)
+
+      # 2 was taken and not acked: it comes back, before what was queued
+      assert_receive {:adopted, 4, [2, 4, 5, 6]}
+    end
+  end
+
+  defp adopt(ref) do
+    case Native.mailbox_adopt(ref) do
+      :not_ready ->
+        Process.sleep(1)
+        adopt(ref)
+
+      n ->
+        n
+    end
+  end
+
   describe "scheduling" do
     # long_schedule reports any timeslice over 1 ms, including one stretched
     # because the OS preempted the scheduler thread on a busy machine. So each
@@ -183,6 +238,72 @@ defmodule GenNative.NativeTest do
              "long schedules: #{inspect(attempts, pretty: true)}"
     end
   end
+
+  describe "large requests" do
+    # A take copies requests out of the C queue; large ones must not hold
+    # the owner's normal scheduler past 1 ms: a take stops at its budget
+    # and says {:more, requests}, and a single request too large for one
+    # timeslice is copied on a dirty scheduler. Retried as above.
+    @tag timeout: 300_000
+    @tag :scheduling
+    test "taking large requests never runs longer than 1 ms on a normal scheduler" do
+      attempts =
+        Enum.reduce_while(1..5, [], fn _, acc ->
+          attempt = large_take_scenario()
+          if attempt == [], do: {:halt, [attempt | acc]}, else: {:cont, [attempt | acc]}
+        end)
+
+      assert Enum.any?(attempts, &(&1 == [])),
+             "long schedules: #{inspect(attempts, pretty: true)}"
+    end
+  end
+
+  defp large_take_scenario do
+    parent = self()
+
+    owner =
+      spawn(fn ->
+        ref = Native.mailbox_new(:infinity, :reject, [:queue])
+        send(parent, {:owner_ready, self()})
+
+        receive do
+          :go -> send(parent, {:taken, take_all(ref, [])})
+        end
+      end)
+
+    assert_receive {:owner_ready, ^owner}
+    big = Enum.to_list(1..10_000)
+    for i <- 1..200, do: :ok = Native.mailbox_send(owner, {i, big}, :normal, :cast)
+    huge = Enum.to_list(1..1_000_000)
+    :ok = Native.mailbox_send(owner, {:huge, huge}, :normal, :cast)
+    :ok = Native.mailbox_send(owner, {:last, big}, :normal, :cast)
+
+    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
+
+    try do
+      send(owner, :go)
+      assert_receive {:taken, taken}, 60_000
+      # every request, in order
+      assert taken == Enum.to_list(1..200) ++ [:huge, :last]
+    after
+      restore_monitor(previous)
+    end
+
+    for {pid, info} <- collect_long_schedules([]), pid == owner, do: {pid, info}
+  end
+
+  # Keeps the first element of each request only: the owner's own work on
+  # the large terms (a comparison, a GC of them kept alive) would be long
+  # schedules of its own.
+  defp take_all(ref, acc) do
+    case isolated(fn -> Native.mailbox_take(ref, 1024, :infinity, true) end) do
+      [] -> Enum.reverse(acc)
+      {:more, items} -> take_all(ref, tags(items, acc))
+      items -> take_all(ref, tags(items, acc))
+    end
+  end
+
+  defp tags(items, acc), do: Enum.reduce(items, acc, fn {tag, [1, 2 | _]}, acc -> [tag | acc] end)
 
   defp long_schedules_in_scenario do
     payload = {:item, "some binary", [1, 2, 3], %{k: :v}}
@@ -246,6 +367,7 @@ defmodule GenNative.NativeTest do
   defp drain(ref, count) do
     case isolated(fn -> Native.mailbox_take(ref, 1024, :infinity, true) end) do
       [] -> count
+      {:more, items} -> drain(ref, count + length(items))
       items -> drain(ref, count + length(items))
     end
   end

@@ -12,9 +12,18 @@ defmodule GenNative.MailboxServers do
   def act({:stop, reason}, state), do: {:stop, reason, state}
   def act({:return, value}, _state), do: value
   def act({:throw, value}, _state), do: throw(value)
+
+  def act({:hold, test}, state) do
+    send(test, {:holding, self()})
+
+    receive do
+      :release -> {:noreply, state}
+    end
+  end
+
   def act(_request, state), do: {:noreply, state}
 
-  def special?({tag, _}) when tag in [:raise, :stop, :return, :throw], do: true
+  def special?({tag, _}) when tag in [:raise, :stop, :return, :throw, :hold], do: true
   def special?(_), do: false
 
   @doc """
