@@ -63,12 +63,16 @@ $(PRIV) $(OBJ)/nif $(OBJ)/port:
 
 # The port program's fuzz target (clang's libFuzzer, ASan, UBSan):
 #   make fuzz [FUZZ_TIME=600]   runs it; findings go to $(OBJ)/fuzz/
+# Needs Debian's clang-14 and libclang-rt-14-dev (libFuzzer); `clang` is used
+# when on PATH, else clang-14 (Debian 12 installs only the versioned name
+# unless the `clang` package is there too).
 FUZZ_TIME ?= 600
+CLANG ?= $(or $(shell command -v clang 2>/dev/null),$(shell command -v clang-14 2>/dev/null),clang)
 FUZZ_BIN := $(OBJ)/fuzz/gen_native_port_fuzz
 FUZZ_SRC := $(filter-out c_src/port/main.c,$(wildcard c_src/port/*.c))
 
 $(FUZZ_BIN): $(FUZZ_SRC) $(wildcard c_src/port/*.h) | $(OBJ)/fuzz
-	clang -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
+	$(CLANG) -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
 	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	  -I$(ERL_EI_INCLUDE_DIR) -o $@ $(FUZZ_SRC) -L$(ERL_EI_LIBDIR) -lei -pthread
 
