@@ -97,7 +97,12 @@
     X(index) \
     X(not_ordered) \
     X(invalid_snapshot) \
-    X(purge)
+    X(purge) \
+    /* store (issue 10) */ \
+    X(enomem) \
+    X(safe) \
+    X(unsafe_snapshot) \
+    X(system_limit)
 /* clang-format on */
 #define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high)
 #define GN_DECLARE_ATOM(name) extern ERL_NIF_TERM gn_am_##name;

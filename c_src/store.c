@@ -28,6 +28,7 @@
 #include <string.h>
 
 #include "avl.h"
+#include "etf_scan.h"
 #include "heap.h"
 #include "store.h"
 
@@ -597,9 +598,12 @@ static void gn_store_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonit
         gn_name_remove(s); /* may drop the last reference: last */
 }
 
+static void gn_crc_init(void);
+
 int gn_store_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
 {
     (void)priv;
+    gn_crc_init();
     ErlNifResourceTypeInit init = {.dtor = gn_store_dtor, .stop = NULL, .down = gn_store_down};
     ErlNifResourceType *rt = enif_open_resource_type_x(env, "gn_store", &init, flags, NULL);
     if (!rt)
@@ -806,10 +810,13 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     }
 
     gn_store *s = enif_alloc_resource(gn_store_rtype, sizeof(*s));
+    /* zeroed at once: a failure below releases it, and the destructor
+     * reads every field */
+    if (s)
+        memset(s, 0, sizeof(*s));
     gn_name *entry = has_name ? gn_alloc(sizeof(*entry)) : NULL;
     if (!s || (has_name && !entry))
         goto enomem;
-    memset(s, 0, sizeof(*s));
     s->ordered = ordered;
     s->public_access = pub;
     s->named_lifetime = named;
@@ -838,7 +845,7 @@ enomem:
         gn_free(entry);
     if (s)
         enif_release_resource(s);
-    return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    return enif_raise_exception(env, gn_am_enomem);
 }
 
 /* store_whereis(Name) -> Store | nil */
@@ -1039,7 +1046,7 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
     if (ok == 0)
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        return enif_raise_exception(env, gn_am_enomem);
     if (ok < 0)
         return enif_make_tuple2(env, gn_am_error, gn_am_full);
     ERL_NIF_TERM result = put_new ? (fresh ? gn_am_true : gn_am_false) : gn_am_ok;
@@ -1248,7 +1255,7 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
 out:
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
-    return oom ? enif_raise_exception(env, enif_make_atom(env, "enomem")) : result;
+    return oom ? enif_raise_exception(env, gn_am_enomem) : result;
 }
 
 /* store_size(Store) -> non_neg_integer() */
@@ -1571,7 +1578,7 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             enif_free_env(scratch.arena);
         if (oom || gn_size(s->root) + fresh > s->max_size) {
             enif_rwlock_rwunlock(s->lock);
-            return oom ? enif_raise_exception(env, enif_make_atom(env, "enomem"))
+            return oom ? enif_raise_exception(env, gn_am_enomem)
                        : enif_make_tuple2(env, gn_am_error, gn_am_full);
         }
     }
@@ -1589,7 +1596,7 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             gn_hash_rebuild(s, gn_hash_cap(gn_size(s->root)));
     }
     enif_rwlock_rwunlock(s->lock);
-    return ok == 1 ? gn_am_ok : enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    return ok == 1 ? gn_am_ok : enif_raise_exception(env, gn_am_enomem);
 }
 
 /* store_purge(Store) -> ok (dirty): removes every expired entry. Any
@@ -1621,7 +1628,7 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     size_t n = 0, cap = 16;
     gn_store **todo = gn_alloc(cap * sizeof(*todo));
     if (!todo)
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        return enif_raise_exception(env, gn_am_enomem);
     enif_mutex_lock(gn_ttl_lock);
     for (gn_store *s = gn_ttl_head; s; s = s->ttl_next) {
         if (n == cap) {
@@ -1666,8 +1673,8 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
  * tree, before a store exists: never a half-built store.
  */
 
+/* Filled at load, before any NIF can read it. */
 static uint32_t gn_crc_table[256];
-static int gn_crc_ready;
 
 static void gn_crc_init(void)
 {
@@ -1677,7 +1684,6 @@ static void gn_crc_init(void)
             c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
         gn_crc_table[i] = c;
     }
-    gn_crc_ready = 1;
 }
 
 static uint32_t gn_crc32(const unsigned char *p, size_t n)
@@ -1752,8 +1758,6 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             gn_put_be(w, n->expires ? (uint64_t)(n->expires - now) : 0, 8);
             w += 8;
         }
-        if (!gn_crc_ready)
-            gn_crc_init();
         gn_put_be(w, gn_crc32(p, total - 4), 4);
     }
     enif_rwlock_runlock(s->lock);
@@ -1761,7 +1765,7 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         enif_release_binary(&vals[i]);
     gn_free(vals);
     gn_free(nodes);
-    return p ? out : enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    return p ? out : enif_raise_exception(env, gn_am_enomem);
 }
 
 /* A balanced tree of nodes[lo, hi), which are in key order. */
@@ -1777,27 +1781,137 @@ static gn_node *gn_build(gn_node **nodes, size_t lo, size_t hi)
     return n;
 }
 
-/* store_restore(Binary, Name | nil, Access, Lifetime, MaxSize | infinity)
- *   -> {ok, Store} | {error, invalid_snapshot | already_exists | full} (dirty) */
+/* One entry of a snapshot, as read by the first pass. */
+typedef struct gn_snap_entry {
+    const unsigned char *k, *v; /* encodings, in the snapshot */
+    size_t klen, vlen;
+    ERL_NIF_TERM key, value; /* 0 until decoded */
+    int64_t ttl;
+} gn_snap_entry;
+
+/* Decodes data[0, len) into *t without making any atom: 1 if decoded, 2 if
+ * it is valid but names atoms this node may not know (or external funs it
+ * lacks), so that only a decoding that may make them will do; 0 if it is
+ * invalid (or out of memory). *scratch is a buffer it may grow. */
+static int gn_snap_term(ErlNifEnv *env, const unsigned char *data, size_t len, ERL_NIF_TERM *t,
+                        ErlNifBinary *scratch, gn_atom_set *unknown)
+{
+    if (enif_binary_to_term(env, data, len, t, ERL_NIF_BIN2TERM_SAFE) == len)
+        return 1;
+    *t = 0;
+    if (scratch->size < len && !enif_realloc_binary(scratch, len))
+        return 0;
+    size_t used;
+    ERL_NIF_TERM copy;
+    if (!gn_etf_neutralize(env, data, len, scratch->data, &used, unknown) ||
+        enif_binary_to_term(env, scratch->data, len, &copy, 0) != used)
+        return 0;
+    return 2;
+}
+
+/* The first pass over a snapshot's entries (r to end): checks every byte
+ * and decodes what it can without making atoms. Returns the entries
+ * (gn_alloc), or NULL with *err set: invalid_snapshot, unsafe_snapshot
+ * (`safe` and an entry names atoms this node does not know), system_limit
+ * (it would make more than `atoms_left` atoms), or an enomem exception. */
+static gn_snap_entry *gn_snap_read(ErlNifEnv *env, const unsigned char *r, const unsigned char *end,
+                                   uint64_t count, int safe, uint64_t atoms_left, ERL_NIF_TERM *err)
+{
+    ERL_NIF_TERM invalid = enif_make_tuple2(env, gn_am_error, gn_am_invalid_snapshot);
+    /* count comes from the binary: an entry takes at least 16 bytes */
+    if (count > (uint64_t)(end - r) / 16) {
+        *err = invalid;
+        return NULL;
+    }
+    gn_snap_entry *es = gn_alloc((count + 1) * sizeof(*es));
+    ErlNifBinary scratch;
+    int scratch_ok = enif_alloc_binary(0, &scratch);
+    gn_atom_set unknown = {NULL, 0, 0};
+    int later = 0;
+    if (!es || !scratch_ok) {
+        *err = enif_raise_exception(env, gn_am_enomem);
+        goto fail;
+    }
+    *err = invalid;
+    for (uint64_t i = 0; i < count; i++) {
+        gn_snap_entry *e = &es[i];
+        int rk, rv;
+        if (end - r < 4 || (e->klen = gn_get_be(r, 4), (size_t)(end - r - 4) < e->klen))
+            goto fail;
+        e->k = r + 4;
+        r += 4 + e->klen;
+        if (end - r < 4 || (e->vlen = gn_get_be(r, 4), (size_t)(end - r - 4) < e->vlen))
+            goto fail;
+        e->v = r + 4;
+        r += 4 + e->vlen;
+        if (end - r < 8 || (e->ttl = (int64_t)gn_get_be(r, 8)) < 0)
+            goto fail;
+        r += 8;
+        if (!(rk = gn_snap_term(env, e->k, e->klen, &e->key, &scratch, &unknown)) ||
+            !(rv = gn_snap_term(env, e->v, e->vlen, &e->value, &scratch, &unknown)))
+            goto fail;
+        later |= rk == 2 || rv == 2;
+    }
+    if (r != end)
+        goto fail;
+    if (later && safe) {
+        *err = enif_make_tuple2(env, gn_am_error, gn_am_unsafe_snapshot);
+        goto fail;
+    }
+    if (unknown.count > atoms_left) {
+        *err = enif_make_tuple2(env, gn_am_error, gn_am_system_limit);
+        goto fail;
+    }
+    /* Every entry is valid: now, and only now, make the atoms. */
+    for (uint64_t i = 0; later && i < count; i++) {
+        gn_snap_entry *e = &es[i];
+        if ((!e->key && enif_binary_to_term(env, e->k, e->klen, &e->key, 0) != e->klen) ||
+            (!e->value && enif_binary_to_term(env, e->v, e->vlen, &e->value, 0) != e->vlen))
+            goto fail; /* cannot happen: the copy decoded */
+    }
+    enif_release_binary(&scratch);
+    gn_atom_set_free(&unknown);
+    return es;
+
+fail:
+    if (scratch_ok)
+        enif_release_binary(&scratch);
+    gn_atom_set_free(&unknown);
+    gn_free(es);
+    return NULL;
+}
+
+/* store_restore(Binary, Name | nil, Access, Lifetime, MaxSize | infinity,
+ *               safe | AtomsLeft)
+ *   -> {ok, Store} | {error, invalid_snapshot | unsafe_snapshot | system_limit
+ *                            | already_exists | full} (dirty)
+ * The whole snapshot is checked before any atom is made (a rejected one
+ * makes none), and the store is built before it is handed out. */
 ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     ErlNifBinary bin;
-    if (!enif_inspect_binary(env, argv[0], &bin))
+    ErlNifUInt64 atoms_left = 0;
+    int safe = enif_is_identical(argv[5], gn_am_safe);
+    if (!enif_inspect_binary(env, argv[0], &bin) ||
+        (!safe && !enif_get_uint64(env, argv[5], &atoms_left)))
         return enif_make_badarg(env);
     ERL_NIF_TERM invalid = enif_make_tuple2(env, gn_am_error, gn_am_invalid_snapshot);
-    if (!gn_crc_ready)
-        gn_crc_init();
     if (bin.size < GN_SNAP_HEADER + 4 || memcmp(bin.data, "GNS2", 4) != 0 || bin.data[4] > 1 ||
         gn_crc32(bin.data, bin.size - 4) != (uint32_t)gn_get_be(bin.data + bin.size - 4, 4))
         return invalid;
     uint64_t count = gn_get_be(bin.data + 5, 8);
-    const unsigned char *r = bin.data + GN_SNAP_HEADER, *end = bin.data + bin.size - 4;
+    ERL_NIF_TERM err;
+    gn_snap_entry *es = gn_snap_read(env, bin.data + GN_SNAP_HEADER, bin.data + bin.size - 4, count,
+                                     safe, atoms_left, &err);
+    if (!es)
+        return err;
 
     /* A new store, even where new/2 would adopt an orphaned named one. */
     if (!enif_is_identical(argv[1], gn_am_nil) && enif_is_atom(env, argv[1])) {
         gn_store *held = gn_name_lookup(argv[1]);
         if (held) {
             enif_release_resource(held);
+            gn_free(es);
             return enif_make_tuple2(env, gn_am_error, gn_am_already_exists);
         }
     }
@@ -1810,59 +1924,31 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     const ERL_NIF_TERM *tuple;
     int arity;
     gn_store *s;
-    if (!enif_get_tuple(env, created, &arity, &tuple) || !enif_is_identical(tuple[0], gn_am_ok))
+    if (!enif_get_tuple(env, created, &arity, &tuple) || !enif_is_identical(tuple[0], gn_am_ok)) {
+        gn_free(es);
         return created; /* already_exists, or an exception */
+    }
     enif_get_resource(env, tuple[1], gn_store_rtype, (void **)&s);
     enif_rwlock_rwlock(s->lock);
     int ok = 1, ttl_pending = 0;
     size_t nsorted = 0;
-    /* count comes from the binary: allocate only what the bytes can hold */
-    size_t most = (size_t)((end - r) / 16);
-    gn_node **sorted =
-        gn_alloc((count < most ? count : most) * sizeof(gn_node *) + sizeof(gn_node *));
+    gn_node **sorted = gn_alloc(count * sizeof(gn_node *) + sizeof(gn_node *));
     for (uint64_t i = 0; ok && i < count; i++) {
-        ERL_NIF_TERM key, value;
-        size_t klen, vlen;
-        if (end - r < 4 || (klen = gn_get_be(r, 4), (size_t)(end - r - 4) < klen)) {
-            ok = 0;
-            break;
-        }
-        if (enif_binary_to_term(env, r + 4, klen, &key, 0) != klen) {
-            ok = 0;
-            break;
-        }
-        r += 4 + klen;
-        if (end - r < 4 || (vlen = gn_get_be(r, 4), (size_t)(end - r - 4) < vlen) ||
-            enif_binary_to_term(env, r + 4, vlen, &value, 0) != vlen) {
-            ok = 0;
-            break;
-        }
-        r += 4 + vlen;
-        if (end - r < 8) {
-            ok = 0;
-            break;
-        }
-        int64_t ttl = (int64_t)gn_get_be(r, 8);
-        r += 8;
-        if (ttl < 0) {
-            ok = 0;
-            break;
-        }
-        const unsigned char *kbytes = r - 8 - vlen - 4 - klen;
-        gn_probe p = {.env = env, .key = key};
+        gn_snap_entry *e = &es[i];
+        gn_probe p = {.env = env, .key = e->key};
         /* A snapshot lists its keys in order: collect them, to build a
          * balanced tree in O(n) at the end; anything else is inserted. */
         if (sorted && (!nsorted || gn_cmp(s, &p, sorted[nsorted - 1]) > 0) &&
             nsorted < s->max_size) {
-            gn_node *n = gn_node_from_etf(s, env, key, kbytes, klen, value);
+            gn_node *n = gn_node_from_etf(s, env, e->key, e->k, e->klen, e->value);
             if (!n) {
                 ok = 0;
             } else {
                 sorted[nsorted++] = n;
                 s->memory += gn_node_bytes(n);
-                if (ttl)
+                if (e->ttl)
                     ttl_pending = 1;
-                n->expires = ttl ? gn_now_ms() + ttl : 0;
+                n->expires = e->ttl ? gn_now_ms() + e->ttl : 0;
             }
             gn_probe_done(&p);
             continue;
@@ -1874,9 +1960,9 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
                 gn_hash_rebuild(s, gn_hash_cap(nsorted));
             for (size_t j = 0; j < nsorted; j++)
                 if (sorted[j]->expires) {
-                    int64_t e = sorted[j]->expires;
+                    int64_t ex = sorted[j]->expires;
                     sorted[j]->expires = 0;
-                    ok = ok && gn_set_expiry(s, sorted[j], e);
+                    ok = ok && gn_set_expiry(s, sorted[j], ex);
                 }
             gn_free(sorted);
             sorted = NULL;
@@ -1884,44 +1970,44 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         gn_node *n = gn_find(s, &p);
         if (n) {
             /* a repeated key: the later entry wins, as with put */
-            ok = gn_node_rekey(s, env, n, key) && gn_node_set(s, env, n, value);
+            ok = gn_node_rekey(s, env, n, e->key) && gn_node_set(s, env, n, e->value);
         } else if (gn_size(s->root) >= s->max_size) {
             gn_probe_done(&p);
             enif_rwlock_rwunlock(s->lock);
             gn_store_delete_nif(env, 1, &tuple[1]);
+            gn_free(es);
             return enif_make_tuple2(env, gn_am_error, gn_am_full);
-        } else if ((n = gn_node_from_etf(s, env, key, kbytes, klen, value))) {
+        } else if ((n = gn_node_from_etf(s, env, e->key, e->k, e->klen, e->value))) {
             gn_link(s, n, &p);
             s->memory += gn_node_bytes(n);
         } else {
             ok = 0;
         }
-        if (ok && n && ttl && !gn_set_expiry(s, n, gn_now_ms() + ttl))
+        if (ok && n && e->ttl && !gn_set_expiry(s, n, gn_now_ms() + e->ttl))
             ok = 0;
-        if (ok && ttl)
-            gn_ttl_list_add(s);
         gn_probe_done(&p);
     }
-    if (r != end)
-        ok = 0;
+    gn_free(es);
     if (sorted) {
         s->root = gn_build(sorted, 0, nsorted);
         if (!s->ordered)
             gn_hash_rebuild(s, gn_hash_cap(nsorted));
         for (size_t j = 0; ttl_pending && j < nsorted; j++)
             if (sorted[j]->expires) {
-                int64_t e = sorted[j]->expires;
+                int64_t ex = sorted[j]->expires;
                 sorted[j]->expires = 0;
-                ok = ok && gn_set_expiry(s, sorted[j], e);
+                ok = ok && gn_set_expiry(s, sorted[j], ex);
             }
         gn_free(sorted);
     }
-    if (ok && s->heap_len)
-        gn_ttl_list_add(s);
+    int ttl = s->heap_len != 0;
     enif_rwlock_rwunlock(s->lock);
+    if (ok && ttl)
+        gn_ttl_list_add(s);
     if (!ok) {
+        /* out of memory: every entry was valid */
         gn_store_delete_nif(env, 1, &tuple[1]);
-        return invalid;
+        return enif_raise_exception(env, gn_am_enomem);
     }
     return created;
 }

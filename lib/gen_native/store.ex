@@ -140,16 +140,46 @@ defmodule GenNative.Store do
 
   @doc """
   Builds a new store, owned by the caller, from a `snapshot/1` binary, with
-  the options of `new/2` (the type is the snapshot's). A truncated,
-  corrupted or foreign binary gives `{:error, :invalid_snapshot}`: no store
-  is created. A name in use gives `{:error, :already_exists}`.
+  the options of `new/2` (the type is the snapshot's) and `:safe`. A
+  truncated, corrupted or foreign binary gives `{:error, :invalid_snapshot}`:
+  no store is created. A name in use gives `{:error, :already_exists}`.
+
+  ## Atoms
+
+  The whole snapshot is checked before anything is made from it: a snapshot
+  that is rejected, for any reason, creates no atom. A snapshot that is
+  accepted creates the atoms its keys and values hold, as
+  `:ets.file2tab/1` and `:erlang.binary_to_term/1` do; atoms are never
+  garbage collected, so restore untrusted snapshots with `safe: true`. A
+  snapshot that would take the atom table within 5% of its limit
+  (`:erlang.system_info(:atom_limit)`) gives `{:error, :system_limit}`
+  instead of exhausting it.
+
+  ## Options
+
+  Those of `new/2`, and:
+
+    * `:safe` - `true` refuses, as `:erlang.binary_to_term(binary, [:safe])`
+      does, a snapshot holding atoms this node does not know yet, or
+      external funs it does not have: `{:error, :unsafe_snapshot}`, and
+      nothing is created. Default `false`. A port store (the
+      `{:port, name}` backend) makes no atom when it is restored: its
+      program keeps the entries encoded.
+
+  Runs on a dirty scheduler.
   """
   @spec restore(binary(), keyword()) ::
-          {:ok, t()} | {:error, :invalid_snapshot | :already_exists | :full}
-  def restore(binary, opts \\ []) when is_binary(binary) do
+          {:ok, t()}
+          | {:error,
+             :invalid_snapshot | :unsafe_snapshot | :system_limit | :already_exists | :full}
+  def restore(binary, opts \\ [])
+
+  def restore(binary, opts) when is_binary(binary) do
+    {safe, opts} = safe!(opts)
+
     case options!(opts) do
       {:nif, name, access, lifetime, max} ->
-        Native.store_restore(binary, name, access, lifetime, max)
+        Native.store_restore(binary, name, access, lifetime, max, atoms_allowed(safe))
 
       {{:port, port}, name, _access, _lifetime, max} ->
         store = %PortStore{port: port, name: name}
@@ -171,11 +201,43 @@ defmodule GenNative.Store do
     end
   end
 
-  defp options!(opts) do
-    unless Keyword.keyword?(opts) do
-      raise ArgumentError,
-            "expected the store options to be a keyword list, got: #{inspect(opts)}"
+  def restore(binary, _opts) do
+    raise ArgumentError,
+          "expected a snapshot (a binary made by GenNative.Store.snapshot/1), got: " <>
+            inspect(binary)
+  end
+
+  defp safe!(opts) do
+    keyword!(opts, "store options")
+
+    case Keyword.pop(opts, :safe, false) do
+      {safe, rest} when is_boolean(safe) ->
+        {safe, rest}
+
+      {other, _} ->
+        raise ArgumentError,
+              "invalid value for restore option :safe, expected a boolean, got: #{inspect(other)}"
     end
+  end
+
+  # How many new atoms a trusted restore may make: all but 5% of what the
+  # atom table has left.
+  defp atoms_allowed(true), do: :safe
+
+  defp atoms_allowed(false) do
+    limit = :erlang.system_info(:atom_limit)
+    max(limit - div(limit, 20) - :erlang.system_info(:atom_count), 0)
+  end
+
+  # A proper list of {atom, term}; an improper one raises too.
+  defp keyword!(opts, what) do
+    unless is_list(opts) and Keyword.keyword?(opts) do
+      raise ArgumentError, "expected the #{what} to be a keyword list, got: #{inspect(opts)}"
+    end
+  end
+
+  defp options!(opts) do
+    keyword!(opts, "store options")
 
     backend = Keyword.get(opts, :backend, :nif)
     name = Keyword.get(opts, :name)
