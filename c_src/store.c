@@ -577,22 +577,61 @@ static void gn_store_mark_deleted(gn_store *s)
     gn_store_detach(s, 0);
 }
 
+/* The owner `pid` of `s` is down: a :named store becomes an orphan, any
+ * other is deleted. Call with the write lock held; returns whether to drop
+ * the name (after unlocking). Nothing happens if the store has been adopted
+ * since (its owner is another process). */
+static int gn_store_owner_gone(gn_store *s, const ErlNifPid *pid)
+{
+    if (s->deleted || s->orphan || enif_compare_pids(&s->owner, pid) != 0)
+        return 0;
+    if (s->named_lifetime) {
+        s->orphan = 1;
+        return 0;
+    }
+    gn_store_mark_deleted(s);
+    return 1;
+}
+
+typedef struct gn_down_job {
+    gn_store *s; /* holds a resource reference */
+    ErlNifPid pid;
+} gn_down_job;
+
+static void gn_store_down_job(void *arg)
+{
+    gn_down_job *job = arg;
+    gn_store *s = job->s;
+    enif_rwlock_rwlock(s->lock);
+    int unregister = gn_store_owner_gone(s, &job->pid);
+    enif_rwlock_rwunlock(s->lock);
+    if (unregister)
+        gn_name_remove(s);
+    enif_release_resource(s);
+    gn_free(job);
+}
+
+/* Runs on a normal scheduler: never waits for the store's lock. If a dirty
+ * NIF holds it (a walk of a big store), the work goes to the reaper thread,
+ * which may wait. Until it is done, new/2 adopts a :named store whose owner
+ * is not alive as if it were an orphan (see gn_store_new_nif). */
 static void gn_store_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
 {
     (void)env;
-    (void)pid;
     (void)mon;
     gn_store *s = obj;
-    int unregister = 0;
-    enif_rwlock_rwlock(s->lock);
-    if (!s->deleted) {
-        if (s->named_lifetime) {
-            s->orphan = 1;
-        } else {
-            gn_store_mark_deleted(s);
-            unregister = 1;
+    if (enif_rwlock_tryrwlock(s->lock) != 0) {
+        gn_down_job *job = gn_alloc(sizeof(*job));
+        if (job) {
+            enif_keep_resource(s);
+            job->s = s;
+            job->pid = *pid;
+            gn_reap(gn_store_down_job, job);
+            return;
         }
+        enif_rwlock_rwlock(s->lock); /* out of memory: wait, rather than lose the exit */
     }
+    int unregister = gn_store_owner_gone(s, pid);
     enif_rwlock_rwunlock(s->lock);
     if (unregister)
         gn_name_remove(s); /* may drop the last reference: last */
@@ -694,25 +733,35 @@ fail:
 
 /* For reads that see the whole store (size, rank, index, walks): first purge
  * what has expired. Called with the read lock held; returns with it held,
- * or NULL (lock released, *err set) when a regular NIF would have to purge
- * more than GN_PURGE_INLINE entries: then *err asks the caller to purge on
- * a dirty scheduler (store_purge/1) and come back. */
-static gn_store *gn_fresh_view(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
+ * or NULL (lock released, *err set). A regular NIF purges up to
+ * GN_PURGE_INLINE entries, and only if it gets the write lock at once;
+ * anything more, and it reschedules itself (`self` with argc/argv) on a
+ * dirty scheduler, which purges everything and then reads. That is the one
+ * way a store NIF asks for more time: nothing is raised for the caller to
+ * retry. */
+static gn_store *gn_fresh_view(ErlNifEnv *env, gn_store *s, int argc, const ERL_NIF_TERM argv[],
+                               gn_nif_fn *self, ERL_NIF_TERM *err)
 {
-    for (int tries = 0; tries < 3; tries++) {
+    int dirty = enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER;
+    /* Entries expiring continuously: each round purges all that expired
+     * by its start; the bound is a backstop, never reached in practice. */
+    for (int tries = 0; tries < 64; tries++) {
         int64_t now = gn_now_ms();
         if (!gn_needs_purge(s, now))
             return s;
         enif_rwlock_runlock(s->lock);
-        enif_rwlock_rwlock(s->lock);
-        int dirty = enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER;
+        if (dirty)
+            enif_rwlock_rwlock(s->lock);
+        else if (tries >= 2 || enif_rwlock_tryrwlock(s->lock) != 0)
+            goto go_dirty;
         size_t left = s->deleted ? 0 : gn_purge(s, now, dirty ? SIZE_MAX : GN_PURGE_INLINE);
         enif_rwlock_rwunlock(s->lock);
-        if (left) {
-            *err = enif_raise_exception(env, gn_am_purge);
-            return NULL;
-        }
-        enif_rwlock_rlock(s->lock);
+        if (left)
+            goto go_dirty;
+        if (dirty)
+            enif_rwlock_rlock(s->lock);
+        else if (enif_rwlock_tryrlock(s->lock) != 0)
+            goto go_dirty;
         if (s->deleted) {
             enif_rwlock_runlock(s->lock);
             *err = enif_raise_exception(env, gn_am_store_deleted);
@@ -720,13 +769,19 @@ static gn_store *gn_fresh_view(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
         }
     }
     return s;
+
+go_dirty:
+    *err = enif_schedule_nif(env, "gn_store_purge_first", ERL_NIF_DIRTY_JOB_CPU_BOUND, self, argc,
+                             argv);
+    return NULL;
 }
 
 /* In a NIF named `fn`: take the store in argv[0] for reading or writing. */
 #define GN_READ(fn, s, err) ((s) = gn_store_lock(env, argc, argv, fn, 0, &(err)))
 #define GN_WRITE(fn, s, err) ((s) = gn_store_lock(env, argc, argv, fn, 1, &(err)))
 /* Reading the whole store: as GN_READ, after purging what has expired. */
-#define GN_VIEW(fn, s, err) (GN_READ(fn, s, err) && ((s) = gn_fresh_view(env, (s), &(err))))
+#define GN_VIEW(fn, s, err)                                                                        \
+    (GN_READ(fn, s, err) && ((s) = gn_fresh_view(env, (s), argc, argv, fn, &(err))))
 
 /* A view of an ordered_set: on a set, unlocks and raises not_ordered. */
 static int gn_ordered_or_raise(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
@@ -753,7 +808,6 @@ static ERL_NIF_TERM gn_entry(ErlNifEnv *env, const gn_node *n)
  * With the name of a named store whose owner exited: adopts it. */
 ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
-    (void)argc;
     int ordered, pub, named;
     ErlNifUInt64 max = SIZE_MAX;
     if (enif_is_identical(argv[0], gn_am_ordered_set))
@@ -787,15 +841,24 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if (!enif_self(env, &self))
         return enif_make_badarg(env);
 
-    enif_mutex_lock(gn_names_lock);
+    /* A name in use: adopt its store if it is an orphan, or a :named store
+     * whose owner has exited (the down callback may still be on its way).
+     * The store's lock is taken with the names lock released; a regular NIF
+     * only tries it, and waits on a dirty scheduler if it is busy. */
     if (has_name) {
-        for (gn_name *n = gn_names; n; n = n->next) {
-            if (!enif_is_identical(n->name, argv[1]))
-                continue;
-            gn_store *old = n->store;
-            enif_rwlock_rwlock(old->lock);
+        gn_store *old = gn_name_lookup(argv[1]);
+        if (old) {
+            if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER) {
+                enif_rwlock_rwlock(old->lock);
+            } else if (enif_rwlock_tryrwlock(old->lock) != 0) {
+                enif_release_resource(old);
+                return enif_schedule_nif(env, "gn_store_new", ERL_NIF_DIRTY_JOB_IO_BOUND,
+                                         gn_store_new_nif, argc, argv);
+            }
             ERL_NIF_TERM result;
-            if (old->orphan && !old->deleted && old->ordered == ordered &&
+            int gone =
+                old->orphan || (old->named_lifetime && !enif_is_process_alive(env, &old->owner));
+            if (gone && !old->deleted && old->ordered == ordered &&
                 enif_monitor_process(env, old, &self, &old->monitor) == 0) {
                 old->owner = self;
                 old->orphan = 0;
@@ -804,7 +867,7 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
                 result = enif_make_tuple2(env, gn_am_error, gn_am_already_exists);
             }
             enif_rwlock_rwunlock(old->lock);
-            enif_mutex_unlock(gn_names_lock);
+            enif_release_resource(old);
             return result;
         }
     }
@@ -827,7 +890,17 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         goto enomem;
     if (enif_monitor_process(env, s, &self, &s->monitor) != 0)
         goto enomem;
+    enif_mutex_lock(gn_names_lock);
     if (has_name) {
+        for (gn_name *n = gn_names; n; n = n->next)
+            if (enif_is_identical(n->name, argv[1])) {
+                /* registered meanwhile by another process: start over */
+                enif_mutex_unlock(gn_names_lock);
+                gn_free(entry);
+                enif_demonitor_process(env, s, &s->monitor);
+                enif_release_resource(s);
+                return gn_store_new_nif(env, argc, argv);
+            }
         entry->name = argv[1];
         entry->store = s;
         entry->next = gn_names;
@@ -840,7 +913,6 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     return enif_make_tuple2(env, gn_am_ok, ref);
 
 enomem:
-    enif_mutex_unlock(gn_names_lock);
     if (entry)
         gn_free(entry);
     if (s)
@@ -1145,7 +1217,13 @@ static ERL_NIF_TERM gn_store_compact_nif(ErlNifEnv *env, int argc, const ERL_NIF
 static ERL_NIF_TERM gn_after_write(ErlNifEnv *env, ERL_NIF_TERM store, gn_store *s,
                                    ERL_NIF_TERM result)
 {
-    enif_rwlock_rwlock(s->lock);
+    ERL_NIF_TERM args[2] = {store, result};
+    /* a regular NIF never waits for the lock: busy, the compaction goes dirty */
+    if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER)
+        enif_rwlock_rwlock(s->lock);
+    else if (enif_rwlock_tryrwlock(s->lock) != 0)
+        return enif_schedule_nif(env, "gn_store_compact", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                 gn_store_compact_nif, 2, args);
     int bloated = !s->deleted && gn_arena_bloated(s);
     int small = gn_size(s->root) <= GN_COMPACT_INLINE;
     if (bloated && small)
@@ -1153,7 +1231,6 @@ static ERL_NIF_TERM gn_after_write(ErlNifEnv *env, ERL_NIF_TERM store, gn_store 
     enif_rwlock_rwunlock(s->lock);
     if (!bloated || small)
         return result;
-    ERL_NIF_TERM args[2] = {store, result};
     return enif_schedule_nif(env, "gn_store_compact", ERL_NIF_DIRTY_JOB_CPU_BOUND,
                              gn_store_compact_nif, 2, args);
 }

@@ -646,17 +646,11 @@ defmodule GenNative.Store do
     raise ArgumentError, "expected a GenNative.Store, got: #{inspect(store)}"
   end
 
-  # Turns what the NIFs raise into ArgumentErrors that say what is wrong;
-  # `retry` runs the call again after a dirty purge of expired entries.
+  # Turns what the NIFs raise into ArgumentErrors that say what is wrong.
+  # (A NIF that needs more time reschedules itself on a dirty scheduler:
+  # nothing is raised for this module to retry.)
   defp translate(%ArgumentError{}, store, _retry) do
     raise ArgumentError, "not a GenNative.Store, or an invalid argument: #{inspect(store)}"
-  end
-
-  defp translate(%ErlangError{original: :purge}, store, retry) do
-    # more expired entries than a regular NIF may purge: on a dirty
-    # scheduler, then again
-    Native.store_purge(store)
-    retry.(store)
   end
 
   defp translate(%ErlangError{original: :store_deleted}, store, _retry) do
