@@ -315,6 +315,10 @@ defmodule GenNative.Store do
   @spec whereis(atom()) :: t() | nil
   def whereis(name) when is_atom(name), do: Native.store_whereis(name)
 
+  def whereis(name) do
+    raise ArgumentError, "expected a store name (an atom), got: #{inspect(name)}"
+  end
+
   @doc """
   Stores `value` under `key`, replacing any entry there (key included, as
   ETS does: in an `:ordered_set`, putting `1.0` over `1` leaves `1.0`).
@@ -352,6 +356,8 @@ defmodule GenNative.Store do
   defp ttl!([]), do: 0
 
   defp ttl!(opts) when is_list(opts) do
+    keyword!(opts, "put options")
+
     for {key, _} <- opts, key != :ttl do
       raise ArgumentError, "unknown put option #{inspect(key)}, expected :ttl"
     end
@@ -450,6 +456,8 @@ defmodule GenNative.Store do
   """
   @spec update_counter(t(), key(), integer(), integer()) :: integer() | {:error, :full}
   def update_counter(store, key, incr, default \\ 0)
+
+  def update_counter(store, key, incr, default)
       when is_integer(incr) and is_integer(default) do
     unless incr >= -(1 <<< 63) and incr < 1 <<< 63 do
       raise ArgumentError, "the increment does not fit 64 bits: #{incr}"
@@ -467,6 +475,11 @@ defmodule GenNative.Store do
       _ ->
         call(store, &Native.store_update_counter(&1, key, incr, default))
     end
+  end
+
+  def update_counter(_store, _key, incr, default) do
+    raise ArgumentError,
+          "expected an integer increment and default, got: #{inspect(incr)} and #{inspect(default)}"
   end
 
   @doc "How many entries the store holds."
@@ -491,9 +504,10 @@ defmodule GenNative.Store do
   stored, if the new keys would take the store past `:max_size`.
   """
   @spec put_many(t(), [{key(), value()}]) :: :ok | {:error, :full}
-  def put_many(store, entries) when is_list(entries) do
-    unless Enum.all?(entries, &match?({_, _}, &1)) do
-      raise ArgumentError, "expected a list of {key, value} tuples"
+  def put_many(store, entries) do
+    unless entries?(entries) do
+      raise ArgumentError,
+            "expected a proper list of {key, value} tuples, got: #{inspect(entries, limit: 10)}"
     end
 
     case store do
@@ -501,6 +515,10 @@ defmodule GenNative.Store do
       _ -> call(store, &Native.store_put_many(&1, entries))
     end
   end
+
+  defp entries?([{_, _} | rest]), do: entries?(rest)
+  defp entries?([]), do: true
+  defp entries?(_), do: false
 
   @doc """
   Deletes the store and frees what it holds. Only the owner may delete a
@@ -569,6 +587,11 @@ defmodule GenNative.Store do
     ordered(store, :range, &Native.store_range(&1, from, to, clamp(limit)))
   end
 
+  def range(_store, _from, _to, limit) do
+    raise ArgumentError,
+          "expected the limit to be a non-negative integer or :infinity, got: #{inspect(limit)}"
+  end
+
   @doc "The 0-based position of `key` in an `:ordered_set`: `{:ok, index}` or `:error`."
   @spec rank(t(), key()) :: {:ok, non_neg_integer()} | :error
   def rank(%PortStore{name: n} = store, key),
@@ -600,6 +623,10 @@ defmodule GenNative.Store do
     :error
   end
 
+  def at(_store, index) do
+    raise ArgumentError, "expected the index to be an integer, got: #{inspect(index)}"
+  end
+
   @doc "Up to `count` entries from `index` on (negative counts from the end)."
   @spec slice(t(), integer(), non_neg_integer()) :: [{key(), value()}]
   def slice(store, index, count) when is_integer(index) and is_integer(count) and count >= 0 do
@@ -616,6 +643,12 @@ defmodule GenNative.Store do
           &Native.store_range(&1, {:index, clamped}, clamp(count), :infinity)
         )
     end
+  end
+
+  def slice(_store, index, count) do
+    raise ArgumentError,
+          "expected an integer index and a non-negative integer count, got: " <>
+            "#{inspect(index)} and #{inspect(count)}"
   end
 
   defp clamp(:infinity), do: :infinity
