@@ -40,7 +40,9 @@ typedef struct gn_node {
     ERL_NIF_TERM value;   /* in the store's arena: a get copies it out */
     unsigned char *kdata; /* the key's encoding (gn_alloc): set tie-breaks, snapshots */
     uint32_t klen;
-    size_t vbytes;         /* the value's size, for accounting */
+    /* for accounting: heap words of the key and value terms in the arena,
+     * and bytes of the off-heap binaries they reference */
+    size_t kwords, vwords, kbin, vbin;
     struct gn_node *hnext; /* a set's hash chain */
     uint32_t hash;
     int64_t expires; /* monotonic ms; 0: never */
@@ -65,8 +67,14 @@ typedef struct gn_store {
     size_t hcap, hcount;
     int hash_grow; /* a big table to regrow on a dirty scheduler */
     ErlNifEnv *arena;
-    size_t arena_dead;
-    size_t memory; /* bytes held by entries */
+    /* Memory, in bytes unless named words (see "Accounting" below):
+     * `memory`: the entries' own allocations and the off-heap binaries
+     * their live terms reference; `live_words`: the heap words of the live
+     * terms in the arena; `arena_bytes`: what the arena's heap fragments
+     * take, live or dead; `dead_bin`: off-heap binaries that only dead
+     * terms in the arena reference. */
+    size_t memory, live_words, arena_bytes, dead_bin;
+    size_t frag_left; /* words left in the arena's current fragment */
     /* TTL: a min-heap of the entries that expire, by expiry time */
     gn_node **heap;
     size_t heap_len, heap_cap;
@@ -124,10 +132,35 @@ static void gn_name_remove(gn_store *s)
 /* ------------------------------------------------------------------------ */
 /* Entries and the tree                                                      */
 
+/* ------------------------------------------------------------------------ */
+/* Accounting                                                                */
+/*
+ * info/1's memory is meant to be what the VM sees (within 10%): the
+ * entries' allocations, the arena's heap fragments (live terms, dead terms
+ * and slack), and the off-heap binaries referenced from it. Terms are
+ * sized in heap words as the VM's size_object counts them, and the arena's
+ * fragments as enif_make_copy allocates them (a term that does not fit the
+ * current fragment gets a new one of its size plus MIN_HEAP_FRAG_SZ, 200
+ * words). Dead terms (overwritten or removed) stay in the arena until it
+ * is compacted, which happens once their bytes exceed the live ones (plus
+ * GN_GARBAGE_FLOOR): garbage is bounded by bytes, whatever the entry count.
+ */
+
+#define GN_BLOCK_OVERHEAD 16 /* an allocator block's header, about */
+#define GN_FRAG_EXTRA 200    /* MIN_HEAP_FRAG_SZ, in words */
+#define GN_FRAG_HEADER 48    /* an ErlHeapFragment's header and block header */
+#define GN_BIN_HEADER 48     /* an off-heap binary's header and block header */
+#define GN_GARBAGE_FLOOR ((size_t)64 * 1024)
+
+/* The allocator's smallest block, about (measured against :erlang.memory/0
+ * on OTP 25: a few-byte key encoding takes some 64 bytes). */
+#define GN_BLOCK_MIN 64
+
 static size_t gn_node_bytes(const gn_node *n)
 {
-    /* the key counts twice: encoded, and as a term in the arena */
-    return sizeof(gn_node) + 2 * (size_t)n->klen + n->vbytes;
+    size_t kblock = (size_t)n->klen + GN_BLOCK_OVERHEAD;
+    return sizeof(gn_node) + GN_BLOCK_OVERHEAD + (kblock < GN_BLOCK_MIN ? GN_BLOCK_MIN : kblock) +
+           n->kbin + n->vbin;
 }
 
 static void gn_node_free(gn_node *n)
@@ -136,59 +169,128 @@ static void gn_node_free(gn_node *n)
     gn_free(n);
 }
 
-/* About how many bytes `t` takes as a term: the words of its cells, plus
- * binary data. Bounded depth; an estimate for accounting, never for safety. */
-static size_t gn_term_bytes(ErlNifEnv *env, ERL_NIF_TERM t, int depth)
+/* A copy of `words` heap words into the arena. */
+static void gn_arena_charge(gn_store *s, size_t words)
+{
+    if (words == 0)
+        return;
+    if (words <= s->frag_left) {
+        s->frag_left -= words;
+        return;
+    }
+    s->arena_bytes += (words + GN_FRAG_EXTRA) * sizeof(ERL_NIF_TERM) + GN_FRAG_HEADER;
+    s->frag_left = GN_FRAG_EXTRA;
+}
+
+static void gn_account_add(gn_store *s, const gn_node *n)
+{
+    s->memory += gn_node_bytes(n);
+    s->live_words += n->kwords + n->vwords;
+}
+
+/* n leaves the store: its terms stay in the arena, dead. */
+static void gn_account_remove(gn_store *s, const gn_node *n)
+{
+    s->memory -= gn_node_bytes(n);
+    s->live_words -= n->kwords + n->vwords;
+    s->dead_bin += n->kbin + n->vbin;
+}
+
+static size_t gn_garbage(const gn_store *s)
+{
+    size_t live = s->live_words * sizeof(ERL_NIF_TERM);
+    return (s->arena_bytes > live ? s->arena_bytes - live : 0) + s->dead_bin;
+}
+
+/* The heap words `t` takes, as the VM's size_object counts them; adds to
+ * *bin the bytes of the off-heap (refc) binaries it references. Stops
+ * counting once past `limit` words (bytes of binaries count as words/8):
+ * the result is then only known to be over it. Recursion is bounded:
+ * past depth 64, a subterm is sized by its encoding. */
+static size_t gn_term_words(ErlNifEnv *env, ERL_NIF_TERM t, size_t *bin, size_t limit, int depth)
 {
     const ERL_NIF_TERM *elems;
     int arity;
-    ErlNifBinary bin;
+    ErlNifBinary b;
     ERL_NIF_TERM head, tail;
-    size_t bytes = 0;
-    if (depth > 64)
-        return 64;
+    size_t words = 0;
+    if (depth > 64) {
+        if (!enif_term_to_binary(env, t, &b))
+            return 64;
+        words = b.size; /* an encoding's bytes bound its words from above, roughly */
+        enif_release_binary(&b);
+        return words;
+    }
     switch (enif_term_type(env, t)) {
     case ERL_NIF_TERM_TYPE_TUPLE:
         enif_get_tuple(env, t, &arity, &elems);
-        bytes = 8 * (size_t)(arity + 1);
-        for (int i = 0; i < arity; i++)
-            bytes += gn_term_bytes(env, elems[i], depth + 1);
-        return bytes;
+        words = 1 + (size_t)arity;
+        for (int i = 0; i < arity && words <= limit; i++)
+            words += gn_term_words(env, elems[i], bin, limit - words, depth + 1);
+        return words;
     case ERL_NIF_TERM_TYPE_LIST:
-        while (enif_get_list_cell(env, t, &head, &tail)) {
-            bytes += 16 + gn_term_bytes(env, head, depth + 1);
+        while (words <= limit && enif_get_list_cell(env, t, &head, &tail)) {
+            words += 2 + gn_term_words(env, head, bin, limit - words, depth + 1);
             t = tail;
         }
-        return enif_is_empty_list(env, t) ? bytes : bytes + gn_term_bytes(env, t, depth + 1);
+        if (words > limit || enif_is_empty_list(env, t))
+            return words;
+        return words + gn_term_words(env, t, bin, limit - words, depth + 1);
     case ERL_NIF_TERM_TYPE_BITSTRING:
-        enif_inspect_binary(env, t, &bin);
-        return 24 + bin.size;
+        if (!enif_inspect_binary(env, t, &b))
+            return 8; /* a bitstring: a sub binary */
+        if (b.size <= 64)
+            return 2 + (b.size + 7) / 8; /* a heap binary */
+        *bin += b.size + GN_BIN_HEADER;
+        return 6 + b.size / 8 / 64; /* a ProcBin; a huge one counts toward the limit */
     case ERL_NIF_TERM_TYPE_MAP: {
         size_t n = 0;
         ERL_NIF_TERM k, v;
         ErlNifMapIterator it;
         enif_get_map_size(env, t, &n);
-        bytes = 16 * n + 24;
+        /* a flatmap: header, keys tuple, values; a hashmap: about a cons
+         * per pair, and its nodes */
+        words = n <= 32 ? 4 + 2 * n : 4 + 3 * n;
         if (enif_map_iterator_create(env, t, &it, ERL_NIF_MAP_ITERATOR_FIRST)) {
-            while (enif_map_iterator_get_pair(env, &it, &k, &v)) {
-                bytes += gn_term_bytes(env, k, depth + 1) + gn_term_bytes(env, v, depth + 1);
+            while (words <= limit && enif_map_iterator_get_pair(env, &it, &k, &v)) {
+                words += gn_term_words(env, k, bin, limit - words, depth + 1);
+                words += gn_term_words(env, v, bin, limit - words, depth + 1);
                 enif_map_iterator_next(env, &it);
             }
             enif_map_iterator_destroy(env, &it);
         }
-        return bytes;
+        return words;
     }
     case ERL_NIF_TERM_TYPE_FLOAT:
-        return 16;
+        return 2;
     case ERL_NIF_TERM_TYPE_INTEGER: {
         ErlNifSInt64 i;
-        return enif_get_int64(env, t, &i) ? 0 : 32; /* small ints are immediate */
+        ErlNifUInt64 u;
+        /* small integers (60 bits) are immediate */
+        if (enif_get_int64(env, t, &i))
+            return i >= -((ErlNifSInt64)1 << 59) && i < ((ErlNifSInt64)1 << 59) ? 0 : 2;
+        if (enif_get_uint64(env, t, &u))
+            return 2;
+        if (!enif_term_to_binary(env, t, &b))
+            return 3;
+        words = 1 + (b.size + 7) / 8;
+        enif_release_binary(&b);
+        return words;
     }
     case ERL_NIF_TERM_TYPE_REFERENCE:
+        return 4;
     case ERL_NIF_TERM_TYPE_FUN:
-        return 48;
+        return 8;
+    case ERL_NIF_TERM_TYPE_PID: {
+        ErlNifPid pid;
+        return enif_get_local_pid(env, t, &pid) ? 0 : 6; /* local: immediate */
+    }
+    case ERL_NIF_TERM_TYPE_PORT: {
+        ErlNifPort port;
+        return enif_get_local_port(env, t, &port) ? 0 : 6;
+    }
     default:
-        return 0; /* atoms, local pids and ports are immediate */
+        return 0; /* atoms */
     }
 }
 
@@ -241,8 +343,7 @@ static void gn_store_detach(gn_store *s, int reuse)
     gn_reap_tree(s->root, s->arena);
     s->root = NULL;
     s->arena = reuse ? enif_alloc_env() : NULL;
-    s->arena_dead = 0;
-    s->memory = 0;
+    s->memory = s->live_words = s->arena_bytes = s->dead_bin = s->frag_left = 0;
     gn_free(s->heap);
     s->heap = NULL;
     s->heap_len = s->heap_cap = 0;
@@ -801,6 +902,61 @@ static ERL_NIF_TERM gn_entry(ErlNifEnv *env, const gn_node *n)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Big terms                                                                 */
+/*
+ * Work on one key or value grows with its size: a put copies the value and
+ * encodes and hashes the key, a get copies the value out. A regular NIF
+ * handles terms up to GN_INLINE_BYTES (a bounded walk finds out, before
+ * anything is done), charging the scheduler's timeslice by the bytes it
+ * copies; past that, the call reschedules itself on a dirty scheduler.
+ */
+
+#define GN_INLINE_BYTES ((size_t)64 * 1024)
+#define GN_SLICE_BYTES ((size_t)512 * 1024) /* copied in about a timeslice (1 ms) */
+
+/* Bytes of work on `key` (encoded, hashed, compared: binaries in full),
+ * counted up to a little past `limit`. */
+static size_t gn_key_cost(ErlNifEnv *env, ERL_NIF_TERM key, size_t limit)
+{
+    size_t bin = 0;
+    size_t words = gn_term_words(env, key, &bin, limit / sizeof(ERL_NIF_TERM), 0);
+    return words * sizeof(ERL_NIF_TERM) + bin;
+}
+
+/* Bytes of work on copying `value` (an off-heap binary is referenced, not
+ * copied), counted up to a little past `limit`. */
+static size_t gn_value_cost(ErlNifEnv *env, ERL_NIF_TERM value, size_t limit)
+{
+    size_t bin = 0;
+    return gn_term_words(env, value, &bin, limit / sizeof(ERL_NIF_TERM), 0) * sizeof(ERL_NIF_TERM);
+}
+
+static size_t gn_entry_cost(const gn_node *n)
+{
+    return (n->kwords + n->vwords) * sizeof(ERL_NIF_TERM);
+}
+
+/* Whether work of `cost` bytes is too much for this (normal) scheduler. */
+static int gn_too_big(size_t cost)
+{
+    return cost > GN_INLINE_BYTES && enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
+}
+
+static ERL_NIF_TERM gn_go_dirty(ErlNifEnv *env, gn_nif_fn *fn, int argc, const ERL_NIF_TERM argv[])
+{
+    return enif_schedule_nif(env, "gn_store_big_term", ERL_NIF_DIRTY_JOB_CPU_BOUND, fn, argc, argv);
+}
+
+/* Charges the timeslice for `bytes` copied on a normal scheduler. */
+static void gn_charge(ErlNifEnv *env, size_t bytes)
+{
+    if (bytes < GN_SLICE_BYTES / 100 || enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER)
+        return;
+    size_t pct = bytes * 100 / GN_SLICE_BYTES;
+    enif_consume_timeslice(env, pct > 100 ? 100 : (int)pct);
+}
+
+/* ------------------------------------------------------------------------ */
 /* NIFs                                                                      */
 
 /* store_new(Type, Name | nil, Access, Lifetime, MaxSize | infinity)
@@ -934,6 +1090,19 @@ ERL_NIF_TERM gn_store_whereis_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     return ref;
 }
 
+/* Copies key and value into the arena, and sizes them. */
+static void gn_node_terms(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key,
+                          ERL_NIF_TERM value)
+{
+    n->kbin = n->vbin = 0;
+    n->kwords = gn_term_words(env, key, &n->kbin, SIZE_MAX, 0);
+    n->vwords = gn_term_words(env, value, &n->vbin, SIZE_MAX, 0);
+    n->key = enif_make_copy(s->arena, key);
+    gn_arena_charge(s, n->kwords);
+    n->value = enif_make_copy(s->arena, value);
+    gn_arena_charge(s, n->vwords);
+}
+
 /* Builds an entry for key/value; NULL when out of memory. */
 static gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value)
 {
@@ -954,14 +1123,12 @@ static gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_N
     memcpy(n->kdata, kbin.data, kbin.size);
     n->klen = (uint32_t)kbin.size;
     enif_release_binary(&kbin);
-    n->value = enif_make_copy(s->arena, value);
-    n->vbytes = gn_term_bytes(env, value, 0);
     n->left = n->right = NULL;
     n->size = 1;
     n->height = 1;
     n->expires = 0;
     n->heap_ix = SIZE_MAX;
-    n->key = enif_make_copy(s->arena, key);
+    gn_node_terms(s, env, n, key, value);
     return n;
 }
 
@@ -984,22 +1151,23 @@ static gn_node *gn_node_from_etf(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key,
     n->height = 1;
     n->expires = 0;
     n->heap_ix = SIZE_MAX;
-    n->key = enif_make_copy(s->arena, key);
-    n->value = enif_make_copy(s->arena, value);
-    n->vbytes = gn_term_bytes(env, value, 0);
+    gn_node_terms(s, env, n, key, value);
     return n;
 }
 
 /* Replaces an entry's value; returns 0 when out of memory. */
 static int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value)
 {
-    /* the old value stays in the arena as garbage until it is compacted */
-    size_t vbytes = gn_term_bytes(env, value, 0);
-    s->memory -= n->vbytes;
+    /* the old value stays in the arena, dead, until it is compacted */
+    s->memory -= n->vbin;
+    s->live_words -= n->vwords;
+    s->dead_bin += n->vbin;
+    n->vbin = 0;
+    n->vwords = gn_term_words(env, value, &n->vbin, SIZE_MAX, 0);
     n->value = enif_make_copy(s->arena, value);
-    n->vbytes = vbytes;
-    s->memory += vbytes;
-    s->arena_dead++;
+    gn_arena_charge(s, n->vwords);
+    s->memory += n->vbin;
+    s->live_words += n->vwords;
     return 1;
 }
 
@@ -1037,15 +1205,21 @@ static int gn_node_rekey(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM k
         return 0;
     }
     memcpy(kdata, kbin.data, kbin.size);
-    s->memory -= 2 * (size_t)n->klen;
+    /* the old key stays in the arena, dead, until it is compacted */
+    s->memory -= gn_node_bytes(n);
+    s->live_words -= n->kwords;
+    s->dead_bin += n->kbin;
     gn_free(n->kdata);
     n->kdata = kdata;
     n->klen = (uint32_t)kbin.size;
     gn_hash_del(s, n); /* its hash changes with its key */
+    n->kbin = 0;
+    n->kwords = gn_term_words(env, key, &n->kbin, SIZE_MAX, 0);
     n->key = enif_make_copy(s->arena, key);
+    gn_arena_charge(s, n->kwords);
     gn_hash_add(s, n);
-    s->arena_dead++;
-    s->memory += 2 * (size_t)n->klen;
+    s->memory += gn_node_bytes(n);
+    s->live_words += n->kwords;
     enif_release_binary(&kbin);
     return 1;
 }
@@ -1083,7 +1257,7 @@ static int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_T
         ok = -1;
     } else if ((n = gn_node_new(s, env, key, value))) {
         gn_link(s, n, &p);
-        s->memory += gn_node_bytes(n);
+        gn_account_add(s, n);
         if (!gn_set_expiry(s, n, expires)) {
             gn_unlink(s, &p);
             gn_node_free(n);
@@ -1109,6 +1283,11 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if ((!put_new && !enif_is_identical(argv[3], gn_am_put)) ||
         !enif_get_int64(env, argv[4], &ttl) || ttl < 0)
         return enif_make_badarg(env);
+    size_t cost = gn_key_cost(env, argv[1], GN_INLINE_BYTES);
+    if (cost <= GN_INLINE_BYTES)
+        cost += gn_value_cost(env, argv[2], GN_INLINE_BYTES);
+    if (gn_too_big(cost))
+        return gn_go_dirty(env, gn_store_put_nif, argc, argv);
     if (!GN_WRITE(gn_store_put_nif, s, err))
         return err;
     int64_t now = ttl || s->heap_len ? gn_now_ms() : 0;
@@ -1117,6 +1296,7 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     int fresh, ok = gn_put_entry(s, env, argv[1], argv[2], ttl ? now + ttl : 0, put_new, &fresh);
     int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
+    gn_charge(env, cost);
     if (ok == 0)
         return enif_raise_exception(env, gn_am_enomem);
     if (ok < 0)
@@ -1131,15 +1311,26 @@ ERL_NIF_TERM gn_store_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     (void)argc;
     ERL_NIF_TERM err, result;
     gn_store *s;
+    size_t cost = gn_key_cost(env, argv[1], GN_INLINE_BYTES);
+    if (gn_too_big(cost))
+        return gn_go_dirty(env, gn_store_get_nif, argc, argv);
     if (!GN_READ(gn_store_get_nif, s, err))
         return err;
     gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = gn_find(s, &p);
     if (n && n->expires && gn_expired(n, gn_now_ms()))
         n = NULL;
+    if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
+        enif_rwlock_runlock(s->lock);
+        gn_probe_done(&p);
+        return gn_go_dirty(env, gn_store_get_nif, argc, argv);
+    }
+    if (n)
+        cost += n->vwords * sizeof(ERL_NIF_TERM);
     result = n ? enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, n->value)) : gn_am_error;
     enif_rwlock_runlock(s->lock);
     gn_probe_done(&p);
+    gn_charge(env, cost);
     return result;
 }
 
@@ -1152,8 +1343,7 @@ static gn_node *gn_unlink(gn_store *s, gn_probe *p)
     if (out) {
         gn_hash_del(s, out);
         gn_set_expiry(s, out, 0);
-        s->memory -= gn_node_bytes(out);
-        s->arena_dead += 2; /* its key and its value */
+        gn_account_remove(s, out);
     }
     return out;
 }
@@ -1165,6 +1355,7 @@ static void gn_arena_compact(gn_store *s)
     ErlNifEnv *fresh = enif_alloc_env();
     if (!fresh)
         return;
+    s->arena_bytes = s->frag_left = s->dead_bin = 0;
     gn_node *stack[128];
     int top = 0;
     gn_node *n = s->root;
@@ -1175,21 +1366,56 @@ static void gn_arena_compact(gn_store *s)
         }
         n = stack[--top];
         n->key = enif_make_copy(fresh, n->key);
+        gn_arena_charge(s, n->kwords);
         n->value = enif_make_copy(fresh, n->value);
+        gn_arena_charge(s, n->vwords);
         n = n->right;
     }
     enif_free_env(s->arena);
     s->arena = fresh;
-    s->arena_dead = 0;
+    /* The index and the expiry heap give back what a shrunken store no
+     * longer needs (this is O(n) already). */
+    size_t live = gn_size(s->root);
+    if (!s->ordered && s->htab && s->hcap > 64 && live * 8 < s->hcap) {
+        if (live) {
+            gn_hash_rebuild(s, gn_hash_cap(live));
+        } else {
+            gn_free(s->htab);
+            s->htab = NULL;
+            s->hcap = s->hcount = 0;
+        }
+    }
+    if (s->heap_cap > 64 && s->heap_len * 4 < s->heap_cap) {
+        size_t cap = s->heap_len ? 2 * s->heap_len : 0;
+        gn_node **h = cap ? gn_alloc(cap * sizeof(*h)) : NULL;
+        if (h || !cap) {
+            if (h)
+                memcpy(h, s->heap, s->heap_len * sizeof(*h));
+            gn_free(s->heap);
+            s->heap = h;
+            s->heap_cap = cap;
+        }
+    }
 }
 
-/* Compacting a store of up to this many entries stays well under 1 ms. */
+/* Compacting a store of up to this many entries, and this many bytes of
+ * live terms, stays well under 1 ms: the walk is per entry, the copy per
+ * word (off-heap binaries are not copied, only referenced). */
 #define GN_COMPACT_INLINE 4096
+#define GN_COMPACT_INLINE_BYTES ((size_t)128 * 1024)
 
+static int gn_compact_inline(const gn_store *s)
+{
+    return gn_size(s->root) <= GN_COMPACT_INLINE &&
+           s->live_words * sizeof(ERL_NIF_TERM) <= GN_COMPACT_INLINE_BYTES;
+}
+
+/* Once the arena's dead bytes exceed the live ones (and the floor), it is
+ * rebuilt from the live entries; or a big set's hash index is due to grow. */
 static int gn_arena_bloated(const gn_store *s)
 {
-    /* or: a big set's hash index is due to grow */
-    return s->arena_dead > gn_size(s->root) + 1024 || s->hash_grow;
+    size_t live = s->live_words * sizeof(ERL_NIF_TERM) + s->memory;
+    return gn_garbage(s) > live + GN_GARBAGE_FLOOR || s->hash_grow;
 }
 
 /* store_compact(Store, Result) -> Result (dirty): rebuilds a big store's
@@ -1225,7 +1451,7 @@ static ERL_NIF_TERM gn_after_write(ErlNifEnv *env, ERL_NIF_TERM store, gn_store 
         return enif_schedule_nif(env, "gn_store_compact", ERL_NIF_DIRTY_JOB_CPU_BOUND,
                                  gn_store_compact_nif, 2, args);
     int bloated = !s->deleted && gn_arena_bloated(s);
-    int small = gn_size(s->root) <= GN_COMPACT_INLINE;
+    int small = gn_compact_inline(s);
     if (bloated && small)
         gn_arena_compact(s);
     enif_rwlock_rwunlock(s->lock);
@@ -1241,6 +1467,9 @@ ERL_NIF_TERM gn_store_delete_key_nif(ErlNifEnv *env, int argc, const ERL_NIF_TER
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
+    size_t cost = gn_key_cost(env, argv[1], GN_INLINE_BYTES);
+    if (gn_too_big(cost))
+        return gn_go_dirty(env, gn_store_delete_key_nif, argc, argv);
     if (!GN_WRITE(gn_store_delete_key_nif, s, err))
         return err;
     gn_purge(s, gn_now_ms(), GN_PURGE_ON_WRITE);
@@ -1260,12 +1489,21 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
+    size_t cost = gn_key_cost(env, argv[1], GN_INLINE_BYTES);
+    if (gn_too_big(cost))
+        return gn_go_dirty(env, gn_store_take_nif, argc, argv);
     if (!GN_WRITE(gn_store_take_nif, s, err))
         return err;
     int64_t now = gn_now_ms();
     gn_purge(s, now, GN_PURGE_ON_WRITE);
     gn_probe p = {.env = env, .key = argv[1]};
-    gn_node *n = gn_unlink(s, &p);
+    gn_node *n = gn_find(s, &p);
+    if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
+        enif_rwlock_rwunlock(s->lock);
+        gn_probe_done(&p);
+        return gn_go_dirty(env, gn_store_take_nif, argc, argv);
+    }
+    n = n ? gn_unlink(s, &p) : NULL;
     /* the value lives in the arena: copy it out while the lock is held */
     ERL_NIF_TERM v = n && !gn_expired(n, now) ? enif_make_copy(env, n->value) : 0;
     int bloated = gn_arena_bloated(s);
@@ -1289,12 +1527,15 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
     ErlNifSInt64 incr, current;
     if (!enif_get_int64(env, argv[2], &incr))
         return enif_make_badarg(env);
+    if (gn_too_big(gn_key_cost(env, argv[1], GN_INLINE_BYTES)))
+        return gn_go_dirty(env, gn_store_update_counter_nif, argc, argv);
     if (!GN_WRITE(gn_store_update_counter_nif, s, err))
         return err;
     gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = gn_find_live(s, &p);
     /* enif_raise_exception returns a term that may be 0: a flag for ENOMEM */
     ERL_NIF_TERM result = 0, value;
+    int done = 0;
     int oom = 1;
     if (n) {
         if (!enif_get_int64(env, n->value, &current)) {
@@ -1325,14 +1566,19 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
         if (!(n = gn_node_new(s, env, argv[1], value)))
             goto out;
         gn_link(s, n, &p);
-        s->memory += gn_node_bytes(n);
+        gn_account_add(s, n);
     }
     result = value;
     oom = 0;
-out:
+    done = 1;
+out:;
+    /* a bignum counter leaves its old value in the arena: compact too */
+    int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
-    return oom ? enif_raise_exception(env, gn_am_enomem) : result;
+    if (oom)
+        return enif_raise_exception(env, gn_am_enomem);
+    return bloated && done ? gn_after_write(env, argv[0], s, result) : result;
 }
 
 /* store_size(Store) -> non_neg_integer() */
@@ -1348,6 +1594,13 @@ ERL_NIF_TERM gn_store_size_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     return enif_make_uint64(env, n);
 }
 
+/* The bytes the store holds, as the VM would count them (see Accounting). */
+static size_t gn_store_memory(const gn_store *s)
+{
+    return sizeof(gn_store) + s->memory + s->arena_bytes + s->dead_bin +
+           (s->hcap + s->heap_cap) * sizeof(void *) + 2 * GN_BLOCK_OVERHEAD;
+}
+
 /* store_info(Store) -> #{type, size, memory, owner, name, access, lifetime} */
 ERL_NIF_TERM gn_store_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
@@ -1361,7 +1614,7 @@ ERL_NIF_TERM gn_store_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     ERL_NIF_TERM vals[] = {
         s->ordered ? gn_am_ordered_set : gn_am_set,
         enif_make_uint64(env, gn_size(s->root)),
-        enif_make_uint64(env, sizeof(gn_store) + s->memory),
+        enif_make_uint64(env, gn_store_memory(s)),
         s->orphan ? gn_am_nil : enif_make_pid(env, &s->owner),
         s->name ? s->name : gn_am_nil,
         s->public_access ? gn_am_public : gn_am_protected,
@@ -1401,6 +1654,9 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         prev = enif_is_identical(argv[1], gn_am_prev);
     if (!(first || last || next || prev))
         return enif_make_badarg(env);
+    size_t cost = first || last ? 0 : gn_key_cost(env, argv[2], GN_INLINE_BYTES);
+    if (gn_too_big(cost))
+        return gn_go_dirty(env, gn_store_step_nif, argc, argv);
     if (!GN_VIEW_ORDERED(gn_store_step_nif, s, err))
         return err;
     gn_probe p = {.env = env, .key = argv[2]};
@@ -1421,10 +1677,17 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
             }
         }
     }
+    if (found && gn_too_big(cost + gn_entry_cost(found))) {
+        enif_rwlock_runlock(s->lock);
+        gn_probe_done(&p);
+        return gn_go_dirty(env, gn_store_step_nif, argc, argv);
+    }
+    cost += found ? gn_entry_cost(found) : 0;
     ERL_NIF_TERM result =
         found ? enif_make_tuple2(env, gn_am_ok, gn_entry(env, found)) : gn_am_error;
     enif_rwlock_runlock(s->lock);
     gn_probe_done(&p);
+    gn_charge(env, cost);
     return result;
 }
 
@@ -1434,6 +1697,8 @@ ERL_NIF_TERM gn_store_rank_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
+    if (gn_too_big(gn_key_cost(env, argv[1], GN_INLINE_BYTES)))
+        return gn_go_dirty(env, gn_store_rank_nif, argc, argv);
     if (!GN_VIEW_ORDERED(gn_store_rank_nif, s, err))
         return err;
     gn_probe p = {.env = env, .key = argv[1]};
@@ -1491,8 +1756,14 @@ ERL_NIF_TERM gn_store_at_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     if (i < 0)
         i += size;
     gn_node *n = (i >= 0 && i < size) ? gn_at(s->root, (size_t)i) : NULL;
+    if (n && gn_too_big(gn_entry_cost(n))) {
+        enif_rwlock_runlock(s->lock);
+        return gn_go_dirty(env, gn_store_at_nif, argc, argv);
+    }
+    size_t cost = n ? gn_entry_cost(n) : 0;
     ERL_NIF_TERM result = n ? enif_make_tuple2(env, gn_am_ok, gn_entry(env, n)) : gn_am_error;
     enif_rwlock_runlock(s->lock);
+    gn_charge(env, cost);
     return result;
 }
 
@@ -2022,7 +2293,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
                 ok = 0;
             } else {
                 sorted[nsorted++] = n;
-                s->memory += gn_node_bytes(n);
+                gn_account_add(s, n);
                 if (e->ttl)
                     ttl_pending = 1;
                 n->expires = e->ttl ? gn_now_ms() + e->ttl : 0;
@@ -2056,7 +2327,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
             return enif_make_tuple2(env, gn_am_error, gn_am_full);
         } else if ((n = gn_node_from_etf(s, env, e->key, e->k, e->klen, e->value))) {
             gn_link(s, n, &p);
-            s->memory += gn_node_bytes(n);
+            gn_account_add(s, n);
         } else {
             ok = 0;
         }
