@@ -112,10 +112,15 @@ GN_ATOMS(GN_DECLARE_ATOM)
 /* One per loaded library instance. The registry is shared by an upgraded
  * library with its predecessor (it holds data only, no code pointers); the
  * reaper thread is not, because its code lives in one .so. */
+typedef struct gn_store_shared gn_store_shared;
+
 typedef struct gn_priv {
     ErlNifResourceType *mailbox_rtype;
     gn_registry *registry;
     gn_reaper *reaper;
+    /* the stores' name registry and sweep list: shared, as the registry is,
+     * by an upgraded library with its predecessor (store.c) */
+    gn_store_shared *stores;
 } gn_priv;
 
 /* The priv of the library instance whose code is running. Resource

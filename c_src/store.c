@@ -17,7 +17,8 @@
  *
  * Locks: `s->lock` (a rwlock) protects everything in a gn_store: readers
  * hold it shared, writers exclusive, so a reader never sees a half-applied
- * write. `gn_names_lock` protects the name registry; it is never held with a
+ * write. `names_lock` (in the shared state) protects the name registry; it
+ * is never held with a
  * store lock held.
  *
  * Lifetime: a store is a resource. Deleting it (delete/1, its owner's exit
@@ -58,6 +59,7 @@ typedef struct gn_store {
     int orphan; /* a named store whose owner exited */
     ErlNifPid owner;
     ErlNifMonitor monitor;
+    gn_store_shared *shared;
     ERL_NIF_TERM name; /* an atom, or 0 */
     size_t max_size;   /* SIZE_MAX: no cap */
     gn_node *root;
@@ -78,12 +80,31 @@ typedef struct gn_store {
     /* TTL: a min-heap of the entries that expire, by expiry time */
     gn_node **heap;
     size_t heap_len, heap_cap;
-    /* on the sweep list (gn_ttl_lock) while it holds expiring entries */
+    /* on the sweep list (shared->ttl_lock) while it holds expiring entries */
     struct gn_store *ttl_next, *ttl_prev;
     int on_ttl_list;
 } gn_store;
 
 static ErlNifResourceType *gn_store_rtype;
+
+/* What every store of the VM shares: the name registry and the list of
+ * stores to sweep. It lives in the library's private data (gn_priv), not in
+ * file statics, so that an upgraded library takes it over with the stores:
+ * named stores stay reachable, and TTL sweeping goes on. Library instances
+ * count their references (load, upgrade and unload are serialized by the
+ * VM). */
+struct gn_store_shared {
+    int refs;
+    ErlNifMutex *names_lock;
+    struct gn_name *names; /* few stores are named: a list */
+    ErlNifMutex *ttl_lock;
+    struct gn_store *ttl_head; /* stores holding expiring entries */
+};
+
+static gn_store_shared *gn_shared(ErlNifEnv *env)
+{
+    return ((gn_priv *)enif_priv_data(env))->stores;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Names                                                                     */
@@ -94,35 +115,33 @@ typedef struct gn_name {
     gn_store *store; /* holds a resource reference */
 } gn_name;
 
-static ErlNifMutex *gn_names_lock;
-static gn_name *gn_names; /* few stores are named: a list */
-
 /* Returns the store registered as `name` with a reference, or NULL. */
-static gn_store *gn_name_lookup(ERL_NIF_TERM name)
+static gn_store *gn_name_lookup(gn_store_shared *sh, ERL_NIF_TERM name)
 {
     gn_store *s = NULL;
-    enif_mutex_lock(gn_names_lock);
-    for (gn_name *n = gn_names; n; n = n->next)
+    enif_mutex_lock(sh->names_lock);
+    for (gn_name *n = sh->names; n; n = n->next)
         if (enif_is_identical(n->name, name)) {
             s = n->store;
             enif_keep_resource(s);
             break;
         }
-    enif_mutex_unlock(gn_names_lock);
+    enif_mutex_unlock(sh->names_lock);
     return s;
 }
 
 static void gn_name_remove(gn_store *s)
 {
+    gn_store_shared *sh = s->shared;
     gn_name *removed = NULL;
-    enif_mutex_lock(gn_names_lock);
-    for (gn_name **p = &gn_names; *p; p = &(*p)->next)
+    enif_mutex_lock(sh->names_lock);
+    for (gn_name **p = &sh->names; *p; p = &(*p)->next)
         if ((*p)->store == s) {
             removed = *p;
             *p = removed->next;
             break;
         }
-    enif_mutex_unlock(gn_names_lock);
+    enif_mutex_unlock(sh->names_lock);
     if (removed) {
         gn_free(removed);
         enif_release_resource(s);
@@ -543,9 +562,6 @@ static void gn_link(gn_store *s, gn_node *n, gn_probe *p)
 #define GN_PURGE_INLINE 200
 #define GN_PURGE_ON_WRITE 16
 
-static ErlNifMutex *gn_ttl_lock;
-static gn_store *gn_ttl_head; /* stores holding expiring entries */
-
 static int64_t gn_now_ms(void)
 {
     return (int64_t)enif_monotonic_time(ERL_NIF_MSEC);
@@ -560,35 +576,37 @@ GN_HEAP_DEFINE(gn, gn_store, gn_node)
 
 static void gn_ttl_list_add(gn_store *s)
 {
+    gn_store_shared *sh = s->shared;
     if (s->on_ttl_list)
         return;
-    enif_mutex_lock(gn_ttl_lock);
+    enif_mutex_lock(sh->ttl_lock);
     s->ttl_prev = NULL;
-    s->ttl_next = gn_ttl_head;
-    if (gn_ttl_head)
-        gn_ttl_head->ttl_prev = s;
-    gn_ttl_head = s;
+    s->ttl_next = sh->ttl_head;
+    if (sh->ttl_head)
+        sh->ttl_head->ttl_prev = s;
+    sh->ttl_head = s;
     s->on_ttl_list = 1;
     enif_keep_resource(s);
-    enif_mutex_unlock(gn_ttl_lock);
+    enif_mutex_unlock(sh->ttl_lock);
 }
 
 /* Call without any store lock held (lock order: store, then list; the
  * sweep takes the list lock alone). Drops the list's reference. */
 static void gn_ttl_list_remove(gn_store *s)
 {
-    enif_mutex_lock(gn_ttl_lock);
+    gn_store_shared *sh = s->shared;
+    enif_mutex_lock(sh->ttl_lock);
     int was = s->on_ttl_list;
     if (was) {
         if (s->ttl_prev)
             s->ttl_prev->ttl_next = s->ttl_next;
         else
-            gn_ttl_head = s->ttl_next;
+            sh->ttl_head = s->ttl_next;
         if (s->ttl_next)
             s->ttl_next->ttl_prev = s->ttl_prev;
         s->on_ttl_list = 0;
     }
-    enif_mutex_unlock(gn_ttl_lock);
+    enif_mutex_unlock(sh->ttl_lock);
     if (was)
         enif_release_resource(s);
 }
@@ -740,31 +758,55 @@ static void gn_store_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonit
 
 static void gn_crc_init(void);
 
+/* A fresh shared state for priv->stores; the library that loads first
+ * makes it, and gn_store_upgrade hands it on. */
 int gn_store_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
 {
-    (void)priv;
     gn_crc_init();
     ErlNifResourceTypeInit init = {.dtor = gn_store_dtor, .stop = NULL, .down = gn_store_down};
     ErlNifResourceType *rt = enif_open_resource_type_x(env, "gn_store", &init, flags, NULL);
     if (!rt)
         return 0;
     gn_store_rtype = rt;
-    if (!gn_names_lock && !(gn_names_lock = enif_mutex_create("gn_store_names")))
+    gn_store_shared *sh = gn_alloc(sizeof(*sh));
+    if (!sh)
         return 0;
-    if (!gn_ttl_lock && !(gn_ttl_lock = enif_mutex_create("gn_store_ttl")))
-        return 0;
-    return 1;
+    memset(sh, 0, sizeof(*sh));
+    sh->refs = 1;
+    sh->names_lock = enif_mutex_create("gn_store_names");
+    sh->ttl_lock = enif_mutex_create("gn_store_ttl");
+    priv->stores = sh;
+    return sh->names_lock && sh->ttl_lock;
 }
 
-void gn_store_unload(void)
+/* An upgrade: the new library takes over the old one's stores (named
+ * stores, the sweep list) instead of the fresh state its load made. */
+void gn_store_upgrade(gn_priv *priv, gn_priv *old)
 {
-    /* Named stores still registered keep their resources: released here. */
-    if (!gn_names_lock)
+    gn_store_shared *fresh = priv->stores;
+    priv->stores = old->stores;
+    priv->stores->refs++;
+    /* no store ever saw the fresh state */
+    enif_mutex_destroy(fresh->names_lock);
+    enif_mutex_destroy(fresh->ttl_lock);
+    gn_free(fresh);
+}
+
+/* Drops this library's reference; the last one releases the named stores'
+ * references. The shared state itself, and its locks, are kept: a store
+ * that outlives every library instance (a handle still held) may still
+ * run its down callback, which takes them. */
+void gn_store_unload(gn_priv *priv)
+{
+    gn_store_shared *sh = priv->stores;
+    if (!sh || --sh->refs > 0)
         return;
-    enif_mutex_lock(gn_names_lock);
-    gn_name *n = gn_names;
-    gn_names = NULL;
-    enif_mutex_unlock(gn_names_lock);
+    if (!sh->names_lock)
+        return;
+    enif_mutex_lock(sh->names_lock);
+    gn_name *n = sh->names;
+    sh->names = NULL;
+    enif_mutex_unlock(sh->names_lock);
     while (n) {
         gn_name *next = n->next;
         enif_release_resource(n->store);
@@ -1001,8 +1043,9 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
      * whose owner has exited (the down callback may still be on its way).
      * The store's lock is taken with the names lock released; a regular NIF
      * only tries it, and waits on a dirty scheduler if it is busy. */
+    gn_store_shared *sh = gn_shared(env);
     if (has_name) {
-        gn_store *old = gn_name_lookup(argv[1]);
+        gn_store *old = gn_name_lookup(sh, argv[1]);
         if (old) {
             if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER) {
                 enif_rwlock_rwlock(old->lock);
@@ -1042,16 +1085,17 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     s->name = has_name ? argv[1] : 0;
     s->max_size = (size_t)max;
     s->owner = self;
+    s->shared = sh;
     if (!(s->lock = enif_rwlock_create("gn_store")) || !(s->arena = enif_alloc_env()))
         goto enomem;
     if (enif_monitor_process(env, s, &self, &s->monitor) != 0)
         goto enomem;
-    enif_mutex_lock(gn_names_lock);
+    enif_mutex_lock(sh->names_lock);
     if (has_name) {
-        for (gn_name *n = gn_names; n; n = n->next)
+        for (gn_name *n = sh->names; n; n = n->next)
             if (enif_is_identical(n->name, argv[1])) {
                 /* registered meanwhile by another process: start over */
-                enif_mutex_unlock(gn_names_lock);
+                enif_mutex_unlock(sh->names_lock);
                 gn_free(entry);
                 enif_demonitor_process(env, s, &s->monitor);
                 enif_release_resource(s);
@@ -1059,11 +1103,11 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
             }
         entry->name = argv[1];
         entry->store = s;
-        entry->next = gn_names;
-        gn_names = entry;
+        entry->next = sh->names;
+        sh->names = entry;
         enif_keep_resource(s);
     }
-    enif_mutex_unlock(gn_names_lock);
+    enif_mutex_unlock(sh->names_lock);
     ERL_NIF_TERM ref = enif_make_resource(env, s);
     enif_release_resource(s);
     return enif_make_tuple2(env, gn_am_ok, ref);
@@ -1082,7 +1126,7 @@ ERL_NIF_TERM gn_store_whereis_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     (void)argc;
     if (!enif_is_atom(env, argv[0]))
         return enif_make_badarg(env);
-    gn_store *s = gn_name_lookup(argv[0]);
+    gn_store *s = gn_name_lookup(gn_shared(env), argv[0]);
     if (!s)
         return gn_am_nil;
     ERL_NIF_TERM ref = enif_make_resource(env, s);
@@ -1977,8 +2021,9 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     gn_store **todo = gn_alloc(cap * sizeof(*todo));
     if (!todo)
         return enif_raise_exception(env, gn_am_enomem);
-    enif_mutex_lock(gn_ttl_lock);
-    for (gn_store *s = gn_ttl_head; s; s = s->ttl_next) {
+    gn_store_shared *sh = gn_shared(env);
+    enif_mutex_lock(sh->ttl_lock);
+    for (gn_store *s = sh->ttl_head; s; s = s->ttl_next) {
         if (n == cap) {
             gn_store **more = gn_alloc(2 * cap * sizeof(*more));
             if (!more)
@@ -1991,7 +2036,7 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         enif_keep_resource(s);
         todo[n++] = s;
     }
-    enif_mutex_unlock(gn_ttl_lock);
+    enif_mutex_unlock(sh->ttl_lock);
     int64_t now = gn_now_ms();
     for (size_t i = 0; i < n; i++) {
         gn_store *s = todo[i];
@@ -2256,7 +2301,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
 
     /* A new store, even where new/2 would adopt an orphaned named one. */
     if (!enif_is_identical(argv[1], gn_am_nil) && enif_is_atom(env, argv[1])) {
-        gn_store *held = gn_name_lookup(argv[1]);
+        gn_store *held = gn_name_lookup(gn_shared(env), argv[1]);
         if (held) {
             enif_release_resource(held);
             gn_free(es);
