@@ -39,9 +39,28 @@ defmodule GenNative.Store do
   `ArgumentError` ("not the owner"), and so does any use of a deleted store
   ("deleted").
 
-  Functions whose work grows with the store (`to_list/1`, `range/4`,
-  `slice/3`, `put_many/2`) run on dirty schedulers; `clear/1` and
-  `delete/1` hand the entries to a background thread in O(1).
+  ## Scheduling
+
+  No call on a `:nif` store keeps a normal scheduler for more than about a
+  millisecond. Functions whose work grows with the store (`to_list/1`, `range/4`,
+  `slice/3`, `put_many/2`, `snapshot/1`, `restore/2`) run on dirty
+  schedulers; `clear/1` and `delete/1` hand the entries to a background
+  thread in O(1). The others are O(log n) and move themselves to a dirty
+  scheduler when they would wait or work longer: when the store's lock is
+  held by such a walk, when the key or the value they copy is large (over
+  about 64 KB of terms, or a binary key that size: a 10,000-element list, a
+  big binary key), or when many entries have expired since the last
+  purge. What they copy on a normal scheduler is charged to the caller's
+  timeslice.
+
+  ## Memory
+
+  For a `:nif` store, `info/1`'s `:memory` is what it holds as the VM counts it (within
+  about 10% of what `:erlang.memory/0` sees): its entries, their terms,
+  the off-heap binaries they reference, and the terms overwritten or
+  removed but not yet reclaimed. Those are reclaimed once they outweigh
+  the live ones (plus 64 KB), so a store holds at most about twice its
+  live data, however it is written to.
 
   ## Backends
 
@@ -531,8 +550,8 @@ defmodule GenNative.Store do
 
   @doc """
   `%{type, size, memory, owner, name, access, lifetime}`; `memory` is the
-  bytes the store holds; `owner` is `nil` for a `:named` store whose owner
-  exited.
+  bytes the store holds, as the VM counts them (see "Memory" in the module
+  docs); `owner` is `nil` for a `:named` store whose owner exited.
 
   For a port store: `owner: nil`, `access: :public`, `lifetime: :named`
   (it lives until `delete/1`), and also `backend: {:port, port_name}` and
