@@ -223,8 +223,8 @@ static size_t gn_garbage(const gn_store *s)
 
 /* The heap words `t` takes, as the VM's size_object counts them; adds to
  * *bin the bytes of the off-heap (refc) binaries it references. Stops
- * counting once past `limit` words (bytes of binaries count as words/8):
- * the result is then only known to be over it. Recursion is bounded:
+ * counting once past `limit` words: the result is then only known to be
+ * over it (and *bin to be at least what it says). Recursion is bounded:
  * past depth 64, a subterm is sized by its encoding. */
 static size_t gn_term_words(ErlNifEnv *env, ERL_NIF_TERM t, size_t *bin, size_t limit, int depth)
 {
@@ -261,7 +261,7 @@ static size_t gn_term_words(ErlNifEnv *env, ERL_NIF_TERM t, size_t *bin, size_t 
         if (b.size <= 64)
             return 2 + (b.size + 7) / 8; /* a heap binary */
         *bin += b.size + GN_BIN_HEADER;
-        return 6 + b.size / 8 / 64; /* a ProcBin; a huge one counts toward the limit */
+        return 6; /* a ProcBin: copying it copies no data */
     case ERL_NIF_TERM_TYPE_MAP: {
         size_t n = 0;
         ERL_NIF_TERM k, v;
