@@ -99,7 +99,12 @@
     X(index) \
     X(not_ordered) \
     X(invalid_snapshot) \
-    X(purge)
+    X(purge) \
+    /* store (issue 10) */ \
+    X(enomem) \
+    X(safe) \
+    X(unsafe_snapshot) \
+    X(system_limit)
 /* clang-format on */
 #define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high)
 #define GN_DECLARE_ATOM(name) extern ERL_NIF_TERM gn_am_##name;
@@ -109,10 +114,15 @@ GN_ATOMS(GN_DECLARE_ATOM)
 /* One per loaded library instance. The registry is shared by an upgraded
  * library with its predecessor (it holds data only, no code pointers); the
  * reaper thread is not, because its code lives in one .so. */
+typedef struct gn_store_shared gn_store_shared;
+
 typedef struct gn_priv {
     ErlNifResourceType *mailbox_rtype;
     gn_registry *registry;
     gn_reaper *reaper;
+    /* the stores' name registry and sweep list: shared, as the registry is,
+     * by an upgraded library with its predecessor (store.c) */
+    gn_store_shared *stores;
 } gn_priv;
 
 /* The priv of the library instance whose code is running. Resource

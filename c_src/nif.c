@@ -29,6 +29,7 @@ static gn_priv *gn_priv_open(ErlNifEnv *env, gn_registry *shared, ErlNifResource
     if (!priv)
         return NULL;
     priv->registry = shared;
+    priv->stores = NULL;
     priv->reaper = gn_reaper_start();
     if (!priv->reaper || !gn_mailbox_load(env, priv, flags) || !gn_store_load(env, priv, flags))
         goto fail;
@@ -40,6 +41,7 @@ static gn_priv *gn_priv_open(ErlNifEnv *env, gn_registry *shared, ErlNifResource
     return priv;
 
 fail:
+    gn_store_unload(priv);
     gn_reaper_stop(priv->reaper);
     gn_free(priv);
     return NULL;
@@ -67,6 +69,7 @@ static int gn_upgrade(ErlNifEnv *env, void **priv_data, void **old_priv_data, ER
     gn_priv *priv = gn_priv_open(env, old->registry, ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER);
     if (!priv)
         return 1;
+    gn_store_upgrade(priv, old);
     *priv_data = priv;
     return 0;
 }
@@ -77,7 +80,7 @@ static void gn_unload(ErlNifEnv *env, void *priv_data)
     gn_priv *priv = priv_data;
     if (gn_current == priv)
         gn_current = NULL;
-    gn_store_unload();
+    gn_store_unload(priv);
     gn_reaper_stop(priv->reaper);
     gn_registry_release(priv->registry);
     gn_free(priv);
@@ -117,7 +120,7 @@ static ErlNifFunc gn_funcs[] = {
     {"store_snapshot",   1,     gn_store_snapshot_nif,  ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_purge",      1,     gn_store_purge_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_sweep",      0,     gn_store_sweep_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
-    {"store_restore",    5,     gn_store_restore_nif,   ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    {"store_restore",    6,     gn_store_restore_nif,   ERL_NIF_DIRTY_JOB_CPU_BOUND},
 };
 /* clang-format on */
 

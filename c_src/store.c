@@ -17,7 +17,8 @@
  *
  * Locks: `s->lock` (a rwlock) protects everything in a gn_store: readers
  * hold it shared, writers exclusive, so a reader never sees a half-applied
- * write. `gn_names_lock` protects the name registry; it is never held with a
+ * write. `names_lock` (in the shared state) protects the name registry; it
+ * is never held with a
  * store lock held.
  *
  * Lifetime: a store is a resource. Deleting it (delete/1, its owner's exit
@@ -28,6 +29,7 @@
 #include <string.h>
 
 #include "avl.h"
+#include "etf_scan.h"
 #include "heap.h"
 #include "store.h"
 
@@ -39,7 +41,9 @@ typedef struct gn_node {
     ERL_NIF_TERM value;   /* in the store's arena: a get copies it out */
     unsigned char *kdata; /* the key's encoding (gn_alloc): set tie-breaks, snapshots */
     uint32_t klen;
-    size_t vbytes;         /* the value's size, for accounting */
+    /* for accounting: heap words of the key and value terms in the arena,
+     * and bytes of the off-heap binaries they reference */
+    size_t kwords, vwords, kbin, vbin;
     struct gn_node *hnext; /* a set's hash chain */
     uint32_t hash;
     int64_t expires; /* monotonic ms; 0: never */
@@ -55,6 +59,7 @@ typedef struct gn_store {
     int orphan; /* a named store whose owner exited */
     ErlNifPid owner;
     ErlNifMonitor monitor;
+    gn_store_shared *shared;
     ERL_NIF_TERM name; /* an atom, or 0 */
     size_t max_size;   /* SIZE_MAX: no cap */
     gn_node *root;
@@ -64,17 +69,42 @@ typedef struct gn_store {
     size_t hcap, hcount;
     int hash_grow; /* a big table to regrow on a dirty scheduler */
     ErlNifEnv *arena;
-    size_t arena_dead;
-    size_t memory; /* bytes held by entries */
+    /* Memory, in bytes unless named words (see "Accounting" below):
+     * `memory`: the entries' own allocations and the off-heap binaries
+     * their live terms reference; `live_words`: the heap words of the live
+     * terms in the arena; `arena_bytes`: what the arena's heap fragments
+     * take, live or dead; `dead_bin`: off-heap binaries that only dead
+     * terms in the arena reference. */
+    size_t memory, live_words, arena_bytes, dead_bin;
+    size_t frag_left; /* words left in the arena's current fragment */
     /* TTL: a min-heap of the entries that expire, by expiry time */
     gn_node **heap;
     size_t heap_len, heap_cap;
-    /* on the sweep list (gn_ttl_lock) while it holds expiring entries */
+    /* on the sweep list (shared->ttl_lock) while it holds expiring entries */
     struct gn_store *ttl_next, *ttl_prev;
     int on_ttl_list;
 } gn_store;
 
 static ErlNifResourceType *gn_store_rtype;
+
+/* What every store of the VM shares: the name registry and the list of
+ * stores to sweep. It lives in the library's private data (gn_priv), not in
+ * file statics, so that an upgraded library takes it over with the stores:
+ * named stores stay reachable, and TTL sweeping goes on. Library instances
+ * count their references (load, upgrade and unload are serialized by the
+ * VM). */
+struct gn_store_shared {
+    int refs;
+    ErlNifMutex *names_lock;
+    struct gn_name *names; /* few stores are named: a list */
+    ErlNifMutex *ttl_lock;
+    struct gn_store *ttl_head; /* stores holding expiring entries */
+};
+
+static gn_store_shared *gn_shared(ErlNifEnv *env)
+{
+    return ((gn_priv *)enif_priv_data(env))->stores;
+}
 
 /* ------------------------------------------------------------------------ */
 /* Names                                                                     */
@@ -85,35 +115,33 @@ typedef struct gn_name {
     gn_store *store; /* holds a resource reference */
 } gn_name;
 
-static ErlNifMutex *gn_names_lock;
-static gn_name *gn_names; /* few stores are named: a list */
-
 /* Returns the store registered as `name` with a reference, or NULL. */
-static gn_store *gn_name_lookup(ERL_NIF_TERM name)
+static gn_store *gn_name_lookup(gn_store_shared *sh, ERL_NIF_TERM name)
 {
     gn_store *s = NULL;
-    enif_mutex_lock(gn_names_lock);
-    for (gn_name *n = gn_names; n; n = n->next)
+    enif_mutex_lock(sh->names_lock);
+    for (gn_name *n = sh->names; n; n = n->next)
         if (enif_is_identical(n->name, name)) {
             s = n->store;
             enif_keep_resource(s);
             break;
         }
-    enif_mutex_unlock(gn_names_lock);
+    enif_mutex_unlock(sh->names_lock);
     return s;
 }
 
 static void gn_name_remove(gn_store *s)
 {
+    gn_store_shared *sh = s->shared;
     gn_name *removed = NULL;
-    enif_mutex_lock(gn_names_lock);
-    for (gn_name **p = &gn_names; *p; p = &(*p)->next)
+    enif_mutex_lock(sh->names_lock);
+    for (gn_name **p = &sh->names; *p; p = &(*p)->next)
         if ((*p)->store == s) {
             removed = *p;
             *p = removed->next;
             break;
         }
-    enif_mutex_unlock(gn_names_lock);
+    enif_mutex_unlock(sh->names_lock);
     if (removed) {
         gn_free(removed);
         enif_release_resource(s);
@@ -123,10 +151,35 @@ static void gn_name_remove(gn_store *s)
 /* ------------------------------------------------------------------------ */
 /* Entries and the tree                                                      */
 
+/* ------------------------------------------------------------------------ */
+/* Accounting                                                                */
+/*
+ * info/1's memory is meant to be what the VM sees (within 10%): the
+ * entries' allocations, the arena's heap fragments (live terms, dead terms
+ * and slack), and the off-heap binaries referenced from it. Terms are
+ * sized in heap words as the VM's size_object counts them, and the arena's
+ * fragments as enif_make_copy allocates them (a term that does not fit the
+ * current fragment gets a new one of its size plus MIN_HEAP_FRAG_SZ, 200
+ * words). Dead terms (overwritten or removed) stay in the arena until it
+ * is compacted, which happens once their bytes exceed the live ones (plus
+ * GN_GARBAGE_FLOOR): garbage is bounded by bytes, whatever the entry count.
+ */
+
+#define GN_BLOCK_OVERHEAD 16 /* an allocator block's header, about */
+#define GN_FRAG_EXTRA 200    /* MIN_HEAP_FRAG_SZ, in words */
+#define GN_FRAG_HEADER 48    /* an ErlHeapFragment's header and block header */
+#define GN_BIN_HEADER 48     /* an off-heap binary's header and block header */
+#define GN_GARBAGE_FLOOR ((size_t)64 * 1024)
+
+/* The allocator's smallest block, about (measured against :erlang.memory/0
+ * on OTP 25: a few-byte key encoding takes some 64 bytes). */
+#define GN_BLOCK_MIN 64
+
 static size_t gn_node_bytes(const gn_node *n)
 {
-    /* the key counts twice: encoded, and as a term in the arena */
-    return sizeof(gn_node) + 2 * (size_t)n->klen + n->vbytes;
+    size_t kblock = (size_t)n->klen + GN_BLOCK_OVERHEAD;
+    return sizeof(gn_node) + GN_BLOCK_OVERHEAD + (kblock < GN_BLOCK_MIN ? GN_BLOCK_MIN : kblock) +
+           n->kbin + n->vbin;
 }
 
 static void gn_node_free(gn_node *n)
@@ -135,59 +188,128 @@ static void gn_node_free(gn_node *n)
     gn_free(n);
 }
 
-/* About how many bytes `t` takes as a term: the words of its cells, plus
- * binary data. Bounded depth; an estimate for accounting, never for safety. */
-static size_t gn_term_bytes(ErlNifEnv *env, ERL_NIF_TERM t, int depth)
+/* A copy of `words` heap words into the arena. */
+static void gn_arena_charge(gn_store *s, size_t words)
+{
+    if (words == 0)
+        return;
+    if (words <= s->frag_left) {
+        s->frag_left -= words;
+        return;
+    }
+    s->arena_bytes += (words + GN_FRAG_EXTRA) * sizeof(ERL_NIF_TERM) + GN_FRAG_HEADER;
+    s->frag_left = GN_FRAG_EXTRA;
+}
+
+static void gn_account_add(gn_store *s, const gn_node *n)
+{
+    s->memory += gn_node_bytes(n);
+    s->live_words += n->kwords + n->vwords;
+}
+
+/* n leaves the store: its terms stay in the arena, dead. */
+static void gn_account_remove(gn_store *s, const gn_node *n)
+{
+    s->memory -= gn_node_bytes(n);
+    s->live_words -= n->kwords + n->vwords;
+    s->dead_bin += n->kbin + n->vbin;
+}
+
+static size_t gn_garbage(const gn_store *s)
+{
+    size_t live = s->live_words * sizeof(ERL_NIF_TERM);
+    return (s->arena_bytes > live ? s->arena_bytes - live : 0) + s->dead_bin;
+}
+
+/* The heap words `t` takes, as the VM's size_object counts them; adds to
+ * *bin the bytes of the off-heap (refc) binaries it references. Stops
+ * counting once past `limit` words: the result is then only known to be
+ * over it (and *bin to be at least what it says). Recursion is bounded:
+ * past depth 64, a subterm is sized by its encoding. */
+static size_t gn_term_words(ErlNifEnv *env, ERL_NIF_TERM t, size_t *bin, size_t limit, int depth)
 {
     const ERL_NIF_TERM *elems;
     int arity;
-    ErlNifBinary bin;
+    ErlNifBinary b;
     ERL_NIF_TERM head, tail;
-    size_t bytes = 0;
-    if (depth > 64)
-        return 64;
+    size_t words = 0;
+    if (depth > 64) {
+        if (!enif_term_to_binary(env, t, &b))
+            return 64;
+        words = b.size; /* an encoding's bytes bound its words from above, roughly */
+        enif_release_binary(&b);
+        return words;
+    }
     switch (enif_term_type(env, t)) {
     case ERL_NIF_TERM_TYPE_TUPLE:
         enif_get_tuple(env, t, &arity, &elems);
-        bytes = 8 * (size_t)(arity + 1);
-        for (int i = 0; i < arity; i++)
-            bytes += gn_term_bytes(env, elems[i], depth + 1);
-        return bytes;
+        words = 1 + (size_t)arity;
+        for (int i = 0; i < arity && words <= limit; i++)
+            words += gn_term_words(env, elems[i], bin, limit - words, depth + 1);
+        return words;
     case ERL_NIF_TERM_TYPE_LIST:
-        while (enif_get_list_cell(env, t, &head, &tail)) {
-            bytes += 16 + gn_term_bytes(env, head, depth + 1);
+        while (words <= limit && enif_get_list_cell(env, t, &head, &tail)) {
+            words += 2 + gn_term_words(env, head, bin, limit - words, depth + 1);
             t = tail;
         }
-        return enif_is_empty_list(env, t) ? bytes : bytes + gn_term_bytes(env, t, depth + 1);
+        if (words > limit || enif_is_empty_list(env, t))
+            return words;
+        return words + gn_term_words(env, t, bin, limit - words, depth + 1);
     case ERL_NIF_TERM_TYPE_BITSTRING:
-        enif_inspect_binary(env, t, &bin);
-        return 24 + bin.size;
+        if (!enif_inspect_binary(env, t, &b))
+            return 8; /* a bitstring: a sub binary */
+        if (b.size <= 64)
+            return 2 + (b.size + 7) / 8; /* a heap binary */
+        *bin += b.size + GN_BIN_HEADER;
+        return 6; /* a ProcBin: copying it copies no data */
     case ERL_NIF_TERM_TYPE_MAP: {
         size_t n = 0;
         ERL_NIF_TERM k, v;
         ErlNifMapIterator it;
         enif_get_map_size(env, t, &n);
-        bytes = 16 * n + 24;
+        /* a flatmap: header, keys tuple, values; a hashmap: about a cons
+         * per pair, and its nodes */
+        words = n <= 32 ? 4 + 2 * n : 4 + 3 * n;
         if (enif_map_iterator_create(env, t, &it, ERL_NIF_MAP_ITERATOR_FIRST)) {
-            while (enif_map_iterator_get_pair(env, &it, &k, &v)) {
-                bytes += gn_term_bytes(env, k, depth + 1) + gn_term_bytes(env, v, depth + 1);
+            while (words <= limit && enif_map_iterator_get_pair(env, &it, &k, &v)) {
+                words += gn_term_words(env, k, bin, limit - words, depth + 1);
+                words += gn_term_words(env, v, bin, limit - words, depth + 1);
                 enif_map_iterator_next(env, &it);
             }
             enif_map_iterator_destroy(env, &it);
         }
-        return bytes;
+        return words;
     }
     case ERL_NIF_TERM_TYPE_FLOAT:
-        return 16;
+        return 2;
     case ERL_NIF_TERM_TYPE_INTEGER: {
         ErlNifSInt64 i;
-        return enif_get_int64(env, t, &i) ? 0 : 32; /* small ints are immediate */
+        ErlNifUInt64 u;
+        /* small integers (60 bits) are immediate */
+        if (enif_get_int64(env, t, &i))
+            return i >= -((ErlNifSInt64)1 << 59) && i < ((ErlNifSInt64)1 << 59) ? 0 : 2;
+        if (enif_get_uint64(env, t, &u))
+            return 2;
+        if (!enif_term_to_binary(env, t, &b))
+            return 3;
+        words = 1 + (b.size + 7) / 8;
+        enif_release_binary(&b);
+        return words;
     }
     case ERL_NIF_TERM_TYPE_REFERENCE:
+        return 4;
     case ERL_NIF_TERM_TYPE_FUN:
-        return 48;
+        return 8;
+    case ERL_NIF_TERM_TYPE_PID: {
+        ErlNifPid pid;
+        return enif_get_local_pid(env, t, &pid) ? 0 : 6; /* local: immediate */
+    }
+    case ERL_NIF_TERM_TYPE_PORT: {
+        ErlNifPort port;
+        return enif_get_local_port(env, t, &port) ? 0 : 6;
+    }
     default:
-        return 0; /* atoms, local pids and ports are immediate */
+        return 0; /* atoms */
     }
 }
 
@@ -240,8 +362,7 @@ static void gn_store_detach(gn_store *s, int reuse)
     gn_reap_tree(s->root, s->arena);
     s->root = NULL;
     s->arena = reuse ? enif_alloc_env() : NULL;
-    s->arena_dead = 0;
-    s->memory = 0;
+    s->memory = s->live_words = s->arena_bytes = s->dead_bin = s->frag_left = 0;
     gn_free(s->heap);
     s->heap = NULL;
     s->heap_len = s->heap_cap = 0;
@@ -441,9 +562,6 @@ static void gn_link(gn_store *s, gn_node *n, gn_probe *p)
 #define GN_PURGE_INLINE 200
 #define GN_PURGE_ON_WRITE 16
 
-static ErlNifMutex *gn_ttl_lock;
-static gn_store *gn_ttl_head; /* stores holding expiring entries */
-
 static int64_t gn_now_ms(void)
 {
     return (int64_t)enif_monotonic_time(ERL_NIF_MSEC);
@@ -458,35 +576,37 @@ GN_HEAP_DEFINE(gn, gn_store, gn_node)
 
 static void gn_ttl_list_add(gn_store *s)
 {
+    gn_store_shared *sh = s->shared;
     if (s->on_ttl_list)
         return;
-    enif_mutex_lock(gn_ttl_lock);
+    enif_mutex_lock(sh->ttl_lock);
     s->ttl_prev = NULL;
-    s->ttl_next = gn_ttl_head;
-    if (gn_ttl_head)
-        gn_ttl_head->ttl_prev = s;
-    gn_ttl_head = s;
+    s->ttl_next = sh->ttl_head;
+    if (sh->ttl_head)
+        sh->ttl_head->ttl_prev = s;
+    sh->ttl_head = s;
     s->on_ttl_list = 1;
     enif_keep_resource(s);
-    enif_mutex_unlock(gn_ttl_lock);
+    enif_mutex_unlock(sh->ttl_lock);
 }
 
 /* Call without any store lock held (lock order: store, then list; the
  * sweep takes the list lock alone). Drops the list's reference. */
 static void gn_ttl_list_remove(gn_store *s)
 {
-    enif_mutex_lock(gn_ttl_lock);
+    gn_store_shared *sh = s->shared;
+    enif_mutex_lock(sh->ttl_lock);
     int was = s->on_ttl_list;
     if (was) {
         if (s->ttl_prev)
             s->ttl_prev->ttl_next = s->ttl_next;
         else
-            gn_ttl_head = s->ttl_next;
+            sh->ttl_head = s->ttl_next;
         if (s->ttl_next)
             s->ttl_next->ttl_prev = s->ttl_prev;
         s->on_ttl_list = 0;
     }
-    enif_mutex_unlock(gn_ttl_lock);
+    enif_mutex_unlock(sh->ttl_lock);
     if (was)
         enif_release_resource(s);
 }
@@ -576,51 +696,117 @@ static void gn_store_mark_deleted(gn_store *s)
     gn_store_detach(s, 0);
 }
 
+/* The owner `pid` of `s` is down: a :named store becomes an orphan, any
+ * other is deleted. Call with the write lock held; returns whether to drop
+ * the name (after unlocking). Nothing happens if the store has been adopted
+ * since (its owner is another process). */
+static int gn_store_owner_gone(gn_store *s, const ErlNifPid *pid)
+{
+    if (s->deleted || s->orphan || enif_compare_pids(&s->owner, pid) != 0)
+        return 0;
+    if (s->named_lifetime) {
+        s->orphan = 1;
+        return 0;
+    }
+    gn_store_mark_deleted(s);
+    return 1;
+}
+
+typedef struct gn_down_job {
+    gn_store *s; /* holds a resource reference */
+    ErlNifPid pid;
+} gn_down_job;
+
+static void gn_store_down_job(void *arg)
+{
+    gn_down_job *job = arg;
+    gn_store *s = job->s;
+    enif_rwlock_rwlock(s->lock);
+    int unregister = gn_store_owner_gone(s, &job->pid);
+    enif_rwlock_rwunlock(s->lock);
+    if (unregister)
+        gn_name_remove(s);
+    enif_release_resource(s);
+    gn_free(job);
+}
+
+/* Runs on a normal scheduler: never waits for the store's lock. If a dirty
+ * NIF holds it (a walk of a big store), the work goes to the reaper thread,
+ * which may wait. Until it is done, new/2 adopts a :named store whose owner
+ * is not alive as if it were an orphan (see gn_store_new_nif). */
 static void gn_store_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonitor *mon)
 {
     (void)env;
-    (void)pid;
     (void)mon;
     gn_store *s = obj;
-    int unregister = 0;
-    enif_rwlock_rwlock(s->lock);
-    if (!s->deleted) {
-        if (s->named_lifetime) {
-            s->orphan = 1;
-        } else {
-            gn_store_mark_deleted(s);
-            unregister = 1;
+    if (enif_rwlock_tryrwlock(s->lock) != 0) {
+        gn_down_job *job = gn_alloc(sizeof(*job));
+        if (job) {
+            enif_keep_resource(s);
+            job->s = s;
+            job->pid = *pid;
+            gn_reap(gn_store_down_job, job);
+            return;
         }
+        enif_rwlock_rwlock(s->lock); /* out of memory: wait, rather than lose the exit */
     }
+    int unregister = gn_store_owner_gone(s, pid);
     enif_rwlock_rwunlock(s->lock);
     if (unregister)
         gn_name_remove(s); /* may drop the last reference: last */
 }
 
+static void gn_crc_init(void);
+
+/* A fresh shared state for priv->stores; the library that loads first
+ * makes it, and gn_store_upgrade hands it on. */
 int gn_store_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags)
 {
-    (void)priv;
+    gn_crc_init();
     ErlNifResourceTypeInit init = {.dtor = gn_store_dtor, .stop = NULL, .down = gn_store_down};
     ErlNifResourceType *rt = enif_open_resource_type_x(env, "gn_store", &init, flags, NULL);
     if (!rt)
         return 0;
     gn_store_rtype = rt;
-    if (!gn_names_lock && !(gn_names_lock = enif_mutex_create("gn_store_names")))
+    gn_store_shared *sh = gn_alloc(sizeof(*sh));
+    if (!sh)
         return 0;
-    if (!gn_ttl_lock && !(gn_ttl_lock = enif_mutex_create("gn_store_ttl")))
-        return 0;
-    return 1;
+    memset(sh, 0, sizeof(*sh));
+    sh->refs = 1;
+    sh->names_lock = enif_mutex_create("gn_store_names");
+    sh->ttl_lock = enif_mutex_create("gn_store_ttl");
+    priv->stores = sh;
+    return sh->names_lock && sh->ttl_lock;
 }
 
-void gn_store_unload(void)
+/* An upgrade: the new library takes over the old one's stores (named
+ * stores, the sweep list) instead of the fresh state its load made. */
+void gn_store_upgrade(gn_priv *priv, gn_priv *old)
 {
-    /* Named stores still registered keep their resources: released here. */
-    if (!gn_names_lock)
+    gn_store_shared *fresh = priv->stores;
+    priv->stores = old->stores;
+    priv->stores->refs++;
+    /* no store ever saw the fresh state */
+    enif_mutex_destroy(fresh->names_lock);
+    enif_mutex_destroy(fresh->ttl_lock);
+    gn_free(fresh);
+}
+
+/* Drops this library's reference; the last one releases the named stores'
+ * references. The shared state itself, and its locks, are kept: a store
+ * that outlives every library instance (a handle still held) may still
+ * run its down callback, which takes them. */
+void gn_store_unload(gn_priv *priv)
+{
+    gn_store_shared *sh = priv->stores;
+    if (!sh || --sh->refs > 0)
         return;
-    enif_mutex_lock(gn_names_lock);
-    gn_name *n = gn_names;
-    gn_names = NULL;
-    enif_mutex_unlock(gn_names_lock);
+    if (!sh->names_lock)
+        return;
+    enif_mutex_lock(sh->names_lock);
+    gn_name *n = sh->names;
+    sh->names = NULL;
+    enif_mutex_unlock(sh->names_lock);
     while (n) {
         gn_name *next = n->next;
         enif_release_resource(n->store);
@@ -690,25 +876,35 @@ fail:
 
 /* For reads that see the whole store (size, rank, index, walks): first purge
  * what has expired. Called with the read lock held; returns with it held,
- * or NULL (lock released, *err set) when a regular NIF would have to purge
- * more than GN_PURGE_INLINE entries: then *err asks the caller to purge on
- * a dirty scheduler (store_purge/1) and come back. */
-static gn_store *gn_fresh_view(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
+ * or NULL (lock released, *err set). A regular NIF purges up to
+ * GN_PURGE_INLINE entries, and only if it gets the write lock at once;
+ * anything more, and it reschedules itself (`self` with argc/argv) on a
+ * dirty scheduler, which purges everything and then reads. That is the one
+ * way a store NIF asks for more time: nothing is raised for the caller to
+ * retry. */
+static gn_store *gn_fresh_view(ErlNifEnv *env, gn_store *s, int argc, const ERL_NIF_TERM argv[],
+                               gn_nif_fn *self, ERL_NIF_TERM *err)
 {
-    for (int tries = 0; tries < 3; tries++) {
+    int dirty = enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER;
+    /* Entries expiring continuously: each round purges all that expired
+     * by its start; the bound is a backstop, never reached in practice. */
+    for (int tries = 0; tries < 64; tries++) {
         int64_t now = gn_now_ms();
         if (!gn_needs_purge(s, now))
             return s;
         enif_rwlock_runlock(s->lock);
-        enif_rwlock_rwlock(s->lock);
-        int dirty = enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER;
+        if (dirty)
+            enif_rwlock_rwlock(s->lock);
+        else if (tries >= 2 || enif_rwlock_tryrwlock(s->lock) != 0)
+            goto go_dirty;
         size_t left = s->deleted ? 0 : gn_purge(s, now, dirty ? SIZE_MAX : GN_PURGE_INLINE);
         enif_rwlock_rwunlock(s->lock);
-        if (left) {
-            *err = enif_raise_exception(env, gn_am_purge);
-            return NULL;
-        }
-        enif_rwlock_rlock(s->lock);
+        if (left)
+            goto go_dirty;
+        if (dirty)
+            enif_rwlock_rlock(s->lock);
+        else if (enif_rwlock_tryrlock(s->lock) != 0)
+            goto go_dirty;
         if (s->deleted) {
             enif_rwlock_runlock(s->lock);
             *err = enif_raise_exception(env, gn_am_store_deleted);
@@ -716,13 +912,19 @@ static gn_store *gn_fresh_view(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
         }
     }
     return s;
+
+go_dirty:
+    *err = enif_schedule_nif(env, "gn_store_purge_first", ERL_NIF_DIRTY_JOB_CPU_BOUND, self, argc,
+                             argv);
+    return NULL;
 }
 
 /* In a NIF named `fn`: take the store in argv[0] for reading or writing. */
 #define GN_READ(fn, s, err) ((s) = gn_store_lock(env, argc, argv, fn, 0, &(err)))
 #define GN_WRITE(fn, s, err) ((s) = gn_store_lock(env, argc, argv, fn, 1, &(err)))
 /* Reading the whole store: as GN_READ, after purging what has expired. */
-#define GN_VIEW(fn, s, err) (GN_READ(fn, s, err) && ((s) = gn_fresh_view(env, (s), &(err))))
+#define GN_VIEW(fn, s, err)                                                                        \
+    (GN_READ(fn, s, err) && ((s) = gn_fresh_view(env, (s), argc, argv, fn, &(err))))
 
 /* A view of an ordered_set: on a set, unlocks and raises not_ordered. */
 static int gn_ordered_or_raise(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
@@ -742,6 +944,61 @@ static ERL_NIF_TERM gn_entry(ErlNifEnv *env, const gn_node *n)
 }
 
 /* ------------------------------------------------------------------------ */
+/* Big terms                                                                 */
+/*
+ * Work on one key or value grows with its size: a put copies the value and
+ * encodes and hashes the key, a get copies the value out. A regular NIF
+ * handles terms up to GN_INLINE_BYTES (a bounded walk finds out, before
+ * anything is done), charging the scheduler's timeslice by the bytes it
+ * copies; past that, the call reschedules itself on a dirty scheduler.
+ */
+
+#define GN_INLINE_BYTES ((size_t)64 * 1024)
+#define GN_SLICE_BYTES ((size_t)512 * 1024) /* copied in about a timeslice (1 ms) */
+
+/* Bytes of work on `key` (encoded, hashed, compared: binaries in full),
+ * counted up to a little past `limit`. */
+static size_t gn_key_cost(ErlNifEnv *env, ERL_NIF_TERM key, size_t limit)
+{
+    size_t bin = 0;
+    size_t words = gn_term_words(env, key, &bin, limit / sizeof(ERL_NIF_TERM), 0);
+    return words * sizeof(ERL_NIF_TERM) + bin;
+}
+
+/* Bytes of work on copying `value` (an off-heap binary is referenced, not
+ * copied), counted up to a little past `limit`. */
+static size_t gn_value_cost(ErlNifEnv *env, ERL_NIF_TERM value, size_t limit)
+{
+    size_t bin = 0;
+    return gn_term_words(env, value, &bin, limit / sizeof(ERL_NIF_TERM), 0) * sizeof(ERL_NIF_TERM);
+}
+
+static size_t gn_entry_cost(const gn_node *n)
+{
+    return (n->kwords + n->vwords) * sizeof(ERL_NIF_TERM);
+}
+
+/* Whether work of `cost` bytes is too much for this (normal) scheduler. */
+static int gn_too_big(size_t cost)
+{
+    return cost > GN_INLINE_BYTES && enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER;
+}
+
+static ERL_NIF_TERM gn_go_dirty(ErlNifEnv *env, gn_nif_fn *fn, int argc, const ERL_NIF_TERM argv[])
+{
+    return enif_schedule_nif(env, "gn_store_big_term", ERL_NIF_DIRTY_JOB_CPU_BOUND, fn, argc, argv);
+}
+
+/* Charges the timeslice for `bytes` copied on a normal scheduler. */
+static void gn_charge(ErlNifEnv *env, size_t bytes)
+{
+    if (bytes < GN_SLICE_BYTES / 100 || enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER)
+        return;
+    size_t pct = bytes * 100 / GN_SLICE_BYTES;
+    enif_consume_timeslice(env, pct > 100 ? 100 : (int)pct);
+}
+
+/* ------------------------------------------------------------------------ */
 /* NIFs                                                                      */
 
 /* store_new(Type, Name | nil, Access, Lifetime, MaxSize | infinity)
@@ -749,7 +1006,6 @@ static ERL_NIF_TERM gn_entry(ErlNifEnv *env, const gn_node *n)
  * With the name of a named store whose owner exited: adopts it. */
 ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
-    (void)argc;
     int ordered, pub, named;
     ErlNifUInt64 max = SIZE_MAX;
     if (enif_is_identical(argv[0], gn_am_ordered_set))
@@ -783,15 +1039,25 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if (!enif_self(env, &self))
         return enif_make_badarg(env);
 
-    enif_mutex_lock(gn_names_lock);
+    /* A name in use: adopt its store if it is an orphan, or a :named store
+     * whose owner has exited (the down callback may still be on its way).
+     * The store's lock is taken with the names lock released; a regular NIF
+     * only tries it, and waits on a dirty scheduler if it is busy. */
+    gn_store_shared *sh = gn_shared(env);
     if (has_name) {
-        for (gn_name *n = gn_names; n; n = n->next) {
-            if (!enif_is_identical(n->name, argv[1]))
-                continue;
-            gn_store *old = n->store;
-            enif_rwlock_rwlock(old->lock);
+        gn_store *old = gn_name_lookup(sh, argv[1]);
+        if (old) {
+            if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER) {
+                enif_rwlock_rwlock(old->lock);
+            } else if (enif_rwlock_tryrwlock(old->lock) != 0) {
+                enif_release_resource(old);
+                return enif_schedule_nif(env, "gn_store_new", ERL_NIF_DIRTY_JOB_IO_BOUND,
+                                         gn_store_new_nif, argc, argv);
+            }
             ERL_NIF_TERM result;
-            if (old->orphan && !old->deleted && old->ordered == ordered &&
+            int gone =
+                old->orphan || (old->named_lifetime && !enif_is_process_alive(env, &old->owner));
+            if (gone && !old->deleted && old->ordered == ordered &&
                 enif_monitor_process(env, old, &self, &old->monitor) == 0) {
                 old->owner = self;
                 old->orphan = 0;
@@ -800,45 +1066,58 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
                 result = enif_make_tuple2(env, gn_am_error, gn_am_already_exists);
             }
             enif_rwlock_rwunlock(old->lock);
-            enif_mutex_unlock(gn_names_lock);
+            enif_release_resource(old);
             return result;
         }
     }
 
     gn_store *s = enif_alloc_resource(gn_store_rtype, sizeof(*s));
+    /* zeroed at once: a failure below releases it, and the destructor
+     * reads every field */
+    if (s)
+        memset(s, 0, sizeof(*s));
     gn_name *entry = has_name ? gn_alloc(sizeof(*entry)) : NULL;
     if (!s || (has_name && !entry))
         goto enomem;
-    memset(s, 0, sizeof(*s));
     s->ordered = ordered;
     s->public_access = pub;
     s->named_lifetime = named;
     s->name = has_name ? argv[1] : 0;
     s->max_size = (size_t)max;
     s->owner = self;
+    s->shared = sh;
     if (!(s->lock = enif_rwlock_create("gn_store")) || !(s->arena = enif_alloc_env()))
         goto enomem;
     if (enif_monitor_process(env, s, &self, &s->monitor) != 0)
         goto enomem;
+    enif_mutex_lock(sh->names_lock);
     if (has_name) {
+        for (gn_name *n = sh->names; n; n = n->next)
+            if (enif_is_identical(n->name, argv[1])) {
+                /* registered meanwhile by another process: start over */
+                enif_mutex_unlock(sh->names_lock);
+                gn_free(entry);
+                enif_demonitor_process(env, s, &s->monitor);
+                enif_release_resource(s);
+                return gn_store_new_nif(env, argc, argv);
+            }
         entry->name = argv[1];
         entry->store = s;
-        entry->next = gn_names;
-        gn_names = entry;
+        entry->next = sh->names;
+        sh->names = entry;
         enif_keep_resource(s);
     }
-    enif_mutex_unlock(gn_names_lock);
+    enif_mutex_unlock(sh->names_lock);
     ERL_NIF_TERM ref = enif_make_resource(env, s);
     enif_release_resource(s);
     return enif_make_tuple2(env, gn_am_ok, ref);
 
 enomem:
-    enif_mutex_unlock(gn_names_lock);
     if (entry)
         gn_free(entry);
     if (s)
         enif_release_resource(s);
-    return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    return enif_raise_exception(env, gn_am_enomem);
 }
 
 /* store_whereis(Name) -> Store | nil */
@@ -847,12 +1126,25 @@ ERL_NIF_TERM gn_store_whereis_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     (void)argc;
     if (!enif_is_atom(env, argv[0]))
         return enif_make_badarg(env);
-    gn_store *s = gn_name_lookup(argv[0]);
+    gn_store *s = gn_name_lookup(gn_shared(env), argv[0]);
     if (!s)
         return gn_am_nil;
     ERL_NIF_TERM ref = enif_make_resource(env, s);
     enif_release_resource(s);
     return ref;
+}
+
+/* Copies key and value into the arena, and sizes them. */
+static void gn_node_terms(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key,
+                          ERL_NIF_TERM value)
+{
+    n->kbin = n->vbin = 0;
+    n->kwords = gn_term_words(env, key, &n->kbin, SIZE_MAX, 0);
+    n->vwords = gn_term_words(env, value, &n->vbin, SIZE_MAX, 0);
+    n->key = enif_make_copy(s->arena, key);
+    gn_arena_charge(s, n->kwords);
+    n->value = enif_make_copy(s->arena, value);
+    gn_arena_charge(s, n->vwords);
 }
 
 /* Builds an entry for key/value; NULL when out of memory. */
@@ -875,14 +1167,12 @@ static gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_N
     memcpy(n->kdata, kbin.data, kbin.size);
     n->klen = (uint32_t)kbin.size;
     enif_release_binary(&kbin);
-    n->value = enif_make_copy(s->arena, value);
-    n->vbytes = gn_term_bytes(env, value, 0);
     n->left = n->right = NULL;
     n->size = 1;
     n->height = 1;
     n->expires = 0;
     n->heap_ix = SIZE_MAX;
-    n->key = enif_make_copy(s->arena, key);
+    gn_node_terms(s, env, n, key, value);
     return n;
 }
 
@@ -905,22 +1195,23 @@ static gn_node *gn_node_from_etf(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key,
     n->height = 1;
     n->expires = 0;
     n->heap_ix = SIZE_MAX;
-    n->key = enif_make_copy(s->arena, key);
-    n->value = enif_make_copy(s->arena, value);
-    n->vbytes = gn_term_bytes(env, value, 0);
+    gn_node_terms(s, env, n, key, value);
     return n;
 }
 
 /* Replaces an entry's value; returns 0 when out of memory. */
 static int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value)
 {
-    /* the old value stays in the arena as garbage until it is compacted */
-    size_t vbytes = gn_term_bytes(env, value, 0);
-    s->memory -= n->vbytes;
+    /* the old value stays in the arena, dead, until it is compacted */
+    s->memory -= n->vbin;
+    s->live_words -= n->vwords;
+    s->dead_bin += n->vbin;
+    n->vbin = 0;
+    n->vwords = gn_term_words(env, value, &n->vbin, SIZE_MAX, 0);
     n->value = enif_make_copy(s->arena, value);
-    n->vbytes = vbytes;
-    s->memory += vbytes;
-    s->arena_dead++;
+    gn_arena_charge(s, n->vwords);
+    s->memory += n->vbin;
+    s->live_words += n->vwords;
     return 1;
 }
 
@@ -958,15 +1249,21 @@ static int gn_node_rekey(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM k
         return 0;
     }
     memcpy(kdata, kbin.data, kbin.size);
-    s->memory -= 2 * (size_t)n->klen;
+    /* the old key stays in the arena, dead, until it is compacted */
+    s->memory -= gn_node_bytes(n);
+    s->live_words -= n->kwords;
+    s->dead_bin += n->kbin;
     gn_free(n->kdata);
     n->kdata = kdata;
     n->klen = (uint32_t)kbin.size;
     gn_hash_del(s, n); /* its hash changes with its key */
+    n->kbin = 0;
+    n->kwords = gn_term_words(env, key, &n->kbin, SIZE_MAX, 0);
     n->key = enif_make_copy(s->arena, key);
+    gn_arena_charge(s, n->kwords);
     gn_hash_add(s, n);
-    s->arena_dead++;
-    s->memory += 2 * (size_t)n->klen;
+    s->memory += gn_node_bytes(n);
+    s->live_words += n->kwords;
     enif_release_binary(&kbin);
     return 1;
 }
@@ -1004,7 +1301,7 @@ static int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_T
         ok = -1;
     } else if ((n = gn_node_new(s, env, key, value))) {
         gn_link(s, n, &p);
-        s->memory += gn_node_bytes(n);
+        gn_account_add(s, n);
         if (!gn_set_expiry(s, n, expires)) {
             gn_unlink(s, &p);
             gn_node_free(n);
@@ -1030,6 +1327,11 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if ((!put_new && !enif_is_identical(argv[3], gn_am_put)) ||
         !enif_get_int64(env, argv[4], &ttl) || ttl < 0)
         return enif_make_badarg(env);
+    size_t cost = gn_key_cost(env, argv[1], GN_INLINE_BYTES);
+    if (cost <= GN_INLINE_BYTES)
+        cost += gn_value_cost(env, argv[2], GN_INLINE_BYTES);
+    if (gn_too_big(cost))
+        return gn_go_dirty(env, gn_store_put_nif, argc, argv);
     if (!GN_WRITE(gn_store_put_nif, s, err))
         return err;
     int64_t now = ttl || s->heap_len ? gn_now_ms() : 0;
@@ -1038,8 +1340,9 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     int fresh, ok = gn_put_entry(s, env, argv[1], argv[2], ttl ? now + ttl : 0, put_new, &fresh);
     int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
+    gn_charge(env, cost);
     if (ok == 0)
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
+        return enif_raise_exception(env, gn_am_enomem);
     if (ok < 0)
         return enif_make_tuple2(env, gn_am_error, gn_am_full);
     ERL_NIF_TERM result = put_new ? (fresh ? gn_am_true : gn_am_false) : gn_am_ok;
@@ -1052,15 +1355,26 @@ ERL_NIF_TERM gn_store_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     (void)argc;
     ERL_NIF_TERM err, result;
     gn_store *s;
+    size_t cost = gn_key_cost(env, argv[1], GN_INLINE_BYTES);
+    if (gn_too_big(cost))
+        return gn_go_dirty(env, gn_store_get_nif, argc, argv);
     if (!GN_READ(gn_store_get_nif, s, err))
         return err;
     gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = gn_find(s, &p);
     if (n && n->expires && gn_expired(n, gn_now_ms()))
         n = NULL;
+    if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
+        enif_rwlock_runlock(s->lock);
+        gn_probe_done(&p);
+        return gn_go_dirty(env, gn_store_get_nif, argc, argv);
+    }
+    if (n)
+        cost += n->vwords * sizeof(ERL_NIF_TERM);
     result = n ? enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, n->value)) : gn_am_error;
     enif_rwlock_runlock(s->lock);
     gn_probe_done(&p);
+    gn_charge(env, cost);
     return result;
 }
 
@@ -1073,8 +1387,7 @@ static gn_node *gn_unlink(gn_store *s, gn_probe *p)
     if (out) {
         gn_hash_del(s, out);
         gn_set_expiry(s, out, 0);
-        s->memory -= gn_node_bytes(out);
-        s->arena_dead += 2; /* its key and its value */
+        gn_account_remove(s, out);
     }
     return out;
 }
@@ -1086,6 +1399,7 @@ static void gn_arena_compact(gn_store *s)
     ErlNifEnv *fresh = enif_alloc_env();
     if (!fresh)
         return;
+    s->arena_bytes = s->frag_left = s->dead_bin = 0;
     gn_node *stack[128];
     int top = 0;
     gn_node *n = s->root;
@@ -1096,21 +1410,56 @@ static void gn_arena_compact(gn_store *s)
         }
         n = stack[--top];
         n->key = enif_make_copy(fresh, n->key);
+        gn_arena_charge(s, n->kwords);
         n->value = enif_make_copy(fresh, n->value);
+        gn_arena_charge(s, n->vwords);
         n = n->right;
     }
     enif_free_env(s->arena);
     s->arena = fresh;
-    s->arena_dead = 0;
+    /* The index and the expiry heap give back what a shrunken store no
+     * longer needs (this is O(n) already). */
+    size_t live = gn_size(s->root);
+    if (!s->ordered && s->htab && s->hcap > 64 && live * 8 < s->hcap) {
+        if (live) {
+            gn_hash_rebuild(s, gn_hash_cap(live));
+        } else {
+            gn_free(s->htab);
+            s->htab = NULL;
+            s->hcap = s->hcount = 0;
+        }
+    }
+    if (s->heap_cap > 64 && s->heap_len * 4 < s->heap_cap) {
+        size_t cap = s->heap_len ? 2 * s->heap_len : 0;
+        gn_node **h = cap ? gn_alloc(cap * sizeof(*h)) : NULL;
+        if (h || !cap) {
+            if (h)
+                memcpy(h, s->heap, s->heap_len * sizeof(*h));
+            gn_free(s->heap);
+            s->heap = h;
+            s->heap_cap = cap;
+        }
+    }
 }
 
-/* Compacting a store of up to this many entries stays well under 1 ms. */
+/* Compacting a store of up to this many entries, and this many bytes of
+ * live terms, stays well under 1 ms: the walk is per entry, the copy per
+ * word (off-heap binaries are not copied, only referenced). */
 #define GN_COMPACT_INLINE 4096
+#define GN_COMPACT_INLINE_BYTES ((size_t)128 * 1024)
 
+static int gn_compact_inline(const gn_store *s)
+{
+    return gn_size(s->root) <= GN_COMPACT_INLINE &&
+           s->live_words * sizeof(ERL_NIF_TERM) <= GN_COMPACT_INLINE_BYTES;
+}
+
+/* Once the arena's dead bytes exceed the live ones (and the floor), it is
+ * rebuilt from the live entries; or a big set's hash index is due to grow. */
 static int gn_arena_bloated(const gn_store *s)
 {
-    /* or: a big set's hash index is due to grow */
-    return s->arena_dead > gn_size(s->root) + 1024 || s->hash_grow;
+    size_t live = s->live_words * sizeof(ERL_NIF_TERM) + s->memory;
+    return gn_garbage(s) > live + GN_GARBAGE_FLOOR || s->hash_grow;
 }
 
 /* store_compact(Store, Result) -> Result (dirty): rebuilds a big store's
@@ -1138,15 +1487,20 @@ static ERL_NIF_TERM gn_store_compact_nif(ErlNifEnv *env, int argc, const ERL_NIF
 static ERL_NIF_TERM gn_after_write(ErlNifEnv *env, ERL_NIF_TERM store, gn_store *s,
                                    ERL_NIF_TERM result)
 {
-    enif_rwlock_rwlock(s->lock);
+    ERL_NIF_TERM args[2] = {store, result};
+    /* a regular NIF never waits for the lock: busy, the compaction goes dirty */
+    if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER)
+        enif_rwlock_rwlock(s->lock);
+    else if (enif_rwlock_tryrwlock(s->lock) != 0)
+        return enif_schedule_nif(env, "gn_store_compact", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                 gn_store_compact_nif, 2, args);
     int bloated = !s->deleted && gn_arena_bloated(s);
-    int small = gn_size(s->root) <= GN_COMPACT_INLINE;
+    int small = gn_compact_inline(s);
     if (bloated && small)
         gn_arena_compact(s);
     enif_rwlock_rwunlock(s->lock);
     if (!bloated || small)
         return result;
-    ERL_NIF_TERM args[2] = {store, result};
     return enif_schedule_nif(env, "gn_store_compact", ERL_NIF_DIRTY_JOB_CPU_BOUND,
                              gn_store_compact_nif, 2, args);
 }
@@ -1157,6 +1511,9 @@ ERL_NIF_TERM gn_store_delete_key_nif(ErlNifEnv *env, int argc, const ERL_NIF_TER
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
+    size_t cost = gn_key_cost(env, argv[1], GN_INLINE_BYTES);
+    if (gn_too_big(cost))
+        return gn_go_dirty(env, gn_store_delete_key_nif, argc, argv);
     if (!GN_WRITE(gn_store_delete_key_nif, s, err))
         return err;
     gn_purge(s, gn_now_ms(), GN_PURGE_ON_WRITE);
@@ -1176,12 +1533,21 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
+    size_t cost = gn_key_cost(env, argv[1], GN_INLINE_BYTES);
+    if (gn_too_big(cost))
+        return gn_go_dirty(env, gn_store_take_nif, argc, argv);
     if (!GN_WRITE(gn_store_take_nif, s, err))
         return err;
     int64_t now = gn_now_ms();
     gn_purge(s, now, GN_PURGE_ON_WRITE);
     gn_probe p = {.env = env, .key = argv[1]};
-    gn_node *n = gn_unlink(s, &p);
+    gn_node *n = gn_find(s, &p);
+    if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
+        enif_rwlock_rwunlock(s->lock);
+        gn_probe_done(&p);
+        return gn_go_dirty(env, gn_store_take_nif, argc, argv);
+    }
+    n = n ? gn_unlink(s, &p) : NULL;
     /* the value lives in the arena: copy it out while the lock is held */
     ERL_NIF_TERM v = n && !gn_expired(n, now) ? enif_make_copy(env, n->value) : 0;
     int bloated = gn_arena_bloated(s);
@@ -1205,12 +1571,15 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
     ErlNifSInt64 incr, current;
     if (!enif_get_int64(env, argv[2], &incr))
         return enif_make_badarg(env);
+    if (gn_too_big(gn_key_cost(env, argv[1], GN_INLINE_BYTES)))
+        return gn_go_dirty(env, gn_store_update_counter_nif, argc, argv);
     if (!GN_WRITE(gn_store_update_counter_nif, s, err))
         return err;
     gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = gn_find_live(s, &p);
     /* enif_raise_exception returns a term that may be 0: a flag for ENOMEM */
     ERL_NIF_TERM result = 0, value;
+    int done = 0;
     int oom = 1;
     if (n) {
         if (!enif_get_int64(env, n->value, &current)) {
@@ -1241,14 +1610,19 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
         if (!(n = gn_node_new(s, env, argv[1], value)))
             goto out;
         gn_link(s, n, &p);
-        s->memory += gn_node_bytes(n);
+        gn_account_add(s, n);
     }
     result = value;
     oom = 0;
-out:
+    done = 1;
+out:;
+    /* a bignum counter leaves its old value in the arena: compact too */
+    int bloated = gn_arena_bloated(s);
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
-    return oom ? enif_raise_exception(env, enif_make_atom(env, "enomem")) : result;
+    if (oom)
+        return enif_raise_exception(env, gn_am_enomem);
+    return bloated && done ? gn_after_write(env, argv[0], s, result) : result;
 }
 
 /* store_size(Store) -> non_neg_integer() */
@@ -1264,6 +1638,13 @@ ERL_NIF_TERM gn_store_size_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     return enif_make_uint64(env, n);
 }
 
+/* The bytes the store holds, as the VM would count them (see Accounting). */
+static size_t gn_store_memory(const gn_store *s)
+{
+    return sizeof(gn_store) + s->memory + s->arena_bytes + s->dead_bin +
+           (s->hcap + s->heap_cap) * sizeof(void *) + 2 * GN_BLOCK_OVERHEAD;
+}
+
 /* store_info(Store) -> #{type, size, memory, owner, name, access, lifetime} */
 ERL_NIF_TERM gn_store_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
@@ -1277,7 +1658,7 @@ ERL_NIF_TERM gn_store_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     ERL_NIF_TERM vals[] = {
         s->ordered ? gn_am_ordered_set : gn_am_set,
         enif_make_uint64(env, gn_size(s->root)),
-        enif_make_uint64(env, sizeof(gn_store) + s->memory),
+        enif_make_uint64(env, gn_store_memory(s)),
         s->orphan ? gn_am_nil : enif_make_pid(env, &s->owner),
         s->name ? s->name : gn_am_nil,
         s->public_access ? gn_am_public : gn_am_protected,
@@ -1317,6 +1698,9 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         prev = enif_is_identical(argv[1], gn_am_prev);
     if (!(first || last || next || prev))
         return enif_make_badarg(env);
+    size_t cost = first || last ? 0 : gn_key_cost(env, argv[2], GN_INLINE_BYTES);
+    if (gn_too_big(cost))
+        return gn_go_dirty(env, gn_store_step_nif, argc, argv);
     if (!GN_VIEW_ORDERED(gn_store_step_nif, s, err))
         return err;
     gn_probe p = {.env = env, .key = argv[2]};
@@ -1337,10 +1721,17 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
             }
         }
     }
+    if (found && gn_too_big(cost + gn_entry_cost(found))) {
+        enif_rwlock_runlock(s->lock);
+        gn_probe_done(&p);
+        return gn_go_dirty(env, gn_store_step_nif, argc, argv);
+    }
+    cost += found ? gn_entry_cost(found) : 0;
     ERL_NIF_TERM result =
         found ? enif_make_tuple2(env, gn_am_ok, gn_entry(env, found)) : gn_am_error;
     enif_rwlock_runlock(s->lock);
     gn_probe_done(&p);
+    gn_charge(env, cost);
     return result;
 }
 
@@ -1350,6 +1741,8 @@ ERL_NIF_TERM gn_store_rank_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     (void)argc;
     ERL_NIF_TERM err;
     gn_store *s;
+    if (gn_too_big(gn_key_cost(env, argv[1], GN_INLINE_BYTES)))
+        return gn_go_dirty(env, gn_store_rank_nif, argc, argv);
     if (!GN_VIEW_ORDERED(gn_store_rank_nif, s, err))
         return err;
     gn_probe p = {.env = env, .key = argv[1]};
@@ -1407,8 +1800,14 @@ ERL_NIF_TERM gn_store_at_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
     if (i < 0)
         i += size;
     gn_node *n = (i >= 0 && i < size) ? gn_at(s->root, (size_t)i) : NULL;
+    if (n && gn_too_big(gn_entry_cost(n))) {
+        enif_rwlock_runlock(s->lock);
+        return gn_go_dirty(env, gn_store_at_nif, argc, argv);
+    }
+    size_t cost = n ? gn_entry_cost(n) : 0;
     ERL_NIF_TERM result = n ? enif_make_tuple2(env, gn_am_ok, gn_entry(env, n)) : gn_am_error;
     enif_rwlock_runlock(s->lock);
+    gn_charge(env, cost);
     return result;
 }
 
@@ -1571,7 +1970,7 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             enif_free_env(scratch.arena);
         if (oom || gn_size(s->root) + fresh > s->max_size) {
             enif_rwlock_rwunlock(s->lock);
-            return oom ? enif_raise_exception(env, enif_make_atom(env, "enomem"))
+            return oom ? enif_raise_exception(env, gn_am_enomem)
                        : enif_make_tuple2(env, gn_am_error, gn_am_full);
         }
     }
@@ -1589,7 +1988,7 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             gn_hash_rebuild(s, gn_hash_cap(gn_size(s->root)));
     }
     enif_rwlock_rwunlock(s->lock);
-    return ok == 1 ? gn_am_ok : enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    return ok == 1 ? gn_am_ok : enif_raise_exception(env, gn_am_enomem);
 }
 
 /* store_purge(Store) -> ok (dirty): removes every expired entry. Any
@@ -1621,9 +2020,10 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     size_t n = 0, cap = 16;
     gn_store **todo = gn_alloc(cap * sizeof(*todo));
     if (!todo)
-        return enif_raise_exception(env, enif_make_atom(env, "enomem"));
-    enif_mutex_lock(gn_ttl_lock);
-    for (gn_store *s = gn_ttl_head; s; s = s->ttl_next) {
+        return enif_raise_exception(env, gn_am_enomem);
+    gn_store_shared *sh = gn_shared(env);
+    enif_mutex_lock(sh->ttl_lock);
+    for (gn_store *s = sh->ttl_head; s; s = s->ttl_next) {
         if (n == cap) {
             gn_store **more = gn_alloc(2 * cap * sizeof(*more));
             if (!more)
@@ -1636,7 +2036,7 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         enif_keep_resource(s);
         todo[n++] = s;
     }
-    enif_mutex_unlock(gn_ttl_lock);
+    enif_mutex_unlock(sh->ttl_lock);
     int64_t now = gn_now_ms();
     for (size_t i = 0; i < n; i++) {
         gn_store *s = todo[i];
@@ -1666,8 +2066,8 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
  * tree, before a store exists: never a half-built store.
  */
 
+/* Filled at load, before any NIF can read it. */
 static uint32_t gn_crc_table[256];
-static int gn_crc_ready;
 
 static void gn_crc_init(void)
 {
@@ -1677,7 +2077,6 @@ static void gn_crc_init(void)
             c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
         gn_crc_table[i] = c;
     }
-    gn_crc_ready = 1;
 }
 
 static uint32_t gn_crc32(const unsigned char *p, size_t n)
@@ -1752,8 +2151,6 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             gn_put_be(w, n->expires ? (uint64_t)(n->expires - now) : 0, 8);
             w += 8;
         }
-        if (!gn_crc_ready)
-            gn_crc_init();
         gn_put_be(w, gn_crc32(p, total - 4), 4);
     }
     enif_rwlock_runlock(s->lock);
@@ -1761,7 +2158,7 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         enif_release_binary(&vals[i]);
     gn_free(vals);
     gn_free(nodes);
-    return p ? out : enif_raise_exception(env, enif_make_atom(env, "enomem"));
+    return p ? out : enif_raise_exception(env, gn_am_enomem);
 }
 
 /* A balanced tree of nodes[lo, hi), which are in key order. */
@@ -1777,27 +2174,137 @@ static gn_node *gn_build(gn_node **nodes, size_t lo, size_t hi)
     return n;
 }
 
-/* store_restore(Binary, Name | nil, Access, Lifetime, MaxSize | infinity)
- *   -> {ok, Store} | {error, invalid_snapshot | already_exists | full} (dirty) */
+/* One entry of a snapshot, as read by the first pass. */
+typedef struct gn_snap_entry {
+    const unsigned char *k, *v; /* encodings, in the snapshot */
+    size_t klen, vlen;
+    ERL_NIF_TERM key, value; /* 0 until decoded */
+    int64_t ttl;
+} gn_snap_entry;
+
+/* Decodes data[0, len) into *t without making any atom: 1 if decoded, 2 if
+ * it is valid but names atoms this node may not know (or external funs it
+ * lacks), so that only a decoding that may make them will do; 0 if it is
+ * invalid (or out of memory). *scratch is a buffer it may grow. */
+static int gn_snap_term(ErlNifEnv *env, const unsigned char *data, size_t len, ERL_NIF_TERM *t,
+                        ErlNifBinary *scratch, gn_atom_set *unknown)
+{
+    if (enif_binary_to_term(env, data, len, t, ERL_NIF_BIN2TERM_SAFE) == len)
+        return 1;
+    *t = 0;
+    if (scratch->size < len && !enif_realloc_binary(scratch, len))
+        return 0;
+    size_t used;
+    ERL_NIF_TERM copy;
+    if (!gn_etf_neutralize(env, data, len, scratch->data, &used, unknown) ||
+        enif_binary_to_term(env, scratch->data, len, &copy, 0) != used)
+        return 0;
+    return 2;
+}
+
+/* The first pass over a snapshot's entries (r to end): checks every byte
+ * and decodes what it can without making atoms. Returns the entries
+ * (gn_alloc), or NULL with *err set: invalid_snapshot, unsafe_snapshot
+ * (`safe` and an entry names atoms this node does not know), system_limit
+ * (it would make more than `atoms_left` atoms), or an enomem exception. */
+static gn_snap_entry *gn_snap_read(ErlNifEnv *env, const unsigned char *r, const unsigned char *end,
+                                   uint64_t count, int safe, uint64_t atoms_left, ERL_NIF_TERM *err)
+{
+    ERL_NIF_TERM invalid = enif_make_tuple2(env, gn_am_error, gn_am_invalid_snapshot);
+    /* count comes from the binary: an entry takes at least 16 bytes */
+    if (count > (uint64_t)(end - r) / 16) {
+        *err = invalid;
+        return NULL;
+    }
+    gn_snap_entry *es = gn_alloc((count + 1) * sizeof(*es));
+    ErlNifBinary scratch;
+    int scratch_ok = enif_alloc_binary(0, &scratch);
+    gn_atom_set unknown = {NULL, 0, 0};
+    int later = 0;
+    if (!es || !scratch_ok) {
+        *err = enif_raise_exception(env, gn_am_enomem);
+        goto fail;
+    }
+    *err = invalid;
+    for (uint64_t i = 0; i < count; i++) {
+        gn_snap_entry *e = &es[i];
+        int rk, rv;
+        if (end - r < 4 || (e->klen = gn_get_be(r, 4), (size_t)(end - r - 4) < e->klen))
+            goto fail;
+        e->k = r + 4;
+        r += 4 + e->klen;
+        if (end - r < 4 || (e->vlen = gn_get_be(r, 4), (size_t)(end - r - 4) < e->vlen))
+            goto fail;
+        e->v = r + 4;
+        r += 4 + e->vlen;
+        if (end - r < 8 || (e->ttl = (int64_t)gn_get_be(r, 8)) < 0)
+            goto fail;
+        r += 8;
+        if (!(rk = gn_snap_term(env, e->k, e->klen, &e->key, &scratch, &unknown)) ||
+            !(rv = gn_snap_term(env, e->v, e->vlen, &e->value, &scratch, &unknown)))
+            goto fail;
+        later |= rk == 2 || rv == 2;
+    }
+    if (r != end)
+        goto fail;
+    if (later && safe) {
+        *err = enif_make_tuple2(env, gn_am_error, gn_am_unsafe_snapshot);
+        goto fail;
+    }
+    if (unknown.count > atoms_left) {
+        *err = enif_make_tuple2(env, gn_am_error, gn_am_system_limit);
+        goto fail;
+    }
+    /* Every entry is valid: now, and only now, make the atoms. */
+    for (uint64_t i = 0; later && i < count; i++) {
+        gn_snap_entry *e = &es[i];
+        if ((!e->key && enif_binary_to_term(env, e->k, e->klen, &e->key, 0) != e->klen) ||
+            (!e->value && enif_binary_to_term(env, e->v, e->vlen, &e->value, 0) != e->vlen))
+            goto fail; /* cannot happen: the copy decoded */
+    }
+    enif_release_binary(&scratch);
+    gn_atom_set_free(&unknown);
+    return es;
+
+fail:
+    if (scratch_ok)
+        enif_release_binary(&scratch);
+    gn_atom_set_free(&unknown);
+    gn_free(es);
+    return NULL;
+}
+
+/* store_restore(Binary, Name | nil, Access, Lifetime, MaxSize | infinity,
+ *               safe | AtomsLeft)
+ *   -> {ok, Store} | {error, invalid_snapshot | unsafe_snapshot | system_limit
+ *                            | already_exists | full} (dirty)
+ * The whole snapshot is checked before any atom is made (a rejected one
+ * makes none), and the store is built before it is handed out. */
 ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
     ErlNifBinary bin;
-    if (!enif_inspect_binary(env, argv[0], &bin))
+    ErlNifUInt64 atoms_left = 0;
+    int safe = enif_is_identical(argv[5], gn_am_safe);
+    if (!enif_inspect_binary(env, argv[0], &bin) ||
+        (!safe && !enif_get_uint64(env, argv[5], &atoms_left)))
         return enif_make_badarg(env);
     ERL_NIF_TERM invalid = enif_make_tuple2(env, gn_am_error, gn_am_invalid_snapshot);
-    if (!gn_crc_ready)
-        gn_crc_init();
     if (bin.size < GN_SNAP_HEADER + 4 || memcmp(bin.data, "GNS2", 4) != 0 || bin.data[4] > 1 ||
         gn_crc32(bin.data, bin.size - 4) != (uint32_t)gn_get_be(bin.data + bin.size - 4, 4))
         return invalid;
     uint64_t count = gn_get_be(bin.data + 5, 8);
-    const unsigned char *r = bin.data + GN_SNAP_HEADER, *end = bin.data + bin.size - 4;
+    ERL_NIF_TERM err;
+    gn_snap_entry *es = gn_snap_read(env, bin.data + GN_SNAP_HEADER, bin.data + bin.size - 4, count,
+                                     safe, atoms_left, &err);
+    if (!es)
+        return err;
 
     /* A new store, even where new/2 would adopt an orphaned named one. */
     if (!enif_is_identical(argv[1], gn_am_nil) && enif_is_atom(env, argv[1])) {
-        gn_store *held = gn_name_lookup(argv[1]);
+        gn_store *held = gn_name_lookup(gn_shared(env), argv[1]);
         if (held) {
             enif_release_resource(held);
+            gn_free(es);
             return enif_make_tuple2(env, gn_am_error, gn_am_already_exists);
         }
     }
@@ -1810,59 +2317,31 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     const ERL_NIF_TERM *tuple;
     int arity;
     gn_store *s;
-    if (!enif_get_tuple(env, created, &arity, &tuple) || !enif_is_identical(tuple[0], gn_am_ok))
+    if (!enif_get_tuple(env, created, &arity, &tuple) || !enif_is_identical(tuple[0], gn_am_ok)) {
+        gn_free(es);
         return created; /* already_exists, or an exception */
+    }
     enif_get_resource(env, tuple[1], gn_store_rtype, (void **)&s);
     enif_rwlock_rwlock(s->lock);
     int ok = 1, ttl_pending = 0;
     size_t nsorted = 0;
-    /* count comes from the binary: allocate only what the bytes can hold */
-    size_t most = (size_t)((end - r) / 16);
-    gn_node **sorted =
-        gn_alloc((count < most ? count : most) * sizeof(gn_node *) + sizeof(gn_node *));
+    gn_node **sorted = gn_alloc(count * sizeof(gn_node *) + sizeof(gn_node *));
     for (uint64_t i = 0; ok && i < count; i++) {
-        ERL_NIF_TERM key, value;
-        size_t klen, vlen;
-        if (end - r < 4 || (klen = gn_get_be(r, 4), (size_t)(end - r - 4) < klen)) {
-            ok = 0;
-            break;
-        }
-        if (enif_binary_to_term(env, r + 4, klen, &key, 0) != klen) {
-            ok = 0;
-            break;
-        }
-        r += 4 + klen;
-        if (end - r < 4 || (vlen = gn_get_be(r, 4), (size_t)(end - r - 4) < vlen) ||
-            enif_binary_to_term(env, r + 4, vlen, &value, 0) != vlen) {
-            ok = 0;
-            break;
-        }
-        r += 4 + vlen;
-        if (end - r < 8) {
-            ok = 0;
-            break;
-        }
-        int64_t ttl = (int64_t)gn_get_be(r, 8);
-        r += 8;
-        if (ttl < 0) {
-            ok = 0;
-            break;
-        }
-        const unsigned char *kbytes = r - 8 - vlen - 4 - klen;
-        gn_probe p = {.env = env, .key = key};
+        gn_snap_entry *e = &es[i];
+        gn_probe p = {.env = env, .key = e->key};
         /* A snapshot lists its keys in order: collect them, to build a
          * balanced tree in O(n) at the end; anything else is inserted. */
         if (sorted && (!nsorted || gn_cmp(s, &p, sorted[nsorted - 1]) > 0) &&
             nsorted < s->max_size) {
-            gn_node *n = gn_node_from_etf(s, env, key, kbytes, klen, value);
+            gn_node *n = gn_node_from_etf(s, env, e->key, e->k, e->klen, e->value);
             if (!n) {
                 ok = 0;
             } else {
                 sorted[nsorted++] = n;
-                s->memory += gn_node_bytes(n);
-                if (ttl)
+                gn_account_add(s, n);
+                if (e->ttl)
                     ttl_pending = 1;
-                n->expires = ttl ? gn_now_ms() + ttl : 0;
+                n->expires = e->ttl ? gn_now_ms() + e->ttl : 0;
             }
             gn_probe_done(&p);
             continue;
@@ -1874,9 +2353,9 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
                 gn_hash_rebuild(s, gn_hash_cap(nsorted));
             for (size_t j = 0; j < nsorted; j++)
                 if (sorted[j]->expires) {
-                    int64_t e = sorted[j]->expires;
+                    int64_t ex = sorted[j]->expires;
                     sorted[j]->expires = 0;
-                    ok = ok && gn_set_expiry(s, sorted[j], e);
+                    ok = ok && gn_set_expiry(s, sorted[j], ex);
                 }
             gn_free(sorted);
             sorted = NULL;
@@ -1884,44 +2363,44 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         gn_node *n = gn_find(s, &p);
         if (n) {
             /* a repeated key: the later entry wins, as with put */
-            ok = gn_node_rekey(s, env, n, key) && gn_node_set(s, env, n, value);
+            ok = gn_node_rekey(s, env, n, e->key) && gn_node_set(s, env, n, e->value);
         } else if (gn_size(s->root) >= s->max_size) {
             gn_probe_done(&p);
             enif_rwlock_rwunlock(s->lock);
             gn_store_delete_nif(env, 1, &tuple[1]);
+            gn_free(es);
             return enif_make_tuple2(env, gn_am_error, gn_am_full);
-        } else if ((n = gn_node_from_etf(s, env, key, kbytes, klen, value))) {
+        } else if ((n = gn_node_from_etf(s, env, e->key, e->k, e->klen, e->value))) {
             gn_link(s, n, &p);
-            s->memory += gn_node_bytes(n);
+            gn_account_add(s, n);
         } else {
             ok = 0;
         }
-        if (ok && n && ttl && !gn_set_expiry(s, n, gn_now_ms() + ttl))
+        if (ok && n && e->ttl && !gn_set_expiry(s, n, gn_now_ms() + e->ttl))
             ok = 0;
-        if (ok && ttl)
-            gn_ttl_list_add(s);
         gn_probe_done(&p);
     }
-    if (r != end)
-        ok = 0;
+    gn_free(es);
     if (sorted) {
         s->root = gn_build(sorted, 0, nsorted);
         if (!s->ordered)
             gn_hash_rebuild(s, gn_hash_cap(nsorted));
         for (size_t j = 0; ttl_pending && j < nsorted; j++)
             if (sorted[j]->expires) {
-                int64_t e = sorted[j]->expires;
+                int64_t ex = sorted[j]->expires;
                 sorted[j]->expires = 0;
-                ok = ok && gn_set_expiry(s, sorted[j], e);
+                ok = ok && gn_set_expiry(s, sorted[j], ex);
             }
         gn_free(sorted);
     }
-    if (ok && s->heap_len)
-        gn_ttl_list_add(s);
+    int ttl = s->heap_len != 0;
     enif_rwlock_rwunlock(s->lock);
+    if (ok && ttl)
+        gn_ttl_list_add(s);
     if (!ok) {
+        /* out of memory: every entry was valid */
         gn_store_delete_nif(env, 1, &tuple[1]);
-        return invalid;
+        return enif_raise_exception(env, gn_am_enomem);
     }
     return created;
 }

@@ -8,7 +8,8 @@
 #include "gen_native.h"
 
 int gn_store_load(ErlNifEnv *env, gn_priv *priv, ErlNifResourceFlags flags);
-void gn_store_unload(void);
+void gn_store_upgrade(gn_priv *priv, gn_priv *old);
+void gn_store_unload(gn_priv *priv);
 
 ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_store_whereis_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);

@@ -82,5 +82,7 @@ defmodule GenNative.Native do
   def store_snapshot(_store), do: :erlang.nif_error(:not_loaded)
   def store_purge(_store), do: :erlang.nif_error(:not_loaded)
   def store_sweep, do: :erlang.nif_error(:not_loaded)
-  def store_restore(_binary, _name, _access, _lifetime, _max), do: :erlang.nif_error(:not_loaded)
+
+  def store_restore(_binary, _name, _access, _lifetime, _max, _atoms),
+    do: :erlang.nif_error(:not_loaded)
 end

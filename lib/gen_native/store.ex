@@ -39,9 +39,28 @@ defmodule GenNative.Store do
   `ArgumentError` ("not the owner"), and so does any use of a deleted store
   ("deleted").
 
-  Functions whose work grows with the store (`to_list/1`, `range/4`,
-  `slice/3`, `put_many/2`) run on dirty schedulers; `clear/1` and
-  `delete/1` hand the entries to a background thread in O(1).
+  ## Scheduling
+
+  No call on a `:nif` store keeps a normal scheduler for more than about a
+  millisecond. Functions whose work grows with the store (`to_list/1`, `range/4`,
+  `slice/3`, `put_many/2`, `snapshot/1`, `restore/2`) run on dirty
+  schedulers; `clear/1` and `delete/1` hand the entries to a background
+  thread in O(1). The others are O(log n) and move themselves to a dirty
+  scheduler when they would wait or work longer: when the store's lock is
+  held by such a walk, when the key or the value they copy is large (over
+  about 64 KB of terms, or a binary key that size: a 10,000-element list, a
+  big binary key), or when many entries have expired since the last
+  purge. What they copy on a normal scheduler is charged to the caller's
+  timeslice.
+
+  ## Memory
+
+  For a `:nif` store, `info/1`'s `:memory` is what it holds as the VM counts it (within
+  about 10% of what `:erlang.memory/0` sees): its entries, their terms,
+  the off-heap binaries they reference, and the terms overwritten or
+  removed but not yet reclaimed. Those are reclaimed once they outweigh
+  the live ones (plus 64 KB), so a store holds at most about twice its
+  live data, however it is written to.
 
   ## Backends
 
@@ -140,16 +159,46 @@ defmodule GenNative.Store do
 
   @doc """
   Builds a new store, owned by the caller, from a `snapshot/1` binary, with
-  the options of `new/2` (the type is the snapshot's). A truncated,
-  corrupted or foreign binary gives `{:error, :invalid_snapshot}`: no store
-  is created. A name in use gives `{:error, :already_exists}`.
+  the options of `new/2` (the type is the snapshot's) and `:safe`. A
+  truncated, corrupted or foreign binary gives `{:error, :invalid_snapshot}`:
+  no store is created. A name in use gives `{:error, :already_exists}`.
+
+  ## Atoms
+
+  The whole snapshot is checked before anything is made from it: a snapshot
+  that is rejected, for any reason, creates no atom. A snapshot that is
+  accepted creates the atoms its keys and values hold, as
+  `:ets.file2tab/1` and `:erlang.binary_to_term/1` do; atoms are never
+  garbage collected, so restore untrusted snapshots with `safe: true`. A
+  snapshot that would take the atom table within 5% of its limit
+  (`:erlang.system_info(:atom_limit)`) gives `{:error, :system_limit}`
+  instead of exhausting it.
+
+  ## Options
+
+  Those of `new/2`, and:
+
+    * `:safe` - `true` refuses, as `:erlang.binary_to_term(binary, [:safe])`
+      does, a snapshot holding atoms this node does not know yet, or
+      external funs it does not have: `{:error, :unsafe_snapshot}`, and
+      nothing is created. Default `false`. A port store (the
+      `{:port, name}` backend) makes no atom when it is restored: its
+      program keeps the entries encoded.
+
+  Runs on a dirty scheduler.
   """
   @spec restore(binary(), keyword()) ::
-          {:ok, t()} | {:error, :invalid_snapshot | :already_exists | :full}
-  def restore(binary, opts \\ []) when is_binary(binary) do
+          {:ok, t()}
+          | {:error,
+             :invalid_snapshot | :unsafe_snapshot | :system_limit | :already_exists | :full}
+  def restore(binary, opts \\ [])
+
+  def restore(binary, opts) when is_binary(binary) do
+    {safe, opts} = safe!(opts)
+
     case options!(opts) do
       {:nif, name, access, lifetime, max} ->
-        Native.store_restore(binary, name, access, lifetime, max)
+        Native.store_restore(binary, name, access, lifetime, max, atoms_allowed(safe))
 
       {{:port, port}, name, _access, _lifetime, max} ->
         store = %PortStore{port: port, name: name}
@@ -171,11 +220,43 @@ defmodule GenNative.Store do
     end
   end
 
-  defp options!(opts) do
-    unless Keyword.keyword?(opts) do
-      raise ArgumentError,
-            "expected the store options to be a keyword list, got: #{inspect(opts)}"
+  def restore(binary, _opts) do
+    raise ArgumentError,
+          "expected a snapshot (a binary made by GenNative.Store.snapshot/1), got: " <>
+            inspect(binary)
+  end
+
+  defp safe!(opts) do
+    keyword!(opts, "store options")
+
+    case Keyword.pop(opts, :safe, false) do
+      {safe, rest} when is_boolean(safe) ->
+        {safe, rest}
+
+      {other, _} ->
+        raise ArgumentError,
+              "invalid value for restore option :safe, expected a boolean, got: #{inspect(other)}"
     end
+  end
+
+  # How many new atoms a trusted restore may make: all but 5% of what the
+  # atom table has left.
+  defp atoms_allowed(true), do: :safe
+
+  defp atoms_allowed(false) do
+    limit = :erlang.system_info(:atom_limit)
+    max(limit - div(limit, 20) - :erlang.system_info(:atom_count), 0)
+  end
+
+  # A proper list of {atom, term}; an improper one raises too.
+  defp keyword!(opts, what) do
+    unless is_list(opts) and Keyword.keyword?(opts) do
+      raise ArgumentError, "expected the #{what} to be a keyword list, got: #{inspect(opts)}"
+    end
+  end
+
+  defp options!(opts) do
+    keyword!(opts, "store options")
 
     backend = Keyword.get(opts, :backend, :nif)
     name = Keyword.get(opts, :name)
@@ -253,6 +334,10 @@ defmodule GenNative.Store do
   @spec whereis(atom()) :: t() | nil
   def whereis(name) when is_atom(name), do: Native.store_whereis(name)
 
+  def whereis(name) do
+    raise ArgumentError, "expected a store name (an atom), got: #{inspect(name)}"
+  end
+
   @doc """
   Stores `value` under `key`, replacing any entry there (key included, as
   ETS does: in an `:ordered_set`, putting `1.0` over `1` leaves `1.0`).
@@ -290,6 +375,8 @@ defmodule GenNative.Store do
   defp ttl!([]), do: 0
 
   defp ttl!(opts) when is_list(opts) do
+    keyword!(opts, "put options")
+
     for {key, _} <- opts, key != :ttl do
       raise ArgumentError, "unknown put option #{inspect(key)}, expected :ttl"
     end
@@ -388,6 +475,8 @@ defmodule GenNative.Store do
   """
   @spec update_counter(t(), key(), integer(), integer()) :: integer() | {:error, :full}
   def update_counter(store, key, incr, default \\ 0)
+
+  def update_counter(store, key, incr, default)
       when is_integer(incr) and is_integer(default) do
     unless incr >= -(1 <<< 63) and incr < 1 <<< 63 do
       raise ArgumentError, "the increment does not fit 64 bits: #{incr}"
@@ -405,6 +494,11 @@ defmodule GenNative.Store do
       _ ->
         call(store, &Native.store_update_counter(&1, key, incr, default))
     end
+  end
+
+  def update_counter(_store, _key, incr, default) do
+    raise ArgumentError,
+          "expected an integer increment and default, got: #{inspect(incr)} and #{inspect(default)}"
   end
 
   @doc "How many entries the store holds."
@@ -429,9 +523,10 @@ defmodule GenNative.Store do
   stored, if the new keys would take the store past `:max_size`.
   """
   @spec put_many(t(), [{key(), value()}]) :: :ok | {:error, :full}
-  def put_many(store, entries) when is_list(entries) do
-    unless Enum.all?(entries, &match?({_, _}, &1)) do
-      raise ArgumentError, "expected a list of {key, value} tuples"
+  def put_many(store, entries) do
+    unless entries?(entries) do
+      raise ArgumentError,
+            "expected a proper list of {key, value} tuples, got: #{inspect(entries, limit: 10)}"
     end
 
     case store do
@@ -439,6 +534,10 @@ defmodule GenNative.Store do
       _ -> call(store, &Native.store_put_many(&1, entries))
     end
   end
+
+  defp entries?([{_, _} | rest]), do: entries?(rest)
+  defp entries?([]), do: true
+  defp entries?(_), do: false
 
   @doc """
   Deletes the store and frees what it holds. Only the owner may delete a
@@ -451,8 +550,8 @@ defmodule GenNative.Store do
 
   @doc """
   `%{type, size, memory, owner, name, access, lifetime}`; `memory` is the
-  bytes the store holds; `owner` is `nil` for a `:named` store whose owner
-  exited.
+  bytes the store holds, as the VM counts them (see "Memory" in the module
+  docs); `owner` is `nil` for a `:named` store whose owner exited.
 
   For a port store: `owner: nil`, `access: :public`, `lifetime: :named`
   (it lives until `delete/1`), and also `backend: {:port, port_name}` and
@@ -507,6 +606,11 @@ defmodule GenNative.Store do
     ordered(store, :range, &Native.store_range(&1, from, to, clamp(limit)))
   end
 
+  def range(_store, _from, _to, limit) do
+    raise ArgumentError,
+          "expected the limit to be a non-negative integer or :infinity, got: #{inspect(limit)}"
+  end
+
   @doc "The 0-based position of `key` in an `:ordered_set`: `{:ok, index}` or `:error`."
   @spec rank(t(), key()) :: {:ok, non_neg_integer()} | :error
   def rank(%PortStore{name: n} = store, key),
@@ -538,6 +642,10 @@ defmodule GenNative.Store do
     :error
   end
 
+  def at(_store, index) do
+    raise ArgumentError, "expected the index to be an integer, got: #{inspect(index)}"
+  end
+
   @doc "Up to `count` entries from `index` on (negative counts from the end)."
   @spec slice(t(), integer(), non_neg_integer()) :: [{key(), value()}]
   def slice(store, index, count) when is_integer(index) and is_integer(count) and count >= 0 do
@@ -554,6 +662,12 @@ defmodule GenNative.Store do
           &Native.store_range(&1, {:index, clamped}, clamp(count), :infinity)
         )
     end
+  end
+
+  def slice(_store, index, count) do
+    raise ArgumentError,
+          "expected an integer index and a non-negative integer count, got: " <>
+            "#{inspect(index)} and #{inspect(count)}"
   end
 
   defp clamp(:infinity), do: :infinity
@@ -584,17 +698,11 @@ defmodule GenNative.Store do
     raise ArgumentError, "expected a GenNative.Store, got: #{inspect(store)}"
   end
 
-  # Turns what the NIFs raise into ArgumentErrors that say what is wrong;
-  # `retry` runs the call again after a dirty purge of expired entries.
+  # Turns what the NIFs raise into ArgumentErrors that say what is wrong.
+  # (A NIF that needs more time reschedules itself on a dirty scheduler:
+  # nothing is raised for this module to retry.)
   defp translate(%ArgumentError{}, store, _retry) do
     raise ArgumentError, "not a GenNative.Store, or an invalid argument: #{inspect(store)}"
-  end
-
-  defp translate(%ErlangError{original: :purge}, store, retry) do
-    # more expired entries than a regular NIF may purge: on a dirty
-    # scheduler, then again
-    Native.store_purge(store)
-    retry.(store)
   end
 
   defp translate(%ErlangError{original: :store_deleted}, store, _retry) do

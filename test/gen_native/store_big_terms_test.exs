@@ -1,0 +1,130 @@
+defmodule GenNative.StoreBigTermsTest do
+  # No store NIF runs longer than 1 ms on a normal scheduler whatever the
+  # size of one key or value: past a size threshold a call moves to a dirty
+  # scheduler, and the arena's compaction runs inline only for a store of
+  # few live bytes. Proved with :erlang.system_monitor/2 long_schedule
+  # (1 ms) as in GenNative.StoreSchedulingTest: each watched call in a
+  # timeslice of its own, up to 3 attempts (an OS preemption also shows as
+  # a long schedule; a NIF that copies 16 MB inline does so every time).
+  # Not async: the system monitor is node-wide. Tagged :scheduling.
+  use ExUnit.Case, async: false
+
+  import GenNative.TestHelpers,
+    only: [isolated: 1, run_all: 2, restore_monitor: 1, collect_long_schedules: 1]
+
+  # Runs one call in a process of its own, with a heap big enough for what
+  # it gets back, that exits right after: so the long_schedule check sees
+  # the NIF, not the garbage collection of a 16 MB result (which the VM
+  # does in one go, as for any term that size). Returns its pid.
+  defp alone(fun) do
+    {pid, ref} = :erlang.spawn_opt(fn -> isolated(fun) end, [:monitor, min_heap_size: 4_000_000])
+
+    receive do
+      {:DOWN, ^ref, :process, ^pid, :normal} -> pid
+      {:DOWN, ^ref, :process, ^pid, reason} -> flunk("#{inspect(pid)} exited: #{inspect(reason)}")
+    end
+  end
+
+  alias GenNative.Store
+
+  @moduletag :scheduling
+
+  defp attempts(scenario) do
+    Enum.reduce_while(1..3, [], fn _, acc ->
+      result = scenario.()
+      if result == [], do: {:halt, [result | acc]}, else: {:cont, [result | acc]}
+    end)
+  end
+
+  # `fun` returns the pids to watch, or runs in the one watched process.
+  defp watch(fun, pids? \\ false) do
+    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
+
+    watched =
+      try do
+        if pids?, do: fun.(), else: run_all(1, fun)
+      after
+        restore_monitor(previous)
+      end
+
+    for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
+  end
+
+  defp assert_clean(attempts) do
+    assert Enum.any?(attempts, &(&1 == [])),
+           "long schedules: #{inspect(Enum.reverse(attempts), pretty: true)}"
+  end
+
+  @tag timeout: 600_000
+  test "big keys and values: put, get, take, first/at/next, update_counter, delete" do
+    list = Enum.to_list(1..1_000_000)
+    # a 100 MB binary key
+    big_key = :binary.copy(<<7>>, 100_000_000)
+
+    assert_clean(
+      attempts(fn ->
+        {:ok, set} = Store.new(:set, access: :public)
+        {:ok, ordered} = Store.new(:ordered_set, access: :public)
+
+        long =
+          watch(
+            fn ->
+              for store <- [set, ordered] do
+                [
+                  alone(fn -> :ok = Store.put(store, :list, list) end),
+                  alone(fn -> [_ | _] = Store.get(store, :list) end),
+                  alone(fn -> {:ok, _} = Store.fetch(store, :list) end),
+                  alone(fn -> :ok = Store.put(store, big_key, :v) end),
+                  alone(fn -> :v = Store.get(store, big_key) end),
+                  alone(fn -> 1 = Store.update_counter(store, {big_key}, 1) end),
+                  alone(fn -> {:ok, :v} = Store.take(store, big_key) end),
+                  alone(fn -> :ok = Store.delete(store, {big_key}) end),
+                  alone(fn -> {:ok, _} = Store.take(store, :list) end),
+                  alone(fn -> true = Store.put_new(store, :list, list) end)
+                ]
+              end
+              |> List.flatten()
+              |> Kernel.++([
+                alone(fn -> {:ok, {:list, _}} = Store.first(ordered) end),
+                alone(fn -> {:ok, {:list, _}} = Store.at(ordered, 0) end),
+                alone(fn -> {:ok, {:list, _}} = Store.next(ordered, :a) end),
+                alone(fn -> :error = Store.next(ordered, big_key) end),
+                alone(fn -> :error = Store.rank(ordered, big_key) end)
+              ])
+            end,
+            true
+          )
+
+        :ok = Store.delete(set)
+        :ok = Store.delete(ordered)
+        long
+      end)
+    )
+  end
+
+  # The issue's case: a store holding 1,000 values of 10k-element lists
+  # (here 100: the same 16 MB of live terms per compaction), then tiny
+  # writes whose garbage triggered an inline compaction of all of it.
+  @tag timeout: 600_000
+  test "tiny writes next to big live values never compact inline" do
+    value = Enum.to_list(1..10_000)
+
+    assert_clean(
+      attempts(fn ->
+        {:ok, store} = Store.new(:set, access: :public)
+        for i <- 1..100, do: :ok = Store.put(store, i, value)
+
+        long =
+          watch(fn ->
+            for i <- 1..1_500 do
+              isolated(fn -> :ok = Store.put(store, {:tiny, i}, i) end)
+              isolated(fn -> :ok = Store.delete(store, {:tiny, i}) end)
+            end
+          end)
+
+        :ok = Store.delete(store)
+        long
+      end)
+    )
+  end
+end
