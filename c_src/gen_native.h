@@ -99,9 +99,7 @@
     X(index) \
     X(not_ordered) \
     X(invalid_snapshot) \
-    X(purge) \
     /* store (issue 10) */ \
-    X(enomem) \
     X(safe) \
     X(unsafe_snapshot) \
     X(system_limit)

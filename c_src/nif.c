@@ -118,7 +118,6 @@ static ErlNifFunc gn_funcs[] = {
     {"store_range",      4,     gn_store_range_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_put_many",   2,     gn_store_put_many_nif,  ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_snapshot",   1,     gn_store_snapshot_nif,  ERL_NIF_DIRTY_JOB_CPU_BOUND},
-    {"store_purge",      1,     gn_store_purge_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_sweep",      0,     gn_store_sweep_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_restore",    6,     gn_store_restore_nif,   ERL_NIF_DIRTY_JOB_CPU_BOUND},
 };

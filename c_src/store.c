@@ -1991,24 +1991,6 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     return ok == 1 ? gn_am_ok : enif_raise_exception(env, gn_am_enomem);
 }
 
-/* store_purge(Store) -> ok (dirty): removes every expired entry. Any
- * process may: it changes nothing a reader can see. */
-ERL_NIF_TERM gn_store_purge_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
-{
-    (void)argc;
-    gn_store *s;
-    if (!enif_get_resource(env, argv[0], gn_store_rtype, (void **)&s))
-        return enif_make_badarg(env);
-    enif_rwlock_rwlock(s->lock);
-    if (!s->deleted) {
-        gn_purge(s, gn_now_ms(), SIZE_MAX);
-        if (gn_arena_bloated(s))
-            gn_arena_compact(s);
-    }
-    enif_rwlock_rwunlock(s->lock);
-    return gn_am_ok;
-}
-
 /* store_sweep() -> ok (dirty): purges every store holding expiring entries,
  * and forgets those that hold none any more. Called every second by
  * GenNative.Store.Sweeper. */

@@ -80,7 +80,6 @@ defmodule GenNative.Native do
   def store_range(_store, _from, _to, _limit), do: :erlang.nif_error(:not_loaded)
   def store_put_many(_store, _entries), do: :erlang.nif_error(:not_loaded)
   def store_snapshot(_store), do: :erlang.nif_error(:not_loaded)
-  def store_purge(_store), do: :erlang.nif_error(:not_loaded)
   def store_sweep, do: :erlang.nif_error(:not_loaded)
 
   def store_restore(_binary, _name, _access, _lifetime, _max, _atoms),
