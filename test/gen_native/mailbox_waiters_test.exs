@@ -17,7 +17,7 @@ defmodule GenNative.MailboxWaitersTest do
   use ExUnit.Case, async: false
 
   import GenNative.TestHelpers,
-    only: [isolated: 1, restore_monitor: 1, collect_long_schedules: 1]
+    only: [isolated: 1, restore_monitor: 1, collect_long_schedules: 1, assert_one_clean: 2]
 
   alias GenNative.Native
 
@@ -76,31 +76,24 @@ defmodule GenNative.MailboxWaitersTest do
     end
   end
 
-  defp clean_attempt?(scenario) do
-    Enum.reduce_while(1..5, [], fn _, acc ->
-      previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
+  # The long schedules of the pids `scenario` returns, seen while it ran.
+  defp long_schedules_of(scenario) do
+    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
 
-      watched =
-        try do
-          scenario.()
-        after
-          restore_monitor(previous)
-        end
+    watched =
+      try do
+        scenario.()
+      after
+        restore_monitor(previous)
+      end
 
-      flush_replies()
-      found = for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
-      if found == [], do: {:halt, [found | acc]}, else: {:cont, [found | acc]}
-    end)
-  end
-
-  defp assert_clean(attempts) do
-    assert Enum.any?(attempts, &(&1 == [])),
-           "long schedules: #{inspect(attempts, pretty: true, limit: 20)}"
+    flush_replies()
+    for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
   end
 
   test "admitting a blocked sender does not grow with the senders waiting" do
-    attempts =
-      clean_attempt?(fn ->
+    assert_one_clean(5, fn ->
+      long_schedules_of(fn ->
         {owner, ref} = spawn_owner()
         _tags = block_waiters(owner, 4 * @waiters)
 
@@ -112,13 +105,12 @@ defmodule GenNative.MailboxWaitersTest do
         Process.exit(owner, :kill)
         [owner]
       end)
-
-    assert_clean(attempts)
+    end)
   end
 
   test "cancelling a blocked sender does not grow with the senders waiting" do
-    attempts =
-      clean_attempt?(fn ->
+    assert_one_clean(5, fn ->
+      long_schedules_of(fn ->
         {owner, _ref} = spawn_owner()
         tags = block_waiters(owner)
         test = self()
@@ -140,8 +132,7 @@ defmodule GenNative.MailboxWaitersTest do
         Process.exit(owner, :kill)
         [canceller]
       end)
-
-    assert_clean(attempts)
+    end)
   end
 
   # Normal calls take no room: when one slot frees, every call waiting in
@@ -150,8 +141,8 @@ defmodule GenNative.MailboxWaitersTest do
   test "blocked calls let in by one ack come in slices, all of them, in order" do
     n = 5_000
 
-    attempts =
-      clean_attempt?(fn ->
+    assert_one_clean(5, fn ->
+      long_schedules_of(fn ->
         test = self()
 
         owner =
@@ -189,8 +180,7 @@ defmodule GenNative.MailboxWaitersTest do
         assert_receive {:admitted, ^n}, 60_000
         [owner]
       end)
-
-    assert_clean(attempts)
+    end)
   end
 
   defp count_ok(count) do
@@ -221,8 +211,8 @@ defmodule GenNative.MailboxWaitersTest do
   end
 
   test "the owner's exit releases every blocked sender without a long callback" do
-    attempts =
-      clean_attempt?(fn ->
+    assert_one_clean(5, fn ->
+      long_schedules_of(fn ->
         {owner, _ref} = spawn_owner()
         _tags = block_waiters(owner)
         mref = Process.monitor(owner)
@@ -236,7 +226,6 @@ defmodule GenNative.MailboxWaitersTest do
 
         [owner]
       end)
-
-    assert_clean(attempts)
+    end)
   end
 end

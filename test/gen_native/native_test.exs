@@ -5,7 +5,13 @@ defmodule GenNative.NativeTest do
   use ExUnit.Case, async: false
 
   import GenNative.TestHelpers,
-    only: [isolated: 1, run_all: 2, restore_monitor: 1, collect_long_schedules: 1]
+    only: [
+      isolated: 1,
+      run_all: 2,
+      restore_monitor: 1,
+      collect_long_schedules: 1,
+      assert_one_clean: 2
+    ]
 
   alias GenNative.Native
 
@@ -228,14 +234,7 @@ defmodule GenNative.NativeTest do
     @tag timeout: 300_000
     @tag :scheduling
     test "no NIF runs longer than 1 ms on a normal scheduler, with a million queued terms" do
-      attempts =
-        Enum.reduce_while(1..5, [], fn _, acc ->
-          attempt = long_schedules_in_scenario()
-          if attempt == [], do: {:halt, [attempt | acc]}, else: {:cont, [attempt | acc]}
-        end)
-
-      assert Enum.any?(attempts, &(&1 == [])),
-             "long schedules: #{inspect(attempts, pretty: true)}"
+      assert_one_clean(5, &long_schedules_in_scenario/0)
     end
   end
 
@@ -247,14 +246,7 @@ defmodule GenNative.NativeTest do
     @tag timeout: 300_000
     @tag :scheduling
     test "taking large requests never runs longer than 1 ms on a normal scheduler" do
-      attempts =
-        Enum.reduce_while(1..5, [], fn _, acc ->
-          attempt = large_take_scenario()
-          if attempt == [], do: {:halt, [attempt | acc]}, else: {:cont, [attempt | acc]}
-        end)
-
-      assert Enum.any?(attempts, &(&1 == [])),
-             "long schedules: #{inspect(attempts, pretty: true)}"
+      assert_one_clean(5, &large_take_scenario/0)
     end
   end
 

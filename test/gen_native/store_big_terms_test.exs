@@ -10,7 +10,13 @@ defmodule GenNative.StoreBigTermsTest do
   use ExUnit.Case, async: false
 
   import GenNative.TestHelpers,
-    only: [isolated: 1, run_all: 2, restore_monitor: 1, collect_long_schedules: 1]
+    only: [
+      isolated: 1,
+      run_all: 2,
+      restore_monitor: 1,
+      collect_long_schedules: 1,
+      assert_one_clean: 2
+    ]
 
   # Runs one call in a process of its own, with a heap big enough for what
   # it gets back, that exits right after: so the long_schedule check sees
@@ -29,13 +35,6 @@ defmodule GenNative.StoreBigTermsTest do
 
   @moduletag :scheduling
 
-  defp attempts(scenario) do
-    Enum.reduce_while(1..3, [], fn _, acc ->
-      result = scenario.()
-      if result == [], do: {:halt, [result | acc]}, else: {:cont, [result | acc]}
-    end)
-  end
-
   # `fun` returns the pids to watch, or runs in the one watched process.
   defp watch(fun, pids? \\ false) do
     previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
@@ -50,19 +49,15 @@ defmodule GenNative.StoreBigTermsTest do
     for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
   end
 
-  defp assert_clean(attempts) do
-    assert Enum.any?(attempts, &(&1 == [])),
-           "long schedules: #{inspect(Enum.reverse(attempts), pretty: true)}"
-  end
-
   @tag timeout: 600_000
   test "big keys and values: put, get, take, first/at/next, update_counter, delete" do
     list = Enum.to_list(1..1_000_000)
     # a 100 MB binary key
     big_key = :binary.copy(<<7>>, 100_000_000)
 
-    assert_clean(
-      attempts(fn ->
+    assert_one_clean(
+      3,
+      fn ->
         {:ok, set} = Store.new(:set, access: :public)
         {:ok, ordered} = Store.new(:ordered_set, access: :public)
 
@@ -98,7 +93,7 @@ defmodule GenNative.StoreBigTermsTest do
         :ok = Store.delete(set)
         :ok = Store.delete(ordered)
         long
-      end)
+      end
     )
   end
 
@@ -109,8 +104,9 @@ defmodule GenNative.StoreBigTermsTest do
   test "tiny writes next to big live values never compact inline" do
     value = Enum.to_list(1..10_000)
 
-    assert_clean(
-      attempts(fn ->
+    assert_one_clean(
+      3,
+      fn ->
         {:ok, store} = Store.new(:set, access: :public)
         for i <- 1..100, do: :ok = Store.put(store, i, value)
 
@@ -124,7 +120,7 @@ defmodule GenNative.StoreBigTermsTest do
 
         :ok = Store.delete(store)
         long
-      end)
+      end
     )
   end
 end

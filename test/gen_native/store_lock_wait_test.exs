@@ -12,7 +12,13 @@ defmodule GenNative.StoreLockWaitTest do
   use ExUnit.Case, async: false
 
   import GenNative.TestHelpers,
-    only: [isolated: 1, run_all: 2, restore_monitor: 1, collect_long_schedules: 1]
+    only: [
+      isolated: 1,
+      run_all: 2,
+      restore_monitor: 1,
+      collect_long_schedules: 1,
+      assert_one_clean: 2
+    ]
 
   alias GenNative.Store
 
@@ -56,13 +62,6 @@ defmodule GenNative.StoreLockWaitTest do
     end
   end
 
-  defp attempts(scenario) do
-    Enum.reduce_while(1..3, [], fn _, acc ->
-      result = scenario.()
-      if result == [], do: {:halt, [result | acc]}, else: {:cont, [result | acc]}
-    end)
-  end
-
   defp watch(fun) do
     previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
 
@@ -82,78 +81,70 @@ defmodule GenNative.StoreLockWaitTest do
     {:ok, store} = Store.new(:ordered_set, access: :public, name: name)
     fill(store, @n)
 
-    attempts =
-      attempts(fn ->
-        watch(fn ->
-          while_walked(store, fn ->
-            run_all(1, fn ->
-              for i <- 1..60 do
-                # an entry that expires at once: the next size/1 must purge
-                # it, under the write lock
-                :ok = Store.put(store, {:ttl, i}, i, ttl: 1)
-                Process.sleep(3)
-                isolated(fn -> Store.size(store) end)
-                isolated(fn -> Store.info(store) end)
-                {:error, :already_exists} = isolated(fn -> Store.new(:set, name: name) end)
-              end
-            end)
+    assert_one_clean(3, fn ->
+      watch(fn ->
+        while_walked(store, fn ->
+          run_all(1, fn ->
+            for i <- 1..60 do
+              # an entry that expires at once: the next size/1 must purge
+              # it, under the write lock
+              :ok = Store.put(store, {:ttl, i}, i, ttl: 1)
+              Process.sleep(3)
+              isolated(fn -> Store.size(store) end)
+              isolated(fn -> Store.info(store) end)
+              {:error, :already_exists} = isolated(fn -> Store.new(:set, name: name) end)
+            end
           end)
         end)
       end)
-
-    assert Enum.any?(attempts, &(&1 == [])),
-           "long schedules: #{inspect(Enum.reverse(attempts), pretty: true)}"
+    end)
 
     :ok = Store.delete(store)
   end
 
   @tag timeout: 600_000
   test "the owner's exit does not wait for a walk of its store; the store goes as documented" do
-    attempts =
-      attempts(fn ->
-        test = self()
+    assert_one_clean(3, fn ->
+      test = self()
 
-        for lifetime <- [:owner, :named], reduce: [] do
-          acc ->
-            name = :"gn_lock_wait_#{System.unique_integer([:positive])}"
+      for lifetime <- [:owner, :named], reduce: [] do
+        acc ->
+          name = :"gn_lock_wait_#{System.unique_integer([:positive])}"
 
-            owner =
-              spawn(fn ->
-                {:ok, store} =
-                  Store.new(:ordered_set, access: :public, name: name, lifetime: lifetime)
+          owner =
+            spawn(fn ->
+              {:ok, store} =
+                Store.new(:ordered_set, access: :public, name: name, lifetime: lifetime)
 
-                send(test, {:store, store})
-                receive do: (:exit -> :ok)
+              send(test, {:store, store})
+              receive do: (:exit -> :ok)
+            end)
+
+          store = receive do: ({:store, store} -> store)
+          fill(store, @n)
+          ref = Process.monitor(owner)
+
+          long =
+            watch(fn ->
+              while_walked(store, fn ->
+                send(owner, :exit)
+                assert_receive {:DOWN, ^ref, _, _, _}, 5_000
               end)
 
-            store = receive do: ({:store, store} -> store)
-            fill(store, @n)
-            ref = Process.monitor(owner)
+              [owner]
+            end)
 
-            long =
-              watch(fn ->
-                while_walked(store, fn ->
-                  send(owner, :exit)
-                  assert_receive {:DOWN, ^ref, _, _, _}, 5_000
-                end)
+          # once the walks are over, the exit has taken effect
+          if lifetime == :owner do
+            GenNative.TestHelpers.wait_until(fn -> Store.whereis(name) == nil end, 10_000)
+          else
+            {:ok, adopted} = Store.new(:ordered_set, name: name)
+            assert Store.size(adopted) == @n
+            :ok = Store.delete(adopted)
+          end
 
-                [owner]
-              end)
-
-            # once the walks are over, the exit has taken effect
-            if lifetime == :owner do
-              GenNative.TestHelpers.wait_until(fn -> Store.whereis(name) == nil end, 10_000)
-            else
-              {:ok, adopted} = Store.new(:ordered_set, name: name)
-              assert Store.size(adopted) == @n
-              :ok = Store.delete(adopted)
-            end
-
-            acc ++ long
-        end
-      end)
-
-    assert Enum.any?(attempts, &(&1 == [])),
-           "long schedules: #{inspect(Enum.reverse(attempts), pretty: true)}"
+          acc ++ long
+      end
+    end)
   end
 end

@@ -475,7 +475,13 @@ defmodule GenNative.StoreSchedulingTest do
   use ExUnit.Case, async: false
 
   import GenNative.TestHelpers,
-    only: [isolated: 1, run_all: 2, restore_monitor: 1, collect_long_schedules: 1]
+    only: [
+      isolated: 1,
+      run_all: 2,
+      restore_monitor: 1,
+      collect_long_schedules: 1,
+      assert_one_clean: 2
+    ]
 
   alias GenNative.Store
 
@@ -485,14 +491,7 @@ defmodule GenNative.StoreSchedulingTest do
 
   @tag timeout: 900_000
   test "no store NIF runs longer than 1 ms on a normal scheduler, with a million entries" do
-    attempts =
-      Enum.reduce_while(1..3, [], fn _, acc ->
-        result = long_schedules_in_scenario()
-        if result == [], do: {:halt, [result | acc]}, else: {:cont, [result | acc]}
-      end)
-
-    assert Enum.any?(attempts, &(&1 == [])),
-           "long schedules: #{inspect(Enum.reverse(attempts), pretty: true)}"
+    assert_one_clean(3, &long_schedules_in_scenario/0)
   end
 
   # A read that sees the whole store (size, info, rank, at, first, ...)
@@ -500,14 +499,7 @@ defmodule GenNative.StoreSchedulingTest do
   # which takes 2-5 ms in a store of a million.
   @tag timeout: 600_000
   test "no store NIF runs longer than 1 ms purging expired entries from a million" do
-    attempts =
-      Enum.reduce_while(1..3, [], fn _, acc ->
-        result = long_schedules_purging()
-        if result == [], do: {:halt, [result | acc]}, else: {:cont, [result | acc]}
-      end)
-
-    assert Enum.any?(attempts, &(&1 == [])),
-           "long schedules: #{inspect(Enum.reverse(attempts), pretty: true)}"
+    assert_one_clean(3, &long_schedules_purging/0)
   end
 
   defp long_schedules_purging do
