@@ -40,13 +40,17 @@ defmodule GenNative.PortFsyncTest do
 
   defp start_shimmed(shim, port, dir, sync) do
     Process.flag(:trap_exit, true)
-    System.put_env("LD_PRELOAD", shim)
+    # after what is preloaded already (bin/sanitize's ASan runtime must come first)
+    previous = System.get_env("LD_PRELOAD")
+    System.put_env("LD_PRELOAD", Enum.join(List.wrap(previous) ++ [shim], " "))
 
     try do
       {:ok, pid} = GenNative.Port.start_link(name: port, dir: dir, sync: sync)
       pid
     after
-      System.delete_env("LD_PRELOAD")
+      if previous,
+        do: System.put_env("LD_PRELOAD", previous),
+        else: System.delete_env("LD_PRELOAD")
     end
   end
 
