@@ -87,8 +87,9 @@
 typedef enum { GN_REJECT, GN_DROP_NEWEST, GN_DROP_OLDEST, GN_BLOCK } gn_overflow;
 
 typedef struct gn_item {
-    ERL_NIF_TERM term; /* in the chunk's env */
-    uint64_t seq;      /* order of arrival, over both lanes */
+    ERL_NIF_TERM term; /* in `own` if set, else in the chunk's env */
+    ErlNifEnv *own; /* a large request's own env, copied outside the lock; freed with the chunk */
+    uint64_t seq;   /* order of arrival, over both lanes */
     uint32_t epoch;
     uint8_t is_call;
     uint8_t dead;  /* taken and gone for good (evicted, skipped): never handed out again */
@@ -130,8 +131,9 @@ typedef struct gn_waiter {
     uint64_t gen;        /* mb->wait_gen when it blocked */
     int lane;
     int is_call;
-    int deliver; /* on release, send the owner: GN_AS_IS or GN_AS_CAST */
-    int linked;  /* in its lane's FIFO, unless that FIFO was released (gen) */
+    int deliver;   /* on release, send the owner: GN_AS_IS or GN_AS_CAST */
+    uint16_t cost; /* microseconds the copy of item took, as gn_item's */
+    int linked;    /* in its lane's FIFO, unless that FIFO was released (gen) */
 } gn_waiter;
 
 enum { GN_KEEP = 0, GN_AS_IS, GN_AS_CAST };
@@ -201,9 +203,89 @@ static uint64_t gn_now_us(void)
     return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
+static uint16_t gn_cost_since(uint64_t t0)
+{
+    uint64_t us = gn_now_us() - t0;
+    return us > UINT16_MAX ? UINT16_MAX : (uint16_t)us;
+}
+
+/* Whether copying `t` is small work: a walk that stops once it has seen
+ * about `*budget` cells or `depth` levels, so O(budget) whatever the term.
+ * What it cannot size cheaply (a fun's environment, a bignum, a bitstring
+ * that is not a binary) counts as large. A binary over 64 bytes is
+ * reference-counted: its copy shares the bytes. */
+static int gn_term_small(ErlNifEnv *env, ERL_NIF_TERM t, long *budget, int depth)
+{
+    if (--*budget < 0 || depth == 0)
+        return 0;
+    switch (enif_term_type(env, t)) {
+    case ERL_NIF_TERM_TYPE_ATOM:
+    case ERL_NIF_TERM_TYPE_FLOAT:
+    case ERL_NIF_TERM_TYPE_PID:
+    case ERL_NIF_TERM_TYPE_PORT:
+    case ERL_NIF_TERM_TYPE_REFERENCE:
+        return 1;
+    case ERL_NIF_TERM_TYPE_INTEGER: {
+        ErlNifSInt64 i;
+        ErlNifUInt64 u;
+        return enif_get_int64(env, t, &i) || enif_get_uint64(env, t, &u);
+    }
+    case ERL_NIF_TERM_TYPE_BITSTRING: {
+        ErlNifBinary bin;
+        if (!enif_inspect_binary(env, t, &bin))
+            return 0;
+        if (bin.size <= 64)
+            *budget -= (long)(bin.size / 8);
+        return *budget >= 0;
+    }
+    case ERL_NIF_TERM_TYPE_TUPLE: {
+        int arity;
+        const ERL_NIF_TERM *elems;
+        enif_get_tuple(env, t, &arity, &elems);
+        for (int i = 0; i < arity; i++)
+            if (!gn_term_small(env, elems[i], budget, depth - 1))
+                return 0;
+        return 1;
+    }
+    case ERL_NIF_TERM_TYPE_LIST: {
+        ERL_NIF_TERM head;
+        while (enif_get_list_cell(env, t, &head, &t))
+            if (--*budget < 0 || !gn_term_small(env, head, budget, depth - 1))
+                return 0;
+        return enif_is_empty_list(env, t) || gn_term_small(env, t, budget, depth - 1);
+    }
+    case ERL_NIF_TERM_TYPE_MAP: {
+        size_t size;
+        enif_get_map_size(env, t, &size);
+        if (size > (size_t)*budget)
+            return 0;
+        ErlNifMapIterator it;
+        if (!enif_map_iterator_create(env, t, &it, ERL_NIF_MAP_ITERATOR_FIRST))
+            return 0;
+        ERL_NIF_TERM k, v;
+        int small = 1;
+        while (small && enif_map_iterator_get_pair(env, &it, &k, &v)) {
+            small = gn_term_small(env, k, budget, depth - 1) &&
+                    gn_term_small(env, v, budget, depth - 1);
+            enif_map_iterator_next(env, &it);
+        }
+        enif_map_iterator_destroy(env, &it);
+        return small;
+    }
+    default:
+        return 0;
+    }
+}
+
+/* A request whose copy may take longer than this many cells' worth (some
+ * 10 us) is copied outside the lock, on a dirty scheduler. */
+#define GN_SMALL_CELLS 2048
+#define GN_SMALL_DEPTH 64
+
 /* Appends a copy of `term` to the lane. Call with mb->lock held. Returns 0
  * when out of memory, leaving the lane unchanged. */
-static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint64_t seq, uint32_t epoch, int is_call)
+static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, ErlNifEnv *own, uint16_t cost,
+                        uint64_t seq, uint32_t epoch, int is_call)
 {
     gn_chunk *c = lane->last;
     if (!c || c->tail == GN_CHUNK_ITEMS) {
@@ -226,10 +308,15 @@ static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, uint64_t seq, uint32_t
         c = n;
     }
     gn_item *item = &c->items[c->tail++];
-    uint64_t t0 = gn_now_us();
-    item->term = enif_make_copy(c->env, term);
-    uint64_t us = gn_now_us() - t0;
-    item->cost = us > UINT16_MAX ? UINT16_MAX : (uint16_t)us;
+    item->own = own;
+    if (own) {
+        item->term = term;
+        item->cost = cost;
+    } else {
+        uint64_t t0 = gn_now_us();
+        item->term = enif_make_copy(c->env, term);
+        item->cost = gn_cost_since(t0);
+    }
     item->seq = seq;
     item->epoch = epoch;
     item->is_call = (uint8_t)is_call;
@@ -315,6 +402,9 @@ static void gn_chunks_free(void *arg)
     gn_chunk *c = arg;
     while (c) {
         gn_chunk *next = c->next;
+        for (unsigned i = 0; i < c->tail; i++)
+            if (c->items[i].own)
+                enif_free_env(c->items[i].own);
         if (c->env)
             enif_free_env(c->env);
         gn_free(c);
@@ -395,9 +485,13 @@ static void gn_outbox_add(gn_outbox *out, gn_waiter *w)
  * drops the FIFO's reference. Any thread; no lock held. */
 static void gn_waiter_tell(ErlNifEnv *caller_env, gn_waiter *w)
 {
-    ERL_NIF_TERM msg = enif_make_tuple2(w->env, enif_make_resource(w->env, w), w->result);
-    enif_send(caller_env, &w->pid, w->env, msg); /* fails only if the sender died */
-    enif_free_env(w->env);
+    /* A waiter admitted into a lane handed its env (and request) over. */
+    ErlNifEnv *menv = w->env ? w->env : enif_alloc_env();
+    if (menv) {
+        ERL_NIF_TERM msg = enif_make_tuple2(menv, enif_make_resource(menv, w), w->result);
+        enif_send(caller_env, &w->pid, menv, msg); /* fails only if the sender died */
+        enif_free_env(menv);
+    }
     w->env = NULL;
     enif_release_resource(w);
 }
@@ -490,10 +584,11 @@ static int gn_admit_waiters(ErlNifEnv *env, gn_mailbox *mb, gn_outbox *out)
             }
             int into_lane = l == GN_HIGH || (mb->queue && !w->is_call);
             if (gn_lane_len(mb, l) >= mb->capacity ||
-                (into_lane &&
-                 !gn_lane_push(&mb->lanes[l], w->item, mb->next_seq, mb->epoch, w->is_call)))
+                (into_lane && !gn_lane_push(&mb->lanes[l], w->item, w->env, w->cost, mb->next_seq,
+                                            mb->epoch, w->is_call)))
                 break;
             if (into_lane) {
+                w->env = NULL; /* the item's now: no copy under the lock */
                 mb->next_seq++;
                 pushed = 1;
             } else if (w->is_call) {
@@ -1118,20 +1213,30 @@ static gn_mailbox *gn_lock_target(ErlNifEnv *env, ERL_NIF_TERM pid_term, ErlNifP
 /* Parks the caller as a blocked sender of `item`. Call with mb->lock held.
  * Returns {wait, Tag}, or 0 when out of memory. */
 static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *self,
-                             ERL_NIF_TERM item, int lane, int is_call)
+                             ERL_NIF_TERM item, ErlNifEnv **own, uint16_t cost, int lane,
+                             int is_call)
 {
     gn_waiter *w = enif_alloc_resource(gn_waiter_rtype, sizeof(*w));
     if (!w)
         return 0;
     memset(w, 0, sizeof(*w));
-    if (!(w->env = enif_alloc_env())) {
+    if (*own) {
+        /* copied already, outside the lock */
+        w->env = *own;
+        *own = NULL;
+        w->item = item;
+        w->cost = cost;
+    } else if ((w->env = enif_alloc_env())) {
+        uint64_t t0 = gn_now_us();
+        w->item = enif_make_copy(w->env, item);
+        w->cost = gn_cost_since(t0);
+    } else {
         enif_release_resource(w);
         return 0;
     }
     enif_keep_resource(mb);
     w->mb = mb;
     w->pid = *self;
-    w->item = enif_make_copy(w->env, item);
     w->result = gn_am_ok;
     w->lane = lane;
     w->is_call = is_call;
@@ -1163,10 +1268,26 @@ static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *se
  * from here as soon as there is room). A normal cast admitted in message
  * mode gets `send`: the caller sends {'$gen_cast', Item} itself, with send/2,
  * which costs less than enif_send. See the top of this file for what each
- * result means. */
+ * result means.
+ *
+ * A request the mailbox keeps (queued, or held by a blocked sender) is
+ * copied into it. A large one is copied before the lock is taken, on a
+ * dirty scheduler, so that the lock is held O(1) and no normal scheduler
+ * copies more than a few thousand cells. */
+static ERL_NIF_TERM gn_send(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], int dirty);
+
 ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
-    (void)argc;
+    return gn_send(env, argc, argv, 0);
+}
+
+static ERL_NIF_TERM gn_mailbox_send_dirty(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    return gn_send(env, argc, argv, 1);
+}
+
+static ERL_NIF_TERM gn_send(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], int dirty)
+{
     ErlNifPid pid;
     int lane_ix, is_call, admit;
     if (!enif_is_pid(env, argv[0]))
@@ -1183,7 +1304,8 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         return enif_make_badarg(env);
     if (admit && lane_ix != GN_NORMAL)
         return enif_make_badarg(env);
-    gn_charge_enqueue(env);
+    if (!dirty)
+        gn_charge_enqueue(env);
 
     gn_mailbox *mb = gn_target(env, argv[0], &pid);
     if (!mb)
@@ -1206,9 +1328,28 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
         return gn_am_send;
     }
 
+    /* What the mailbox may keep: a queued request, or a blocked sender's. */
+    ERL_NIF_TERM item = argv[1];
+    ErlNifEnv *own = NULL;
+    uint16_t cost = 0;
+    long budget = GN_SMALL_CELLS;
+    if (!admit && (!direct || mb->overflow == GN_BLOCK) &&
+        !gn_term_small(env, item, &budget, GN_SMALL_DEPTH)) {
+        if (!dirty)
+            return enif_schedule_nif(env, "mailbox_send", ERL_NIF_DIRTY_JOB_CPU_BOUND,
+                                     gn_mailbox_send_dirty, argc, argv);
+        if (!(own = enif_alloc_env()))
+            return enif_raise_exception(env, gn_am_enomem);
+        uint64_t t0 = gn_now_us();
+        item = enif_make_copy(own, argv[1]);
+        cost = gn_cost_since(t0);
+    }
+
     enif_mutex_lock(mb->lock);
     if (mb->closed) {
         gn_unlock(mb);
+        if (own)
+            enif_free_env(own);
         return gn_am_ok;
     }
 
@@ -1251,9 +1392,11 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
                 result = gn_am_busy;
                 goto unlock;
             }
-            result = gn_block(env, mb, &self, argv[1], lane_ix, is_call);
+            result = gn_block(env, mb, &self, item, &own, cost, lane_ix, is_call);
             if (!result) {
                 gn_unlock(mb);
+                if (own)
+                    enif_free_env(own);
                 return enif_raise_exception(env, gn_am_enomem);
             }
             goto unlock;
@@ -1277,12 +1420,15 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
             result = gn_am_send;
         goto unlock;
     }
-    if (!gn_lane_push(lane, argv[1], mb->next_seq, mb->epoch, is_call)) {
+    if (!gn_lane_push(lane, item, own, cost, mb->next_seq, mb->epoch, is_call)) {
         __atomic_fetch_sub(&mb->accepted, 1, __ATOMIC_RELAXED);
         gn_unlock(mb);
         gn_chunks_free(done);
+        if (own)
+            enif_free_env(own);
         return enif_raise_exception(env, gn_am_enomem);
     }
+    own = NULL; /* the item's now */
     mb->next_seq++;
     gn_note_length(mb);
     /* The wake goes out after unlocking, to keep the lock short on this
@@ -1299,6 +1445,8 @@ ERL_NIF_TERM gn_mailbox_send_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 unlock:
     gn_unlock(mb);
     gn_chunks_free(done);
+    if (own) /* not kept: rejected, dropped, or sent as a message */
+        enif_free_env(own);
     /* Sent from the caller's environment, so it is ordered with the caller's
      * other messages to the owner; fails only if the owner died (dropped, as
      * with send/2). */
@@ -1337,7 +1485,8 @@ ERL_NIF_TERM gn_mailbox_cancel_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     gn_outbox_flush(env, &out);
     if (!found)
         return gn_am_not_found;
-    enif_free_env(w->env);
+    if (w->env)
+        enif_free_env(w->env);
     w->env = NULL;
     enif_release_resource(w); /* the FIFO's reference */
     return gn_am_cancelled;

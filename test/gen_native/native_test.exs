@@ -250,6 +250,88 @@ defmodule GenNative.NativeTest do
     end
   end
 
+  describe "large requests put in" do
+    # A request the mailbox keeps (queued, or held by a blocked sender) is
+    # copied into it; a large one is copied on a dirty scheduler, before
+    # the lock is taken, and a blocked sender's request moves into the
+    # queue without a copy when it is let in. Retried as above.
+    @tag timeout: 300_000
+    @tag :scheduling
+    test "putting large requests in never runs longer than 1 ms on a normal scheduler" do
+      assert_one_clean(5, &large_put_scenario/0)
+    end
+  end
+
+  # Processes with heaps big enough for the 1M-element lists they hold, so
+  # that no garbage collection of those shows as a long schedule.
+  @big_heap [min_heap_size: 8_000_000]
+
+  defp large_put_scenario do
+    parent = self()
+    huge = Enum.to_list(1..1_000_000)
+
+    # takes `n` requests, in as many takes as it needs
+    owner = fn opts, n ->
+      :erlang.spawn_opt(
+        fn ->
+          ref = apply(Native, :mailbox_new, opts)
+          send(parent, {:owner_ready, self()})
+          receive do: (:take -> send(parent, {:taken, self(), take_n(ref, n, [])}))
+        end,
+        @big_heap
+      )
+    end
+
+    queued = owner.([:infinity, :reject, [:queue]], 3)
+    blocking = owner.([1, :block, [:queue]], 2)
+    assert_receive {:owner_ready, ^queued}
+    assert_receive {:owner_ready, ^blocking}
+
+    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
+
+    sender =
+      try do
+        sender =
+          :erlang.spawn_opt(
+            fn ->
+              put = fn to, request ->
+                isolated(fn -> Native.mailbox_send(to, request, :normal, :cast) end)
+              end
+
+              for i <- 1..3, do: :ok = put.(queued, {i, huge})
+              :ok = put.(blocking, {:a, huge})
+              {:wait, tag} = put.(blocking, {:b, huge})
+              send(parent, {:blocked, self()})
+              receive do: ({^tag, result} -> send(parent, {:let_in, result}))
+            end,
+            @big_heap
+          )
+
+        assert_receive {:blocked, ^sender}, 60_000
+        send(queued, :take)
+        send(blocking, :take)
+        assert_receive {:taken, ^queued, [1, 2, 3]}, 60_000
+        # a take lets the blocked sender in, a later one takes its request
+        assert_receive {:let_in, :ok}, 60_000
+        assert_receive {:taken, ^blocking, [:a, :b]}, 60_000
+        sender
+      after
+        restore_monitor(previous)
+      end
+
+    watched = [queued, blocking, sender]
+    for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
+  end
+
+  defp take_n(_ref, n, acc) when length(acc) >= n, do: Enum.reverse(acc)
+
+  defp take_n(ref, n, acc) do
+    case isolated(fn -> Native.mailbox_take(ref, 1024, :infinity, true) end) do
+      {:more, items} -> take_n(ref, n, tags(items, acc))
+      items -> take_n(ref, n, tags(items, acc))
+    end
+  end
+
   defp large_take_scenario do
     parent = self()
 
