@@ -28,7 +28,9 @@ CFLAGS += -g -O1 -fno-omit-frame-pointer -fsanitize=address,undefined -DGN_SANIT
 LDFLAGS_NIF += -fsanitize=address,undefined
 endif
 
-NIF_SRC := $(wildcard c_src/*.c)
+# fuzz_etf_scan.c is the snapshot checker's fuzz target, built by
+# `make fuzz-etf` only.
+NIF_SRC := $(filter-out c_src/fuzz_etf_scan.c,$(wildcard c_src/*.c))
 NIF_OBJ := $(NIF_SRC:c_src/%.c=$(OBJ)/nif/%.o)
 NIF_SO  := $(PRIV)/gen_native_nif.so
 
@@ -81,12 +83,27 @@ fuzz: $(FUZZ_BIN)
 	cd $(OBJ)/fuzz && ./gen_native_port_fuzz -max_total_time=$(FUZZ_TIME) -max_len=4096 \
 	  -rss_limit_mb=4096 corpus $(CURDIR)/c_src/port/fuzz_seeds
 
-$(OBJ)/fuzz:
+# The snapshot checker's fuzz target (c_src/fuzz_etf_scan.c, which includes
+# etf_scan.c and stubs the one enif_* call it makes):
+#   make fuzz-etf [FUZZ_TIME=600]   runs it; findings go to $(OBJ)/fuzz_etf/
+FUZZ_ETF_BIN := $(OBJ)/fuzz_etf/gen_native_etf_fuzz
+
+$(FUZZ_ETF_BIN): c_src/fuzz_etf_scan.c c_src/etf_scan.c $(wildcard c_src/*.h) | $(OBJ)/fuzz_etf
+	$(CLANG) -std=c11 -D_GNU_SOURCE -DGN_SANITIZE -g -O1 -fno-omit-frame-pointer \
+	  -Wall -Wextra -Werror -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
+	  -I$(ERTS_INCLUDE_DIR) -o $@ c_src/fuzz_etf_scan.c
+
+fuzz-etf: $(FUZZ_ETF_BIN)
+	mkdir -p $(OBJ)/fuzz_etf/corpus
+	cd $(OBJ)/fuzz_etf && ./gen_native_etf_fuzz -max_total_time=$(FUZZ_TIME) -max_len=4096 \
+	  -rss_limit_mb=4096 corpus $(CURDIR)/c_src/etf_scan_fuzz_seeds
+
+$(OBJ)/fuzz $(OBJ)/fuzz_etf:
 	mkdir -p $@
 
 clean:
 	rm -rf $(OBJ) $(NIF_SO) $(PORT_BIN)
 
-.PHONY: all clean fuzz
+.PHONY: all clean fuzz fuzz-etf
 
 -include $(NIF_OBJ:.o=.d) $(PORT_OBJ:.o=.d)
