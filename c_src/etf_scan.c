@@ -153,7 +153,9 @@ static int gn_atom_known(ErlNifEnv *env, const unsigned char *text, size_t len, 
     return enif_make_existing_atom_len(env, buf, n, &atom, ERL_NIF_LATIN1);
 }
 
-/* An atom at s->p: checked, noted if unknown, written out as ''. */
+/* An atom at s->p: checked; kept if the node knows it, else noted and
+ * written out as ''. (Kept, because a map with several atom keys would
+ * otherwise become one with duplicate keys, and be refused.) */
 static int gn_scan_atom(gn_scan *s)
 {
     size_t hdr, len;
@@ -190,8 +192,11 @@ static int gn_scan_atom(gn_scan *s)
     } else if (len > 255) {
         return 0;
     }
-    if (!(in_latin1 && gn_atom_known(s->env, text, len, utf8)) &&
-        !gn_atom_set_add(s->unknown, text, len, !utf8))
+    if (in_latin1 && gn_atom_known(s->env, text, len, utf8)) {
+        gn_copy(s, hdr + len);
+        return 1;
+    }
+    if (!gn_atom_set_add(s->unknown, text, len, !utf8))
         return 0;
     s->p += hdr + len;
     *s->w++ = 119; /* '' */

@@ -19,7 +19,8 @@ typedef struct gn_atom_set {
 void gn_atom_set_free(gn_atom_set *set);
 
 /* Writes to out (at least len bytes) a copy of the encoding data[0, len)
- * with every atom replaced by '' (which every node knows), padded with
+ * with every atom this node does not know replaced by '' (which every node
+ * knows), padded with
  * zeros to len bytes; *used is the copy's length before the padding.
  * Atoms that may be unknown (enif_make_existing_atom_len in `env`; OTP 25
  * looks up Latin-1 text only, so an atom beyond Latin-1 counts as unknown:
@@ -27,8 +28,10 @@ void gn_atom_set_free(gn_atom_set *set);
  * atom's text is not one the VM takes (over 255 characters, bad UTF-8), or when out of memory; then
  * `out` is garbage.
  *
- * Decoding the copy (flags 0) creates no atom; it fails exactly when
- * decoding the original would, for any reason but its atoms. (A fun's
+ * Decoding the copy (flags 0) creates no atom; it fails when decoding the
+ * original would, for any reason but its atoms, and also when a map holds
+ * two unknown atom keys (or one and ''), which both become '': a valid
+ * encoding refused, never an invalid one let through. (A fun's
  * encoding carries its own byte size, which the copy keeps: the padding
  * keeps that size within the buffer, and the decoder skips it.) A
  * compressed encoding is refused: snapshots never hold one. */

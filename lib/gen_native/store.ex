@@ -174,6 +174,13 @@ defmodule GenNative.Store do
   (`:erlang.system_info(:atom_limit)`) gives `{:error, :system_limit}`
   instead of exhausting it.
 
+  One known limit of that check: a map holding two or more atom keys that
+  this node does not know yet (a struct whose module is not loaded, a map
+  keyed by atoms made at run time) is refused with
+  `{:error, :invalid_snapshot}`, although `:erlang.binary_to_term/1` would
+  take it. Load the modules (or make the atoms) before restoring. Atom keys
+  the node knows are never a problem.
+
   ## Options
 
   Those of `new/2`, and:

@@ -132,6 +132,19 @@ defmodule GenNative.StoreRestoreAtomsTest do
                big == 1 <<< 100
     end
 
+    test "a map or struct with several atom keys the node knows, and a fresh atom, is restored" do
+      placeholder = :gn_placeholder_atom_yy
+      text = binary_part(fresh_text(0) <> String.duplicate("y", 22), 0, 22)
+      value = %{ok: placeholder, error: 2, __struct__: URI, scheme: "x"}
+      swap = fn etf -> :binary.replace(etf, "gn_placeholder_atom_yy", text, [:global]) end
+      binary = sealed(0, 1, raw_entry(etf(:k), swap.(etf(value))))
+
+      assert_raise ArgumentError, fn -> String.to_existing_atom(text) end
+      assert {:ok, store} = Store.restore(binary)
+      fresh = String.to_existing_atom(text)
+      assert Store.get(store, :k) == %{ok: fresh, error: 2, __struct__: URI, scheme: "x"}
+    end
+
     test "an external pid on an unknown node is restored" do
       node_text = "gn_#{System.unique_integer([:positive])}@nohost"
       <<131, 88, rest::binary>> = etf(self())
