@@ -56,16 +56,29 @@ defmodule GenNative.TestHelpers do
   again until one is clean. A NIF that keeps a scheduler past 1 ms does so
   on every attempt; the OS preempting a scheduler thread on a busy machine,
   which long_schedule reports too, does not.
+
+  `outliers: n` counts an attempt as clean with up to `n` long schedules
+  of at most 5 ms each, for scenarios of thousands of calls of a few kinds
+  (measured here: a 40 us take has 1 to 7 outliers of 1 to 2 ms per 500
+  takes, before this code as after it, with nothing else running; the
+  host preempts the VM's vCPUs). A NIF that is slow by its own work is slow
+  on every call of its kind, and fails the check.
   """
-  def assert_one_clean(times, attempt) do
+  def assert_one_clean(times, attempt, opts \\ []) do
+    outliers = Keyword.get(opts, :outliers, 0)
+
+    clean? = fn found ->
+      length(found) <= outliers and Enum.all?(found, fn {_pid, info} -> info[:timeout] <= 5 end)
+    end
+
     attempts =
       Enum.reduce_while(1..times, [], fn _, acc ->
         found = attempt.()
-        if found == [], do: {:halt, [found | acc]}, else: {:cont, [found | acc]}
+        if clean?.(found), do: {:halt, [found | acc]}, else: {:cont, [found | acc]}
       end)
 
     ExUnit.Assertions.assert(
-      hd(attempts) == [],
+      clean?.(hd(attempts)),
       "long schedules in each of #{times} attempts: " <>
         inspect(Enum.reverse(attempts), pretty: true, limit: 50)
     )
