@@ -17,7 +17,7 @@ defmodule GenNative.MailboxWaitersTest do
   use ExUnit.Case, async: false
 
   import GenNative.TestHelpers,
-    only: [isolated: 1, restore_monitor: 1, collect_long_schedules: 1, assert_one_clean: 2]
+    only: [isolated: 1, watch_long_schedules: 1, assert_one_clean: 2]
 
   alias GenNative.Native
 
@@ -78,17 +78,9 @@ defmodule GenNative.MailboxWaitersTest do
 
   # The long schedules of the pids `scenario` returns, seen while it ran.
   defp long_schedules_of(scenario) do
-    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
-
-    watched =
-      try do
-        scenario.()
-      after
-        restore_monitor(previous)
-      end
-
+    found = watch_long_schedules(scenario)
     flush_replies()
-    for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
+    found
   end
 
   test "admitting a blocked sender does not grow with the senders waiting" do

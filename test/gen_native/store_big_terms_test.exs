@@ -13,8 +13,7 @@ defmodule GenNative.StoreBigTermsTest do
     only: [
       isolated: 1,
       run_all: 2,
-      restore_monitor: 1,
-      collect_long_schedules: 1,
+      watch_long_schedules: 1,
       assert_one_clean: 2
     ]
 
@@ -36,18 +35,8 @@ defmodule GenNative.StoreBigTermsTest do
   @moduletag :scheduling
 
   # `fun` returns the pids to watch, or runs in the one watched process.
-  defp watch(fun, pids? \\ false) do
-    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
-
-    watched =
-      try do
-        if pids?, do: fun.(), else: run_all(1, fun)
-      after
-        restore_monitor(previous)
-      end
-
-    for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
-  end
+  defp watch(fun, pids? \\ false),
+    do: watch_long_schedules(if pids?, do: fun, else: fn -> run_all(1, fun) end)
 
   @tag timeout: 600_000
   test "big keys and values: put, get, take, first/at/next, update_counter, delete" do

@@ -15,8 +15,7 @@ defmodule GenNative.StoreLockWaitTest do
     only: [
       isolated: 1,
       run_all: 2,
-      restore_monitor: 1,
-      collect_long_schedules: 1,
+      watch_long_schedules: 1,
       assert_one_clean: 2
     ]
 
@@ -62,19 +61,6 @@ defmodule GenNative.StoreLockWaitTest do
     end
   end
 
-  defp watch(fun) do
-    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
-
-    watched =
-      try do
-        fun.()
-      after
-        restore_monitor(previous)
-      end
-
-    for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
-  end
-
   @tag timeout: 600_000
   test "size/1 with an expired entry, and new/2 with the walked store's name, do not wait" do
     name = :"gn_lock_wait_#{System.unique_integer([:positive])}"
@@ -82,7 +68,7 @@ defmodule GenNative.StoreLockWaitTest do
     fill(store, @n)
 
     assert_one_clean(3, fn ->
-      watch(fn ->
+      watch_long_schedules(fn ->
         while_walked(store, fn ->
           run_all(1, fn ->
             for i <- 1..60 do
@@ -125,7 +111,7 @@ defmodule GenNative.StoreLockWaitTest do
           ref = Process.monitor(owner)
 
           long =
-            watch(fn ->
+            watch_long_schedules(fn ->
               while_walked(store, fn ->
                 send(owner, :exit)
                 assert_receive {:DOWN, ^ref, _, _, _}, 5_000

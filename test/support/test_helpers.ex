@@ -84,6 +84,23 @@ defmodule GenNative.TestHelpers do
     )
   end
 
+  @doc """
+  Runs `scenario` with long_schedule monitoring (1 ms) on; `scenario`
+  returns the pids to watch. Returns their `{pid, info}` long schedules.
+  """
+  def watch_long_schedules(scenario) do
+    previous = :erlang.system_monitor(self(), [{:long_schedule, 1}])
+
+    watched =
+      try do
+        scenario.()
+      after
+        restore_monitor(previous)
+      end
+
+    for {pid, info} <- collect_long_schedules([]), pid in watched, do: {pid, info}
+  end
+
   @doc "The `{pid, info}` of every long_schedule message in the mailbox, newest first."
   def collect_long_schedules(acc \\ []) do
     receive do
