@@ -93,7 +93,8 @@ typedef struct gn_item {
     uint32_t epoch;
     uint8_t is_call;
     uint8_t dead;  /* taken and gone for good (evicted, skipped): never handed out again */
-    uint16_t cost; /* microseconds its copy in took (saturated): what a copy out will */
+    uint16_t cost; /* microseconds a copy out will take: measured for a large request, estimated
+                      from its size for a small one */
 } gn_item;
 
 typedef struct gn_chunk {
@@ -132,7 +133,7 @@ typedef struct gn_waiter {
     int lane;
     int is_call;
     int deliver;   /* on release, send the owner: GN_AS_IS or GN_AS_CAST */
-    uint16_t cost; /* microseconds the copy of item took, as gn_item's */
+    uint16_t cost; /* as gn_item's */
     int linked;    /* in its lane's FIFO, unless that FIFO was released (gen) */
 } gn_waiter;
 
@@ -281,9 +282,15 @@ static int gn_term_small(ErlNifEnv *env, ERL_NIF_TERM t, long *budget, int depth
  * 10 us) is copied outside the lock, on a dirty scheduler. */
 #define GN_SMALL_CELLS 2048
 #define GN_SMALL_DEPTH 64
+/* What a small request's copy is taken to cost, from the cells its walk
+ * saw (a copy runs some 300 cells a microsecond here): timing each copy
+ * would cost two clock reads per enqueue. */
+#define GN_CELLS_PER_US 256
 
-/* Appends a copy of `term` to the lane. Call with mb->lock held. Returns 0
- * when out of memory, leaving the lane unchanged. */
+/* Appends `term` to the lane: the term itself if it lives in `own`, its
+ * own env, else a copy; `cost` is what copying it out will cost (us). Call
+ * with mb->lock held. Returns 0 when out of memory, leaving the lane
+ * unchanged. */
 static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, ErlNifEnv *own, uint16_t cost,
                         uint64_t seq, uint32_t epoch, int is_call)
 {
@@ -309,14 +316,8 @@ static int gn_lane_push(gn_lane *lane, ERL_NIF_TERM term, ErlNifEnv *own, uint16
     }
     gn_item *item = &c->items[c->tail++];
     item->own = own;
-    if (own) {
-        item->term = term;
-        item->cost = cost;
-    } else {
-        uint64_t t0 = gn_now_us();
-        item->term = enif_make_copy(c->env, term);
-        item->cost = gn_cost_since(t0);
-    }
+    item->term = own ? term : enif_make_copy(c->env, term);
+    item->cost = cost;
     item->seq = seq;
     item->epoch = epoch;
     item->is_call = (uint8_t)is_call;
@@ -875,7 +876,8 @@ static gn_mailbox *gn_owned_mailbox(ErlNifEnv *env, ERL_NIF_TERM term)
  * owner's scheduler: it stops before a request that would take it past
  * this budget, and hands a request too big for a normal scheduler to a
  * dirty one. A copy out costs about what the copy in cost its sender,
- * noted in `cost`: the budget goes by those (so that a batch of small
+ * noted in `cost` (timed for a large request, estimated from its size for
+ * a small one): the budget goes by those (so that a batch of small
  * requests is never cut short because the thread was preempted), and
  * the time actually spent is charged to the owner's timeslice. */
 #define GN_TAKE_BUDGET_US 250
@@ -1227,9 +1229,8 @@ static ERL_NIF_TERM gn_block(ErlNifEnv *env, gn_mailbox *mb, const ErlNifPid *se
         w->item = item;
         w->cost = cost;
     } else if ((w->env = enif_alloc_env())) {
-        uint64_t t0 = gn_now_us();
         w->item = enif_make_copy(w->env, item);
-        w->cost = gn_cost_since(t0);
+        w->cost = cost;
     } else {
         enif_release_resource(w);
         return 0;
@@ -1343,6 +1344,8 @@ static ERL_NIF_TERM gn_send(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[],
         uint64_t t0 = gn_now_us();
         item = enif_make_copy(own, argv[1]);
         cost = gn_cost_since(t0);
+    } else {
+        cost = (uint16_t)((GN_SMALL_CELLS - budget) / GN_CELLS_PER_US);
     }
 
     enif_mutex_lock(mb->lock);
