@@ -7,22 +7,14 @@ defmodule GenNative.StoreGarbageTest do
   use ExUnit.Case, async: false
 
   import Bitwise
+  import GenNative.TestHelpers, only: [settled_memory: 3]
 
   alias GenNative.Store
 
   @moduletag :memory
 
   # Waits (bounded) until the node's memory stops moving.
-  defp settle(kind \\ :total, tries \\ 50) do
-    :erlang.garbage_collect()
-    before = :erlang.memory(kind)
-    Process.sleep(200)
-    now = :erlang.memory(kind)
-
-    if abs(now - before) < 200_000 or tries == 0,
-      do: now,
-      else: settle(kind, tries - 1)
-  end
+  defp settle(kind \\ :total), do: settled_memory(kind, 200_000, 50)
 
   # Runs `fun` in a process of its own, so that what it makes does not
   # stay on the test's heap.

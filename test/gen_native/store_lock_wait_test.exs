@@ -26,14 +26,7 @@ defmodule GenNative.StoreLockWaitTest do
   # Entries in the walked store: its to_list takes tens of ms.
   @n 300_000
 
-  defp fill(store, n) do
-    1..n
-    |> Enum.chunk_every(100_000)
-    |> Enum.each(fn chunk ->
-      Task.async(fn -> :ok = Store.put_many(store, for(i <- chunk, do: {i, {i, "v"}})) end)
-      |> Task.await(120_000)
-    end)
-  end
+  defp fill(store, n), do: GenNative.StoreSuite.fill(store, n, &{&1, "v"})
 
   # Runs `fun` while other processes walk `store` over and over (a dirty
   # NIF holding its read lock most of the time).

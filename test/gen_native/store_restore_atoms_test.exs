@@ -32,6 +32,9 @@ defmodule GenNative.StoreRestoreAtomsTest do
 
   defp atoms, do: :erlang.system_info(:atom_count)
 
+  defp assert_all_invalid(binaries),
+    do: for(b <- binaries, do: assert(Store.restore(b) == {:error, :invalid_snapshot}))
+
   # Makes the input with `make` (not counted), then counts the atoms made
   # while `run` runs on it; up to 3 attempts, stopping at the first with
   # none: another process of the node may make an atom at that moment, but
@@ -69,11 +72,7 @@ defmodule GenNative.StoreRestoreAtomsTest do
         end
       end
 
-      run = fn binaries ->
-        for b <- binaries, do: assert(Store.restore(b) == {:error, :invalid_snapshot})
-      end
-
-      assert atoms_made(make, run) == 0
+      assert atoms_made(make, &assert_all_invalid/1) == 0
     end
 
     test "creates no atom: 20,000 fresh atom keys, the last entry damaged" do
@@ -100,11 +99,7 @@ defmodule GenNative.StoreRestoreAtomsTest do
         end
       end
 
-      run = fn binaries ->
-        for b <- binaries, do: assert(Store.restore(b) == {:error, :invalid_snapshot})
-      end
-
-      assert atoms_made(make, run) == 0
+      assert atoms_made(make, &assert_all_invalid/1) == 0
     end
   end
 

@@ -372,7 +372,7 @@ defmodule GenNative.StoreMemoryTest do
   # accounting.
   use ExUnit.Case, async: false
 
-  import GenNative.TestHelpers, only: [wait_until: 2]
+  import GenNative.TestHelpers, only: [wait_until: 2, settled_memory: 3]
 
   alias GenNative.Store
 
@@ -382,14 +382,7 @@ defmodule GenNative.StoreMemoryTest do
 
   # Fills a :public store from other processes, so that the entries' terms
   # do not stay on the test's heap.
-  defp fill(store, n) do
-    1..n
-    |> Enum.chunk_every(100_000)
-    |> Enum.each(fn chunk ->
-      Task.async(fn -> :ok = Store.put_many(store, for(i <- chunk, do: {i, "value #{i}"})) end)
-      |> Task.await(120_000)
-    end)
-  end
+  defp fill(store, n), do: GenNative.StoreSuite.fill(store, n, &"value #{&1}")
 
   defp quiet_total do
     :erlang.garbage_collect()
@@ -398,16 +391,7 @@ defmodule GenNative.StoreMemoryTest do
 
   # Waits (bounded) until the node's memory stops moving: the reaper may
   # still be freeing stores that earlier tests deleted.
-  defp settle(kind \\ :total, tries \\ 100) do
-    :erlang.garbage_collect()
-    before = :erlang.memory(kind)
-    Process.sleep(200)
-    now = :erlang.memory(kind)
-
-    if abs(now - before) < 1_000_000 or tries == 0,
-      do: now,
-      else: settle(kind, tries - 1)
-  end
+  defp settle(kind \\ :total), do: settled_memory(kind, 1_000_000, 100)
 
   @tag timeout: 300_000
   test "deleting a store of a million entries gives its memory back" do
@@ -617,12 +601,5 @@ defmodule GenNative.StoreSchedulingTest do
     isolated(fn -> Store.size(set) end)
   end
 
-  defp fill(store, n) do
-    1..n
-    |> Enum.chunk_every(100_000)
-    |> Enum.each(fn chunk ->
-      Task.async(fn -> :ok = Store.put_many(store, for(i <- chunk, do: {i, i})) end)
-      |> Task.await(120_000)
-    end)
-  end
+  defp fill(store, n), do: GenNative.StoreSuite.fill(store, n, & &1)
 end

@@ -83,6 +83,20 @@ defmodule GenNative.StoreSuite do
   def exists?({:port, port}, name),
     do: Enum.any?(GenNative.Port.stores(port), &match?({^name, _}, &1))
 
+  @doc """
+  Fills `store` (`:public`) with keys `1..n` and values `value.(key)`,
+  100,000 at a time, each batch put from a process of its own so that the
+  entries' terms do not stay on the caller's heap.
+  """
+  def fill(store, n, value) do
+    1..n
+    |> Enum.chunk_every(100_000)
+    |> Enum.each(fn chunk ->
+      Task.async(fn -> :ok = Store.put_many(store, for(i <- chunk, do: {i, value.(i)})) end)
+      |> Task.await(120_000)
+    end)
+  end
+
   @doc "Runs fun in a process of its own: {:ok, result} or {:raised, exception}."
   def in_process(fun) do
     fn ->

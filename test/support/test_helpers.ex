@@ -46,6 +46,22 @@ defmodule GenNative.TestHelpers do
     Enum.map(tasks, & &1.pid)
   end
 
+  @doc """
+  `:erlang.memory(kind)` once it stops moving: after a garbage collection,
+  it moved less than `delta` bytes in 200 ms (or `tries` times 200 ms
+  passed: the reaper may still be freeing what earlier tests deleted).
+  """
+  def settled_memory(kind, delta, tries) do
+    :erlang.garbage_collect()
+    before = :erlang.memory(kind)
+    Process.sleep(200)
+    now = :erlang.memory(kind)
+
+    if abs(now - before) < delta or tries == 0,
+      do: now,
+      else: settled_memory(kind, delta, tries - 1)
+  end
+
   @doc "Puts back the system monitor `:erlang.system_monitor/2` returned."
   def restore_monitor({pid, opts}), do: :erlang.system_monitor(pid, opts)
   def restore_monitor(:undefined), do: :erlang.system_monitor(:undefined)
