@@ -1,6 +1,7 @@
 /*
- * An external term format walker that copies an encoding with its atoms
- * replaced by '' (see etf_scan.h). It follows the encoding iteratively,
+ * An external term format walker that copies an encoding with the atoms this
+ * node does not know replaced by placeholders (see etf_scan.h). It follows
+ * the encoding iteratively,
  * counting the terms still to read, so a deeply nested term costs no C
  * stack; every length is checked against the bytes left before it is used.
  * No locks: the atom set belongs to its caller.
@@ -109,7 +110,10 @@ static long gn_utf8_chars(const unsigned char *p, size_t len, int *latin1)
 typedef struct gn_scan {
     ErlNifEnv *env;
     const unsigned char *p, *end;
-    unsigned char *w;
+    unsigned char *out; /* cap bytes; n counts what the copy takes, */
+    size_t cap, n;      /* written only while it fits */
+    const unsigned char *marker;
+    size_t marker_len;
     gn_atom_set *unknown;
 } gn_scan;
 
@@ -118,10 +122,16 @@ static int gn_need(const gn_scan *s, size_t n)
     return (size_t)(s->end - s->p) >= n;
 }
 
+static void gn_emit(gn_scan *s, const unsigned char *bytes, size_t n)
+{
+    if (s->n <= s->cap && n <= s->cap - s->n)
+        memcpy(s->out + s->n, bytes, n);
+    s->n += n;
+}
+
 static void gn_copy(gn_scan *s, size_t n)
 {
-    memcpy(s->w, s->p, n);
-    s->w += n;
+    gn_emit(s, s->p, n);
     s->p += n;
 }
 
@@ -153,10 +163,40 @@ static int gn_atom_known(ErlNifEnv *env, const unsigned char *text, size_t len, 
     return enif_make_existing_atom_len(env, buf, n, &atom, ERL_NIF_LATIN1);
 }
 
+/* The placeholder of an unknown atom: {Marker, <<Text in UTF-8>>}, the same
+ * for the same atom however it is encoded, different for different atoms,
+ * and equal to no term of the snapshot (Marker is a fresh reference). */
+static void gn_emit_placeholder(gn_scan *s, const unsigned char *text, size_t len, int utf8)
+{
+    unsigned char hdr[5];
+    size_t bytes = len;
+    if (!utf8)
+        for (size_t i = 0; i < len; i++)
+            bytes += text[i] >= 0x80;
+    gn_emit(s, (const unsigned char *)"\150\002", 2); /* SMALL_TUPLE_EXT, 2 */
+    gn_emit(s, s->marker, s->marker_len);
+    hdr[0] = 109; /* BINARY_EXT */
+    for (int i = 0; i < 4; i++)
+        hdr[1 + i] = (unsigned char)(bytes >> (24 - 8 * i));
+    gn_emit(s, hdr, 5);
+    if (utf8) {
+        gn_emit(s, text, len);
+        return;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c[2] = {(unsigned char)(0xC0 | (text[i] >> 6)),
+                              (unsigned char)(0x80 | (text[i] & 0x3F))};
+        if (text[i] < 0x80)
+            gn_emit(s, text + i, 1);
+        else
+            gn_emit(s, c, 2);
+    }
+}
+
 /* An atom at s->p: checked; kept if the node knows it, else noted and
- * written out as ''. (Kept, because a map with several atom keys would
- * otherwise become one with duplicate keys, and be refused.) */
-static int gn_scan_atom(gn_scan *s)
+ * written out as its placeholder, or as '' where only an atom may stand
+ * (`in_term` 0: the node of a pid, port or reference, a fun's module). */
+static int gn_scan_atom(gn_scan *s, int in_term)
 {
     size_t hdr, len;
     int utf8;
@@ -199,15 +239,18 @@ static int gn_scan_atom(gn_scan *s)
     if (!gn_atom_set_add(s->unknown, text, len, !utf8))
         return 0;
     s->p += hdr + len;
-    *s->w++ = 119; /* '' */
-    *s->w++ = 0;
+    if (in_term)
+        gn_emit_placeholder(s, text, len, utf8);
+    else
+        gn_emit(s, (const unsigned char *)"\167\000", 2); /* '' */
     return 1;
 }
 
-int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len, unsigned char *out,
-                      size_t *used, gn_atom_set *unknown)
+int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len,
+                      const unsigned char *marker, size_t marker_len, unsigned char *out,
+                      size_t cap, size_t *used, gn_atom_set *unknown)
 {
-    gn_scan sc = {env, data, data + len, out, unknown};
+    gn_scan sc = {env, data, data + len, out, cap, 0, marker, marker_len, unknown};
     gn_scan *s = &sc;
     if (len < 1 || data[0] != 131)
         return 0;
@@ -239,7 +282,7 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len, uns
         case 115:
         case 118:
         case 119:
-            if (!gn_scan_atom(s))
+            if (!gn_scan_atom(s, 1))
                 return 0;
             continue;
         case 107: /* STRING_EXT */
@@ -290,7 +333,7 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len, uns
         {
             unsigned tag = s->p[0];
             gn_copy(s, 1);
-            if (!gn_scan_atom(s))
+            if (!gn_scan_atom(s, 0))
                 return 0;
             n = tag == 103 ? 9 : tag == 88 || tag == 120 ? 12 : tag == 89 ? 8 : 5;
             break;
@@ -303,7 +346,7 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len, uns
             size_t words = gn_be(s->p + 1, 2);
             size_t creation = s->p[0] == 114 ? 1 : 4;
             gn_copy(s, 3);
-            if (!gn_scan_atom(s))
+            if (!gn_scan_atom(s, 0))
                 return 0;
             n = creation + 4 * words;
             break;
@@ -314,12 +357,12 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len, uns
                 return 0;
             pending += 3 + (uint64_t)gn_be(s->p + 26, 4);
             gn_copy(s, 30);
-            if (!gn_scan_atom(s))
+            if (!gn_scan_atom(s, 0))
                 return 0;
             continue;
         case 113: /* EXPORT_EXT: module, function, arity */
             gn_copy(s, 1);
-            if (!gn_scan_atom(s) || !gn_scan_atom(s))
+            if (!gn_scan_atom(s, 0) || !gn_scan_atom(s, 0))
                 return 0;
             pending += 1;
             continue;
@@ -332,7 +375,11 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len, uns
     }
     if (s->p != s->end)
         return 0;
-    *used = (size_t)(s->w - out);
-    memset(s->w, 0, len - *used);
+    if (s->n > cap || len > cap) {
+        *used = s->n > len ? s->n : len;
+        return 2;
+    }
+    *used = s->n;
+    memset(out + s->n, 0, len - (s->n < len ? s->n : len));
     return 1;
 }

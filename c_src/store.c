@@ -2167,19 +2167,24 @@ typedef struct gn_snap_entry {
 /* Decodes data[0, len) into *t without making any atom: 1 if decoded, 2 if
  * it is valid but names atoms this node may not know (or external funs it
  * lacks), so that only a decoding that may make them will do; 0 if it is
- * invalid (or out of memory). *scratch is a buffer it may grow. */
+ * invalid (or out of memory). *scratch is a buffer it may grow; marker is
+ * the placeholders' (gn_etf_neutralize). */
 static int gn_snap_term(ErlNifEnv *env, const unsigned char *data, size_t len, ERL_NIF_TERM *t,
-                        ErlNifBinary *scratch, gn_atom_set *unknown)
+                        ErlNifBinary *scratch, const ErlNifBinary *marker, gn_atom_set *unknown)
 {
     if (enif_binary_to_term(env, data, len, t, ERL_NIF_BIN2TERM_SAFE) == len)
         return 1;
     *t = 0;
-    if (scratch->size < len && !enif_realloc_binary(scratch, len))
-        return 0;
-    size_t used;
+    size_t used = len;
+    int r;
+    do {
+        if (scratch->size < used && !enif_realloc_binary(scratch, used))
+            return 0;
+        r = gn_etf_neutralize(env, data, len, marker->data + 1, marker->size - 1, scratch->data,
+                              scratch->size, &used, unknown);
+    } while (r == 2);
     ERL_NIF_TERM copy;
-    if (!gn_etf_neutralize(env, data, len, scratch->data, &used, unknown) ||
-        enif_binary_to_term(env, scratch->data, len, &copy, 0) != used)
+    if (!r || enif_binary_to_term(env, scratch->data, used > len ? used : len, &copy, 0) != used)
         return 0;
     return 2;
 }
@@ -2199,11 +2204,12 @@ static gn_snap_entry *gn_snap_read(ErlNifEnv *env, const unsigned char *r, const
         return NULL;
     }
     gn_snap_entry *es = gn_alloc((count + 1) * sizeof(*es));
-    ErlNifBinary scratch;
+    ErlNifBinary scratch, marker;
     int scratch_ok = enif_alloc_binary(0, &scratch);
+    int marker_ok = enif_term_to_binary(env, enif_make_ref(env), &marker);
     gn_atom_set unknown = {NULL, 0, 0};
     int later = 0;
-    if (!es || !scratch_ok) {
+    if (!es || !scratch_ok || !marker_ok) {
         *err = enif_raise_exception(env, gn_am_enomem);
         goto fail;
     }
@@ -2222,8 +2228,8 @@ static gn_snap_entry *gn_snap_read(ErlNifEnv *env, const unsigned char *r, const
         if (end - r < 8 || (e->ttl = (int64_t)gn_get_be(r, 8)) < 0)
             goto fail;
         r += 8;
-        if (!(rk = gn_snap_term(env, e->k, e->klen, &e->key, &scratch, &unknown)) ||
-            !(rv = gn_snap_term(env, e->v, e->vlen, &e->value, &scratch, &unknown)))
+        if (!(rk = gn_snap_term(env, e->k, e->klen, &e->key, &scratch, &marker, &unknown)) ||
+            !(rv = gn_snap_term(env, e->v, e->vlen, &e->value, &scratch, &marker, &unknown)))
             goto fail;
         later |= rk == 2 || rv == 2;
     }
@@ -2245,12 +2251,15 @@ static gn_snap_entry *gn_snap_read(ErlNifEnv *env, const unsigned char *r, const
             goto fail; /* cannot happen: the copy decoded */
     }
     enif_release_binary(&scratch);
+    enif_release_binary(&marker);
     gn_atom_set_free(&unknown);
     return es;
 
 fail:
     if (scratch_ok)
         enif_release_binary(&scratch);
+    if (marker_ok)
+        enif_release_binary(&marker);
     gn_atom_set_free(&unknown);
     gn_free(es);
     return NULL;

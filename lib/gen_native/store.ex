@@ -174,12 +174,11 @@ defmodule GenNative.Store do
   (`:erlang.system_info(:atom_limit)`) gives `{:error, :system_limit}`
   instead of exhausting it.
 
-  One known limit of that check: a map holding two or more atom keys that
-  this node does not know yet (a struct whose module is not loaded, a map
-  keyed by atoms made at run time) is refused with
-  `{:error, :invalid_snapshot}`, although `:erlang.binary_to_term/1` would
-  take it. Load the modules (or make the atoms) before restoring. Atom keys
-  the node knows are never a problem.
+  One known limit of that check: a map whose keys include two pids, ports
+  or references that differ only by the name of a node this node does not
+  know yet is refused with `{:error, :invalid_snapshot}`, although
+  `:erlang.binary_to_term/1` would take it. Maps keyed by atoms the node
+  does not know yet (a struct whose module is not loaded) are restored.
 
   ## Options
 

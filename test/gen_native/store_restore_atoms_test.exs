@@ -140,6 +140,53 @@ defmodule GenNative.StoreRestoreAtomsTest do
       assert Store.get(store, :k) == %{ok: fresh, error: 2, __struct__: URI, scheme: "x"}
     end
 
+    # A struct of a module this node has not loaded: its field names are
+    # atoms it does not know. Each map's unknown keys are all fresh, so the
+    # check must keep them apart; differential with binary_to_term/1.
+    test "maps with several unknown atom keys (small and large maps, a struct) are restored" do
+      for keys <- [2, 3, 32, 33, 200] do
+        texts = for i <- 1..keys, do: fresh_text(i)
+        struct_text = "Elixir.GnUnloaded#{System.unique_integer([:positive])}"
+
+        fields = for t <- texts, into: <<>>, do: <<119, byte_size(t), t::binary, 97, 1>>
+
+        map_etf =
+          <<131, 116, keys + 1::32, fields::binary, 119, 10, "__struct__", 119,
+            byte_size(struct_text), struct_text::binary>>
+
+        assert {:ok, store} = Store.restore(sealed(0, 1, raw_entry(etf(:k), map_etf)))
+        assert Store.get(store, :k) == :erlang.binary_to_term(map_etf)
+        assert map_size(Store.get(store, :k)) == keys + 1
+      end
+    end
+
+    test "an unknown atom key beside a key equal to its text, or to '', is kept apart" do
+      text = fresh_text(0)
+      atom = binary_part(fresh_atom_etf(text), 1, byte_size(text) + 2)
+      text_etf = binary_part(etf(text), 1, byte_size(text) + 5)
+      map_etf = <<131, 116, 3::32, atom::binary, 97, 1, text_etf::binary, 97, 2, 119, 0, 97, 3>>
+
+      assert {:ok, store} = Store.restore(sealed(0, 1, raw_entry(etf(:k), map_etf)))
+      fresh = String.to_existing_atom(text)
+      assert Store.get(store, :k) == %{fresh => 1, text => 2, :"" => 3}
+    end
+
+    test "one unknown atom spelled twice (Latin-1 and UTF-8) as two keys of a map: refused, as binary_to_term does" do
+      text = fresh_text(0) <> "é"
+      latin1 = :unicode.characters_to_binary(text, :utf8, :latin1)
+
+      map_etf =
+        <<131, 116, 2::32, 100, byte_size(latin1)::16, latin1::binary, 97, 1, 119,
+          byte_size(text), text::binary, 97, 2>>
+
+      run = fn b -> assert Store.restore(b) == {:error, :invalid_snapshot} end
+      assert atoms_made(fn -> sealed(0, 1, raw_entry(etf(:k), map_etf)) end, run) == 0
+      # the same entry with the two spellings of one known atom, for comparison
+      known = <<131, 116, 2::32, 100, 2::16, "ok", 97, 1, 119, 2, "ok", 97, 2>>
+      assert_raise ArgumentError, fn -> :erlang.binary_to_term(known) end
+      assert Store.restore(sealed(0, 1, raw_entry(etf(:k), known))) == {:error, :invalid_snapshot}
+    end
+
     test "an external pid on an unknown node is restored" do
       node_text = "gn_#{System.unique_integer([:positive])}@nohost"
       <<131, 88, rest::binary>> = etf(self())
