@@ -653,8 +653,8 @@ static int gn_set_expiry(gn_store *s, gn_node *n, int64_t expires)
 
 static gn_node *gn_unlink(gn_store *s, gn_probe *p);
 static int gn_arena_bloated(const gn_store *s);
-static ERL_NIF_TERM gn_after_write(ErlNifEnv *env, ERL_NIF_TERM store, gn_store *s,
-                                   ERL_NIF_TERM result);
+static int gn_write_compact(gn_store *s);
+static ERL_NIF_TERM gn_compact_later(ErlNifEnv *env, ERL_NIF_TERM store, ERL_NIF_TERM result);
 
 /* Removes up to `max` expired entries; returns how many expired remain. */
 static size_t gn_purge(gn_store *s, int64_t now, size_t max)
@@ -1338,7 +1338,7 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if (s->heap_len)
         gn_purge(s, now, GN_PURGE_ON_WRITE);
     int fresh, ok = gn_put_entry(s, env, argv[1], argv[2], ttl ? now + ttl : 0, put_new, &fresh);
-    int bloated = gn_arena_bloated(s);
+    int compact = gn_write_compact(s);
     enif_rwlock_rwunlock(s->lock);
     gn_charge(env, cost);
     if (ok == 0)
@@ -1346,7 +1346,7 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if (ok < 0)
         return enif_make_tuple2(env, gn_am_error, gn_am_full);
     ERL_NIF_TERM result = put_new ? (fresh ? gn_am_true : gn_am_false) : gn_am_ok;
-    return bloated ? gn_after_write(env, argv[0], s, result) : result;
+    return compact ? gn_compact_later(env, argv[0], result) : result;
 }
 
 /* store_get(Store, Key) -> {ok, Value} | error */
@@ -1481,26 +1481,25 @@ static ERL_NIF_TERM gn_store_compact_nif(ErlNifEnv *env, int argc, const ERL_NIF
     return argv[1];
 }
 
-/* After a write, with the write lock released: compacts the arena inline
- * for a small store; for a big one, returns the write's result through a
- * dirty compaction. */
-static ERL_NIF_TERM gn_after_write(ErlNifEnv *env, ERL_NIF_TERM store, gn_store *s,
-                                   ERL_NIF_TERM result)
+/* At the end of a write, with the write lock still held: once the arena is
+ * mostly garbage, compacts it inline for a small store and returns 0; for a
+ * big one returns 1, and the write's result goes back through a dirty
+ * compaction (gn_compact_later) once the lock is released. Holding on to
+ * the lock, rather than taking it again, means no regular NIF ever waits
+ * for it here. */
+static int gn_write_compact(gn_store *s)
+{
+    if (!gn_arena_bloated(s))
+        return 0;
+    if (!gn_compact_inline(s))
+        return 1;
+    gn_arena_compact(s);
+    return 0;
+}
+
+static ERL_NIF_TERM gn_compact_later(ErlNifEnv *env, ERL_NIF_TERM store, ERL_NIF_TERM result)
 {
     ERL_NIF_TERM args[2] = {store, result};
-    /* a regular NIF never waits for the lock: busy, the compaction goes dirty */
-    if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER)
-        enif_rwlock_rwlock(s->lock);
-    else if (enif_rwlock_tryrwlock(s->lock) != 0)
-        return enif_schedule_nif(env, "gn_store_compact", ERL_NIF_DIRTY_JOB_CPU_BOUND,
-                                 gn_store_compact_nif, 2, args);
-    int bloated = !s->deleted && gn_arena_bloated(s);
-    int small = gn_compact_inline(s);
-    if (bloated && small)
-        gn_arena_compact(s);
-    enif_rwlock_rwunlock(s->lock);
-    if (!bloated || small)
-        return result;
     return enif_schedule_nif(env, "gn_store_compact", ERL_NIF_DIRTY_JOB_CPU_BOUND,
                              gn_store_compact_nif, 2, args);
 }
@@ -1519,12 +1518,12 @@ ERL_NIF_TERM gn_store_delete_key_nif(ErlNifEnv *env, int argc, const ERL_NIF_TER
     gn_purge(s, gn_now_ms(), GN_PURGE_ON_WRITE);
     gn_probe p = {.env = env, .key = argv[1]};
     gn_node *n = gn_unlink(s, &p);
-    int bloated = gn_arena_bloated(s);
+    int compact = gn_write_compact(s);
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
     if (n)
         gn_node_free(n);
-    return bloated ? gn_after_write(env, argv[0], s, gn_am_ok) : gn_am_ok;
+    return compact ? gn_compact_later(env, argv[0], gn_am_ok) : gn_am_ok;
 }
 
 /* store_take(Store, Key) -> {ok, Value} | error */
@@ -1550,7 +1549,7 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     n = n ? gn_unlink(s, &p) : NULL;
     /* the value lives in the arena: copy it out while the lock is held */
     ERL_NIF_TERM v = n && !gn_expired(n, now) ? enif_make_copy(env, n->value) : 0;
-    int bloated = gn_arena_bloated(s);
+    int compact = gn_write_compact(s);
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
     if (n)
@@ -1558,7 +1557,7 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     if (!v)
         return gn_am_error;
     ERL_NIF_TERM result = enif_make_tuple2(env, gn_am_ok, v);
-    return bloated ? gn_after_write(env, argv[0], s, result) : result;
+    return compact ? gn_compact_later(env, argv[0], result) : result;
 }
 
 /* store_update_counter(Store, Key, Incr, Default) -> Integer
@@ -1617,12 +1616,12 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
     done = 1;
 out:;
     /* a bignum counter leaves its old value in the arena: compact too */
-    int bloated = gn_arena_bloated(s);
+    int compact = done && gn_write_compact(s);
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
     if (oom)
         return enif_raise_exception(env, gn_am_enomem);
-    return bloated && done ? gn_after_write(env, argv[0], s, result) : result;
+    return compact ? gn_compact_later(env, argv[0], result) : result;
 }
 
 /* store_size(Store) -> non_neg_integer() */
