@@ -101,7 +101,7 @@
     X(invalid_snapshot) \
     /* store (issue 10) */ \
     X(safe) \
-    X(unsafe_snapshot) \
+    X(unsafe_snapshot) X(locked) X(unlocking) \
     X(system_limit)
 /* clang-format on */
 #define GN_ATOMS(X) GN_ATOMS_PLAIN(X) X(gen_cast) X(wake) X(gn_high)

@@ -1144,6 +1144,31 @@ ERL_NIF_TERM gn_mailbox_discard_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM
     return gn_am_ok;
 }
 
+/* mailbox_hold(Ref, Ms, Notify) -> ok (dirty I/O; a test hook, not API)
+ * Holds the mailbox's lock for Ms milliseconds (at most 2000), telling
+ * Notify `locked` once it has it and `unlocking` just before it lets go:
+ * the only way to have the lock busy at a chosen moment, since every
+ * critical section of the mailbox is O(1). The tests use it to show that
+ * the owner-down callback never waits for the lock. */
+ERL_NIF_TERM gn_mailbox_hold_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    (void)argc;
+    gn_mailbox *mb;
+    unsigned ms;
+    ErlNifPid notify;
+    if (!enif_get_resource(env, argv[0], gn_mailbox_rtype, (void **)&mb) ||
+        !enif_get_uint(env, argv[1], &ms) || ms > 2000 || !enif_get_local_pid(env, argv[2], &notify))
+        return enif_make_badarg(env);
+    enif_mutex_lock(mb->lock);
+    enif_send(env, &notify, NULL, gn_am_locked);
+    struct timespec ts = {(time_t)(ms / 1000), (long)(ms % 1000) * 1000000L};
+    while (nanosleep(&ts, &ts) != 0)
+        ;
+    enif_send(env, &notify, NULL, gn_am_unlocking);
+    enif_mutex_unlock(mb->lock);
+    return gn_am_ok;
+}
+
 /* ------------------------------------------------------------------------ */
 /* Sender side                                                               */
 

@@ -20,6 +20,7 @@ ERL_NIF_TERM gn_mailbox_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
 ERL_NIF_TERM gn_mailbox_high_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_ack_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 ERL_NIF_TERM gn_mailbox_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
+ERL_NIF_TERM gn_mailbox_hold_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]);
 
 /* The largest batch mailbox_take/2 hands out in one call. Bounds the work of
  * one regular NIF call. */

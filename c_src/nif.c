@@ -120,6 +120,8 @@ static ErlNifFunc gn_funcs[] = {
     {"store_snapshot",   1,     gn_store_snapshot_nif,  ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_sweep",      0,     gn_store_sweep_nif,     ERL_NIF_DIRTY_JOB_CPU_BOUND},
     {"store_restore",    6,     gn_store_restore_nif,   ERL_NIF_DIRTY_JOB_CPU_BOUND},
+    /* a test hook */
+    {"mailbox_hold",     3,     gn_mailbox_hold_nif,    ERL_NIF_DIRTY_JOB_IO_BOUND},
 };
 /* clang-format on */
 

@@ -58,6 +58,11 @@ defmodule GenNative.Native do
   @spec mailbox_discard(mailbox()) :: :ok
   def mailbox_discard(_mailbox), do: :erlang.nif_error(:not_loaded)
 
+  # A test hook: holds the mailbox's lock for `ms` (at most 2000) on a
+  # dirty I/O scheduler, sending `notify` :locked, then :unlocking.
+  @spec mailbox_hold(mailbox(), non_neg_integer(), pid()) :: :ok
+  def mailbox_hold(_mailbox, _ms, _notify), do: :erlang.nif_error(:not_loaded)
+
   # GenNative.Store
   @typep store :: reference()
 

@@ -220,4 +220,35 @@ defmodule GenNative.MailboxWaitersTest do
       end)
     end)
   end
+
+  # The mailbox's lock is only ever held for O(1) work, so the test hook
+  # Native.mailbox_hold/3 holds it (for 300 ms, on a dirty scheduler) to
+  # catch the owner's exit at that moment: the down callback must not wait
+  # for it, and the close it hands to the reaper thread must still happen.
+  test "the owner's exit while the mailbox's lock is busy: no wait, and the close still happens" do
+    assert_one_clean(5, fn ->
+      long_schedules_of(fn ->
+        {owner, ref} = spawn_owner()
+        tags = block_waiters(owner, 100)
+        test = self()
+        spawn(fn -> Native.mailbox_hold(ref, 300, test) end)
+        assert_receive :locked
+        mref = Process.monitor(owner)
+        Process.exit(owner, :kill)
+        assert_receive {:DOWN, ^mref, _, _, :killed}, 5_000
+        assert_receive :unlocking, 5_000
+
+        # after the lock is let go: every blocked sender is told :closed,
+        # and the owner's pid no longer names a native mailbox
+        for tag <- tags, do: assert_receive({^tag, :closed}, 5_000)
+
+        GenNative.TestHelpers.wait_until(
+          fn -> Native.mailbox_info(owner) == :not_native end,
+          5_000
+        )
+
+        [owner]
+      end)
+    end)
+  end
 end
