@@ -251,4 +251,48 @@ defmodule GenNative.MailboxWaitersTest do
       end)
     end)
   end
+
+  # Letting blocked senders in sends two messages each (the request to the
+  # owner, :ok to the sender), far more work than the one reduction a NIF
+  # call counts: the call that lets them in is charged for them (1% of a
+  # timeslice per 4 messages), so a process that admits many is preempted
+  # as often as one that sends as many messages itself. Reductions are the
+  # VM's own count, not a timing.
+  test "the call that lets blocked senders in is charged reductions for the messages it sends" do
+    test = self()
+
+    owner =
+      spawn(fn ->
+        ref = Native.mailbox_new(1, :block, [])
+        send(test, {:mailbox, ref})
+
+        reductions = fn fun ->
+          {:reductions, before} = Process.info(self(), :reductions)
+          fun.()
+          {:reductions, later} = Process.info(self(), :reductions)
+          later - before
+        end
+
+        receive do
+          :go ->
+            idle = reductions.(fn -> Native.mailbox_ack(ref, :expired) end)
+            admitting = reductions.(fn -> Native.mailbox_ack(ref, :cast) end)
+            send(test, {:reductions, idle, admitting})
+        end
+      end)
+
+    assert_receive {:mailbox, _ref}
+    :send = Native.mailbox_send(owner, :first, :normal, :cast)
+
+    # 1,000 blocked calls: one freed slot lets the first slice of them in
+    for i <- 1..1_000 do
+      call = {:"$gen_call", {self(), make_ref()}, i}
+      {:wait, _tag} = Native.mailbox_send(owner, call, :normal, :call)
+    end
+
+    send(owner, :go)
+    assert_receive {:reductions, idle, admitting}, 10_000
+    # a slice of 128 calls is 256 messages: 65% of a 4,000-reduction timeslice
+    assert admitting - idle >= 2_000, "idle #{idle}, admitting #{admitting}"
+  end
 end
