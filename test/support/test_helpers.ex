@@ -2,6 +2,14 @@ defmodule GenNative.TestHelpers do
   @moduledoc false
 
   @doc """
+  `ms` scaled for the run: 5 times longer under bin/sanitize (which sets
+  GN_SANITIZE_RUN), where the code runs several times slower. For waits on
+  something that must happen; a wait that must see nothing happen keeps
+  its own timeout.
+  """
+  def wait_ms(ms), do: if(System.get_env("GN_SANITIZE_RUN"), do: 5 * ms, else: ms)
+
+  @doc """
   Polls `fun` every millisecond until it returns a truthy value; flunks
   after `timeout` ms. For waiting on something no message of ours can be
   ordered against (a monitor firing inside a server, a supervisor restart).

@@ -300,10 +300,12 @@ defmodule Conformance do
 
   @doc """
   Receives the next message matching `pattern`, or `:none` after `timeout`
-  ms. A timeout here is a semantic wait ("nothing arrives"), not a timing
-  assertion.
+  ms (default: 1 s, scaled by `GenNative.TestHelpers.wait_ms/1`). A timeout
+  here is a semantic wait ("nothing arrives"), not a timing assertion.
   """
-  defmacro next(pattern, timeout \\ 1_000) do
+  defmacro next(pattern, timeout \\ nil) do
+    timeout = timeout || quote(do: GenNative.TestHelpers.wait_ms(1_000))
+
     quote do
       receive do
         unquote(pattern) = msg -> msg
