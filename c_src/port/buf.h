@@ -1,6 +1,7 @@
 /*
  * A growable byte buffer, the port program's one container for bytes on
- * their way somewhere: replies, key encodings, journal records.
+ * their way somewhere: replies, key encodings, journal records; and the
+ * big-endian integers the frames and files are made of. buf.c grows it.
  */
 #ifndef GN_PORT_BUF_H
 #define GN_PORT_BUF_H
@@ -34,12 +35,19 @@ static inline void gn_buf_byte(gn_buf *b, unsigned char c)
     b->data[b->len++] = c;
 }
 
-/* Big-endian unsigned integer of `bytes` bytes. */
+/* Writes `v` as a big-endian unsigned integer of `bytes` bytes at `p`
+ * (to fill in a length or count left open). */
+static inline void gn_set_be(unsigned char *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)(v & 0xFF);
+}
+
+/* Appends a big-endian unsigned integer of `bytes` bytes. */
 static inline void gn_buf_be(gn_buf *b, uint64_t v, int bytes)
 {
     gn_buf_reserve(b, (size_t)bytes);
-    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
-        b->data[b->len + (size_t)i] = (unsigned char)(v & 0xFF);
+    gn_set_be(b->data + b->len, v, bytes);
     b->len += (size_t)bytes;
 }
 

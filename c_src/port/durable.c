@@ -1,3 +1,8 @@
+/*
+ * The data directory (durable.h): its lock, the CRC32 and record bodies,
+ * loading the snapshot and journals, the journal's writes and syncs, and
+ * writing a snapshot.
+ */
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -74,10 +79,8 @@ void gn_rec_end(gn_buf *b, size_t mark)
 {
     size_t body = b->len - mark - 8;
     uint32_t crc = gn_port_crc32(0, b->data + mark + 8, body);
-    for (int i = 0; i < 4; i++) {
-        b->data[mark + (size_t)i] = (unsigned char)(body >> (24 - 8 * i));
-        b->data[mark + 4 + (size_t)i] = (unsigned char)(crc >> (24 - 8 * i));
-    }
+    gn_set_be(b->data + mark, body, 4);
+    gn_set_be(b->data + mark + 4, crc, 4);
 }
 
 int gn_entry_next(gn_entry_iter *it, const unsigned char **key, size_t *key_len,
