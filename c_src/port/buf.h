@@ -20,18 +20,25 @@ typedef struct gn_buf {
  * (the VM side sees the exit and restarts it from its data directory). */
 void gn_buf_reserve(gn_buf *b, size_t more);
 
+/* The same, inline when the room is there already (the common case). */
+static inline void gn_buf_room(gn_buf *b, size_t more)
+{
+    if (b->cap - b->len < more)
+        gn_buf_reserve(b, more);
+}
+
 static inline void gn_buf_put(gn_buf *b, const void *p, size_t n)
 {
     if (n == 0)
         return;
-    gn_buf_reserve(b, n);
+    gn_buf_room(b, n);
     memcpy(b->data + b->len, p, n);
     b->len += n;
 }
 
 static inline void gn_buf_byte(gn_buf *b, unsigned char c)
 {
-    gn_buf_reserve(b, 1);
+    gn_buf_room(b, 1);
     b->data[b->len++] = c;
 }
 
@@ -46,7 +53,7 @@ static inline void gn_set_be(unsigned char *p, uint64_t v, int bytes)
 /* Appends a big-endian unsigned integer of `bytes` bytes. */
 static inline void gn_buf_be(gn_buf *b, uint64_t v, int bytes)
 {
-    gn_buf_reserve(b, (size_t)bytes);
+    gn_buf_room(b, (size_t)bytes);
     gn_set_be(b->data + b->len, v, bytes);
     b->len += (size_t)bytes;
 }

@@ -21,6 +21,7 @@ void gn_job_free(gn_job *j)
 {
     if (j->release)
         j->release(j);
+    gn_buf_free(&j->tag);
     free(j);
 }
 

@@ -14,6 +14,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "buf.h"
 #include "port.h"
 #include "pstore.h"
 
@@ -29,6 +30,7 @@ struct gn_job {
     gn_job *next;
     gn_job_run_fn run;
     gn_job_release_fn release;
+    gn_buf tag; /* the tag of the request it answers, if it does */
 };
 
 typedef struct gn_jobs {

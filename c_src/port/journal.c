@@ -1,7 +1,7 @@
 /*
  * Journal records of store changes (journal.h).
  */
-#include "durable.h"
+#include "record.h"
 #include "journal.h"
 
 void gn_journal_open(gn_buf *j, const gn_pstore *s)

@@ -6,7 +6,7 @@
  */
 #include <string.h>
 
-#include "durable.h"
+#include "record.h"
 #include "ops.h"
 #include "reply.h"
 #include "state.h"
@@ -16,7 +16,6 @@
 
 typedef struct many_job {
     gn_job job;
-    gn_buf tag;
     gn_buf frame; /* the request's bytes, or those of its list */
     size_t base;  /* where the list starts in `frame` */
     gn_etf pos;   /* the walk over the list */
@@ -75,7 +74,7 @@ static int many_start(many_job *j, uint32_t *count)
 /* Runs a put_many as far as `budget` goes: 1 when answered. */
 static int many_run(gn_port *p, gn_pstore *s, many_job *j, size_t budget)
 {
-    gn_slice tag = gn_buf_slice(&j->tag);
+    gn_slice tag = gn_buf_slice(&j->job.tag);
     uint32_t count;
     for (;;) {
         int rc = many_walk(p, s, j, budget);
@@ -121,7 +120,6 @@ static int many_step(gn_port *p, gn_pstore *s, gn_job *job, uint64_t deadline)
 static void many_release(gn_job *job)
 {
     many_job *j = (many_job *)job;
-    gn_buf_free(&j->tag);
     gn_buf_free(&j->frame);
     gn_buf_free(&j->record);
     if (j->fresh)
@@ -131,7 +129,7 @@ static void many_release(gn_job *job)
 void gn_op_put_many(gn_port *p, gn_request *r, gn_pstore *s)
 {
     many_job *j = gn_job_new(sizeof *j, many_step, many_release);
-    gn_buf_put(&j->tag, r->tag.data, r->tag.len);
+    gn_buf_put(&j->job.tag, r->tag.data, r->tag.len);
     /* The list is the request's last term: the job keeps the frame from
      * there on (phase 0 checks the list in slices). */
     if (gn_port_take_frame(p, r->args.buf, &j->frame))

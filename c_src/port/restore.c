@@ -6,7 +6,7 @@
  */
 #include <string.h>
 
-#include "durable.h"
+#include "record.h"
 #include "ops.h"
 #include "reply.h"
 #include "state.h"
@@ -15,7 +15,6 @@
 
 typedef struct restore_job {
     gn_job job;
-    gn_buf tag;
     gn_buf frame;   /* holds the binary from `base` on */
     size_t base;    /* where the binary starts in `frame` */
     size_t bin_len; /* the binary's length */
@@ -39,7 +38,7 @@ static int restore_step(gn_port *p, gn_pstore *unused, gn_job *job, uint64_t dea
     restore_job *j = (restore_job *)job;
     const unsigned char *b = j->frame.data + j->base;
     size_t n = j->bin_len;
-    gn_slice tag = gn_buf_slice(&j->tag);
+    gn_slice tag = gn_buf_slice(&j->job.tag);
     if (j->phase == 0) {
         while (j->at < n - 4 && gn_now_ns() < deadline) {
             size_t take = n - 4 - j->at < (4u << 20) ? n - 4 - j->at : (4u << 20);
@@ -129,7 +128,6 @@ bad:
 static void restore_release(gn_job *job)
 {
     restore_job *j = (restore_job *)job;
-    gn_buf_free(&j->tag);
     gn_buf_free(&j->frame);
     gn_buf_free(&j->record);
     if (j->fresh)
@@ -148,7 +146,7 @@ void gn_op_restore(gn_port *p, gn_request *r, gn_pstore *unused)
     if (bin.len < GN_SNAP_HEADER + 4 || memcmp(bin.data, "GNS2", 4) != 0 || bin.data[4] > 1)
         return gn_reply_error(&p->out, &r->tag, "invalid_snapshot");
     restore_job *j = gn_job_new(sizeof *j, restore_step, restore_release);
-    gn_buf_put(&j->tag, r->tag.data, r->tag.len);
+    gn_buf_put(&j->job.tag, r->tag.data, r->tag.len);
     memcpy(j->name, r->name, r->name_len);
     j->name_len = r->name_len;
     j->max_size = cap;

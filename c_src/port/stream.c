@@ -3,7 +3,7 @@
  * to_list, range, slice and snapshot (a GNS2 binary, its CRC32 at the
  * end). The first part goes at once; the rest are a job on the store.
  */
-#include "durable.h"
+#include "record.h"
 #include "ops.h"
 #include "reply.h"
 #include "state.h"
@@ -16,7 +16,6 @@ typedef struct stream_job {
     gn_job job;
     int kind;
     int started;
-    gn_buf tag;      /* the reply's */
     gn_buf resume;   /* the last key sent */
     gn_buf to;       /* range: the upper bound */
     uint64_t left;   /* entries still wanted */
@@ -85,7 +84,7 @@ static int stream_step(gn_port *p, gn_pstore *s, gn_job *job, uint64_t deadline)
         j->resume.len = 0;
         gn_buf_put(&j->resume, GN_KENC(last), last->kenc_len);
     }
-    size_t m = gn_frame_begin(&p->out, j->tag.data, j->tag.len);
+    size_t m = gn_frame_begin(&p->out, j->job.tag.data, j->job.tag.len);
     gn_enc_tuple(&p->out, 2);
     gn_enc_atom(&p->out, done ? "done" : "more");
     if (j->kind == S_SNAPSHOT) {
@@ -106,7 +105,6 @@ static int stream_step(gn_port *p, gn_pstore *s, gn_job *job, uint64_t deadline)
 static void stream_release(gn_job *job)
 {
     stream_job *j = (stream_job *)job;
-    gn_buf_free(&j->tag);
     gn_buf_free(&j->resume);
     gn_buf_free(&j->to);
 }
@@ -114,7 +112,7 @@ static void stream_release(gn_job *job)
 static void stream(gn_port *p, gn_request *r, gn_pstore *s, int kind)
 {
     stream_job *j = gn_job_new(sizeof *j, stream_step, stream_release);
-    gn_buf_put(&j->tag, r->tag.data, r->tag.len);
+    gn_buf_put(&j->job.tag, r->tag.data, r->tag.len);
     j->kind = kind;
     j->left = UINT64_MAX;
     j->now = gn_now_ms();
