@@ -1,7 +1,8 @@
 /*
  * The request handlers, each named after its op (PROTOCOL.md). A store op
  * gets its store (existing, with no jobs ahead of the request); a global op
- * gets NULL. dispatch.c's table says which is which.
+ * gets NULL (but an open that waited behind its store's jobs gets that
+ * store). dispatch.c's table says which is which.
  */
 #ifndef GN_PORT_OPS_H
 #define GN_PORT_OPS_H
