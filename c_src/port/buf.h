@@ -1,6 +1,7 @@
 /*
  * A growable byte buffer, the port program's one container for bytes on
- * their way somewhere: replies, key encodings, journal records.
+ * their way somewhere: replies, key encodings, journal records; and the
+ * big-endian integers the frames and files are made of. buf.c grows it.
  */
 #ifndef GN_PORT_BUF_H
 #define GN_PORT_BUF_H
@@ -19,27 +20,41 @@ typedef struct gn_buf {
  * (the VM side sees the exit and restarts it from its data directory). */
 void gn_buf_reserve(gn_buf *b, size_t more);
 
+/* The same, inline when the room is there already (the common case). */
+static inline void gn_buf_room(gn_buf *b, size_t more)
+{
+    if (b->cap - b->len < more)
+        gn_buf_reserve(b, more);
+}
+
 static inline void gn_buf_put(gn_buf *b, const void *p, size_t n)
 {
     if (n == 0)
         return;
-    gn_buf_reserve(b, n);
+    gn_buf_room(b, n);
     memcpy(b->data + b->len, p, n);
     b->len += n;
 }
 
 static inline void gn_buf_byte(gn_buf *b, unsigned char c)
 {
-    gn_buf_reserve(b, 1);
+    gn_buf_room(b, 1);
     b->data[b->len++] = c;
 }
 
-/* Big-endian unsigned integer of `bytes` bytes. */
+/* Writes `v` as a big-endian unsigned integer of `bytes` bytes at `p`
+ * (to fill in a length or count left open). */
+static inline void gn_set_be(unsigned char *p, uint64_t v, int bytes)
+{
+    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
+        p[i] = (unsigned char)(v & 0xFF);
+}
+
+/* Appends a big-endian unsigned integer of `bytes` bytes. */
 static inline void gn_buf_be(gn_buf *b, uint64_t v, int bytes)
 {
-    gn_buf_reserve(b, (size_t)bytes);
-    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
-        b->data[b->len + (size_t)i] = (unsigned char)(v & 0xFF);
+    gn_buf_room(b, (size_t)bytes);
+    gn_set_be(b->data + b->len, v, bytes);
     b->len += (size_t)bytes;
 }
 

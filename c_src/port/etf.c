@@ -1,3 +1,7 @@
+/*
+ * External term format (etf.h): bounded decoding of requests, and
+ * encoding through ei into a gn_buf.
+ */
 #include <ei.h>
 #include <string.h>
 

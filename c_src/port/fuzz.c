@@ -34,8 +34,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     p = gn_port_new(NULL, GN_SYNC_NEVER);
     gn_port_load(p);
-    unsigned char len[4] = {(unsigned char)(size >> 24), (unsigned char)(size >> 16),
-                            (unsigned char)(size >> 8), (unsigned char)size};
+    unsigned char len[4];
+    gn_set_be(len, size, 4);
     gn_port_feed(p, len, 4);
     gn_port_feed(p, data, size);
     drain(p);

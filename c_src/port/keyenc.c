@@ -169,15 +169,9 @@ static _Thread_local gn_buf ke_frames, ke_spans, ke_tmp;
 
 #define KE_SCRATCH_KEEP (1u << 20) /* bytes of scratch kept between calls */
 
-static inline void need(gn_buf *b, size_t n)
-{
-    if (b->cap - b->len < n)
-        gn_buf_reserve(b, n);
-}
-
 static inline uint32_t get32(const unsigned char *p)
 {
-    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+    return (uint32_t)gn_get_be(p, 4);
 }
 
 static inline size_t put_uvar(unsigned char *p, uint64_t u)
@@ -212,17 +206,8 @@ static inline size_t put_uvar(unsigned char *p, uint64_t u)
 
 static inline void out_uvar(gn_buf *out, uint64_t u)
 {
-    need(out, 9);
+    gn_buf_room(out, 9);
     out->len += put_uvar(out->data + out->len, u);
-}
-
-static inline void out_be(gn_buf *out, uint64_t v, int bytes)
-{
-    need(out, (size_t)bytes);
-    unsigned char *p = out->data + out->len;
-    for (int k = bytes - 1; k >= 0; k--, v >>= 8)
-        p[k] = (unsigned char)v;
-    out->len += (size_t)bytes;
 }
 
 static inline void invert(unsigned char *p, size_t n)
@@ -235,7 +220,7 @@ static inline void invert(unsigned char *p, size_t n)
  * left-aligned. */
 static void put_num(gn_buf *out, unsigned char type, int neg, int64_t e, uint64_t w)
 {
-    need(out, 32);
+    gn_buf_room(out, 32);
     unsigned char *p = out->data + out->len;
     size_t k = 0;
     p[k++] = type;
@@ -261,7 +246,7 @@ static inline void put_int(gn_buf *out, int neg, uint64_t m)
 static inline void put_small(gn_buf *out, int64_t v)
 {
     if (v == 0) {
-        need(out, 1);
+        gn_buf_room(out, 1);
         out->data[out->len++] = KT_ZERO;
     } else if (v < 0) {
         put_int(out, 1, (uint64_t)0 - (uint64_t)v);
@@ -294,7 +279,7 @@ static void put_big(gn_buf *out, const unsigned char *d, size_t n, int neg)
     int topbits = 32 - __builtin_clz(d[top]);
     size_t start = out->len;
     /* mantissa: at most 8 bits per byte, 7 per chunk */
-    need(out, 16 + (top - low + 1) + (top - low + 1) / 7 + 2);
+    gn_buf_room(out, 16 + (top - low + 1) + (top - low + 1) / 7 + 2);
     unsigned char *p = out->data;
     size_t k = out->len;
     p[k++] = neg ? KT_NEG : KT_POS;
@@ -333,7 +318,7 @@ static int put_float(gn_buf *out, const unsigned char *q, int exact)
     if (bexp == 0x7FF)
         return -1;
     if (bexp == 0 && frac == 0) {
-        need(out, 1);
+        gn_buf_room(out, 1);
         out->data[out->len++] = exact ? KT_FZERO : KT_ZERO;
         return 0;
     }
@@ -359,13 +344,13 @@ static void put_escaped(gn_buf *out, const unsigned char *p, size_t n)
         const unsigned char *z = memchr(p, 0, n);
         size_t run = z ? (size_t)(z - p) : n;
         if (run) {
-            need(out, run);
+            gn_buf_room(out, run);
             memcpy(out->data + out->len, p, run);
             out->len += run;
         }
         if (!z)
             return;
-        need(out, 2);
+        gn_buf_room(out, 2);
         out->data[out->len++] = 0x00;
         out->data[out->len++] = 0xFF;
         p += run + 1;
@@ -375,7 +360,7 @@ static void put_escaped(gn_buf *out, const unsigned char *p, size_t n)
 
 static inline void put_end(gn_buf *out, unsigned char bits)
 {
-    need(out, 2);
+    gn_buf_room(out, 2);
     out->data[out->len++] = 0x00;
     out->data[out->len++] = bits;
 }
@@ -457,7 +442,7 @@ static int put_atom(const unsigned char *buf, size_t len, size_t *ip, gn_buf *ou
     if (latin1) {
         if (n > 255)
             return -1;
-        need(out, 2 * n + 2);
+        gn_buf_room(out, 2 * n + 2);
         unsigned char *o = out->data + out->len;
         for (size_t k = 0; k < n; k++) {
             unsigned char c = p[k];
@@ -578,7 +563,7 @@ static int finish_map(gn_buf *out, kspan *s, size_t n)
     }
     size_t total = end - start;
     ke_tmp.len = 0;
-    need(&ke_tmp, total);
+    gn_buf_room(&ke_tmp, total);
     memcpy(ke_tmp.data, out->data + start, total);
     unsigned char *p = out->data + start;
     for (size_t j = 0; j < n; j++) {
@@ -605,7 +590,7 @@ static int push(size_t *depth, unsigned char kind, unsigned char mode, size_t le
     if (*depth >= GN_KEY_MAX_DEPTH)
         return -1;
     ke_frames.len = *depth * sizeof(kframe);
-    need(&ke_frames, sizeof(kframe));
+    gn_buf_room(&ke_frames, sizeof(kframe));
     kframe *f = (kframe *)(void *)ke_frames.data + *depth;
     f->left = left;
     f->span0 = span0;
@@ -623,7 +608,7 @@ static int push(size_t *depth, unsigned char kind, unsigned char mode, size_t le
 
 #define BYTE(c)                                                                                    \
     do {                                                                                           \
-        need(out, 1);                                                                              \
+        gn_buf_room(out, 1);                                                                       \
         out->data[out->len++] = (c);                                                               \
     } while (0)
 
@@ -711,11 +696,11 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
             }
             while (n > 0 && get32(words + 4 * (n - 1)) == 0)
                 n--;
-            need(out, 5 + 4 * n);
-            out_be(out, creation, 4);
+            gn_buf_room(out, 5 + 4 * n);
+            gn_buf_be(out, creation, 4);
             out->data[out->len++] = (unsigned char)n;
             while (n-- > 0)
-                out_be(out, get32(words + 4 * n), 4);
+                gn_buf_be(out, get32(words + 4 * n), 4);
             break;
         }
         case ETF_NEW_FUN: {
@@ -748,8 +733,8 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
             if (read_pid(buf, len, &i, out, &id, &serial, &creation) < 0)
                 goto fail;
             out->len = mark;
-            out_be(out, fun_index, 4);
-            out_be(out, (uint32_t)old_uniq ^ 0x80000000u, 4);
+            gn_buf_be(out, fun_index, 4);
+            gn_buf_be(out, (uint32_t)old_uniq ^ 0x80000000u, 4);
             out_uvar(out, n);
             if (n && push(&depth, K_SEQ, (unsigned char)m, n, 0) < 0)
                 goto fail;
@@ -785,8 +770,8 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
             uint64_t port_id = idlen == 8 ? gn_get_be(buf + i, 8) : get32(buf + i);
             creation = crlen == 1 ? buf[i + idlen] : get32(buf + i + idlen);
             i += idlen + crlen;
-            out_be(out, creation, 4);
-            out_be(out, port_id, 8);
+            gn_buf_be(out, creation, 4);
+            gn_buf_be(out, port_id, 8);
             break;
         }
         case ETF_PID:
@@ -795,19 +780,13 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
             i--;
             BYTE(KT_PID);
             size_t at = out->len;
-            out_be(out, 0, 8);
+            gn_buf_be(out, 0, 8);
             if (read_pid(buf, len, &i, out, &id, &serial, &creation) < 0)
                 goto fail;
             unsigned char *p = out->data + at;
-            p[0] = (unsigned char)(serial >> 24);
-            p[1] = (unsigned char)(serial >> 16);
-            p[2] = (unsigned char)(serial >> 8);
-            p[3] = (unsigned char)serial;
-            p[4] = (unsigned char)(id >> 24);
-            p[5] = (unsigned char)(id >> 16);
-            p[6] = (unsigned char)(id >> 8);
-            p[7] = (unsigned char)id;
-            out_be(out, creation, 4);
+            gn_set_be(p, serial, 4);
+            gn_set_be(p + 4, id, 4);
+            gn_buf_be(out, creation, 4);
             break;
         }
         case ETF_SMALL_TUPLE:
@@ -821,7 +800,7 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
                 i += 4;
             }
             NEED(n);
-            need(out, 10);
+            gn_buf_room(out, 10);
             out->data[out->len++] = KT_TUPLE;
             out->len += put_uvar(out->data + out->len, n);
             if (n && push(&depth, K_SEQ, (unsigned char)m, n, 0) < 0)
@@ -833,7 +812,7 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
             i += 4;
             if (n > (len - i) / 2)
                 goto fail;
-            need(out, 10);
+            gn_buf_room(out, 10);
             out->data[out->len++] = KT_MAP;
             out->len += put_uvar(out->data + out->len, n);
             if (n && push(&depth, K_MAP, (unsigned char)m, 2 * n, nspans) < 0)
@@ -847,7 +826,7 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
             n = (size_t)buf[i] << 8 | buf[i + 1];
             i += 2;
             NEED(n);
-            need(out, 6 * n + 1);
+            gn_buf_room(out, 6 * n + 1);
             for (size_t k = 0; k < n; k++) {
                 out->data[out->len++] = KT_CONS;
                 put_small(out, buf[i + k]);
@@ -921,7 +900,7 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
         } else if (f->kind == K_MAP) {
             if ((f->left & 1) == 0) { /* a key */
                 ke_spans.len = nspans * sizeof(kspan);
-                need(&ke_spans, sizeof(kspan));
+                gn_buf_room(&ke_spans, sizeof(kspan));
                 kspan *s = (kspan *)(void *)ke_spans.data + nspans++;
                 s->koff = out->len;
                 m = GN_KEY_EXACT;

@@ -29,4 +29,12 @@ enum { GN_KEY_EQ = 0, GN_KEY_EXACT = 1 };
  * and kept between calls. */
 int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *out, int mode);
 
+/* Orders two encodings: memcmp, then the shorter first. */
+static inline int gn_key_cmp(const unsigned char *a, size_t alen, const unsigned char *b,
+                             size_t blen)
+{
+    int c = memcmp(a, b, alen < blen ? alen : blen);
+    return c ? c : (alen > blen) - (alen < blen);
+}
+
 #endif

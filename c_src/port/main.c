@@ -13,7 +13,8 @@
  * status `stop` chose, without touching a journal that failed. Every uv_*
  * call that can fail is checked.
  *
- * See PROTOCOL.md for the frames and port.c for what they do.
+ * See PROTOCOL.md for the frames, and dispatch.c (its table of ops) for
+ * what they do.
  */
 #include <ei.h>
 #include <signal.h>

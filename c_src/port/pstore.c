@@ -1,9 +1,14 @@
+/*
+ * A store's entries (pstore.h): the AVL tree with subtree sizes, the
+ * expiry heap, and the garbage list that frees whole trees in slices.
+ */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "../avl.h"
 #include "../heap.h"
+#include "keyenc.h"
 #include "pstore.h"
 
 static void *xmalloc(size_t n)
@@ -16,17 +21,9 @@ static void *xmalloc(size_t n)
     return p;
 }
 
-static int kcmp(const unsigned char *a, size_t alen, const unsigned char *b, size_t blen)
-{
-    int c = memcmp(a, b, alen < blen ? alen : blen);
-    if (c)
-        return c;
-    return alen < blen ? -1 : alen > blen;
-}
-
 static int node_cmp(const unsigned char *k, size_t klen, const gn_pnode *n)
 {
-    return kcmp(k, klen, GN_KENC(n), n->kenc_len);
+    return gn_key_cmp(k, klen, GN_KENC(n), n->kenc_len);
 }
 
 size_t gn_pnode_bytes(const gn_pnode *n)

@@ -10,6 +10,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "keyenc.h"
+
 typedef struct gn_pnode {
     struct gn_pnode *left, *right;
     size_t size; /* entries in this subtree */
@@ -26,6 +28,7 @@ typedef struct gn_pnode {
 #define GN_VAL(n) ((n)->data + (n)->kenc_len + (n)->kraw_len)
 
 struct gn_job;
+struct gn_waiting;
 
 typedef struct gn_pstore {
     char *name; /* UTF-8, not terminated */
@@ -36,10 +39,11 @@ typedef struct gn_pstore {
     size_t memory; /* bytes held by entries */
     gn_pnode **heap;
     size_t heap_len, heap_cap;
-    /* requests waiting behind long work on this store (port.c) */
-    struct gn_job *jobs, *jobs_tail;
-    struct gn_pstore *next_in_bucket;
-    struct gn_pstore *next_busy; /* on the port's list of stores with jobs */
+    struct gn_job *jobs; /* long work on this store, the next first (jobs.c) */
+    /* requests waiting behind the jobs, in order (dispatch.c) */
+    struct gn_waiting *waiting, *waiting_tail;
+    struct gn_pstore *next_in_bucket; /* in the table of stores (stores.c) */
+    struct gn_pstore *next_busy;      /* on the list of stores with work (jobs.c) */
     int busy;
     uint64_t serial; /* unique per store object, for resumable walks */
 } gn_pstore;
@@ -51,6 +55,12 @@ void gn_pstore_free(gn_pstore *s);
 static inline size_t gn_pstore_size(const gn_pstore *s)
 {
     return s->root ? s->root->size : 0;
+}
+
+/* Whether `adding` more entries would go over the store's cap. */
+static inline int gn_pstore_full(const gn_pstore *s, size_t adding)
+{
+    return s->max_size && gn_pstore_size(s) + adding > s->max_size;
 }
 
 gn_pnode *gn_pstore_find(const gn_pstore *s, const unsigned char *kenc, size_t klen);
@@ -67,6 +77,13 @@ int gn_pstore_delete(gn_pstore *s, const unsigned char *kenc, size_t klen);
 /* Removes every entry (handed to the garbage list). */
 void gn_pstore_clear(gn_pstore *s);
 
+/* How the store's keys are encoded: GN_KEY_EQ for an ordered_set. */
+static inline int gn_pstore_key_mode(const gn_pstore *s)
+{
+    return s->ordered ? GN_KEY_EQ : GN_KEY_EXACT;
+}
+
+/* The entry at `index` in key order, or NULL when index >= size. */
 gn_pnode *gn_pstore_at(const gn_pstore *s, size_t index);
 /* How many keys sort before `kenc`. */
 size_t gn_pstore_rank(const gn_pstore *s, const unsigned char *kenc, size_t klen);
