@@ -174,6 +174,9 @@ size_t gn_term_words(ErlNifEnv *env, ERL_NIF_TERM t, size_t *bin, size_t limit, 
     }
 }
 
+/* ------------------------------------------------------------------------ */
+/* Freeing                                                                   */
+
 void gn_tree_free(gn_node *n)
 {
     while (n) {
@@ -413,24 +416,6 @@ gn_node *gn_unlink(gn_store *s, gn_probe *p)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Expired entries                                                           */
-
-/* Removes up to `max` expired entries; returns how many expired remain. */
-size_t gn_purge(gn_store *s, int64_t now, size_t max)
-{
-    while (s->heap_len && gn_expired(s->heap[0], now)) {
-        if (max-- == 0)
-            return 1;
-        gn_node *top = s->heap[0];
-        gn_probe p = {.env = NULL, .key = top->key, .kdata = top->kdata, .klen = top->klen};
-        gn_node *n = gn_unlink(s, &p);
-        if (n)
-            gn_node_free(n);
-    }
-    return 0;
-}
-
-/* ------------------------------------------------------------------------ */
 /* Entries                                                                   */
 
 /* Copies key and value into the arena, and sizes them. */
@@ -613,6 +598,24 @@ int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM val
     if (ok == 1 && expires)
         gn_ttl_list_add(s);
     return ok;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Expired entries                                                           */
+
+/* Removes up to `max` expired entries; returns how many expired remain. */
+size_t gn_purge(gn_store *s, int64_t now, size_t max)
+{
+    while (s->heap_len && gn_expired(s->heap[0], now)) {
+        if (max-- == 0)
+            return 1;
+        gn_node *top = s->heap[0];
+        gn_probe p = {.env = NULL, .key = top->key, .kdata = top->kdata, .klen = top->klen};
+        gn_node *n = gn_unlink(s, &p);
+        if (n)
+            gn_node_free(n);
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------------ */
