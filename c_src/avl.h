@@ -1,6 +1,6 @@
 /*
  * AVL balancing for trees whose nodes carry their subtree's size (for rank
- * and index queries), shared by the NIF store (store.c) and the port
+ * and index queries), shared by the NIF store (store_impl.h) and the port
  * program's store (port/pstore.c).
  *
  * GN_AVL_DEFINE(prefix, node) defines, for a struct type `node` with the

@@ -119,7 +119,7 @@ typedef struct gn_priv {
     gn_registry *registry;
     gn_reaper *reaper;
     /* the stores' name registry and sweep list: shared, as the registry is,
-     * by an upgraded library with its predecessor (store.c) */
+     * by an upgraded library with its predecessor (store_impl.h) */
     gn_store_shared *stores;
 } gn_priv;
 

@@ -1,6 +1,6 @@
 /*
  * The expiry heap of a store: a binary min-heap of entries by expiry time,
- * each entry knowing its position. Shared by the NIF store (store.c) and
+ * each entry knowing its position. Shared by the NIF store (store_ttl.c) and
  * the port program's store (port/pstore.c).
  *
  * GN_HEAP_DEFINE(prefix, store, node) defines prefix_heap_swap(s, a, b),

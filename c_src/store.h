@@ -1,6 +1,10 @@
 /*
  * The native state store: an off-heap set or ordered set of {Key, Value},
  * written by its owner (or anyone, if public), read by every process.
+ *
+ * What nif.c needs: load/upgrade/unload and the NIFs (store_nif.c; the
+ * walks in key order in store_walk_nif.c, snapshot and restore in
+ * store_snapshot_nif.c). The store's own files share store_impl.h.
  */
 #ifndef GN_STORE_H
 #define GN_STORE_H

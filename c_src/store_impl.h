@@ -1,0 +1,218 @@
+/*
+ * The native state store's private header: the structs its files share,
+ * and the tree/entries/arena core (store.c) they build on. Nothing outside
+ * the store's files includes it; nif.c sees store.h only.
+ *
+ * A store is an AVL tree of entries, each with its subtree's size, so that
+ * rank and index queries are O(log n). Both types use it: an ordered_set
+ * orders keys by Erlang term order and matches them with == (as ETS
+ * ordered_set); a set matches them exactly (=:=, as ETS set), so keys that
+ * compare equal but are not identical (1 and 1.0) are ordered by their
+ * external encoding.
+ *
+ * An entry keeps its key and value in external term format (ErlNifBinary),
+ * so what comes back is === to what went in, memory is accounted exactly,
+ * and nothing references a process heap. The key is also held as a term in
+ * the store's arena environment, for comparisons; a removed entry leaves its
+ * key there as garbage, and the arena is rebuilt from the encoded keys (on
+ * a dirty scheduler) once garbage outnumbers live keys.
+ *
+ * The files, each a concern (none calls "up" the list):
+ *   store.c              entries, the tree, the hash index, the arena and
+ *                        its accounting, purging expired entries
+ *   store_ttl.c          the expiry heap and the sweep list
+ *   store_names.c        the name registry
+ *   store_access.c       how a NIF takes a store's lock, and big terms
+ *   store_nif.c          the resource, load/upgrade/unload, the point NIFs
+ *   store_walk_nif.c     NIFs that read in key order (step, rank, range...)
+ *   store_snapshot_nif.c snapshot and restore (format: snapshot.c)
+ *
+ * Locks: `s->lock` (a rwlock) protects everything in a gn_store: readers
+ * hold it shared, writers exclusive, so a reader never sees a half-applied
+ * write. `names_lock` (in the shared state) protects the name registry; it
+ * is never held with a store lock held. `ttl_lock` protects the sweep
+ * list; it may be taken with a store lock held (store, then list), never
+ * the other way round. Every function declared here that takes a gn_store
+ * expects its lock held (shared for reads, exclusive for changes) unless
+ * it says otherwise.
+ *
+ * Lifetime: a store is a resource. Deleting it (delete/1, its owner's exit
+ * with lifetime: owner) detaches the tree and the arena and hands them to
+ * the reaper in O(1); the resource stays, flagged deleted, while any process
+ * still holds a handle, and every use of it raises.
+ */
+#ifndef GN_STORE_IMPL_H
+#define GN_STORE_IMPL_H
+
+#include "avl.h"
+#include "store.h"
+
+typedef struct gn_node {
+    struct gn_node *left, *right;
+    size_t size;
+    int height;
+    ERL_NIF_TERM key;     /* in the store's arena */
+    ERL_NIF_TERM value;   /* in the store's arena: a get copies it out */
+    unsigned char *kdata; /* the key's encoding (gn_alloc): set tie-breaks, snapshots */
+    uint32_t klen;
+    /* for accounting: heap words of the key and value terms in the arena,
+     * and bytes of the off-heap binaries they reference */
+    size_t kwords, vwords, kbin, vbin;
+    struct gn_node *hnext; /* a set's hash chain */
+    uint32_t hash;
+    int64_t expires; /* monotonic ms; 0: never */
+    size_t heap_ix;  /* position in the expiry heap, or SIZE_MAX */
+} gn_node;
+
+typedef struct gn_store {
+    ErlNifRWLock *lock;
+    int ordered;
+    int public_access;
+    int named_lifetime;
+    int deleted;
+    int orphan; /* a named store whose owner exited */
+    ErlNifPid owner;
+    ErlNifMonitor monitor;
+    gn_store_shared *shared;
+    ERL_NIF_TERM name; /* an atom, or 0 */
+    size_t max_size;   /* SIZE_MAX: no cap */
+    gn_node *root;
+    /* A set also indexes its entries by hash, for O(1) point lookups; the
+     * tree stays the authority (a miss falls back to it). */
+    gn_node **htab;
+    size_t hcap, hcount;
+    int hash_grow; /* a big table to regrow on a dirty scheduler */
+    ErlNifEnv *arena;
+    /* Memory, in bytes unless named words (see "Accounting" in store.c):
+     * `memory`: the entries' own allocations and the off-heap binaries
+     * their live terms reference; `live_words`: the heap words of the live
+     * terms in the arena; `arena_bytes`: what the arena's heap fragments
+     * take, live or dead; `dead_bin`: off-heap binaries that only dead
+     * terms in the arena reference. */
+    size_t memory, live_words, arena_bytes, dead_bin;
+    size_t frag_left; /* words left in the arena's current fragment */
+    /* TTL: a min-heap of the entries that expire, by expiry time */
+    gn_node **heap;
+    size_t heap_len, heap_cap;
+    /* on the sweep list (shared->ttl_lock) while it holds expiring entries */
+    struct gn_store *ttl_next, *ttl_prev;
+    int on_ttl_list;
+} gn_store;
+
+/* The stores' resource type (store_nif.c). */
+extern ErlNifResourceType *gn_store_rtype;
+
+/* What every store of the VM shares: the name registry and the list of
+ * stores to sweep. It lives in the library's private data (gn_priv), not in
+ * file statics, so that an upgraded library takes it over with the stores:
+ * named stores stay reachable, and TTL sweeping goes on. Library instances
+ * count their references (load, upgrade and unload are serialized by the
+ * VM). */
+struct gn_store_shared {
+    int refs;
+    ErlNifMutex *names_lock;   /* the name registry (store_names.c) */
+    struct gn_name *names;     /* few stores are named: a list */
+    ErlNifMutex *ttl_lock;     /* the sweep list (store_ttl.c) */
+    struct gn_store *ttl_head; /* stores holding expiring entries */
+};
+
+static inline gn_store_shared *gn_shared(ErlNifEnv *env)
+{
+    return ((gn_priv *)enif_priv_data(env))->stores;
+}
+
+GN_AVL_DEFINE(gn, gn_node)
+
+/* ------------------------------------------------------------------------ */
+/* Entries and the tree (store.c)                                            */
+
+/* A key being looked up: the term, and its encoding once a set needs it. */
+typedef struct gn_probe {
+    ErlNifEnv *env;
+    ERL_NIF_TERM key;
+    ErlNifBinary bin; /* its own encoding, when has_bin */
+    int has_bin;
+    const unsigned char *kdata; /* the encoding compared: its own, or a node's */
+    size_t klen;
+} gn_probe;
+
+/* Orders p's key against n's (see the top of this file). */
+int gn_cmp(const gn_store *s, gn_probe *p, const gn_node *n);
+void gn_probe_done(gn_probe *p);
+
+/* The entry for p's key, or NULL; it may have expired. */
+gn_node *gn_find(const gn_store *s, gn_probe *p);
+/* The live entry for p's key: an expired one is removed first. Call with
+ * the write lock held. */
+gn_node *gn_find_live(gn_store *s, gn_probe *p);
+/* Inserts `node` (its key not in the tree) into the subtree `n`; returns
+ * the subtree's new root. The tree only: no index, no accounting. */
+gn_node *gn_insert(const gn_store *s, gn_node *n, gn_node *node, gn_probe *p);
+/* Adds a new entry (its key not in the store) to the tree and the index. */
+void gn_link(gn_store *s, gn_node *n, gn_probe *p);
+/* Removes the entry for p's key, if any, from the tree, the index and the
+ * expiry heap; returns it, to be freed (gn_node_free) after its value is
+ * read. */
+gn_node *gn_unlink(gn_store *s, gn_probe *p);
+/* The entry at 0-based index i of the subtree n, or NULL. */
+gn_node *gn_at(gn_node *n, size_t i);
+/* A balanced tree of nodes[lo, hi), which are in key order. */
+gn_node *gn_build(gn_node **nodes, size_t lo, size_t hi);
+
+/* Builds an entry for key/value; NULL when out of memory. */
+gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value);
+/* Builds an entry from encodings already at hand (a snapshot's); `key` is
+ * the decoded key. NULL when out of memory. */
+gn_node *gn_node_from_etf(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, const unsigned char *k,
+                          size_t klen, ERL_NIF_TERM value);
+/* Replaces an entry's value; returns 0 when out of memory. */
+int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value);
+/* Gives an entry the key as last put (see store.c); 0 when out of memory. */
+int gn_node_rekey(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key);
+void gn_node_free(gn_node *n);
+/* Frees a tree's entries (not their terms: those live in the arena). */
+void gn_tree_free(gn_node *n);
+
+/* Puts key/value (a new entry, or a new value and key for an existing one)
+ * with its expiry; sets *fresh for a new entry. Returns 0 when out of
+ * memory, -1 when the store is full. Call with the write lock held. */
+int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value, int64_t expires,
+                 int put_new, int *fresh);
+/* Removes up to `max` expired entries; returns how many expired remain
+ * (0, or 1 for some). Call with the write lock held. */
+size_t gn_purge(gn_store *s, int64_t now, size_t max);
+
+/* Rebuilds a set's hash index with `cap` buckets (a power of two) from the
+ * tree. O(n): inline for small stores, else on a dirty scheduler. */
+void gn_hash_rebuild(gn_store *s, size_t cap);
+/* The buckets for a table of `entries`. */
+size_t gn_hash_cap(size_t entries);
+
+/* ------------------------------------------------------------------------ */
+/* The arena and accounting (store.c)                                        */
+
+/* Counts a new entry's memory (after gn_link). */
+void gn_account_add(gn_store *s, const gn_node *n);
+/* The heap words `t` takes, as the VM's size_object counts them; adds to
+ * *bin the bytes of the off-heap binaries it references; stops counting
+ * past `limit` words. */
+size_t gn_term_words(ErlNifEnv *env, ERL_NIF_TERM t, size_t *bin, size_t limit, int depth);
+/* The bytes the store holds, as the VM would count them. */
+size_t gn_store_memory(const gn_store *s);
+/* Whether the arena is mostly garbage (or a big set's index is due to
+ * grow): time for gn_arena_compact. */
+int gn_arena_bloated(const gn_store *s);
+/* Rebuilds the arena from the live entries. O(n). */
+void gn_arena_compact(gn_store *s);
+/* At the end of a write: compacts a small store's bloated arena inline and
+ * returns 0, or returns 1 for a big one, to be compacted on a dirty
+ * scheduler once the lock is released. */
+int gn_write_compact(gn_store *s);
+/* Empties the store in O(1): its entries go to the reaper. With `reuse`, it
+ * gets a fresh arena for new entries; without (a deleted store), none. */
+void gn_store_detach(gn_store *s, int reuse);
+/* Hands a tree and an arena to the reaper in O(1). No lock needed: they
+ * belong to no store any more. */
+void gn_reap_tree(gn_node *root, ErlNifEnv *arena);
+
+#endif

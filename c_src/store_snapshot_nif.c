@@ -1,0 +1,302 @@
+/*
+ * Store snapshots: store_snapshot/1 writes a store's live entries as a
+ * GNS2 binary, and store_restore/6 builds a new store from one. The byte
+ * format, its CRC and framing are in snapshot.c; this file holds what
+ * needs the VM: encoding values, and decoding a snapshot's terms without
+ * making atoms until every byte of it has been checked (etf_scan.c).
+ *
+ * Locking: a snapshot holds the store's read lock (GN_VIEW) while it
+ * writes. A restore checks and decodes the whole binary with no lock held,
+ * then fills a store it has just created, holding its write lock, before
+ * anyone else can see it; the sweep list is joined after the lock is
+ * released.
+ */
+#include <string.h>
+
+#include "etf_scan.h"
+#include "snapshot.h"
+#include "store_access.h"
+#include "store_names.h"
+#include "store_ttl.h"
+
+/*
+ * Format: see snapshot.h. Entries expired at snapshot time are left out.
+ * restore checks all of it, and builds the whole tree, before a store
+ * exists: never a half-built store.
+ */
+
+/* store_snapshot(Store) -> binary() (dirty) */
+ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    ERL_NIF_TERM err, out;
+    gn_store *s;
+    if (!GN_VIEW(gn_store_snapshot_nif, s, err))
+        return err;
+    /* Values live as terms: encode them first, then size and write. */
+    size_t live = gn_size(s->root), total = GN_SNAP_HEADER + GN_SNAP_TRAILER, count = 0;
+    int64_t now = gn_now_ms();
+    gn_node **nodes = gn_alloc((live + 1) * sizeof(*nodes));
+    ErlNifBinary *vals = gn_alloc((live + 1) * sizeof(*vals));
+    gn_node *stack[128];
+    int top = 0, oom = !nodes || !vals;
+    for (gn_node *n = oom ? NULL : s->root; n || top;) {
+        while (n) {
+            stack[top++] = n;
+            n = n->left;
+        }
+        n = stack[--top];
+        if (!gn_expired(n, now)) {
+            if (!enif_term_to_binary(env, n->value, &vals[count])) {
+                oom = 1;
+                break;
+            }
+            nodes[count] = n;
+            total += gn_snap_entry_size(n->klen, vals[count].size);
+            count++;
+        }
+        n = n->right;
+    }
+    unsigned char *p = oom ? NULL : enif_make_new_binary(env, total, &out);
+    if (p) {
+        gn_snap_put_header(p, s->ordered, count);
+        unsigned char *w = p + GN_SNAP_HEADER;
+        for (size_t i = 0; i < count; i++) {
+            gn_node *n = nodes[i];
+            w = gn_snap_put_entry(w, n->kdata, n->klen, vals[i].data, (uint32_t)vals[i].size,
+                                  n->expires ? (uint64_t)(n->expires - now) : 0);
+        }
+        gn_snap_seal(p, total);
+    }
+    enif_rwlock_runlock(s->lock);
+    for (size_t i = 0; i < count; i++)
+        enif_release_binary(&vals[i]);
+    gn_free(vals);
+    gn_free(nodes);
+    return p ? out : enif_raise_exception(env, gn_am_enomem);
+}
+
+/* One entry of a snapshot, as read by the first pass. */
+typedef struct gn_snap_entry {
+    gn_snap_frame f;         /* encodings, in the snapshot, and ttl */
+    ERL_NIF_TERM key, value; /* 0 until decoded */
+} gn_snap_entry;
+
+/* Decodes data[0, len) into *t without making any atom: 1 if decoded, 2 if
+ * it is valid but names atoms this node may not know (or external funs it
+ * lacks), so that only a decoding that may make them will do; 0 if it is
+ * invalid (or out of memory). *scratch is a buffer it may grow; marker is
+ * the placeholders' (gn_etf_neutralize). */
+static int gn_snap_term(ErlNifEnv *env, const unsigned char *data, size_t len, ERL_NIF_TERM *t,
+                        ErlNifBinary *scratch, const ErlNifBinary *marker, gn_atom_set *unknown)
+{
+    if (enif_binary_to_term(env, data, len, t, ERL_NIF_BIN2TERM_SAFE) == len)
+        return 1;
+    *t = 0;
+    size_t used = len;
+    int r;
+    do {
+        if (scratch->size < used && !enif_realloc_binary(scratch, used))
+            return 0;
+        r = gn_etf_neutralize(env, data, len, marker->data + 1, marker->size - 1, scratch->data,
+                              scratch->size, &used, unknown);
+    } while (r == 2);
+    ERL_NIF_TERM copy;
+    if (!r || enif_binary_to_term(env, scratch->data, used > len ? used : len, &copy, 0) != used)
+        return 0;
+    return 2;
+}
+
+/* The first pass over a snapshot's entries: checks every byte
+ * and decodes what it can without making atoms. Returns the entries
+ * (gn_alloc), or NULL with *err set: invalid_snapshot, unsafe_snapshot
+ * (`safe` and an entry names atoms this node does not know), system_limit
+ * (it would make more than `atoms_left` atoms), or an enomem exception. */
+static gn_snap_entry *gn_snap_read(ErlNifEnv *env, const gn_snap_info *snap, int safe,
+                                   uint64_t atoms_left, ERL_NIF_TERM *err)
+{
+    ERL_NIF_TERM invalid = enif_make_tuple2(env, gn_am_error, gn_am_invalid_snapshot);
+    uint64_t count = snap->count; /* gn_snap_open checked that it fits */
+    gn_snap_iter it = snap->entries;
+    gn_snap_entry *es = gn_alloc((count + 1) * sizeof(*es));
+    ErlNifBinary scratch, marker;
+    int scratch_ok = enif_alloc_binary(0, &scratch);
+    int marker_ok = enif_term_to_binary(env, enif_make_ref(env), &marker);
+    gn_atom_set unknown = {NULL, 0, 0};
+    int later = 0;
+    if (!es || !scratch_ok || !marker_ok) {
+        *err = enif_raise_exception(env, gn_am_enomem);
+        goto fail;
+    }
+    *err = invalid;
+    for (uint64_t i = 0; i < count; i++) {
+        gn_snap_entry *e = &es[i];
+        const gn_snap_frame *f = &e->f;
+        int rk, rv;
+        if (!gn_snap_next(&it, &e->f))
+            goto fail;
+        if (!(rk = gn_snap_term(env, f->key, f->klen, &e->key, &scratch, &marker, &unknown)) ||
+            !(rv = gn_snap_term(env, f->value, f->vlen, &e->value, &scratch, &marker, &unknown)))
+            goto fail;
+        later |= rk == 2 || rv == 2;
+    }
+    if (!gn_snap_at_end(&it))
+        goto fail;
+    if (later && safe) {
+        *err = enif_make_tuple2(env, gn_am_error, gn_am_unsafe_snapshot);
+        goto fail;
+    }
+    if (unknown.count > atoms_left) {
+        *err = enif_make_tuple2(env, gn_am_error, gn_am_system_limit);
+        goto fail;
+    }
+    /* Every entry is valid: now, and only now, make the atoms. */
+    for (uint64_t i = 0; later && i < count; i++) {
+        gn_snap_entry *e = &es[i];
+        if ((!e->key && enif_binary_to_term(env, e->f.key, e->f.klen, &e->key, 0) != e->f.klen) ||
+            (!e->value &&
+             enif_binary_to_term(env, e->f.value, e->f.vlen, &e->value, 0) != e->f.vlen))
+            goto fail; /* cannot happen: the copy decoded */
+    }
+    enif_release_binary(&scratch);
+    enif_release_binary(&marker);
+    gn_atom_set_free(&unknown);
+    return es;
+
+fail:
+    if (scratch_ok)
+        enif_release_binary(&scratch);
+    if (marker_ok)
+        enif_release_binary(&marker);
+    gn_atom_set_free(&unknown);
+    gn_free(es);
+    return NULL;
+}
+
+/* store_restore(Binary, Name | nil, Access, Lifetime, MaxSize | infinity,
+ *               safe | AtomsLeft)
+ *   -> {ok, Store} | {error, invalid_snapshot | unsafe_snapshot | system_limit
+ *                            | already_exists | full} (dirty)
+ * The whole snapshot is checked before any atom is made (a rejected one
+ * makes none), and the store is built before it is handed out. */
+ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
+{
+    ErlNifBinary bin;
+    ErlNifUInt64 atoms_left = 0;
+    int safe = enif_is_identical(argv[5], gn_am_safe);
+    if (!enif_inspect_binary(env, argv[0], &bin) ||
+        (!safe && !enif_get_uint64(env, argv[5], &atoms_left)))
+        return enif_make_badarg(env);
+    gn_snap_info snap;
+    if (!gn_snap_open(bin.data, bin.size, &snap))
+        return enif_make_tuple2(env, gn_am_error, gn_am_invalid_snapshot);
+    uint64_t count = snap.count;
+    ERL_NIF_TERM err;
+    gn_snap_entry *es = gn_snap_read(env, &snap, safe, atoms_left, &err);
+    if (!es)
+        return err;
+
+    /* A new store, even where new/2 would adopt an orphaned named one. */
+    if (!enif_is_identical(argv[1], gn_am_nil) && enif_is_atom(env, argv[1])) {
+        gn_store *held = gn_name_lookup(gn_shared(env), argv[1]);
+        if (held) {
+            enif_release_resource(held);
+            gn_free(es);
+            return enif_make_tuple2(env, gn_am_error, gn_am_already_exists);
+        }
+    }
+
+    /* Create the store, fill it, and only then hand it out. */
+    ERL_NIF_TERM args[5] = {snap.ordered ? gn_am_ordered_set : gn_am_set, argv[1], argv[2], argv[3],
+                            argv[4]};
+    (void)argc;
+    ERL_NIF_TERM created = gn_store_new_nif(env, 5, args);
+    const ERL_NIF_TERM *tuple;
+    int arity;
+    gn_store *s;
+    if (!enif_get_tuple(env, created, &arity, &tuple) || !enif_is_identical(tuple[0], gn_am_ok)) {
+        gn_free(es);
+        return created; /* already_exists, or an exception */
+    }
+    enif_get_resource(env, tuple[1], gn_store_rtype, (void **)&s);
+    enif_rwlock_rwlock(s->lock);
+    int ok = 1, ttl_pending = 0;
+    size_t nsorted = 0;
+    gn_node **sorted = gn_alloc(count * sizeof(gn_node *) + sizeof(gn_node *));
+    for (uint64_t i = 0; ok && i < count; i++) {
+        gn_snap_entry *e = &es[i];
+        gn_probe p = {.env = env, .key = e->key};
+        /* A snapshot lists its keys in order: collect them, to build a
+         * balanced tree in O(n) at the end; anything else is inserted. */
+        if (sorted && (!nsorted || gn_cmp(s, &p, sorted[nsorted - 1]) > 0) &&
+            nsorted < s->max_size) {
+            gn_node *n = gn_node_from_etf(s, env, e->key, e->f.key, e->f.klen, e->value);
+            if (!n) {
+                ok = 0;
+            } else {
+                sorted[nsorted++] = n;
+                gn_account_add(s, n);
+                if (e->f.ttl)
+                    ttl_pending = 1;
+                n->expires = e->f.ttl ? gn_now_ms() + e->f.ttl : 0;
+            }
+            gn_probe_done(&p);
+            continue;
+        }
+        if (sorted) {
+            /* out of order: everything so far goes into the tree */
+            s->root = gn_build(sorted, 0, nsorted);
+            if (!s->ordered)
+                gn_hash_rebuild(s, gn_hash_cap(nsorted));
+            for (size_t j = 0; j < nsorted; j++)
+                if (sorted[j]->expires) {
+                    int64_t ex = sorted[j]->expires;
+                    sorted[j]->expires = 0;
+                    ok = ok && gn_set_expiry(s, sorted[j], ex);
+                }
+            gn_free(sorted);
+            sorted = NULL;
+        }
+        gn_node *n = gn_find(s, &p);
+        if (n) {
+            /* a repeated key: the later entry wins, as with put */
+            ok = gn_node_rekey(s, env, n, e->key) && gn_node_set(s, env, n, e->value);
+        } else if (gn_size(s->root) >= s->max_size) {
+            gn_probe_done(&p);
+            enif_rwlock_rwunlock(s->lock);
+            gn_store_delete_nif(env, 1, &tuple[1]);
+            gn_free(es);
+            return enif_make_tuple2(env, gn_am_error, gn_am_full);
+        } else if ((n = gn_node_from_etf(s, env, e->key, e->f.key, e->f.klen, e->value))) {
+            gn_link(s, n, &p);
+            gn_account_add(s, n);
+        } else {
+            ok = 0;
+        }
+        if (ok && n && e->f.ttl && !gn_set_expiry(s, n, gn_now_ms() + e->f.ttl))
+            ok = 0;
+        gn_probe_done(&p);
+    }
+    gn_free(es);
+    if (sorted) {
+        s->root = gn_build(sorted, 0, nsorted);
+        if (!s->ordered)
+            gn_hash_rebuild(s, gn_hash_cap(nsorted));
+        for (size_t j = 0; ttl_pending && j < nsorted; j++)
+            if (sorted[j]->expires) {
+                int64_t ex = sorted[j]->expires;
+                sorted[j]->expires = 0;
+                ok = ok && gn_set_expiry(s, sorted[j], ex);
+            }
+        gn_free(sorted);
+    }
+    int ttl = s->heap_len != 0;
+    enif_rwlock_rwunlock(s->lock);
+    if (ok && ttl)
+        gn_ttl_list_add(s);
+    if (!ok) {
+        /* out of memory: every entry was valid */
+        gn_store_delete_nif(env, 1, &tuple[1]);
+        return enif_raise_exception(env, gn_am_enomem);
+    }
+    return created;
+}
