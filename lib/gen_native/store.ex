@@ -1,17 +1,3 @@
-defmodule GenNative.Store.Port do
-  @moduledoc """
-  The handle of a store held by a port program (see `GenNative.Port`):
-  the name of the `GenNative.Port` and the store's name. Made by
-  `GenNative.Store.new/2` and `GenNative.Store.restore/2` with
-  `backend: {:port, port_name}`; any process may use it, and a copy (even
-  one that went through `:erlang.term_to_binary/1`) names the same store.
-  """
-  @enforce_keys [:port, :name]
-  defstruct [:port, :name]
-
-  @type t :: %__MODULE__{port: atom(), name: atom()}
-end
-
 defmodule GenNative.Store do
   @moduledoc """
   An off-heap state store: a set or ordered set of `{key, value}` held in C,
@@ -94,9 +80,9 @@ defmodule GenNative.Store do
   import Bitwise
 
   alias GenNative.Native
-  alias GenNative.Store.Port, as: PortStore
+  alias GenNative.Store.PortHandle
 
-  @opaque t :: reference() | PortStore.t()
+  @opaque t :: reference() | PortHandle.t()
   @type type :: :set | :ordered_set
   @type key :: term()
   @type value :: term()
@@ -138,7 +124,7 @@ defmodule GenNative.Store do
         Native.store_new(type, name, access, lifetime, max)
 
       {{:port, port}, name, _access, _lifetime, max} ->
-        store = %PortStore{port: port, name: name}
+        store = %PortHandle{port: port, name: name}
 
         case port(store, {:open, name, type, max}, :new, [type, opts]) do
           :ok -> {:ok, store}
@@ -152,7 +138,7 @@ defmodule GenNative.Store do
   Runs on a dirty scheduler.
   """
   @spec snapshot(t()) :: binary()
-  def snapshot(%PortStore{name: n} = store),
+  def snapshot(%PortHandle{name: n} = store),
     do: port(store, {:snapshot, n}, :snapshot, [store], :binary)
 
   def snapshot(store), do: call(store, &Native.store_snapshot/1)
@@ -207,7 +193,7 @@ defmodule GenNative.Store do
         Native.store_restore(binary, name, access, lifetime, max, atoms_allowed(safe))
 
       {{:port, port}, name, _access, _lifetime, max} ->
-        store = %PortStore{port: port, name: name}
+        store = %PortHandle{port: port, name: name}
 
         case GenNative.Port.request(port, {:restore, name, binary, max}, :single, {
                __MODULE__,
@@ -368,7 +354,7 @@ defmodule GenNative.Store do
     e -> translate(e, store, &put(&1, key, value, []))
   end
 
-  def put(%PortStore{name: n} = store, key, value, opts) do
+  def put(%PortHandle{name: n} = store, key, value, opts) do
     ttl = ttl!(opts)
     port(store, {:put, n, key, value, ttl}, :put, [store, key, value, opts])
   end
@@ -408,7 +394,7 @@ defmodule GenNative.Store do
   @spec put_new(t(), key(), value(), keyword()) :: boolean() | {:error, :full}
   def put_new(store, key, value, opts \\ [])
 
-  def put_new(%PortStore{name: n} = store, key, value, opts) do
+  def put_new(%PortHandle{name: n} = store, key, value, opts) do
     ttl = ttl!(opts)
     port(store, {:put_new, n, key, value, ttl}, :put_new, [store, key, value, opts])
   end
@@ -431,7 +417,7 @@ defmodule GenNative.Store do
     e -> translate(e, store, &get(&1, key, default))
   end
 
-  def get(%PortStore{name: n} = store, key, default) do
+  def get(%PortHandle{name: n} = store, key, default) do
     case port(store, {:get, n, key}, :get, [store, key, default]) do
       {:ok, value} -> value
       :error -> default
@@ -448,28 +434,28 @@ defmodule GenNative.Store do
     e -> translate(e, store, &fetch(&1, key))
   end
 
-  def fetch(%PortStore{name: n} = store, key),
+  def fetch(%PortHandle{name: n} = store, key),
     do: port(store, {:get, n, key}, :fetch, [store, key])
 
   def fetch(store, _key), do: call(store, & &1)
 
   @doc "Whether `key` is in the store."
   @spec member?(t(), key()) :: boolean()
-  def member?(%PortStore{name: n} = store, key),
+  def member?(%PortHandle{name: n} = store, key),
     do: port(store, {:get, n, key}, :member?, [store, key]) != :error
 
   def member?(store, key), do: fetch(store, key) != :error
 
   @doc "Removes `key`; `:ok` whether or not it was there."
   @spec delete(t(), key()) :: :ok
-  def delete(%PortStore{name: n} = store, key),
+  def delete(%PortHandle{name: n} = store, key),
     do: port(store, {:delete_key, n, key}, :delete, [store, key])
 
   def delete(store, key), do: call(store, &Native.store_delete_key(&1, key))
 
   @doc "Removes `key` and returns its value: `{:ok, value}` or `:error`."
   @spec take(t(), key()) :: {:ok, value()} | :error
-  def take(%PortStore{name: n} = store, key),
+  def take(%PortHandle{name: n} = store, key),
     do: port(store, {:take, n, key}, :take, [store, key])
 
   def take(store, key), do: call(store, &Native.store_take(&1, key))
@@ -489,7 +475,7 @@ defmodule GenNative.Store do
     end
 
     case store do
-      %PortStore{name: n} ->
+      %PortHandle{name: n} ->
         port(store, {:update_counter, n, key, incr, default}, :update_counter, [
           store,
           key,
@@ -509,17 +495,17 @@ defmodule GenNative.Store do
 
   @doc "How many entries the store holds."
   @spec size(t()) :: non_neg_integer()
-  def size(%PortStore{name: n} = store), do: port(store, {:size, n}, :size, [store])
+  def size(%PortHandle{name: n} = store), do: port(store, {:size, n}, :size, [store])
   def size(store), do: call(store, &Native.store_size/1)
 
   @doc "Removes every entry."
   @spec clear(t()) :: :ok
-  def clear(%PortStore{name: n} = store), do: port(store, {:clear, n}, :clear, [store])
+  def clear(%PortHandle{name: n} = store), do: port(store, {:clear, n}, :clear, [store])
   def clear(store), do: call(store, &Native.store_clear/1)
 
   @doc "Every `{key, value}`, in key order for an `:ordered_set`."
   @spec to_list(t()) :: [{key(), value()}]
-  def to_list(%PortStore{name: n} = store),
+  def to_list(%PortHandle{name: n} = store),
     do: port(store, {:to_list, n}, :to_list, [store], :list)
 
   def to_list(store), do: call(store, &Native.store_to_list/1)
@@ -536,7 +522,7 @@ defmodule GenNative.Store do
     end
 
     case store do
-      %PortStore{name: n} -> port(store, {:put_many, n, entries}, :put_many, [store, entries])
+      %PortHandle{name: n} -> port(store, {:put_many, n, entries}, :put_many, [store, entries])
       _ -> call(store, &Native.store_put_many(&1, entries))
     end
   end
@@ -551,7 +537,7 @@ defmodule GenNative.Store do
   it raises `ArgumentError`.
   """
   @spec delete(t()) :: :ok
-  def delete(%PortStore{name: n} = store), do: port(store, {:delete, n}, :delete, [store])
+  def delete(%PortHandle{name: n} = store), do: port(store, {:delete, n}, :delete, [store])
   def delete(store), do: call(store, &Native.store_delete/1)
 
   @doc """
@@ -564,7 +550,7 @@ defmodule GenNative.Store do
   `max_size`.
   """
   @spec info(t()) :: map()
-  def info(%PortStore{port: p, name: n} = store) do
+  def info(%PortHandle{port: p, name: n} = store) do
     store
     |> port({:info, n}, :info, [store])
     |> Map.merge(%{owner: nil, name: n, access: :public, lifetime: :named, backend: {:port, p}})
@@ -574,26 +560,26 @@ defmodule GenNative.Store do
 
   @doc "The smallest entry of an `:ordered_set`: `{:ok, {key, value}}` or `:error`."
   @spec first(t()) :: {:ok, {key(), value()}} | :error
-  def first(%PortStore{name: n} = store),
+  def first(%PortHandle{name: n} = store),
     do: port(store, {:step, n, :first, nil}, :first, [store])
 
   def first(store), do: ordered(store, :first, &Native.store_step(&1, :first, nil))
 
   @doc "The largest entry of an `:ordered_set`."
   @spec last(t()) :: {:ok, {key(), value()}} | :error
-  def last(%PortStore{name: n} = store), do: port(store, {:step, n, :last, nil}, :last, [store])
+  def last(%PortHandle{name: n} = store), do: port(store, {:step, n, :last, nil}, :last, [store])
   def last(store), do: ordered(store, :last, &Native.store_step(&1, :last, nil))
 
   @doc "The entry after `key` (which need not be in the store)."
   @spec next(t(), key()) :: {:ok, {key(), value()}} | :error
-  def next(%PortStore{name: n} = store, key),
+  def next(%PortHandle{name: n} = store, key),
     do: port(store, {:step, n, :next, key}, :next, [store, key])
 
   def next(store, key), do: ordered(store, :next, &Native.store_step(&1, :next, key))
 
   @doc "The entry before `key` (which need not be in the store)."
   @spec prev(t(), key()) :: {:ok, {key(), value()}} | :error
-  def prev(%PortStore{name: n} = store, key),
+  def prev(%PortHandle{name: n} = store, key),
     do: port(store, {:step, n, :prev, key}, :prev, [store, key])
 
   def prev(store, key), do: ordered(store, :prev, &Native.store_step(&1, :prev, key))
@@ -602,7 +588,7 @@ defmodule GenNative.Store do
   @spec range(t(), key(), key(), non_neg_integer() | :infinity) :: [{key(), value()}]
   def range(store, from, to, limit \\ :infinity)
 
-  def range(%PortStore{name: n} = store, from, to, limit)
+  def range(%PortHandle{name: n} = store, from, to, limit)
       when limit == :infinity or (is_integer(limit) and limit >= 0) do
     port(store, {:range, n, from, to, clamp(limit)}, :range, [store, from, to, limit], :list)
   end
@@ -619,7 +605,7 @@ defmodule GenNative.Store do
 
   @doc "The 0-based position of `key` in an `:ordered_set`: `{:ok, index}` or `:error`."
   @spec rank(t(), key()) :: {:ok, non_neg_integer()} | :error
-  def rank(%PortStore{name: n} = store, key),
+  def rank(%PortHandle{name: n} = store, key),
     do: port(store, {:rank, n, key}, :rank, [store, key])
 
   def rank(store, key), do: ordered(store, :rank, &Native.store_rank(&1, key))
@@ -629,7 +615,7 @@ defmodule GenNative.Store do
   `:ordered_set`: `{:ok, {key, value}}` or `:error`.
   """
   @spec at(t(), integer()) :: {:ok, {key(), value()}} | :error
-  def at(%PortStore{name: n} = store, index) when is_integer(index) do
+  def at(%PortHandle{name: n} = store, index) when is_integer(index) do
     if abs(index) < 1 <<< 62 do
       port(store, {:at, n, index}, :at, [store, index])
     else
@@ -658,7 +644,7 @@ defmodule GenNative.Store do
     clamped = max(min(index, 1 <<< 62), -(1 <<< 62))
 
     case store do
-      %PortStore{name: n} ->
+      %PortHandle{name: n} ->
         port(store, {:slice, n, clamped, clamp(count)}, :slice, [store, index, count], :list)
 
       _ ->
@@ -729,7 +715,7 @@ defmodule GenNative.Store do
 
   # One request to the program holding a port store. Its errors become the
   # exceptions the :nif backend raises; {:error, :full} is a result.
-  defp port(%PortStore{port: p} = store, request, fun, args, kind \\ :single) do
+  defp port(%PortHandle{port: p} = store, request, fun, args, kind \\ :single) do
     case GenNative.Port.request(p, request, kind, {__MODULE__, fun, args}) do
       {:error, reason} when reason != :full and not is_tuple(reason) ->
         port_error(reason, store, fun)
