@@ -2,8 +2,8 @@ defmodule GenNative.Mailbox.Protocol do
   @moduledoc """
   The shapes of the messages, queued items and call tags that travel
   between GenNative clients (`GenNative`), the server engine
-  (`GenNative.Server`) and the native mailbox. Internal: not part of the
-  public API.
+  (GenNative.Server, in `lib/gen_native/server.ex`) and the native
+  mailbox. Internal: not part of the public API.
 
   Every shape is a macro that expands to a literal, so it costs nothing at
   run time and works in patterns and guards as well as in expressions:
@@ -23,7 +23,7 @@ defmodule GenNative.Mailbox.Protocol do
   `c_src/nif.c` (declared in `c_src/gen_native.h`):
 
     * `wake/0` is the atom `gn_am_wake`, sent by `gn_send()` (a sender
-      that queues into a mailbox with no wake pending), by `gn_signal()`
+      that queues a request while no wake is on its way), by `gn_signal()`
       (blocked senders admitted into the lanes) and by `gn_take()` (lanes
       refilled by blocked senders while the owner drains);
     * `gen_cast/1` is built by `gn_outbox_flush()` around the stored
@@ -33,15 +33,15 @@ defmodule GenNative.Mailbox.Protocol do
       `gn_send()` or, once the call's turn comes, `gn_outbox_flush()`
       sends unchanged;
     * `room/2` is built by `gn_waiter_tell()`: `{Tag, Result}` to a blocked
-      sender, where `Tag` is the waiter resource `mailbox_send/4` returned
-      in `{:wait, tag}` and `Result` is `:ok` or `:closed`.
+      sender, where `Tag` is the waiter resource the `mailbox_send` NIF
+      returned in `{:wait, tag}` and `Result` is `:ok` or `:closed`.
 
   The priority wrappers (`high_cast/1`, `high_call/2`) are built here only:
   the mailbox keeps them as opaque items in its high lane and hands them
-  back unchanged, from `mailbox_take/4` or, for a priority call evicted
-  under `overflow: :drop_oldest`, in the `{:ok, dropped}` result of
-  `mailbox_send/4`. (`c_src/nif.c` makes a `gn_am_gn_high` atom for
-  `:"$gn_high"`, but no C code uses it.) The init wrapper, the
+  back unchanged, from the `mailbox_take` NIF or, for a priority call
+  evicted under `overflow: :drop_oldest`, in the `{:ok, dropped}` result
+  of the `mailbox_send` NIF. (`c_src/nif.c` makes a `gn_am_gn_high` atom
+  for `:"$gn_high"`, but no C code uses it.) The init wrapper, the
   mailbox-full reply, the batch marker and the call tags never reach C.
   """
 
@@ -93,7 +93,7 @@ defmodule GenNative.Mailbox.Protocol do
   end
 
   @doc """
-  The request a crash report names while a `handle_batch/2` batch taken
+  The request a crash report names while a `c:GenNative.handle_batch/2` batch taken
   from the queue is being handled: `{:"$gn_batch", requests}`, inside
   `gen_cast/1`.
   """
@@ -102,9 +102,9 @@ defmodule GenNative.Mailbox.Protocol do
   end
 
   @doc """
-  The answer a blocked sender waits for, `{tag, result}`: `tag` is the one
-  `mailbox_send/4` returned in `{:wait, tag}`, `result` `:ok` (admitted)
-  or `:closed` (the server died first).
+  The answer a blocked sender waits for, `{tag, result}`: `tag` is the
+  one the `mailbox_send` NIF returned in `{:wait, tag}`, `result` `:ok`
+  (admitted) or `:closed` (the server died first).
   """
   defmacro room(tag, result) do
     quote do: {unquote(tag), unquote(result)}
@@ -122,7 +122,8 @@ defmodule GenNative.Mailbox.Protocol do
 
   @doc """
   The init argument `GenNative.start_link/3` and `GenNative.start/3` give
-  `init/1`: `{:"$gn_init", mailbox_options, name, init_arg}`.
+  `c:GenServer.init/1`: `{:"$gn_init", mailbox_options, name, init_arg}`,
+  which the `init/1` that `use GenNative` defines unwraps.
   """
   defmacro init_arg(options, name, arg) do
     quote do: {:"$gn_init", unquote(options), unquote(name), unquote(arg)}
