@@ -97,6 +97,8 @@ defmodule GenNative do
 
   alias GenNative.Native
 
+  require GenNative.Mailbox.Protocol, as: Protocol
+
   @default_timeout 5000
 
   @doc """
@@ -251,7 +253,7 @@ defmodule GenNative do
         end
       end
 
-      def handle_info(:"$gn_wake", state) do
+      def handle_info(unquote(Protocol.wake()), state) do
         GenNative.Server.handle_wake(__MODULE__, state)
       end
 
@@ -321,7 +323,7 @@ defmodule GenNative do
       # order, and a call can overtake casts that were awaited before it
       # (plain GenServer, 4 producers x 20,000 casts awaited then a call:
       # short in 2 of 30 runs).
-      {{:"$gn_init", mailbox, name, init_arg}, options}
+      {Protocol.init_arg(mailbox, name, init_arg), options}
     end
   end
 
@@ -396,7 +398,7 @@ defmodule GenNative do
         deadline = deadline(timeout)
         mref = :erlang.monitor(:process, pid, [{:alias, :demonitor}])
         tag = call_tag(mref, deadline)
-        send(pid, {:"$gen_call", {self(), tag}, request})
+        send(pid, Protocol.gen_call({self(), tag}, request))
         loc = {__MODULE__, :call, [server, request, timeout]}
         await_reply(mref, tag, loc, remaining(timeout, deadline))
 
@@ -425,8 +427,8 @@ defmodule GenNative do
 
     item =
       case lane do
-        :high -> {:"$gn_high", {:call, from, request}}
-        :normal -> {:"$gen_call", from, request}
+        :high -> Protocol.high_call(from, request)
+        :normal -> Protocol.gen_call(from, request)
       end
 
     case Native.mailbox_send(pid, item, lane, :call) do
@@ -457,8 +459,8 @@ defmodule GenNative do
   # The tag of a call's `from`: gen_server's own shape, [:alias | mref],
   # with the deadline (monotonic, native units) after it when the call
   # has one; :gen.reply/2 answers both.
-  defp call_tag(mref, :infinity), do: [:alias | mref]
-  defp call_tag(mref, deadline), do: [[:alias | mref] | deadline]
+  defp call_tag(mref, :infinity), do: Protocol.call_tag(mref)
+  defp call_tag(mref, deadline), do: Protocol.call_tag(mref, deadline)
 
   defp deadline(:infinity), do: :infinity
 
@@ -477,7 +479,7 @@ defmodule GenNative do
 
   defp await_reply(mref, tag, loc, wait) do
     receive do
-      {^tag, {:"$gn_mailbox_full", ^mref}} ->
+      {^tag, Protocol.mailbox_full(^mref)} ->
         give_up(mref, {:mailbox_full, loc})
 
       {^tag, reply} ->
@@ -491,7 +493,7 @@ defmodule GenNative do
         :erlang.demonitor(mref, [:flush])
 
         receive do
-          {^tag, {:"$gn_mailbox_full", ^mref}} -> exit({:mailbox_full, loc})
+          {^tag, Protocol.mailbox_full(^mref)} -> exit({:mailbox_full, loc})
           {^tag, reply} -> reply
         after
           0 -> exit({:timeout, loc})
@@ -505,19 +507,19 @@ defmodule GenNative do
   end
 
   # The caller of a priority call dropped to make room exits at once.
-  defp notify_dropped({:"$gn_high", {:call, {_pid, tag} = from, _request}}) do
-    :gen.reply(from, {:"$gn_mailbox_full", alias_of(tag)})
+  defp notify_dropped(Protocol.high_call({_pid, tag} = from, _request)) do
+    :gen.reply(from, Protocol.mailbox_full(alias_of(tag)))
   end
 
   defp notify_dropped(_), do: :ok
 
-  defp alias_of([:alias | mref]), do: mref
-  defp alias_of([[:alias | mref] | _deadline]), do: mref
+  defp alias_of(Protocol.call_tag(mref)), do: mref
+  defp alias_of(Protocol.call_tag(mref, _deadline)), do: mref
 
   # Blocked under overflow: :block until the mailbox says {tag, result}.
   defp wait_room(pid, tag, wait) do
     receive do
-      {^tag, result} -> result
+      Protocol.room(^tag, result) -> result
     after
       wait ->
         case Native.mailbox_cancel(pid, tag) do
@@ -526,7 +528,7 @@ defmodule GenNative do
 
           :not_found ->
             receive do
-              {^tag, result} -> result
+              Protocol.room(^tag, result) -> result
             end
         end
     end
@@ -625,7 +627,7 @@ defmodule GenNative do
     result =
       case priority!(options) do
         :normal -> Native.mailbox_send(pid, request, :normal, :cast)
-        :high -> Native.mailbox_send(pid, {:"$gn_high", {:cast, request}}, :high, :cast)
+        :high -> Native.mailbox_send(pid, Protocol.high_cast(request), :high, :cast)
       end
 
     cast_result(pid, request, result, timeout)
@@ -635,14 +637,14 @@ defmodule GenNative do
     case result do
       # admitted in message mode: the message GenServer.cast/2 sends
       :send ->
-        send(pid, {:"$gen_cast", request})
+        send(pid, Protocol.gen_cast(request))
         :ok
 
       :ok ->
         :ok
 
       :not_native ->
-        send(pid, {:"$gen_cast", request})
+        send(pid, Protocol.gen_cast(request))
         :ok
 
       {:ok, dropped} ->

@@ -105,6 +105,10 @@ defmodule GenNative.Mailbox do
           | {:keep_on_crash, boolean()}
           | {:drop_expired_calls, boolean()}
 
+  @typedoc """
+  What `GenNative.mailbox_info/1` returns for a GenNative server; see there
+  for what each count means.
+  """
   @type info :: %{
           length: non_neg_integer(),
           high_length: non_neg_integer(),

@@ -31,6 +31,9 @@ defmodule GenNative.Server do
 
   alias GenNative.Native
 
+  # the shapes of what travels between clients, the mailbox and this module
+  require GenNative.Mailbox.Protocol, as: Protocol
+
   # {mailbox, batch_size, mode}, where mode is {queue?, handle_batch/2
   # exported?, keep_on_crash?, drop_expired_calls?}; {:running, _} while
   # this module runs callbacks itself, so that the wrappers `use GenNative`
@@ -53,7 +56,7 @@ defmodule GenNative.Server do
   # and name; a server started some other way (GenServer.start_link/3) gets
   # the module's `use GenNative, mailbox: ...` options.
   @spec init_mailbox(module(), term()) :: term()
-  def init_mailbox(module, {:"$gn_init", opts, name, arg}) do
+  def init_mailbox(module, Protocol.init_arg(opts, name, arg)) do
     setup(module, opts, name)
     arg
   end
@@ -131,7 +134,7 @@ defmodule GenNative.Server do
         ref
 
       _waiting ->
-        send(self(), :"$gn_wake")
+        send(self(), Protocol.wake())
         ref
     end
   end
@@ -187,7 +190,7 @@ defmodule GenNative.Server do
   end
 
   # GenNative.call/3,4 puts the caller's deadline in the tag of `from`.
-  defp expired?({_pid, [[:alias | _] | deadline]}) when is_integer(deadline),
+  defp expired?({_pid, Protocol.call_tag(_, deadline)}) when is_integer(deadline),
     do: :erlang.monotonic_time() >= deadline
 
   defp expired?(_from), do: false
@@ -331,7 +334,7 @@ defmodule GenNative.Server do
         drain(ctx, batch_size, state, :infinity, timeout)
 
       _ ->
-        send(self(), :"$gn_wake")
+        send(self(), Protocol.wake())
 
         case Native.mailbox_watermark(mailbox) do
           :none -> drain(ctx, batch_size, state, :high, timeout)
@@ -353,7 +356,7 @@ defmodule GenNative.Server do
   # next server again.
   defp handle_requests(_ctx, [], state, timeout), do: {:cont, state, timeout}
 
-  defp handle_requests(ctx, [{:"$gn_high", {:call, from, request}} | rest], state, timeout) do
+  defp handle_requests(ctx, [Protocol.high_call(from, request) | rest], state, timeout) do
     {module, mailbox, {_, _, _, expire?} = mode} = ctx
     track(mode, 1)
 
@@ -362,7 +365,7 @@ defmodule GenNative.Server do
       handled(ctx)
       handle_requests(ctx, rest, state, timeout)
     else
-      Process.put(@last, {:"$gen_call", from, request})
+      Process.put(@last, Protocol.gen_call(from, request))
       result = run(fn -> module.handle_call(request, from, state) end)
       handled(ctx)
 
@@ -373,10 +376,10 @@ defmodule GenNative.Server do
     end
   end
 
-  defp handle_requests(ctx, [{:"$gn_high", {:cast, request}} | rest], state, _) do
+  defp handle_requests(ctx, [Protocol.high_cast(request) | rest], state, _) do
     {module, _, {_, batch?, _, _} = mode} = ctx
     track(mode, 1)
-    Process.put(@last, {:"$gen_cast", request})
+    Process.put(@last, Protocol.gen_cast(request))
 
     result =
       if batch?,
@@ -394,7 +397,7 @@ defmodule GenNative.Server do
   defp handle_requests({module, _, {_, true, _, _} = mode} = ctx, requests, state, _timeout) do
     {batch, rest} = Enum.split_while(requests, &(not wrapped?(&1)))
     track(mode, length(batch))
-    Process.put(@last, {:"$gen_cast", {:"$gn_batch", batch}})
+    Process.put(@last, Protocol.gen_cast(Protocol.batch(batch)))
     result = run(fn -> module.handle_batch(batch, state) end)
     handled(ctx)
 
@@ -406,7 +409,7 @@ defmodule GenNative.Server do
 
   defp handle_requests({module, _, mode} = ctx, [request | rest], state, _timeout) do
     track(mode, 1)
-    Process.put(@last, {:"$gen_cast", request})
+    Process.put(@last, Protocol.gen_cast(request))
 
     # the hot path: no closure
     result =
@@ -440,7 +443,7 @@ defmodule GenNative.Server do
   end
 
   # priority requests end a batch
-  defp wrapped?({:"$gn_high", _}), do: true
+  defp wrapped?(Protocol.high(_)), do: true
   defp wrapped?(_), do: false
 
   # A throw in a callback is taken as its return value, as in gen_server.

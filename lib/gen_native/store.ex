@@ -1,17 +1,3 @@
-defmodule GenNative.Store.Port do
-  @moduledoc """
-  The handle of a store held by a port program (see `GenNative.Port`):
-  the name of the `GenNative.Port` and the store's name. Made by
-  `GenNative.Store.new/2` and `GenNative.Store.restore/2` with
-  `backend: {:port, port_name}`; any process may use it, and a copy (even
-  one that went through `:erlang.term_to_binary/1`) names the same store.
-  """
-  @enforce_keys [:port, :name]
-  defstruct [:port, :name]
-
-  @type t :: %__MODULE__{port: atom(), name: atom()}
-end
-
 defmodule GenNative.Store do
   @moduledoc """
   An off-heap state store: a set or ordered set of `{key, value}` held in C,
@@ -47,11 +33,19 @@ defmodule GenNative.Store do
   schedulers; `clear/1` and `delete/1` hand the entries to a background
   thread in O(1). The others are O(log n) and move themselves to a dirty
   scheduler when they would wait or work longer: when the store's lock is
-  held by such a walk, when the key or the value they copy is large (over
-  about 64 KB of terms, or a binary key that size: a 10,000-element list, a
-  big binary key), or when many entries have expired since the last
-  purge. What they copy on a normal scheduler is charged to the caller's
-  timeslice.
+  busy (held by a writer, or by such a walk), when the key or the value
+  they copy is large (over about 64 KB of terms, or a binary key that
+  size: a 10,000-element list, a big binary key), when many entries have
+  expired since the last purge (over 200, for the functions that read the
+  whole store: `size/1`, `info/1`, `first/1`, `last/1`, `next/2`,
+  `prev/2`, `rank/2`, `at/2`), or when a write leaves a big store holding
+  more garbage than live data (see "Memory"): it is compacted, in O(n),
+  before the write returns. What they copy on a normal scheduler is
+  charged to the caller's timeslice (except the value `take/2` returns).
+
+  Each function's documentation gives its cost on a `:nif` store of n
+  entries. A call on a port store is a round trip to its program: the
+  caller waits for the reply in a `receive`, holding no scheduler.
 
   ## Memory
 
@@ -94,12 +88,48 @@ defmodule GenNative.Store do
   import Bitwise
 
   alias GenNative.Native
-  alias GenNative.Store.Port, as: PortStore
+  alias GenNative.Store.PortHandle
 
-  @opaque t :: reference() | PortStore.t()
+  @opaque t :: reference() | PortHandle.t()
   @type type :: :set | :ordered_set
   @type key :: term()
   @type value :: term()
+  @type access :: :protected | :public
+  @type lifetime :: :owner | :named
+
+  @typedoc """
+  What `info/1` returns for a `:nif` store. `owner` is `nil` for a
+  `:named` store whose owner exited, `name` `nil` for an unnamed store.
+  """
+  @type nif_info :: %{
+          type: type(),
+          size: non_neg_integer(),
+          memory: non_neg_integer(),
+          owner: pid() | nil,
+          name: atom() | nil,
+          access: access(),
+          lifetime: lifetime()
+        }
+
+  @typedoc """
+  What `info/1` returns for a port store: the keys of `t:nif_info/0`, with
+  `owner: nil`, `access: :public` and `lifetime: :named` always, plus the
+  store's `backend` and `max_size`. `memory` is what the program counts
+  for the store.
+  """
+  @type port_info :: %{
+          type: type(),
+          size: non_neg_integer(),
+          memory: non_neg_integer(),
+          owner: nil,
+          name: atom(),
+          access: :public,
+          lifetime: :named,
+          backend: {:port, GenNative.Port.name()},
+          max_size: pos_integer() | :infinity
+        }
+
+  @type info :: nif_info() | port_info()
 
   @doc """
   Creates a store owned by the calling process. Returns `{:ok, store}`.
@@ -125,6 +155,10 @@ defmodule GenNative.Store do
       state across a crash and restart.
     * `:max_size` - a positive integer: a put of a new key beyond it returns
       `{:error, :full}`.
+
+  Cost: O(1), and O(named stores) with a `:name` (the names are a list). A
+  regular NIF; adopting a `:named` store whose lock is busy waits for it on
+  a dirty scheduler.
   """
   @spec new(type(), keyword()) :: {:ok, t()} | {:error, :already_exists}
   def new(type, opts \\ []) do
@@ -138,7 +172,7 @@ defmodule GenNative.Store do
         Native.store_new(type, name, access, lifetime, max)
 
       {{:port, port}, name, _access, _lifetime, max} ->
-        store = %PortStore{port: port, name: name}
+        store = %PortHandle{port: port, name: name}
 
         case port(store, {:open, name, type, max}, :new, [type, opts]) do
           :ok -> {:ok, store}
@@ -148,11 +182,15 @@ defmodule GenNative.Store do
   end
 
   @doc """
-  A binary holding every entry of the store, for `restore/2`.
-  Runs on a dirty scheduler.
+  A binary holding every entry of the store, for `restore/2`. Entries
+  that have expired are left out.
+
+  Cost: O(n), on a dirty scheduler, holding the store's read lock throughout
+  (writers wait for it on a dirty scheduler); every expired entry is purged
+  first.
   """
   @spec snapshot(t()) :: binary()
-  def snapshot(%PortStore{name: n} = store),
+  def snapshot(%PortHandle{name: n} = store),
     do: port(store, {:snapshot, n}, :snapshot, [store], :binary)
 
   def snapshot(store), do: call(store, &Native.store_snapshot/1)
@@ -191,7 +229,8 @@ defmodule GenNative.Store do
       `{:port, name}` backend) makes no atom when it is restored: its
       program keeps the entries encoded.
 
-  Runs on a dirty scheduler.
+  Cost: O(n) for a snapshot of n entries in key order, as `snapshot/1` makes
+  them (O(n log n) otherwise), on a dirty scheduler.
   """
   @spec restore(binary(), keyword()) ::
           {:ok, t()}
@@ -207,7 +246,7 @@ defmodule GenNative.Store do
         Native.store_restore(binary, name, access, lifetime, max, atoms_allowed(safe))
 
       {{:port, port}, name, _access, _lifetime, max} ->
-        store = %PortStore{port: port, name: name}
+        store = %PortHandle{port: port, name: name}
 
         case GenNative.Port.request(port, {:restore, name, binary, max}, :single, {
                __MODULE__,
@@ -336,6 +375,9 @@ defmodule GenNative.Store do
   @doc """
   The `:nif` store registered as `name`, or `nil`. Port stores are not
   registered here: `GenNative.Port.stores/1` lists them.
+
+  Cost: O(named stores) (the names are a list, under a mutex of their own:
+  no store's lock is taken). A regular NIF.
   """
   @spec whereis(atom()) :: t() | nil
   def whereis(name) when is_atom(name), do: Native.store_whereis(name)
@@ -357,6 +399,15 @@ defmodule GenNative.Store do
       is reclaimed at the next write that meets it, or by
       `GenNative.Store.Sweeper` within about a second. A put without `:ttl`
       over an entry with one makes it permanent.
+
+  Cost: O(log n). A regular NIF, which moves to a dirty scheduler when the
+  key and the value take over 64 KB of work (binaries in the key count in
+  full; binaries in the value are shared, not copied), or to wait for a busy
+  lock. It purges up to 16 expired entries on the way. A write that leaves
+  the store holding more garbage than live data (see "Memory") compacts
+  it, in O(n): in place for a store of up to 4,096 entries and 128 KB of
+  terms, on a dirty scheduler for a bigger one (where a big `:set`'s hash
+  index grows too).
   """
   @spec put(t(), key(), value(), keyword()) :: :ok | {:error, :full}
   def put(store, key, value, opts \\ [])
@@ -368,7 +419,7 @@ defmodule GenNative.Store do
     e -> translate(e, store, &put(&1, key, value, []))
   end
 
-  def put(%PortStore{name: n} = store, key, value, opts) do
+  def put(%PortHandle{name: n} = store, key, value, opts) do
     ttl = ttl!(opts)
     port(store, {:put, n, key, value, ttl}, :put, [store, key, value, opts])
   end
@@ -404,11 +455,13 @@ defmodule GenNative.Store do
   @doc """
   Stores `value` under `key` only if the key is absent: `true` if stored,
   `false` if the key was there.
+
+  Cost: as `put/4`.
   """
   @spec put_new(t(), key(), value(), keyword()) :: boolean() | {:error, :full}
   def put_new(store, key, value, opts \\ [])
 
-  def put_new(%PortStore{name: n} = store, key, value, opts) do
+  def put_new(%PortHandle{name: n} = store, key, value, opts) do
     ttl = ttl!(opts)
     port(store, {:put_new, n, key, value, ttl}, :put_new, [store, key, value, opts])
   end
@@ -418,7 +471,14 @@ defmodule GenNative.Store do
     call(store, &Native.store_put(&1, key, value, :put_new, ttl))
   end
 
-  @doc "The value under `key`, or `default`."
+  @doc """
+  The value under `key`, or `default`.
+
+  Cost: O(1) on a `:set` (it has a hash index), O(log n) on an
+  `:ordered_set`. A regular NIF, which moves to a dirty scheduler when the
+  key and the value it copies out take over 64 KB of work (binaries in the
+  value are shared, not copied), or to wait for a busy lock.
+  """
   @spec get(t(), key(), value()) :: value()
   def get(store, key, default \\ nil)
 
@@ -431,7 +491,7 @@ defmodule GenNative.Store do
     e -> translate(e, store, &get(&1, key, default))
   end
 
-  def get(%PortStore{name: n} = store, key, default) do
+  def get(%PortHandle{name: n} = store, key, default) do
     case port(store, {:get, n, key}, :get, [store, key, default]) do
       {:ok, value} -> value
       :error -> default
@@ -440,7 +500,11 @@ defmodule GenNative.Store do
 
   def get(store, _key, _default), do: call(store, & &1)
 
-  @doc "`{:ok, value}` or `:error`."
+  @doc """
+  `{:ok, value}` or `:error`.
+
+  Cost: as `get/3`.
+  """
   @spec fetch(t(), key()) :: {:ok, value()} | :error
   def fetch(store, key) when is_reference(store) do
     Native.store_get(store, key)
@@ -448,28 +512,45 @@ defmodule GenNative.Store do
     e -> translate(e, store, &fetch(&1, key))
   end
 
-  def fetch(%PortStore{name: n} = store, key),
+  def fetch(%PortHandle{name: n} = store, key),
     do: port(store, {:get, n, key}, :fetch, [store, key])
 
   def fetch(store, _key), do: call(store, & &1)
 
-  @doc "Whether `key` is in the store."
+  @doc """
+  Whether `key` is in the store.
+
+  Cost: as `fetch/2`, which it calls: the value is copied out too.
+  """
   @spec member?(t(), key()) :: boolean()
-  def member?(%PortStore{name: n} = store, key),
+  def member?(%PortHandle{name: n} = store, key),
     do: port(store, {:get, n, key}, :member?, [store, key]) != :error
 
   def member?(store, key), do: fetch(store, key) != :error
 
-  @doc "Removes `key`; `:ok` whether or not it was there."
+  @doc """
+  Removes `key`; `:ok` whether or not it was there.
+
+  Cost: O(log n). A regular NIF, which moves to a dirty scheduler for a key
+  over 64 KB, or to wait for a busy lock; it purges up to 16 expired entries
+  on the way, and compacts the store as `put/4` does.
+  """
   @spec delete(t(), key()) :: :ok
-  def delete(%PortStore{name: n} = store, key),
+  def delete(%PortHandle{name: n} = store, key),
     do: port(store, {:delete_key, n, key}, :delete, [store, key])
 
   def delete(store, key), do: call(store, &Native.store_delete_key(&1, key))
 
-  @doc "Removes `key` and returns its value: `{:ok, value}` or `:error`."
+  @doc """
+  Removes `key` and returns its value: `{:ok, value}` or `:error`.
+
+  Cost: O(log n). A regular NIF, which moves to a dirty scheduler when the
+  key and the value it copies out take over 64 KB of work, or to wait for a
+  busy lock; it purges up to 16 expired entries on the way, and compacts the
+  store as `put/4` does.
+  """
   @spec take(t(), key()) :: {:ok, value()} | :error
-  def take(%PortStore{name: n} = store, key),
+  def take(%PortHandle{name: n} = store, key),
     do: port(store, {:take, n, key}, :take, [store, key])
 
   def take(store, key), do: call(store, &Native.store_take(&1, key))
@@ -478,6 +559,10 @@ defmodule GenNative.Store do
   Adds `incr` to the integer under `key` (starting from `default` when the
   key is absent) and returns the new value, atomically. Raises
   `ArgumentError` if the value is not an integer (64-bit).
+
+  Cost: O(log n). A regular NIF, which moves to a dirty scheduler for a key
+  over 64 KB, or to wait for a busy lock, and compacts the store as `put/4`
+  does (a bignum leaves its old value as garbage).
   """
   @spec update_counter(t(), key(), integer(), integer()) :: integer() | {:error, :full}
   def update_counter(store, key, incr, default \\ 0)
@@ -489,7 +574,7 @@ defmodule GenNative.Store do
     end
 
     case store do
-      %PortStore{name: n} ->
+      %PortHandle{name: n} ->
         port(store, {:update_counter, n, key, incr, default}, :update_counter, [
           store,
           key,
@@ -507,19 +592,36 @@ defmodule GenNative.Store do
           "expected an integer increment and default, got: #{inspect(incr)} and #{inspect(default)}"
   end
 
-  @doc "How many entries the store holds."
+  @doc """
+  How many entries the store holds.
+
+  Cost: O(1) (each entry knows the size of its subtree), after purging what
+  has expired. A regular NIF, which moves to a dirty scheduler when over 200
+  expired entries wait to be purged, or to wait for a busy lock.
+  """
   @spec size(t()) :: non_neg_integer()
-  def size(%PortStore{name: n} = store), do: port(store, {:size, n}, :size, [store])
+  def size(%PortHandle{name: n} = store), do: port(store, {:size, n}, :size, [store])
   def size(store), do: call(store, &Native.store_size/1)
 
-  @doc "Removes every entry."
+  @doc """
+  Removes every entry.
+
+  Cost: O(1): a background thread frees the entries. A regular NIF, which
+  waits for a busy lock on a dirty scheduler.
+  """
   @spec clear(t()) :: :ok
-  def clear(%PortStore{name: n} = store), do: port(store, {:clear, n}, :clear, [store])
+  def clear(%PortHandle{name: n} = store), do: port(store, {:clear, n}, :clear, [store])
   def clear(store), do: call(store, &Native.store_clear/1)
 
-  @doc "Every `{key, value}`, in key order for an `:ordered_set`."
+  @doc """
+  Every `{key, value}`, in key order for an `:ordered_set`.
+
+  Cost: O(n), on a dirty scheduler, holding the store's read lock throughout
+  (writers wait for it on a dirty scheduler); every expired entry is purged
+  first.
+  """
   @spec to_list(t()) :: [{key(), value()}]
-  def to_list(%PortStore{name: n} = store),
+  def to_list(%PortHandle{name: n} = store),
     do: port(store, {:to_list, n}, :to_list, [store], :list)
 
   def to_list(store), do: call(store, &Native.store_to_list/1)
@@ -527,6 +629,10 @@ defmodule GenNative.Store do
   @doc """
   Stores every `{key, value}` of `entries`. `{:error, :full}`, with nothing
   stored, if the new keys would take the store past `:max_size`.
+
+  Cost: O(m log(n + m)) for m entries, and O(m log m) more to count the new
+  keys when they could take the store past `:max_size`. A dirty NIF, holding
+  the store's write lock throughout; it purges every expired entry first.
   """
   @spec put_many(t(), [{key(), value()}]) :: :ok | {:error, :full}
   def put_many(store, entries) do
@@ -536,7 +642,7 @@ defmodule GenNative.Store do
     end
 
     case store do
-      %PortStore{name: n} -> port(store, {:put_many, n, entries}, :put_many, [store, entries])
+      %PortHandle{name: n} -> port(store, {:put_many, n, entries}, :put_many, [store, entries])
       _ -> call(store, &Native.store_put_many(&1, entries))
     end
   end
@@ -549,9 +655,13 @@ defmodule GenNative.Store do
   Deletes the store and frees what it holds. Only the owner may delete a
   `:protected` store (any process deletes a port store); every later use of
   it raises `ArgumentError`.
+
+  Cost: O(1): a background thread frees the entries; and O(named stores) to
+  unregister a named one. A regular NIF, which waits for a busy lock on a
+  dirty scheduler.
   """
   @spec delete(t()) :: :ok
-  def delete(%PortStore{name: n} = store), do: port(store, {:delete, n}, :delete, [store])
+  def delete(%PortHandle{name: n} = store), do: port(store, {:delete, n}, :delete, [store])
   def delete(store), do: call(store, &Native.store_delete/1)
 
   @doc """
@@ -562,9 +672,11 @@ defmodule GenNative.Store do
   For a port store: `owner: nil`, `access: :public`, `lifetime: :named`
   (it lives until `delete/1`), and also `backend: {:port, port_name}` and
   `max_size`.
+
+  Cost: as `size/1`.
   """
-  @spec info(t()) :: map()
-  def info(%PortStore{port: p, name: n} = store) do
+  @spec info(t()) :: info()
+  def info(%PortHandle{port: p, name: n} = store) do
     store
     |> port({:info, n}, :info, [store])
     |> Map.merge(%{owner: nil, name: n, access: :public, lifetime: :named, backend: {:port, p}})
@@ -572,37 +684,62 @@ defmodule GenNative.Store do
 
   def info(store), do: call(store, &Native.store_info/1)
 
-  @doc "The smallest entry of an `:ordered_set`: `{:ok, {key, value}}` or `:error`."
+  @doc """
+  The smallest entry of an `:ordered_set`: `{:ok, {key, value}}` or `:error`.
+
+  Cost: O(log n), after purging what has expired, as `size/1`. A regular
+  NIF, which moves to a dirty scheduler when the entry it copies out is over
+  64 KB, or to wait for a busy lock.
+  """
   @spec first(t()) :: {:ok, {key(), value()}} | :error
-  def first(%PortStore{name: n} = store),
+  def first(%PortHandle{name: n} = store),
     do: port(store, {:step, n, :first, nil}, :first, [store])
 
   def first(store), do: ordered(store, :first, &Native.store_step(&1, :first, nil))
 
-  @doc "The largest entry of an `:ordered_set`."
+  @doc """
+  The largest entry of an `:ordered_set`.
+
+  Cost: as `first/1`.
+  """
   @spec last(t()) :: {:ok, {key(), value()}} | :error
-  def last(%PortStore{name: n} = store), do: port(store, {:step, n, :last, nil}, :last, [store])
+  def last(%PortHandle{name: n} = store), do: port(store, {:step, n, :last, nil}, :last, [store])
   def last(store), do: ordered(store, :last, &Native.store_step(&1, :last, nil))
 
-  @doc "The entry after `key` (which need not be in the store)."
+  @doc """
+  The entry after `key` (which need not be in the store).
+
+  Cost: O(log n), after purging what has expired, as `size/1`. A regular
+  NIF, which moves to a dirty scheduler when the key and the entry it copies
+  out take over 64 KB of work, or to wait for a busy lock.
+  """
   @spec next(t(), key()) :: {:ok, {key(), value()}} | :error
-  def next(%PortStore{name: n} = store, key),
+  def next(%PortHandle{name: n} = store, key),
     do: port(store, {:step, n, :next, key}, :next, [store, key])
 
   def next(store, key), do: ordered(store, :next, &Native.store_step(&1, :next, key))
 
-  @doc "The entry before `key` (which need not be in the store)."
+  @doc """
+  The entry before `key` (which need not be in the store).
+
+  Cost: as `next/2`.
+  """
   @spec prev(t(), key()) :: {:ok, {key(), value()}} | :error
-  def prev(%PortStore{name: n} = store, key),
+  def prev(%PortHandle{name: n} = store, key),
     do: port(store, {:step, n, :prev, key}, :prev, [store, key])
 
   def prev(store, key), do: ordered(store, :prev, &Native.store_step(&1, :prev, key))
 
-  @doc "The entries with keys from `from` to `to` inclusive, in order, at most `limit`."
+  @doc """
+  The entries with keys from `from` to `to` inclusive, in order, at most `limit`.
+
+  Cost: O(log n + k) for the k entries returned, on a dirty scheduler,
+  holding the store's read lock; every expired entry is purged first.
+  """
   @spec range(t(), key(), key(), non_neg_integer() | :infinity) :: [{key(), value()}]
   def range(store, from, to, limit \\ :infinity)
 
-  def range(%PortStore{name: n} = store, from, to, limit)
+  def range(%PortHandle{name: n} = store, from, to, limit)
       when limit == :infinity or (is_integer(limit) and limit >= 0) do
     port(store, {:range, n, from, to, clamp(limit)}, :range, [store, from, to, limit], :list)
   end
@@ -617,9 +754,15 @@ defmodule GenNative.Store do
           "expected the limit to be a non-negative integer or :infinity, got: #{inspect(limit)}"
   end
 
-  @doc "The 0-based position of `key` in an `:ordered_set`: `{:ok, index}` or `:error`."
+  @doc """
+  The 0-based position of `key` in an `:ordered_set`: `{:ok, index}` or `:error`.
+
+  Cost: O(log n), after purging what has expired, as `size/1`; nothing is
+  copied out. A regular NIF, which moves to a dirty scheduler for a key over
+  64 KB, or to wait for a busy lock.
+  """
   @spec rank(t(), key()) :: {:ok, non_neg_integer()} | :error
-  def rank(%PortStore{name: n} = store, key),
+  def rank(%PortHandle{name: n} = store, key),
     do: port(store, {:rank, n, key}, :rank, [store, key])
 
   def rank(store, key), do: ordered(store, :rank, &Native.store_rank(&1, key))
@@ -627,9 +770,13 @@ defmodule GenNative.Store do
   @doc """
   The entry at `index` (0-based; negative counts from the end) of an
   `:ordered_set`: `{:ok, {key, value}}` or `:error`.
+
+  Cost: O(log n) (by the subtree sizes), after purging what has expired, as
+  `size/1`. A regular NIF, which moves to a dirty scheduler when the entry
+  it copies out is over 64 KB, or to wait for a busy lock.
   """
   @spec at(t(), integer()) :: {:ok, {key(), value()}} | :error
-  def at(%PortStore{name: n} = store, index) when is_integer(index) do
+  def at(%PortHandle{name: n} = store, index) when is_integer(index) do
     if abs(index) < 1 <<< 62 do
       port(store, {:at, n, index}, :at, [store, index])
     else
@@ -652,13 +799,19 @@ defmodule GenNative.Store do
     raise ArgumentError, "expected the index to be an integer, got: #{inspect(index)}"
   end
 
-  @doc "Up to `count` entries from `index` on (negative counts from the end)."
+  @doc """
+  Up to `count` entries from `index` on (negative counts from the end).
+
+  Cost: O(log n + count): it skips to `index` by the subtree sizes. On a
+  dirty scheduler, holding the store's read lock; every expired entry is
+  purged first.
+  """
   @spec slice(t(), integer(), non_neg_integer()) :: [{key(), value()}]
   def slice(store, index, count) when is_integer(index) and is_integer(count) and count >= 0 do
     clamped = max(min(index, 1 <<< 62), -(1 <<< 62))
 
     case store do
-      %PortStore{name: n} ->
+      %PortHandle{name: n} ->
         port(store, {:slice, n, clamped, clamp(count)}, :slice, [store, index, count], :list)
 
       _ ->
@@ -729,7 +882,7 @@ defmodule GenNative.Store do
 
   # One request to the program holding a port store. Its errors become the
   # exceptions the :nif backend raises; {:error, :full} is a result.
-  defp port(%PortStore{port: p} = store, request, fun, args, kind \\ :single) do
+  defp port(%PortHandle{port: p} = store, request, fun, args, kind \\ :single) do
     case GenNative.Port.request(p, request, kind, {__MODULE__, fun, args}) do
       {:error, reason} when reason != :full and not is_tuple(reason) ->
         port_error(reason, store, fun)

@@ -37,7 +37,7 @@ defmodule GenNative.PortDurabilityTest do
     wait_until(fn -> GenNative.Port.os_pid(port) not in [nil, old] end, 20_000)
   end
 
-  defp store(port, name), do: %GenNative.Store.Port{port: port, name: name}
+  defp store(port, name), do: %GenNative.Store.PortHandle{port: port, name: name}
 
   defp journals(dir), do: Path.wildcard(Path.join(dir, "journal.*.gnj"))
 

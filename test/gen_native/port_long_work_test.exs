@@ -244,7 +244,7 @@ defmodule GenNative.PortLongWorkTest do
     end
 
     defp assert_store(port, name, expected) do
-      got = Map.new(Store.to_list(%GenNative.Store.Port{port: port, name: name}))
+      got = Map.new(Store.to_list(%GenNative.Store.PortHandle{port: port, name: name}))
       assert map_size(got) == map_size(expected), "#{name}: size"
       assert got == expected, "#{name}: contents"
     end

@@ -249,7 +249,11 @@ defmodule GenNative.PortTest do
 
       assert Store.restore(bad) == {:error, :invalid_snapshot}
       assert Store.restore(bad, backend: {:port, p}, name: :bad) == {:error, :invalid_snapshot}
-      assert_raise ArgumentError, fn -> Store.size(%GenNative.Store.Port{port: p, name: :bad}) end
+
+      assert_raise ArgumentError, fn ->
+        Store.size(%GenNative.Store.PortHandle{port: p, name: :bad})
+      end
+
       assert {:ok, _} = Store.restore(good, backend: {:port, p}, name: :good)
     end
 
@@ -280,7 +284,7 @@ defmodule GenNative.PortTest do
     end
 
     test "a handle to a program that is not running exits with :noproc" do
-      store = %GenNative.Store.Port{port: unique(:gn_port_none), name: :s}
+      store = %GenNative.Store.PortHandle{port: unique(:gn_port_none), name: :s}
       assert catch_exit(Store.put(store, :k, :v)) == {:noproc, {Store, :put, [store, :k, :v, []]}}
       assert catch_exit(Store.size(store)) == {:noproc, {Store, :size, [store]}}
 
@@ -375,7 +379,7 @@ defmodule GenNative.PortTest do
     test "callers busy while the program is killed again and again never hang" do
       {name, _} = start_port()
       {:ok, _} = Store.new(:ordered_set, backend: {:port, name}, name: :s)
-      store = %GenNative.Store.Port{port: name, name: :s}
+      store = %GenNative.Store.PortHandle{port: name, name: :s}
       # 1: stop; 2: requests answered :ok so far
       stop = :atomics.new(2, [])
 
