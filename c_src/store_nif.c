@@ -408,9 +408,12 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     n = n ? gn_unlink(s, &p) : NULL;
     /* the value lives in the arena: copy it out while the lock is held */
     ERL_NIF_TERM v = n && !gn_expired(n, now) ? enif_make_copy(env, n->value) : 0;
+    if (v)
+        cost += n->vwords * sizeof(ERL_NIF_TERM);
     int compact = gn_write_compact(s);
     enif_rwlock_rwunlock(s->lock);
     gn_probe_done(&p);
+    gn_charge(env, cost);
     if (n)
         gn_node_free(n);
     if (!v)

@@ -41,7 +41,7 @@ defmodule GenNative.Store do
   `prev/2`, `rank/2`, `at/2`), or when a write leaves a big store holding
   more garbage than live data (see "Memory"): it is compacted, in O(n),
   before the write returns. What they copy on a normal scheduler is
-  charged to the caller's timeslice (except the value `take/2` returns).
+  charged to the caller's timeslice.
 
   Each function's documentation gives its cost on a `:nif` store of n
   entries. A call on a port store is a round trip to its program: the

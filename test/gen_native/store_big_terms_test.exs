@@ -117,7 +117,7 @@ defmodule GenNative.StoreBigTermsTest do
   # it is charged reductions for the bytes it copies (a timeslice per
   # 512 KB), so that the process making it is preempted in time. Reductions
   # are the VM's own count, not a timing.
-  test "put and get are charged reductions for the bytes they copy" do
+  test "put, get and take are charged reductions for the bytes they copy" do
     {:ok, store} = Store.new(:set)
     big = Enum.to_list(1..3_500)
     # 3,500 cons cells, 56 KB: under the 64 KB that would go dirty
@@ -132,8 +132,11 @@ defmodule GenNative.StoreBigTermsTest do
     big_put = reductions.(fn -> Store.put(store, :big, big) end)
     small_get = reductions.(fn -> Store.get(store, :small) end)
     big_get = reductions.(fn -> Store.get(store, :big) end)
+    small_take = reductions.(fn -> Store.take(store, :small) end)
+    big_take = reductions.(fn -> Store.take(store, :big) end)
     # 56 KB is 10% of a 4,000-reduction timeslice
     assert big_put - small_put >= 300, "put: #{small_put} against #{big_put}"
     assert big_get - small_get >= 300, "get: #{small_get} against #{big_get}"
+    assert big_take - small_take >= 300, "take: #{small_take} against #{big_take}"
   end
 end
