@@ -9,16 +9,41 @@ MIX_APP_PATH ?= $(CURDIR)/_build/make
 PRIV := $(MIX_APP_PATH)/priv
 OBJ  := $(MIX_APP_PATH)/obj
 
+# Starting erl costs a VM boot (0.3 s, seconds on a loaded machine), so it only
+# runs when one of the three directories is not given (make run by hand, e.g.
+# `make fuzz`); the Mix compiler task passes all three.
+ifeq ($(and $(ERTS_INCLUDE_DIR),$(ERL_EI_INCLUDE_DIR),$(ERL_EI_LIBDIR)),)
 ERL_ROOT := $(shell erl -noshell -eval 'io:format("~s", [code:root_dir()]), halt().' 2>/dev/null)
-ERTS_INCLUDE_DIR ?= $(wildcard $(ERL_ROOT)/erts-*/include)
-ERL_EI_INCLUDE_DIR ?= $(wildcard $(ERL_ROOT)/lib/erl_interface-*/include)
-ERL_EI_LIBDIR ?= $(wildcard $(ERL_ROOT)/lib/erl_interface-*/lib)
+ERTS_INCLUDE_DIR ?= $(firstword $(wildcard $(ERL_ROOT)/erts-*/include))
+ERL_EI_INCLUDE_DIR ?= $(firstword $(wildcard $(ERL_ROOT)/lib/erl_interface-*/include))
+ERL_EI_LIBDIR ?= $(firstword $(wildcard $(ERL_ROOT)/lib/erl_interface-*/lib))
+endif
+
+UNAME_S := $(shell uname -s)
 
 CC ?= cc
 CFLAGS ?= -O2
 CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -Werror -fPIC -fvisibility=hidden -MMD -MP
 CFLAGS += -I$(ERTS_INCLUDE_DIR)
+
+ifeq ($(UNAME_S),Darwin)
+# macOS: the enif_* symbols are resolved against the VM when it loads the
+# NIF, hence dynamic_lookup; the file keeps the .so name, which is what
+# erlang:load_nif/2 looks for on every Unix. pthreads are in libSystem, so no
+# -pthread (clang warns that it is unused, which -Werror would not forgive
+# in a compile). libuv comes from Homebrew (`brew install libuv`), whose
+# prefix is not on the compiler's default path on Apple silicon.
+LDFLAGS_NIF := -shared -undefined dynamic_lookup -flat_namespace
+PTHREAD :=
+LIBUV_PREFIX ?= $(firstword $(wildcard /opt/homebrew/opt/libuv /usr/local/opt/libuv))
+UV_CFLAGS := $(if $(LIBUV_PREFIX),-I$(LIBUV_PREFIX)/include)
+UV_LIBS := $(if $(LIBUV_PREFIX),-L$(LIBUV_PREFIX)/lib) -luv
+else
 LDFLAGS_NIF := -shared -pthread
+PTHREAD := -pthread
+UV_CFLAGS :=
+UV_LIBS := -luv
+endif
 
 ifeq ($(DEBUG),1)
 CFLAGS += -g -O0
@@ -39,8 +64,8 @@ NIF_SO  := $(PRIV)/gen_native_nif.so
 PORT_SRC := $(filter-out c_src/port/fuzz.c,$(wildcard c_src/port/*.c))
 PORT_OBJ := $(PORT_SRC:c_src/port/%.c=$(OBJ)/port/%.o)
 PORT_BIN := $(PRIV)/gen_native_port
-PORT_CFLAGS := $(filter-out -fPIC,$(CFLAGS)) -I$(ERL_EI_INCLUDE_DIR)
-PORT_LIBS := -L$(ERL_EI_LIBDIR) -lei -luv -pthread
+PORT_CFLAGS := $(filter-out -fPIC,$(CFLAGS)) -I$(ERL_EI_INCLUDE_DIR) $(UV_CFLAGS)
+PORT_LIBS := -L$(ERL_EI_LIBDIR) -lei $(UV_LIBS) $(PTHREAD)
 ifeq ($(SANITIZE),1)
 PORT_LIBS += -fsanitize=address,undefined
 endif
@@ -76,7 +101,7 @@ FUZZ_SRC := $(filter-out c_src/port/main.c,$(wildcard c_src/port/*.c))
 $(FUZZ_BIN): $(FUZZ_SRC) $(wildcard c_src/port/*.h) | $(OBJ)/fuzz
 	$(CLANG) -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
 	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
-	  -I$(ERL_EI_INCLUDE_DIR) -o $@ $(FUZZ_SRC) -L$(ERL_EI_LIBDIR) -lei -pthread
+	  -I$(ERL_EI_INCLUDE_DIR) -o $@ $(FUZZ_SRC) -L$(ERL_EI_LIBDIR) -lei $(PTHREAD)
 
 fuzz: $(FUZZ_BIN)
 	mkdir -p $(OBJ)/fuzz/corpus
