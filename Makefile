@@ -62,7 +62,7 @@ NIF_SO  := $(PRIV)/gen_native_nif.so
 # The port program (c_src/port/): libuv and ei. fuzz.c is the fuzz target's
 # entry point, built by `make fuzz` only.
 PORT_SRC := $(filter-out c_src/port/fuzz.c,$(wildcard c_src/port/*.c))
-PORT_OBJ := $(PORT_SRC:c_src/port/%.c=$(OBJ)/port/%.o)
+PORT_OBJ := $(PORT_SRC:c_src/port/%.c=$(OBJ)/port/%.o) $(OBJ)/port/snapshot.o
 PORT_BIN := $(PRIV)/gen_native_port
 PORT_CFLAGS := $(filter-out -fPIC,$(CFLAGS)) -I$(ERL_EI_INCLUDE_DIR) $(UV_CFLAGS)
 PORT_LIBS := -L$(ERL_EI_LIBDIR) -lei $(UV_LIBS) $(PTHREAD)
@@ -85,6 +85,9 @@ $(PORT_BIN): $(PORT_OBJ) | $(PRIV)
 $(OBJ)/port/%.o: c_src/port/%.c | $(OBJ)/port
 	$(CC) $(PORT_CFLAGS) -c -o $@ $<
 
+$(OBJ)/port/snapshot.o: c_src/snapshot.c | $(OBJ)/port
+	$(CC) $(PORT_CFLAGS) -c -o $@ $<
+
 $(PRIV) $(OBJ)/nif $(OBJ)/port:
 	mkdir -p $@
 
@@ -96,9 +99,9 @@ $(PRIV) $(OBJ)/nif $(OBJ)/port:
 FUZZ_TIME ?= 600
 CLANG ?= $(or $(shell command -v clang 2>/dev/null),$(shell command -v clang-14 2>/dev/null),clang)
 FUZZ_BIN := $(OBJ)/fuzz/gen_native_port_fuzz
-FUZZ_SRC := $(filter-out c_src/port/main.c,$(wildcard c_src/port/*.c))
+FUZZ_SRC := $(filter-out c_src/port/main.c,$(wildcard c_src/port/*.c)) c_src/snapshot.c
 
-$(FUZZ_BIN): $(FUZZ_SRC) $(wildcard c_src/port/*.h) | $(OBJ)/fuzz
+$(FUZZ_BIN): $(FUZZ_SRC) $(wildcard c_src/port/*.h) c_src/snapshot.h | $(OBJ)/fuzz
 	$(CLANG) -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \
 	  -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined \
 	  -I$(ERL_EI_INCLUDE_DIR) -o $@ $(FUZZ_SRC) -L$(ERL_EI_LIBDIR) -lei $(PTHREAD)

@@ -1,10 +1,12 @@
 /*
  * The GNS2 snapshot format and its CRC32 (see snapshot.h for the layout):
- * plain C, shared by the NIF store (store_snapshot_nif.c) and, in time,
- * the port program.
+ * plain C, shared by the NIF store (store_snapshot_nif.c) and the port
+ * program (c_src/port/: stream.c, restore.c, and record.c for the CRC of
+ * its journal records).
  *
  * Locking: none. The CRC table is filled by gn_crc32_init() before any
- * reader exists (at library load) and never written again; everything
+ * reader exists (at library load, at the port program's start) and never
+ * written again; everything
  * else works on the caller's bytes.
  */
 #include <string.h>
@@ -70,6 +72,21 @@ unsigned char *gn_snap_put_entry(unsigned char *p, const unsigned char *key, uin
     p += 4 + klen;
     gn_be_put(p, vlen, 4);
     memcpy(p + 4, value, vlen);
+    p += 4 + vlen;
+    gn_be_put(p, ttl, 8);
+    return p + 8;
+}
+
+unsigned char *gn_snap_put_entry_bare(unsigned char *p, const unsigned char *key, uint32_t klen,
+                                      const unsigned char *value, uint32_t vlen, uint64_t ttl)
+{
+    gn_be_put(p, klen, 4);
+    p[4] = 131;
+    memcpy(p + 5, key, klen - 1);
+    p += 4 + klen;
+    gn_be_put(p, vlen, 4);
+    p[4] = 131;
+    memcpy(p + 5, value, vlen - 1);
     p += 4 + vlen;
     gn_be_put(p, ttl, 8);
     return p + 8;

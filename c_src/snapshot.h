@@ -89,6 +89,12 @@ void gn_snap_put_header(unsigned char *p, int ordered, uint64_t count);
 unsigned char *gn_snap_put_entry(unsigned char *p, const unsigned char *key, uint32_t klen,
                                  const unsigned char *value, uint32_t vlen, uint64_t ttl);
 
+/* The same, for a key and value ETF held without their version byte:
+ * writes the 131 before each (klen and vlen count it, so the entry takes
+ * gn_snap_entry_size(klen, vlen) bytes, and klen, vlen >= 1). */
+unsigned char *gn_snap_put_entry_bare(unsigned char *p, const unsigned char *key, uint32_t klen,
+                                      const unsigned char *value, uint32_t vlen, uint64_t ttl);
+
 /* Writes the CRC of snap[0, total - GN_SNAP_TRAILER) in its last 4 bytes. */
 void gn_snap_seal(unsigned char *snap, size_t total);
 

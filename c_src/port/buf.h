@@ -1,7 +1,9 @@
 /*
  * A growable byte buffer, the port program's one container for bytes on
- * their way somewhere: replies, key encodings, journal records; and the
- * big-endian integers the frames and files are made of. buf.c grows it.
+ * their way somewhere: replies, key encodings, journal records; and
+ * appending the big-endian integers the frames and files are made of
+ * (snapshot.h's gn_be_put and gn_be_get write and read them in place).
+ * buf.c grows it.
  */
 #ifndef GN_PORT_BUF_H
 #define GN_PORT_BUF_H
@@ -10,6 +12,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "../snapshot.h" /* gn_be_put, gn_be_get */
 
 typedef struct gn_buf {
     unsigned char *data;
@@ -42,28 +46,13 @@ static inline void gn_buf_byte(gn_buf *b, unsigned char c)
     b->data[b->len++] = c;
 }
 
-/* Writes `v` as a big-endian unsigned integer of `bytes` bytes at `p`
- * (to fill in a length or count left open). */
-static inline void gn_set_be(unsigned char *p, uint64_t v, int bytes)
-{
-    for (int i = bytes - 1; i >= 0; i--, v >>= 8)
-        p[i] = (unsigned char)(v & 0xFF);
-}
-
-/* Appends a big-endian unsigned integer of `bytes` bytes. */
+/* Appends a big-endian unsigned integer of `bytes` bytes (to fill one in
+ * at a given place, or read one back: gn_be_put, gn_be_get). */
 static inline void gn_buf_be(gn_buf *b, uint64_t v, int bytes)
 {
     gn_buf_room(b, (size_t)bytes);
-    gn_set_be(b->data + b->len, v, bytes);
+    gn_be_put(b->data + b->len, v, bytes);
     b->len += (size_t)bytes;
-}
-
-static inline uint64_t gn_get_be(const unsigned char *p, int bytes)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < bytes; i++)
-        v = (v << 8) | p[i];
-    return v;
 }
 
 static inline void gn_buf_free(gn_buf *b)

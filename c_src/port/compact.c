@@ -56,7 +56,7 @@ static const gn_pnode *write_chunk(gn_buf *recs, gn_pstore *s, gn_pnode *n, int6
         gn_rec_entry(recs, GN_KRAW(n), n->kraw_len, GN_VAL(n), n->val_len, n->expires);
         count++;
     }
-    gn_set_be(recs->data + count_at, count, 4);
+    gn_be_put(recs->data + count_at, count, 4);
     gn_rec_end(recs, mark);
     return last;
 }
@@ -69,7 +69,7 @@ static int compact_step(gn_port *p, gn_pstore *unused, gn_job *job, uint64_t dea
     gn_buf *recs = &p->recs;
     int64_t now = gn_now_ms();
     while (j->names_at < j->names.len && gn_now_ns() < deadline) {
-        size_t nlen = (size_t)gn_get_be(j->names.data + j->names_at, 2);
+        size_t nlen = (size_t)gn_be_get(j->names.data + j->names_at, 2);
         const char *name = (const char *)j->names.data + j->names_at + 2;
         gn_pstore *s = gn_stores_find(&p->stores, name, nlen);
         gn_pnode *n = NULL;

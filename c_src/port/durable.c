@@ -123,9 +123,9 @@ static size_t walk_records(const unsigned char *p, size_t n, gn_apply_fn apply, 
     *records = 0;
     *saw_end = 0;
     while (n - at >= 8) {
-        size_t len = (size_t)gn_get_be(p + at, 4);
-        uint32_t crc = (uint32_t)gn_get_be(p + at + 4, 4);
-        if (n - at - 8 < len || gn_port_crc32(0, p + at + 8, len) != crc)
+        size_t len = (size_t)gn_be_get(p + at, 4);
+        uint32_t crc = (uint32_t)gn_be_get(p + at + 4, 4);
+        if (n - at - 8 < len || gn_crc32(p + at + 8, len) != crc)
             break;
         gn_record r;
         if (gn_record_parse(p + at + 8, len, &r))
@@ -169,7 +169,7 @@ static uint64_t synced_after(const unsigned char *p, size_t n, size_t bad, size_
             break;
         at = (size_t)(hit - p);
         gn_record r;
-        if (gn_port_crc32(0, hit + 8, GN_SYNC_REC_LEN - 8) != (uint32_t)gn_get_be(hit + 4, 4) ||
+        if (gn_crc32(hit + 8, GN_SYNC_REC_LEN - 8) != (uint32_t)gn_be_get(hit + 4, 4) ||
             gn_record_parse(hit + 8, GN_SYNC_REC_LEN - 8, &r) || r.op != GN_REC_SYNC || r.at != at)
             continue;
         if (*next == n)
@@ -237,7 +237,7 @@ static int load_journal(const char *path, uint64_t gen, int newest, gn_apply_fn 
         free(data);
         return 0;
     }
-    if (memcmp(data, "GNJ1", 4) != 0 || gn_get_be(data + 4, 8) != gen) {
+    if (memcmp(data, "GNJ1", 4) != 0 || gn_be_get(data + 4, 8) != gen) {
         free(data);
         load_error(err, "bad_journal_header", path);
         return -1;
@@ -249,7 +249,7 @@ static int load_journal(const char *path, uint64_t gen, int newest, gn_apply_fn 
         size_t next;
         uint64_t synced = synced_after(data, len, good, &next);
         if (!newest || saw_end || synced > good) {
-            size_t rec_len = len - good >= 8 ? (size_t)gn_get_be(data + good, 4) : 0;
+            size_t rec_len = len - good >= 8 ? (size_t)gn_be_get(data + good, 4) : 0;
             free(data);
             load_error(err, "corrupt_journal", path);
             err->from = good;
@@ -333,7 +333,7 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
             load_error(err, "corrupt_snapshot", p);
             goto fail;
         }
-        snap_gen = gn_get_be(data + 4, 8);
+        snap_gen = gn_be_get(data + 4, 8);
         have_snap = 1;
         d->snapshot_bytes = len;
         free(data);
@@ -661,7 +661,7 @@ int gn_durable_snap_begin(gn_durable *d)
 int gn_durable_snap_write(gn_durable *d, gn_buf *records)
 {
     /* count the records (each is length | crc | body) */
-    for (size_t at = 0; at + 8 <= records->len; at += 8 + (size_t)gn_get_be(records->data + at, 4))
+    for (size_t at = 0; at + 8 <= records->len; at += 8 + (size_t)gn_be_get(records->data + at, 4))
         d->snap_records++;
     if (!d->snap_failed && write_all(d->snap_fd, records->data, records->len) < 0)
         d->snap_failed = 1;

@@ -48,7 +48,7 @@ static int need(const gn_etf *e, size_t n)
 
 static uint64_t be(const gn_etf *e, size_t off, int bytes)
 {
-    return gn_get_be(e->buf + e->at + off, bytes);
+    return gn_be_get(e->buf + e->at + off, bytes);
 }
 
 /* Moves past `n` bytes. */

@@ -12,6 +12,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "../snapshot.h"
 #include "port.h"
 
 static void drain(gn_port *p)
@@ -19,6 +20,15 @@ static void drain(gn_port *p)
     for (int i = 0; i < 100000 && gn_port_step(p); i++)
         ;
     gn_port_output(p)->len = 0;
+}
+
+/* The program's start, as main() has it: the CRC table. */
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    (void)argc;
+    (void)argv;
+    gn_crc32_init();
+    return 0;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -35,7 +45,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     p = gn_port_new(NULL, GN_SYNC_NEVER);
     gn_port_load(p);
     unsigned char len[4];
-    gn_set_be(len, size, 4);
+    gn_be_put(len, size, 4);
     gn_port_feed(p, len, 4);
     gn_port_feed(p, data, size);
     drain(p);

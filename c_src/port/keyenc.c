@@ -171,7 +171,7 @@ static _Thread_local gn_buf ke_frames, ke_spans, ke_tmp;
 
 static inline uint32_t get32(const unsigned char *p)
 {
-    return (uint32_t)gn_get_be(p, 4);
+    return (uint32_t)gn_be_get(p, 4);
 }
 
 static inline size_t put_uvar(unsigned char *p, uint64_t u)
@@ -767,7 +767,7 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
                 goto fail;
             size_t idlen = tag == ETF_V4_PORT ? 8 : 4, crlen = tag == ETF_PORT ? 1 : 4;
             NEED(idlen + crlen);
-            uint64_t port_id = idlen == 8 ? gn_get_be(buf + i, 8) : get32(buf + i);
+            uint64_t port_id = idlen == 8 ? gn_be_get(buf + i, 8) : get32(buf + i);
             creation = crlen == 1 ? buf[i + idlen] : get32(buf + i + idlen);
             i += idlen + crlen;
             gn_buf_be(out, creation, 4);
@@ -784,8 +784,8 @@ int gn_key_encode(const unsigned char *buf, size_t len, size_t *index, gn_buf *o
             if (read_pid(buf, len, &i, out, &id, &serial, &creation) < 0)
                 goto fail;
             unsigned char *p = out->data + at;
-            gn_set_be(p, serial, 4);
-            gn_set_be(p + 4, id, 4);
+            gn_be_put(p, serial, 4);
+            gn_be_put(p + 4, id, 4);
             gn_buf_be(out, creation, 4);
             break;
         }

@@ -24,6 +24,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "../snapshot.h"
 #include "diag.h"
 #include "port.h"
 
@@ -334,6 +335,7 @@ int main(int argc, char **argv)
     }
     signal(SIGPIPE, SIG_IGN);
     ei_init();
+    gn_crc32_init(); /* before any thread: journal records, snapshots */
     loop = uv_default_loop();
     port = gn_port_new(dir, sync);
     gn_port_set_offload(port, offload);

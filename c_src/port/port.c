@@ -54,7 +54,7 @@ int gn_port_feed(gn_port *p, const unsigned char *data, size_t len)
             }
             if (p->hdr_len < 4)
                 break;
-            p->want = (size_t)gn_get_be(p->hdr, 4);
+            p->want = (size_t)gn_be_get(p->hdr, 4);
             if (p->want == 0) {
                 gn_event_bad_request(&p->out, "an empty frame");
                 p->hdr_len = 0;

@@ -1,46 +1,10 @@
 /*
- * Records (record.h): building their bodies, reading them back, and the
- * CRC32 that guards each.
+ * Records (record.h): building their bodies and reading them back. The
+ * CRC32 that guards each is snapshot.h's (gn_crc32).
  */
 #include <string.h>
 
 #include "record.h"
-
-/* ------------------------------------------------------------------------ */
-/* CRC32 (IEEE), slicing by 4                                                */
-
-static uint32_t crc_tab[4][256];
-
-static void crc_init(void)
-{
-    if (crc_tab[0][1])
-        return;
-    for (uint32_t i = 0; i < 256; i++) {
-        uint32_t c = i;
-        for (int k = 0; k < 8; k++)
-            c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_tab[0][i] = c;
-    }
-    for (uint32_t i = 0; i < 256; i++)
-        for (int t = 1; t < 4; t++)
-            crc_tab[t][i] = (crc_tab[t - 1][i] >> 8) ^ crc_tab[0][crc_tab[t - 1][i] & 0xFF];
-}
-
-uint32_t gn_port_crc32(uint32_t crc, const unsigned char *p, size_t n)
-{
-    crc_init();
-    uint32_t c = ~crc;
-    while (n >= 4) {
-        c ^= (uint32_t)p[0] | (uint32_t)p[1] << 8 | (uint32_t)p[2] << 16 | (uint32_t)p[3] << 24;
-        c = crc_tab[3][c & 0xFF] ^ crc_tab[2][(c >> 8) & 0xFF] ^ crc_tab[1][(c >> 16) & 0xFF] ^
-            crc_tab[0][c >> 24];
-        p += 4;
-        n -= 4;
-    }
-    while (n--)
-        c = crc_tab[0][(c ^ *p++) & 0xFF] ^ (c >> 8);
-    return ~c;
-}
 
 /* ------------------------------------------------------------------------ */
 /* Records                                                                   */
@@ -67,9 +31,9 @@ void gn_rec_entry(gn_buf *b, const unsigned char *key, size_t key_len, const uns
 void gn_rec_end(gn_buf *b, size_t mark)
 {
     size_t body = b->len - mark - 8;
-    uint32_t crc = gn_port_crc32(0, b->data + mark + 8, body);
-    gn_set_be(b->data + mark, body, 4);
-    gn_set_be(b->data + mark + 4, crc, 4);
+    uint32_t crc = gn_crc32(b->data + mark + 8, body);
+    gn_be_put(b->data + mark, body, 4);
+    gn_be_put(b->data + mark + 4, crc, 4);
 }
 
 int gn_entry_next(gn_entry_iter *it, const unsigned char **key, size_t *key_len,
@@ -78,17 +42,17 @@ int gn_entry_next(gn_entry_iter *it, const unsigned char **key, size_t *key_len,
     size_t left = (size_t)(it->end - it->at);
     if (left < 4)
         return -1;
-    size_t kl = (size_t)gn_get_be(it->at, 4);
+    size_t kl = (size_t)gn_be_get(it->at, 4);
     if (left - 4 < kl || left - 4 - kl < 4)
         return -1;
-    size_t vl = (size_t)gn_get_be(it->at + 4 + kl, 4);
+    size_t vl = (size_t)gn_be_get(it->at + 4 + kl, 4);
     if (left - 8 - kl < vl || left - 8 - kl - vl < 8)
         return -1;
     *key = it->at + 4;
     *key_len = kl;
     *val = it->at + 8 + kl;
     *val_len = vl;
-    *expires = (int64_t)gn_get_be(it->at + 8 + kl + vl, 8);
+    *expires = (int64_t)gn_be_get(it->at + 8 + kl + vl, 8);
     it->at += 16 + kl + vl;
     return 0;
 }
@@ -99,7 +63,7 @@ int gn_record_parse(const unsigned char *p, size_t n, gn_record *r)
     if (n < 3)
         return -1;
     r->op = p[0];
-    r->name_len = (size_t)gn_get_be(p + 1, 2);
+    r->name_len = (size_t)gn_be_get(p + 1, 2);
     if (n - 3 < r->name_len)
         return -1;
     r->name = (const char *)p + 3;
@@ -110,7 +74,7 @@ int gn_record_parse(const unsigned char *p, size_t n, gn_record *r)
         if (left != 9)
             return -1;
         r->ordered = f[0];
-        r->max_size = gn_get_be(f + 1, 8);
+        r->max_size = gn_be_get(f + 1, 8);
         return 0;
     case GN_REC_DROP:
     case GN_REC_CLEAR:
@@ -122,7 +86,7 @@ int gn_record_parse(const unsigned char *p, size_t n, gn_record *r)
         return it.at == end ? 0 : -1;
     }
     case GN_REC_DEL:
-        if (left < 4 || left - 4 != gn_get_be(f, 4))
+        if (left < 4 || left - 4 != gn_be_get(f, 4))
             return -1;
         r->key = f + 4;
         r->key_len = left - 4;
@@ -131,14 +95,14 @@ int gn_record_parse(const unsigned char *p, size_t n, gn_record *r)
         if (left < 9)
             return -1;
         r->ordered = f[0];
-        r->max_size = gn_get_be(f + 1, 8);
+        r->max_size = gn_be_get(f + 1, 8);
         f += 9;
         left -= 9;
         /* fall through */
     case GN_REC_MANY: {
         if (left < 4)
             return -1;
-        r->count = (uint32_t)gn_get_be(f, 4);
+        r->count = (uint32_t)gn_be_get(f, 4);
         r->entries = f + 4;
         r->entries_len = left - 4;
         /* check every entry now: applying never meets a bad one */
@@ -154,13 +118,13 @@ int gn_record_parse(const unsigned char *p, size_t n, gn_record *r)
     case GN_REC_END:
         if (left != 8)
             return -1;
-        r->records = gn_get_be(f, 8);
+        r->records = gn_be_get(f, 8);
         return 0;
     case GN_REC_SYNC:
         if (left != 16 || r->name_len != 0)
             return -1;
-        r->synced = gn_get_be(f, 8);
-        r->at = gn_get_be(f + 8, 8);
+        r->synced = gn_be_get(f, 8);
+        r->at = gn_be_get(f + 8, 8);
         return 0;
     default:
         return -1;

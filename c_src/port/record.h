@@ -1,7 +1,9 @@
 /*
  * The records of the journal and the snapshot file (their framing and
  * use are described in durable.h): the ops and their fields, building a
- * record body, parsing one, and CRC32 (IEEE), which guards each.
+ * record body, parsing one. The CRC32 that guards each is snapshot.h's
+ * (gn_crc32, gn_crc32_update; buf.h includes it), whose table main()
+ * builds at start (gn_crc32_init).
  */
 #ifndef GN_PORT_RECORD_H
 #define GN_PORT_RECORD_H
@@ -56,7 +58,5 @@ void gn_rec_end(gn_buf *b, size_t mark);
 
 /* Parses a record body; 0, or -1 if it is malformed. */
 int gn_record_parse(const unsigned char *p, size_t n, gn_record *r);
-
-uint32_t gn_port_crc32(uint32_t crc, const unsigned char *p, size_t n);
 
 #endif

@@ -20,7 +20,7 @@ size_t gn_frame_begin(gn_buf *out, const unsigned char *tag, size_t tag_len)
 
 void gn_frame_end(gn_buf *out, size_t mark)
 {
-    gn_set_be(out->data + mark, out->len - mark - 4, 4);
+    gn_be_put(out->data + mark, out->len - mark - 4, 4);
 }
 
 size_t gn_error_begin(gn_buf *out, const unsigned char *tag, size_t tag_len)
@@ -115,7 +115,7 @@ void gn_tags_add(gn_buf *tags, const gn_slice *tag)
 void gn_tags_reply(gn_buf *out, gn_buf *tags, const char *error)
 {
     for (size_t at = 0; at + 2 <= tags->len;) {
-        gn_slice tag = {tags->data + at + 2, (size_t)gn_get_be(tags->data + at, 2)};
+        gn_slice tag = {tags->data + at + 2, (size_t)gn_be_get(tags->data + at, 2)};
         if (error)
             gn_reply_error(out, &tag, error);
         else

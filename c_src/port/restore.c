@@ -2,16 +2,16 @@
  * restore: a store made from a snapshot binary (GNS2, as the snapshot op
  * sends it). It runs a slice at a time, as a global job (its store does
  * not exist yet): the checksum (phase 0), then the entries, into a store
- * linked under its name only at the end (phase 1).
+ * linked under its name only at the end (phase 1). The format is
+ * snapshot.h's: its header check, CRC (here in slices) and entry iterator.
  */
 #include <string.h>
 
+#include "../snapshot.h"
 #include "record.h"
 #include "ops.h"
 #include "reply.h"
 #include "state.h"
-
-#define GN_SNAP_HEADER 13 /* "GNS2" | ordered (1) | count (8) */
 
 typedef struct restore_job {
     gn_job job;
@@ -40,20 +40,21 @@ static int restore_step(gn_port *p, gn_pstore *unused, gn_job *job, uint64_t dea
     size_t n = j->bin_len;
     gn_slice tag = gn_buf_slice(&j->job.tag);
     if (j->phase == 0) {
-        while (j->at < n - 4 && gn_now_ns() < deadline) {
-            size_t take = n - 4 - j->at < (4u << 20) ? n - 4 - j->at : (4u << 20);
-            j->crc = gn_port_crc32(j->crc, b + j->at, take);
+        size_t body = n - GN_SNAP_TRAILER;
+        while (j->at < body && gn_now_ns() < deadline) {
+            size_t take = body - j->at < (4u << 20) ? body - j->at : (4u << 20);
+            j->crc = gn_crc32_update(j->crc, b + j->at, take);
             j->at += take;
         }
-        if (j->at < n - 4)
+        if (j->at < body)
             return 0;
-        if (j->crc != (uint32_t)gn_get_be(b + n - 4, 4)) {
+        if (j->crc != (uint32_t)gn_be_get(b + body, GN_SNAP_TRAILER)) {
             gn_reply_error(&p->out, &tag, "invalid_snapshot");
             return 1;
         }
         j->phase = 1;
         j->at = GN_SNAP_HEADER;
-        j->left = gn_get_be(b + 5, 8);
+        j->left = gn_be_get(b + 5, 8);
         j->now = gn_now_ms();
         j->fresh = gn_pstore_new(j->name, j->name_len, b[4], j->max_size);
         if (gn_port_journal(p)) {
@@ -64,18 +65,19 @@ static int restore_step(gn_port *p, gn_pstore *unused, gn_job *job, uint64_t dea
         }
     }
     gn_pstore *s = j->fresh;
-    gn_entry_iter it = {b + j->at, b + n - 4};
+    gn_snap_iter it = {b + j->at, b + n - GN_SNAP_TRAILER};
     for (uint32_t i = 0; j->left > 0; i++, j->left--) {
         if ((i & 1023) == 1023 && gn_now_ns() >= deadline) {
             j->at = (size_t)(it.at - b);
             return 0;
         }
-        const unsigned char *k, *v;
-        size_t kl, vl;
-        int64_t ttl;
-        if (gn_entry_next(&it, &k, &kl, &v, &vl, &ttl) || kl < 2 || vl < 2 || k[0] != 131 ||
-            v[0] != 131 || ttl < 0)
-            goto bad;
+        gn_snap_frame f;
+        if (!gn_snap_next(&it, &f) || f.klen < 2 || f.vlen < 2 || f.key[0] != 131 ||
+            f.value[0] != 131)
+            goto bad; /* gn_snap_next also refuses a ttl past INT64_MAX */
+        const unsigned char *k = f.key, *v = f.value;
+        size_t kl = f.klen, vl = f.vlen;
+        int64_t ttl = f.ttl;
         gn_etf ke = {k + 1, kl - 1, 0}, ve = {v + 1, vl - 1, 0};
         if (gn_etf_skip(&ke, NULL) || ke.at != ke.len || gn_etf_skip(&ve, NULL) || ve.at != ve.len)
             goto bad;
@@ -98,7 +100,7 @@ static int restore_step(gn_port *p, gn_pstore *unused, gn_job *job, uint64_t dea
             j->recorded++;
         }
     }
-    if (it.at != it.end)
+    if (!gn_snap_at_end(&it))
         goto bad;
     if (gn_stores_find(&p->stores, j->name, j->name_len)) {
         gn_reply_error(&p->out, &tag, "already_exists"); /* made while this ran */
@@ -114,7 +116,7 @@ static int restore_step(gn_port *p, gn_pstore *unused, gn_job *job, uint64_t dea
     if (jr && j->record.data) {
         /* the count follows length (4) | CRC (4) | op (1) | name | ordered | max_size */
         size_t count_at = j->record_mark + 8 + 1 + 2 + j->name_len + 1 + 8;
-        gn_set_be(j->record.data + count_at, j->recorded, 4);
+        gn_be_put(j->record.data + count_at, j->recorded, 4);
         gn_rec_end(&j->record, j->record_mark);
         gn_buf_put(jr, j->record.data, j->record.len);
     }
@@ -143,7 +145,7 @@ void gn_op_restore(gn_port *p, gn_request *r, gn_pstore *unused)
         return gn_reply_badarg(&p->out, &r->tag, "expected a store name, Binary, MaxSize");
     if (gn_stores_find(&p->stores, r->name, r->name_len))
         return gn_reply_error(&p->out, &r->tag, "already_exists");
-    if (bin.len < GN_SNAP_HEADER + 4 || memcmp(bin.data, "GNS2", 4) != 0 || bin.data[4] > 1)
+    if (!gn_snap_check_header(bin.data, bin.len))
         return gn_reply_error(&p->out, &r->tag, "invalid_snapshot");
     restore_job *j = gn_job_new(sizeof *j, restore_step, restore_release);
     gn_buf_put(&j->job.tag, r->tag.data, r->tag.len);

@@ -1,9 +1,11 @@
 /*
  * The ops whose replies come in parts ({more, Part} ... {done, Part}):
  * to_list, range, slice and snapshot (a GNS2 binary, its CRC32 at the
- * end). The first part goes at once; the rest are a job on the store.
+ * end: snapshot.h's format, written a part at a time, the CRC carried
+ * from part to part). The first part goes at once; the rest are a job on
+ * the store.
  */
-#include "record.h"
+#include "../snapshot.h"
 #include "ops.h"
 #include "reply.h"
 #include "state.h"
@@ -27,9 +29,22 @@ typedef struct stream_job {
 
 static void snap_header(gn_buf *b, const gn_pstore *s)
 {
-    gn_buf_put(b, "GNS2", 4);
-    gn_buf_byte(b, (unsigned char)s->ordered);
-    gn_buf_be(b, gn_pstore_size(s), 8);
+    gn_buf_room(b, GN_SNAP_HEADER);
+    gn_snap_put_header(b->data + b->len, s->ordered, gn_pstore_size(s));
+    b->len += GN_SNAP_HEADER;
+}
+
+/* An entry as the snapshot has it: the port store keeps the key and value
+ * ETF without their version byte; ttl is the ms left (at least 1 for an
+ * entry due but not yet swept), 0 for none. */
+static void snap_entry(gn_buf *b, const gn_pnode *n, int64_t now)
+{
+    uint32_t klen = n->kraw_len + 1u, vlen = n->val_len + 1u;
+    int64_t ttl = n->expires ? n->expires - now : 0;
+    gn_buf_room(b, gn_snap_entry_size(klen, vlen));
+    unsigned char *end = gn_snap_put_entry_bare(b->data + b->len, GN_KRAW(n), klen, GN_VAL(n), vlen,
+                                                (uint64_t)(ttl > 0 ? ttl : (n->expires ? 1 : 0)));
+    b->len = (size_t)(end - b->data);
 }
 
 /* Sends the next part of a stream; returns 1 when the stream is done. */
@@ -63,14 +78,7 @@ static int stream_step(gn_port *p, gn_pstore *s, gn_job *job, uint64_t deadline)
             break;
         }
         if (j->kind == S_SNAPSHOT) {
-            gn_buf_be(part, n->kraw_len + 1u, 4);
-            gn_buf_byte(part, 131);
-            gn_buf_put(part, GN_KRAW(n), n->kraw_len);
-            gn_buf_be(part, n->val_len + 1u, 4);
-            gn_buf_byte(part, 131);
-            gn_buf_put(part, GN_VAL(n), n->val_len);
-            int64_t ttl = n->expires ? n->expires - j->now : 0;
-            gn_buf_be(part, (uint64_t)(ttl > 0 ? ttl : (n->expires ? 1 : 0)), 8);
+            snap_entry(part, n, j->now);
         } else {
             gn_enc_entry(part, n);
         }
@@ -88,9 +96,9 @@ static int stream_step(gn_port *p, gn_pstore *s, gn_job *job, uint64_t deadline)
     gn_enc_tuple(&p->out, 2);
     gn_enc_atom(&p->out, done ? "done" : "more");
     if (j->kind == S_SNAPSHOT) {
-        j->crc = gn_port_crc32(j->crc, part->data, part->len);
+        j->crc = gn_crc32_update(j->crc, part->data, part->len);
         if (done)
-            gn_buf_be(part, j->crc, 4);
+            gn_buf_be(part, j->crc, GN_SNAP_TRAILER);
         gn_enc_binary(&p->out, part->data, part->len);
     } else {
         if (count)
