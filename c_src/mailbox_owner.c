@@ -5,8 +5,8 @@
  * (gn_owned_mailbox), except high and hold, which check only the handle.
  *
  * Locking: take, watermark and hold take mb->lock and release it before
- * they return; messages (wakes, the outbox) are sent after unlocking,
- * except the wake gn_admit_waiters sends, under the lock. high reads a
+ * they return. A take sends its wakes under the lock (see gn_signal in
+ * mailbox_waiters.c) and flushes the outbox after unlocking. high reads a
  * hint, lock-free; ack takes the lock only for an expired call or a
  * message-mode cast of a bounded mailbox, and is lock-free otherwise.
  */
