@@ -8,10 +8,12 @@
  *
  *   prefix_size(n)  prefix_height(n)  prefix_update(n)
  *   prefix_rotate_left(n)  prefix_rotate_right(n)  prefix_balance(n)
- *   prefix_take_min(n, &min)  prefix_remove_root(n)
+ *   prefix_take_min(n, &min)  prefix_remove_root(n)  prefix_at(n, i)
  *
  * `balance` recomputes `n` and rotates it back into balance after one
- * insertion or removal below it, returning the subtree's new root.
+ * insertion or removal below it, returning the subtree's new root. `at`
+ * is the index query: the node at 0-based position `i` in key order, or
+ * NULL past the end; O(log n).
  */
 #ifndef GN_AVL_H
 #define GN_AVL_H
@@ -89,6 +91,22 @@
         m->left = n->left;                                                                         \
         m->right = right;                                                                          \
         return prefix##_balance(m);                                                                \
+    }                                                                                              \
+    /* The node at position i in key order, or NULL past the end. */                               \
+    static inline node *prefix##_at(node *n, size_t i)                                             \
+    {                                                                                              \
+        while (n) {                                                                                \
+            size_t l = prefix##_size(n->left);                                                     \
+            if (i == l)                                                                            \
+                return n;                                                                          \
+            if (i < l) {                                                                           \
+                n = n->left;                                                                       \
+            } else {                                                                               \
+                i -= l + 1;                                                                        \
+                n = n->right;                                                                      \
+            }                                                                                      \
+        }                                                                                          \
+        return NULL;                                                                               \
     }
 
 #endif

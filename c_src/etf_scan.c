@@ -10,7 +10,7 @@
 #include <string.h>
 
 #include "etf_scan.h"
-#include "gen_native.h"
+#include "alloc.h"
 
 struct gn_atom_slot {
     const unsigned char *text; /* NULL: free */

@@ -11,20 +11,9 @@
 #include <erl_nif.h>
 #include <stdint.h>
 
+#include "alloc.h"
 #include "reaper.h"
 #include "registry.h"
-
-/* Our own allocations. A sanitized build (make SANITIZE=1) takes them from
- * malloc, which AddressSanitizer tracks exactly; the VM's allocators behind
- * enif_alloc hide overflows inside their blocks. */
-#ifdef GN_SANITIZE
-#include <stdlib.h>
-#define gn_alloc malloc
-#define gn_free free
-#else
-#define gn_alloc enif_alloc
-#define gn_free enif_free
-#endif
 
 /* Atoms, created in gn_make_atoms() at load; atoms are global to the VM so
  * they stay valid across upgrades. gn_am_gen_cast is '$gen_cast' and

@@ -5,7 +5,8 @@
 #include <erl_nif.h>
 #include <stddef.h>
 
-#include "gen_native.h"
+#include "alloc.h"
+#include "reaper.h"
 
 typedef struct gn_job {
     struct gn_job *next;

@@ -5,7 +5,8 @@
  */
 #include <string.h>
 
-#include "gen_native.h"
+#include "registry.h"
+#include "alloc.h"
 
 #define GN_REG_SHARDS 64
 #define GN_REG_BUCKETS (1u << 16)

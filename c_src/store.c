@@ -715,23 +715,7 @@ size_t gn_store_memory(const gn_store *s)
 }
 
 /* ------------------------------------------------------------------------ */
-/* Index queries and bulk building                                           */
-
-gn_node *gn_at(gn_node *n, size_t i)
-{
-    while (n) {
-        size_t l = gn_size(n->left);
-        if (i < l) {
-            n = n->left;
-        } else if (i == l) {
-            return n;
-        } else {
-            i -= l + 1;
-            n = n->right;
-        }
-    }
-    return NULL;
-}
+/* Bulk building                                                             */
 
 /* A balanced tree of nodes[lo, hi), which are in key order. */
 gn_node *gn_build(gn_node **nodes, size_t lo, size_t hi)

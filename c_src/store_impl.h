@@ -154,8 +154,6 @@ void gn_link(gn_store *s, gn_node *n, gn_probe *p);
  * expiry heap; returns it, to be freed (gn_node_free) after its value is
  * read. */
 gn_node *gn_unlink(gn_store *s, gn_probe *p);
-/* The entry at 0-based index i of the subtree n, or NULL. */
-gn_node *gn_at(gn_node *n, size_t i);
 /* A balanced tree of nodes[lo, hi), which are in key order. */
 gn_node *gn_build(gn_node **nodes, size_t lo, size_t hi);
 

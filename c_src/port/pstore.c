@@ -270,19 +270,7 @@ int gn_pstore_delete(gn_pstore *s, const unsigned char *kenc, size_t klen)
 
 gn_pnode *gn_pstore_at(const gn_pstore *s, size_t index)
 {
-    gn_pnode *t = s->root;
-    while (t) {
-        size_t l = avl_size(t->left);
-        if (index < l) {
-            t = t->left;
-        } else if (index == l) {
-            return t;
-        } else {
-            index -= l + 1;
-            t = t->right;
-        }
-    }
-    return NULL;
+    return avl_at(s->root, index);
 }
 
 size_t gn_pstore_rank(const gn_pstore *s, const unsigned char *kenc, size_t klen)
