@@ -266,17 +266,10 @@ defmodule GenNative.MailboxWaitersTest do
         ref = Native.mailbox_new(1, :block, [])
         send(test, {:mailbox, ref})
 
-        reductions = fn fun ->
-          {:reductions, before} = Process.info(self(), :reductions)
-          fun.()
-          {:reductions, later} = Process.info(self(), :reductions)
-          later - before
-        end
-
         receive do
           :go ->
-            idle = reductions.(fn -> Native.mailbox_ack(ref, :expired) end)
-            admitting = reductions.(fn -> Native.mailbox_ack(ref, :cast) end)
+            idle = GenNative.TestHelpers.reductions(fn -> Native.mailbox_ack(ref, :expired) end)
+            admitting = GenNative.TestHelpers.reductions(fn -> Native.mailbox_ack(ref, :cast) end)
             send(test, {:reductions, idle, admitting})
         end
       end)

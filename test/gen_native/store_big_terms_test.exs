@@ -121,19 +121,12 @@ defmodule GenNative.StoreBigTermsTest do
     {:ok, store} = Store.new(:set)
     big = Enum.to_list(1..3_500)
     # 3,500 cons cells, 56 KB: under the 64 KB that would go dirty
-    reductions = fn fun ->
-      {:reductions, before} = Process.info(self(), :reductions)
-      fun.()
-      {:reductions, later} = Process.info(self(), :reductions)
-      later - before
-    end
-
-    small_put = reductions.(fn -> Store.put(store, :small, 1) end)
-    big_put = reductions.(fn -> Store.put(store, :big, big) end)
-    small_get = reductions.(fn -> Store.get(store, :small) end)
-    big_get = reductions.(fn -> Store.get(store, :big) end)
-    small_take = reductions.(fn -> Store.take(store, :small) end)
-    big_take = reductions.(fn -> Store.take(store, :big) end)
+    small_put = GenNative.TestHelpers.reductions(fn -> Store.put(store, :small, 1) end)
+    big_put = GenNative.TestHelpers.reductions(fn -> Store.put(store, :big, big) end)
+    small_get = GenNative.TestHelpers.reductions(fn -> Store.get(store, :small) end)
+    big_get = GenNative.TestHelpers.reductions(fn -> Store.get(store, :big) end)
+    small_take = GenNative.TestHelpers.reductions(fn -> Store.take(store, :small) end)
+    big_take = GenNative.TestHelpers.reductions(fn -> Store.take(store, :big) end)
     # 56 KB is 10% of a 4,000-reduction timeslice
     assert big_put - small_put >= 300, "put: #{small_put} against #{big_put}"
     assert big_get - small_get >= 300, "get: #{small_get} against #{big_get}"

@@ -10,6 +10,18 @@ defmodule GenNative.TestHelpers do
   def wait_ms(ms), do: if(System.get_env("GN_SANITIZE_RUN"), do: 5 * ms, else: ms)
 
   @doc """
+  The reductions the calling process spends running `fun`: the VM's own
+  count of work, which a NIF raises with enif_consume_timeslice (not a
+  timing).
+  """
+  def reductions(fun) do
+    {:reductions, before} = Process.info(self(), :reductions)
+    fun.()
+    {:reductions, later} = Process.info(self(), :reductions)
+    later - before
+  end
+
+  @doc """
   Polls `fun` every millisecond until it returns a truthy value; flunks
   after `timeout` ms. For waiting on something no message of ours can be
   ordered against (a monitor firing inside a server, a supervisor restart).
