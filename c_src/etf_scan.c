@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "etf_scan.h"
+#include "snapshot.h"
 #include "alloc.h"
 
 struct gn_atom_slot {
@@ -135,14 +136,6 @@ static void gn_copy(gn_scan *s, size_t n)
     s->p += n;
 }
 
-static uint32_t gn_be(const unsigned char *p, int bytes)
-{
-    uint32_t v = 0;
-    for (int i = 0; i < bytes; i++)
-        v = (v << 8) | p[i];
-    return v;
-}
-
 /* Whether the atom with this text is known to the VM. */
 static int gn_atom_known(ErlNifEnv *env, const unsigned char *text, size_t len, int utf8)
 {
@@ -220,7 +213,7 @@ static int gn_scan_atom(gn_scan *s, int in_term)
     }
     if (!gn_need(s, hdr))
         return 0;
-    len = gn_be(s->p + 1, (int)hdr - 1);
+    len = gn_be_get(s->p + 1, (int)hdr - 1);
     if (!gn_need(s, hdr + len))
         return 0;
     const unsigned char *text = s->p + hdr;
@@ -288,17 +281,17 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len,
         case 107: /* STRING_EXT */
             if (!gn_need(s, 3))
                 return 0;
-            n = 3 + (size_t)gn_be(s->p + 1, 2);
+            n = 3 + (size_t)gn_be_get(s->p + 1, 2);
             break;
         case 109: /* BINARY_EXT */
             if (!gn_need(s, 5))
                 return 0;
-            n = 5 + (size_t)gn_be(s->p + 1, 4);
+            n = 5 + (size_t)gn_be_get(s->p + 1, 4);
             break;
         case 77: /* BIT_BINARY_EXT */
             if (!gn_need(s, 6))
                 return 0;
-            n = 6 + (size_t)gn_be(s->p + 1, 4);
+            n = 6 + (size_t)gn_be_get(s->p + 1, 4);
             break;
         case 110: /* SMALL_BIG_EXT */
             if (!gn_need(s, 3))
@@ -308,7 +301,7 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len,
         case 111: /* LARGE_BIG_EXT */
             if (!gn_need(s, 6))
                 return 0;
-            n = 6 + (size_t)gn_be(s->p + 1, 4);
+            n = 6 + (size_t)gn_be_get(s->p + 1, 4);
             break;
         case 104: /* SMALL_TUPLE_EXT */
             if (!gn_need(s, 2))
@@ -321,7 +314,8 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len,
         case 116: /* MAP_EXT: keys and values */
             if (!gn_need(s, 5))
                 return 0;
-            pending += (uint64_t)gn_be(s->p + 1, 4) * (s->p[0] == 116 ? 2 : 1) + (s->p[0] == 108);
+            pending +=
+                (uint64_t)gn_be_get(s->p + 1, 4) * (s->p[0] == 116 ? 2 : 1) + (s->p[0] == 108);
             n = 5;
             break;
         case 101: /* REFERENCE_EXT: node, id 4, creation 1 */
@@ -343,7 +337,7 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len,
         {
             if (!gn_need(s, 3))
                 return 0;
-            size_t words = gn_be(s->p + 1, 2);
+            size_t words = gn_be_get(s->p + 1, 2);
             size_t creation = s->p[0] == 114 ? 1 : 4;
             gn_copy(s, 3);
             if (!gn_scan_atom(s, 0))
@@ -355,7 +349,7 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len,
                    * module, old index, old uniq, pid, free variables */
             if (!gn_need(s, 30))
                 return 0;
-            pending += 3 + (uint64_t)gn_be(s->p + 26, 4);
+            pending += 3 + (uint64_t)gn_be_get(s->p + 26, 4);
             gn_copy(s, 30);
             if (!gn_scan_atom(s, 0))
                 return 0;
