@@ -259,22 +259,7 @@ defmodule GenNative.MailboxWaitersTest do
   # as often as one that sends as many messages itself. Reductions are the
   # VM's own count, not a timing.
   test "the call that lets blocked senders in is charged reductions for the messages it sends" do
-    test = self()
-
-    owner =
-      spawn(fn ->
-        ref = Native.mailbox_new(1, :block, [])
-        send(test, {:mailbox, ref})
-
-        receive do
-          :go ->
-            idle = GenNative.TestHelpers.reductions(fn -> Native.mailbox_ack(ref, :expired) end)
-            admitting = GenNative.TestHelpers.reductions(fn -> Native.mailbox_ack(ref, :cast) end)
-            send(test, {:reductions, idle, admitting})
-        end
-      end)
-
-    assert_receive {:mailbox, _ref}
+    {owner, ref} = spawn_owner()
     :send = Native.mailbox_send(owner, :first, :normal, :cast)
 
     # 1,000 blocked calls: one freed slot lets the first slice of them in
@@ -283,8 +268,13 @@ defmodule GenNative.MailboxWaitersTest do
       {:wait, _tag} = Native.mailbox_send(owner, call, :normal, :call)
     end
 
-    send(owner, :go)
-    assert_receive {:reductions, idle, admitting}, 10_000
+    {idle, admitting} =
+      run_in(owner, fn ->
+        {GenNative.TestHelpers.reductions(fn -> Native.mailbox_ack(ref, :expired) end),
+         GenNative.TestHelpers.reductions(fn -> Native.mailbox_ack(ref, :cast) end)}
+      end)
+
+    Process.exit(owner, :kill)
     # a slice of 128 calls is 256 messages: 65% of a 4,000-reduction timeslice
     assert admitting - idle >= 2_000, "idle #{idle}, admitting #{admitting}"
   end
