@@ -451,9 +451,10 @@ defmodule GenNative.StoreSchedulingTest do
   # a million entries (the issue's `long_schedule` proof), as in
   # test/gen_native/native_test.exs: each watched call gets a timeslice of
   # its own (`:erlang.yield/0` before and after), and the scenario is retried
-  # up to 3 times, because the OS preempting a scheduler thread on a busy
-  # machine also shows as a long schedule, while a NIF that takes over 1 ms
-  # does so every time.
+  # up to 5 times (as in native_test.exs), because the OS or the host
+  # preempting a scheduler thread also shows as a long schedule (a fresh-clone
+  # CI run saw one long schedule in each of its 3 attempts: 2, 11, 4 ms),
+  # while a NIF that takes over 1 ms does so every time.
   # Not async: :erlang.system_monitor/2 is node-wide. Tagged :scheduling:
   # bin/sanitize excludes it, sanitized code is slower.
   use ExUnit.Case, async: false
@@ -475,7 +476,7 @@ defmodule GenNative.StoreSchedulingTest do
 
   @tag timeout: 900_000
   test "no store NIF runs longer than 1 ms on a normal scheduler, with a million entries" do
-    assert_one_clean(3, &long_schedules_in_scenario/0)
+    assert_one_clean(5, &long_schedules_in_scenario/0)
   end
 
   # A read that sees the whole store (size, info, rank, at, first, ...)
@@ -483,7 +484,7 @@ defmodule GenNative.StoreSchedulingTest do
   # which takes 2-5 ms in a store of a million.
   @tag timeout: 600_000
   test "no store NIF runs longer than 1 ms purging expired entries from a million" do
-    assert_one_clean(3, &long_schedules_purging/0)
+    assert_one_clean(5, &long_schedules_purging/0)
   end
 
   defp long_schedules_purging do
