@@ -98,7 +98,26 @@ defmodule GenNative.Bench.SVG do
 
   ## Drawing
 
-  defp extra(spec), do: if(Map.get(spec, :note), do: 20, else: 0)
+  defp extra(spec), do: 16 * length(note_lines(Map.get(spec, :note))) + 4
+
+  # A note is wrapped at about 120 characters a line.
+  defp note_lines(nil), do: []
+
+  defp note_lines(text) do
+    text
+    |> String.split(" ")
+    |> Enum.reduce([], fn
+      word, [] ->
+        [word]
+
+      word, [line | rest] when byte_size(line) + byte_size(word) < 120 ->
+        [line <> " " <> word | rest]
+
+      word, lines ->
+        [word | lines]
+    end)
+    |> Enum.reverse()
+  end
 
   defp drawable?({x, y}, xs, ys),
     do: is_number(x) and is_number(y) and (xs == :linear or x > 0) and (ys == :linear or y > 0)
@@ -221,8 +240,12 @@ defmodule GenNative.Bench.SVG do
     end)
   end
 
-  defp note(nil), do: []
-  defp note(text), do: text(@left, @height + 8, text, "start", 11)
+  defp note(text) do
+    text
+    |> note_lines()
+    |> Enum.with_index()
+    |> Enum.map(fn {line, i} -> text(12, @height + 8 + 16 * i, line, "start", 11) end)
+  end
 
   defp line(x0, y0, x1, y1, color, width \\ 1) do
     ~s(<line x1="#{f(x0)}" y1="#{f(y0)}" x2="#{f(x1)}" y2="#{f(y1)}" ) <>
@@ -246,6 +269,7 @@ defmodule GenNative.Bench.SVG do
 
   defp trim(v) do
     cond do
+      v == 0 -> "0"
       v == Float.round(v / 1) and abs(v) >= 1 -> Integer.to_string(round(v))
       true -> v |> :erlang.float_to_binary(decimals: 4) |> String.trim_trailing("0")
     end
