@@ -941,12 +941,22 @@ defmodule GenNative.Bench do
   paired run's ratio is on the same side of 1.0, `"no clear difference"`
   when the spread touches or crosses 1.0, `"n/a"` without a ratio. A row
   without paired runs (a single measurement) gets the side its ratio
-  favours, marked "(1 measurement)".
+  favours, marked "(1 measurement)". An A/A row (its scenario starts with
+  "A/A") is expected to show no difference; when its spread is off 1.0 the
+  verdict says that the noise went beyond the spread.
   """
   @spec verdict(row(), String.t(), String.t()) :: String.t()
   def verdict(row, peer_label \\ "peer", native_label \\ "GenNative")
 
   def verdict(%{ratio: nil}, _peer, _native), do: "n/a"
+
+  # Both columns run the same thing: any verdict but "no clear difference"
+  # says the session's noise is larger than the spread of its pairs.
+  def verdict(%{scenario: "A/A" <> _, spread: {lo, hi}}, _peer, _native) do
+    if lo > 1.0 or hi < 1.0,
+      do: "A/A off 1.0: noise beyond the spread",
+      else: "A/A: no clear difference (as expected)"
+  end
 
   def verdict(%{spread: {lo, hi}}, peer, native) do
     cond do
@@ -969,7 +979,8 @@ defmodule GenNative.Bench do
   def legend do
     "Ratio spread: smallest and largest ratio of the paired runs (run i of each side, " <>
       "back to back). Verdict: a side is better only when its whole spread is on that " <>
-      "side of 1.0; a spread that touches or crosses 1.0 is no clear difference. " <>
+      "side of 1.0; a spread that touches or crosses 1.0 is no clear difference; an A/A " <>
+      "row whose spread is off 1.0 shows noise beyond what the pairs capture. " <>
       "CPU us/op: CPU time of the whole VM (`:erlang.statistics(:runtime)`, all " <>
       "threads), plus GenNative's port program where there is one, over each run, " <>
       "divided by its operations; median of the runs (on a latency scenario's median row " <>
