@@ -62,9 +62,10 @@ defmodule GenNative.Bench do
     * a verdict computed from the spread (`verdict/3`): a side is better
       only when the whole spread is on its side of 1.0, otherwise "no
       clear difference";
-    * CPU time per operation of each side (`cpu_ns/1`: the VM's
-      `:erlang.statistics(:runtime)`, plus `:native_os_pids`), the median
-      over runs, and its ratio peer/native with its own spread.
+    * CPU time per operation of each side (`cpu_ns/1`: user + system time
+      of every thread of the VM from `/proc/<pid>/task/*/schedstat`, plus
+      `:native_os_pids`), the median over runs, and its ratio peer/native
+      with its own spread.
 
   ## Spread of the ratio
 
@@ -506,15 +507,18 @@ defmodule GenNative.Bench do
   # %{ops: n, elapsed: native units, samples: latencies or nil,
   #   cpu_ns: CPU time used during the run}.
   #
-  # CPU time is that of the whole VM (:erlang.statistics(:runtime), every
-  # thread of the runtime, NIF threads included, in milliseconds) plus that
-  # of `os_pids` (GenNative's port program), read right before and after
-  # the run's process.
+  # CPU time is that of the whole VM (every thread, user and system time,
+  # see cpu_ns/1) plus that of `os_pids` (GenNative's port program), read
+  # right before and after the run's process.
   defp measure(unit, fun, ctx, size, os_pids \\ []) do
-    cpu0 = cpu_ns(os_pids)
+    # The reads of other processes' CPU stay outside the VM's window: they
+    # cost VM CPU time.
+    os0 = os_cpu_ns(os_pids)
+    vm0 = vm_cpu_ns()
     {ops, elapsed, samples} = measure_run(unit, fun, ctx, size)
-    cpu1 = cpu_ns(os_pids)
-    %{ops: ops, elapsed: elapsed, samples: samples, cpu_ns: cpu1 - cpu0}
+    vm1 = vm_cpu_ns()
+    os1 = os_cpu_ns(os_pids)
+    %{ops: ops, elapsed: elapsed, samples: samples, cpu_ns: vm1 - vm0 + (os1 - os0)}
   end
 
   defp measure_run(:latency_us, fun, ctx, size) do
@@ -561,32 +565,107 @@ defmodule GenNative.Bench do
   end
 
   @doc """
-  CPU time used so far, in nanoseconds: the VM's (`:erlang.statistics(:runtime)`,
-  every thread of the runtime system, at millisecond resolution) plus that of
-  each OS process in `os_pids`, from `/proc/<pid>/task/*/schedstat`
-  (nanoseconds; `/proc/<pid>/stat` utime + stime, in clock ticks, where
-  schedstat is missing). An OS process that has gone counts as 0.
+  CPU time used so far, in nanoseconds: the VM's (every thread of the
+  process, schedulers, dirty schedulers, NIF threads) plus that of each OS
+  process in `os_pids`, user and system time together.
+
+  Read from `/proc/<pid>/task/*/schedstat` (the time each thread spent on a
+  CPU, in nanoseconds), through files kept open between calls (a read of
+  the VM's ~20 threads costs about 0.4 ms). Where that is missing, the VM
+  falls back to `:erlang.statistics(:runtime)` (user time only, in
+  milliseconds) and an OS process to `/proc/<pid>/task/*/stat` utime +
+  stime (clock ticks). An OS process that has gone counts as 0.
   """
   @spec cpu_ns([non_neg_integer()]) :: non_neg_integer()
   def cpu_ns(os_pids \\ []) do
-    {vm_ms, _} = :erlang.statistics(:runtime)
-    vm_ms * 1_000_000 + Enum.sum(Enum.map(os_pids, &os_cpu_ns/1))
+    vm_cpu_ns() + os_cpu_ns(os_pids)
   end
 
+  @doc """
+  Where `cpu_ns/1` reads the VM's CPU time: `:schedstat` or `:runtime`.
+  """
+  @spec cpu_source() :: :schedstat | :runtime
+  def cpu_source do
+    case tasks_cpu_ns(System.pid()) do
+      {:ok, _} -> :schedstat
+      :error -> :runtime
+    end
+  end
+
+  defp vm_cpu_ns do
+    case tasks_cpu_ns(System.pid()) do
+      {:ok, ns} ->
+        ns
+
+      :error ->
+        {user_ms, _} = :erlang.statistics(:runtime)
+        user_ms * 1_000_000
+    end
+  end
+
+  defp os_cpu_ns(os_pids) when is_list(os_pids),
+    do: os_pids |> Enum.map(&os_cpu_ns/1) |> Enum.sum()
+
   defp os_cpu_ns(os_pid) do
+    case tasks_cpu_ns(os_pid) do
+      {:ok, ns} -> ns
+      :error -> stat_cpu_ns(os_pid)
+    end
+  end
+
+  # The sum of schedstat's first field over the threads of `os_pid`, each
+  # thread's file opened once and kept open (in the calling process's
+  # dictionary) for later reads.
+  defp tasks_cpu_ns(os_pid) do
+    key = {__MODULE__, :schedstat, to_string(os_pid)}
     dir = "/proc/#{os_pid}/task"
+    open = Process.get(key, %{})
 
     case File.ls(dir) do
       {:ok, tasks} ->
-        Enum.reduce(tasks, 0, fn task, acc ->
-          case File.read("#{dir}/#{task}/schedstat") do
-            {:ok, text} -> acc + (text |> String.split() |> hd() |> String.to_integer())
-            {:error, _} -> acc + stat_cpu_ns(os_pid, task)
-          end
-        end)
+        fds =
+          Map.new(tasks, fn task ->
+            {task, Map.get_lazy(open, task, fn -> open_schedstat("#{dir}/#{task}/schedstat") end)}
+          end)
+
+        for {task, fd} <- open, not Map.has_key?(fds, task), fd != nil, do: :file.close(fd)
+        Process.put(key, fds)
+
+        if fds != %{} and Enum.all?(fds, fn {_, fd} -> fd != nil end) do
+          {:ok, fds |> Enum.map(fn {_, fd} -> schedstat_ns(fd) end) |> Enum.sum()}
+        else
+          :error
+        end
 
       {:error, _} ->
-        0
+        for {_, fd} <- open, fd != nil, do: :file.close(fd)
+        Process.delete(key)
+        :error
+    end
+  end
+
+  defp open_schedstat(path) do
+    case :file.open(String.to_charlist(path), [:raw, :read, :binary]) do
+      {:ok, fd} -> fd
+      {:error, _} -> nil
+    end
+  end
+
+  # A thread that has exited since reads as nothing.
+  defp schedstat_ns(fd) do
+    with {:ok, text} <- :file.pread(fd, 0, 128),
+         [ns | _] <- :binary.split(text, " "),
+         {n, _} <- Integer.parse(ns) do
+      n
+    else
+      _ -> 0
+    end
+  end
+
+  defp stat_cpu_ns(os_pid) do
+    case File.ls("/proc/#{os_pid}/task") do
+      {:ok, tasks} -> tasks |> Enum.map(&stat_cpu_ns(os_pid, &1)) |> Enum.sum()
+      {:error, _} -> 0
     end
   end
 
@@ -981,10 +1060,17 @@ defmodule GenNative.Bench do
       "back to back). Verdict: a side is better only when its whole spread is on that " <>
       "side of 1.0; a spread that touches or crosses 1.0 is no clear difference; an A/A " <>
       "row whose spread is off 1.0 shows noise beyond what the pairs capture. " <>
-      "CPU us/op: CPU time of the whole VM (`:erlang.statistics(:runtime)`, all " <>
-      "threads), plus GenNative's port program where there is one, over each run, " <>
+      "CPU us/op: CPU time (user + system) of every thread of the VM, " <>
+      "#{cpu_source_text()}, plus GenNative's port program where there is one, over each run, " <>
       "divided by its operations; median of the runs (on a latency scenario's median row " <>
       "only; n/a where a run's work is not only the operations timed)."
+  end
+
+  defp cpu_source_text do
+    case cpu_source() do
+      :schedstat -> "from /proc/<pid>/task/*/schedstat"
+      :runtime -> "here from :erlang.statistics(:runtime), user time only (no schedstat)"
+    end
   end
 
   defp cpu_cells(nil), do: ["n/a", "n/a", "n/a"]
