@@ -73,10 +73,10 @@ defmodule GenNative.Bench do
   between paired runs: run `i` of the peer against run `i` of GenNative (the
   two are measured back to back), each ratio oriented as the row's, then the
   smallest and largest of them. For a latency row, each run's own median or
-  p99 is used. Custom rows built with `paired_row/5` have a spread too;
-  those built with `row/5` show "n/a" there. An A/A
-  scenario (the same thing on both sides) shows the noise floor: a ratio
-  inside its spread is no evidence of a difference.
+  p99 is used. Custom rows built with `paired_row/5`, or given a spread
+  with `with_spread/3`, have one too; other custom rows show "n/a" there.
+  An A/A scenario (the same thing on both sides, see `a_a/2`) shows the
+  noise floor: a ratio inside its spread is no evidence of a difference.
 
   Every measured run executes in a fresh process, so mailboxes and heaps do not
   carry over between runs or sides.
@@ -105,7 +105,14 @@ defmodule GenNative.Bench do
   same table: for measurements that are neither a per-operation latency nor
   a throughput (a maximum latency, bytes per entry), or whose two sides need
   different sample counts. `stats/1` summarises latency samples the way the
-  harness does.
+  harness does; `paired_row/5` and `with_spread/3` give a row the spread
+  of its paired runs, where the scenario alternates its sides.
+
+  ## Plots
+
+  `write_svg/2` writes a plot made by `GenNative.Bench.SVG` (`bench/svg.ex`)
+  next to the tables; with `keep_samples: true` the rows carry the latency
+  samples a cumulative distribution needs.
 
   ## Suites that do not fit `run/3`
 
@@ -127,7 +134,12 @@ defmodule GenNative.Bench do
           optional(:timing) => :harness | :self,
           optional(:size) => pos_integer(),
           optional(:warmup) => pos_integer(),
-          optional(:runs) => pos_integer()
+          optional(:runs) => pos_integer(),
+          optional(:alt_peer) => function(),
+          optional(:alt_peer_name) => String.t(),
+          optional(:peer_name) => String.t(),
+          optional(:native_os_pids) => (ctx() -> [non_neg_integer()]),
+          optional(:ops_label) => String.t()
         }
   @type row :: %{
           scenario: String.t(),
