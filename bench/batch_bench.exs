@@ -3,6 +3,12 @@
 # with handle_batch/2 (GenNative, default batch_size: 64). Every request
 # does the same work on both sides: add its increment to the counter.
 #
+# The peer is GenServer in both of its settings, measured in the same
+# alternating runs as GenNative: its default (on-heap) message queue and
+# `spawn_opt: [message_queue_data: :off_heap]`; each scenario gives a row
+# against each and one against the better of the two in each run. The A/A
+# row (a plain GenServer in both columns) shows the noise floor.
+#
 #     mix gen_native.bench batch
 #     GN_BENCH_QUICK=1 bin/bench batch
 
@@ -46,7 +52,13 @@ defmodule GenNative.Bench.Batch do
   alias GenNative.Bench
   alias GenNative.Bench.Batch.{NativeCounter, PeerCounter}
 
-  def scenarios, do: Enum.map([4, 1], &cast_throughput/1)
+  def scenarios do
+    [four, one] = Enum.map([4, 1], &cast_throughput/1)
+    a_a = Bench.a_a(four, "GenServer in both columns")
+    # the A/A row has one GenServer per column, each with its own counter
+    a_a = %{a_a | native: fn ctx, n -> four.peer.(%{ctx | peer: ctx.alt_peer_a_a}, n) end}
+    [four, one, a_a]
+  end
 
   # End to end, as in the mailbox suite: each producer sends n casts, then
   # one call, which the server answers after all of that producer's casts;
@@ -68,25 +80,43 @@ defmodule GenNative.Bench.Batch do
       setup: &setup/0,
       teardown: &teardown/1,
       peer: fn ctx, n -> run.(ctx.peer, n) end,
+      peer_name: "GenServer",
+      alt_peer: fn ctx, n -> run.(ctx.alt_peer, n) end,
+      alt_peer_name: "GenServer, message_queue_data: :off_heap",
       native: fn ctx, n -> run.(ctx.native, n) end
     }
   end
 
   defp setup do
     {:ok, peer} = GenServer.start_link(PeerCounter, 0)
+
+    {:ok, off_heap} =
+      GenServer.start_link(PeerCounter, 0, spawn_opt: [message_queue_data: :off_heap])
+
+    {:message_queue_data, :off_heap} = Process.info(off_heap, :message_queue_data)
+    {:ok, second} = GenServer.start_link(PeerCounter, 0)
     {:ok, native} = GenNative.start_link(NativeCounter, 0)
-    %{peer: {GenServer, peer}, native: {GenNative, native}}
+
+    %{
+      peer: {GenServer, peer},
+      alt_peer: {GenServer, off_heap},
+      alt_peer_a_a: {GenServer, second},
+      native: {GenNative, native}
+    }
   end
 
-  defp teardown(%{peer: {GenServer, peer}, native: {GenNative, native}}) do
-    :ok = GenServer.stop(peer)
-    :ok = GenNative.stop(native)
+  defp teardown(ctx) do
+    for {GenServer, pid} <- [ctx.peer, ctx.alt_peer, ctx.alt_peer_a_a],
+        do: :ok = GenServer.stop(pid)
+
+    :ok = GenNative.stop(elem(ctx.native, 1))
   end
 end
 
 GenNative.Bench.run("batch", GenNative.Bench.Batch.scenarios(),
   notes:
-    "GenServer: handle_cast/2, one cast at a time. GenNative: handle_batch/2, " <>
+    "GenServer (default, and with message_queue_data: :off_heap): handle_cast/2, " <>
+      "one cast at a time. GenNative: handle_batch/2, " <>
       "batch_size: 64 (default). Each cast adds 1 to a counter; each run checks " <>
       "that the counter grew by exactly the number of casts sent.\n"
 )

@@ -32,6 +32,16 @@ defmodule GenNative.Bench do
       `:warmup` operations (default `:size`)
     * `:runs` - optional: measured runs per side for this scenario,
       overriding the suite's `:runs`
+    * `:alt_peer` and `:alt_peer_name` - optional, for `:ops_per_s`: a
+      second peer, measured in the same alternating runs; the scenario then
+      gives three rows: against `:peer` (named by `:peer_name`, default the
+      peer label), against `:alt_peer`, and against the better of the two
+      in each run (GenServer's default and `message_queue_data: :off_heap`
+      in the mailbox and batch suites)
+    * `:native_os_pids` - optional, `(ctx -> [os_pid])`: OS processes whose
+      CPU time belongs to GenNative's side (the port program)
+    * `:ops_label` - optional, for `:ops_per_s`: what is counted (default
+      `"ops/s"`, e.g. `"acks/s"`)
 
   For `:latency_us` the functions take `ctx` and perform **one** operation; the
   harness times each call separately and reports the median and p99 over all
@@ -44,15 +54,29 @@ defmodule GenNative.Bench do
   only part of their work (see `concurrently/2`). The harness reports the
   median over runs.
 
+  ## Spread, verdict, CPU per operation
+
+  Each row carries, besides the ratio of the medians:
+
+    * the ratio spread: the smallest and largest ratio of paired runs;
+    * a verdict computed from the spread (`verdict/3`): a side is better
+      only when the whole spread is on its side of 1.0, otherwise "no
+      clear difference";
+    * CPU time per operation of each side (`cpu_ns/1`: user + system time
+      of every thread of the VM from `/proc/<pid>/task/*/schedstat`, plus
+      `:native_os_pids`), the median over runs, and its ratio peer/native
+      with its own spread.
+
   ## Spread of the ratio
 
-  The last column, "ratio spread (min..max)", shows how much the ratio moved
+  The column "ratio spread (min..max)" shows how much the ratio moved
   between paired runs: run `i` of the peer against run `i` of GenNative (the
   two are measured back to back), each ratio oriented as the row's, then the
   smallest and largest of them. For a latency row, each run's own median or
-  p99 is used. Custom rows have no paired runs and show "n/a" there. An A/A
-  scenario (the same thing on both sides) shows the noise floor: a ratio
-  inside its spread is no evidence of a difference.
+  p99 is used. Custom rows built with `paired_row/5`, or given a spread
+  with `with_spread/3`, have one too; other custom rows show "n/a" there.
+  An A/A scenario (the same thing on both sides, see `a_a/2`) shows the
+  noise floor: a ratio inside its spread is no evidence of a difference.
 
   Every measured run executes in a fresh process, so mailboxes and heaps do not
   carry over between runs or sides.
@@ -61,7 +85,8 @@ defmodule GenNative.Bench do
 
     * `:peer_label` - the peer's column header (default `"GenServer"`)
     * `:native_label` - GenNative's column header (default `"GenNative"`)
-    * `:runs` - measured runs per side (default 9, 3 with `GN_BENCH_QUICK=1`)
+    * `:runs` - measured runs per side (default 10, 4 with `GN_BENCH_QUICK=1`;
+      even, so that each side runs first in as many pairs)
     * `:run_ms` - target duration of one run (default 400, 80 with
       `GN_BENCH_QUICK=1`)
     * `:results_dir` - where `<suite>.md` is written (default
@@ -69,6 +94,9 @@ defmodule GenNative.Bench do
     * `:method` - replaces the sentence describing how each side was run
     * `:notes` - text, or a function returning text once the scenarios have
       run (of no argument, or of one: the rows), printed after the table
+    * `:keep_samples` - keep each latency scenario's samples (microseconds)
+      in its median row, as `row.samples.peer` and `row.samples.native`,
+      for plots (default false)
 
   ## Custom scenarios
 
@@ -77,7 +105,14 @@ defmodule GenNative.Bench do
   same table: for measurements that are neither a per-operation latency nor
   a throughput (a maximum latency, bytes per entry), or whose two sides need
   different sample counts. `stats/1` summarises latency samples the way the
-  harness does.
+  harness does; `paired_row/5` and `with_spread/3` give a row the spread
+  of its paired runs, where the scenario alternates its sides.
+
+  ## Plots
+
+  `write_svg/2` writes a plot made by `GenNative.Bench.SVG` (`bench/svg.ex`)
+  next to the tables; with `keep_samples: true` the rows carry the latency
+  samples a cumulative distribution needs.
 
   ## Suites that do not fit `run/3`
 
@@ -99,7 +134,12 @@ defmodule GenNative.Bench do
           optional(:timing) => :harness | :self,
           optional(:size) => pos_integer(),
           optional(:warmup) => pos_integer(),
-          optional(:runs) => pos_integer()
+          optional(:runs) => pos_integer(),
+          optional(:alt_peer) => function(),
+          optional(:alt_peer_name) => String.t(),
+          optional(:peer_name) => String.t(),
+          optional(:native_os_pids) => (ctx() -> [non_neg_integer()]),
+          optional(:ops_label) => String.t()
         }
   @type row :: %{
           scenario: String.t(),
@@ -108,7 +148,15 @@ defmodule GenNative.Bench do
           peer: float() | nil,
           native: float(),
           ratio: float() | nil,
-          spread: {float(), float()} | nil
+          spread: {float(), float()} | nil,
+          cpu:
+            %{
+              peer: float(),
+              native: float(),
+              ratio: float() | nil,
+              spread: {float(), float()} | nil
+            }
+            | nil
         }
 
   # Latency samples are kept in a list for the whole run; a large initial heap
@@ -161,6 +209,34 @@ defmodule GenNative.Bench do
 
     Machine: #{machine()}; MIX_ENV=#{mix_env()}.
     """
+  end
+
+  @doc """
+  An A/A copy of `scenario`: the peer's function in both columns, named
+  `"A/A: <name>"` (`label` replaces the part in parentheses). Its ratio
+  spread is the noise floor of the suite's rows on this machine: a ratio
+  inside it is no evidence of a difference. The peer's and GenNative's
+  extra OS processes are dropped, as is any `:alt_peer`.
+  """
+  @spec a_a(scenario(), String.t()) :: scenario()
+  def a_a(scenario, label \\ "the peer in both columns") do
+    scenario
+    |> Map.drop([:alt_peer, :alt_peer_name, :native_os_pids])
+    |> Map.merge(%{name: "A/A: #{scenario.name} (#{label})", native: scenario.peer})
+  end
+
+  @doc """
+  Writes `svg` (see `GenNative.Bench.SVG`) to `<results_dir>/<file>`,
+  results_dir as for `run/3`, and returns the path.
+  """
+  @spec write_svg(String.t(), iodata()) :: String.t()
+  def write_svg(file, svg) do
+    dir = default_results_dir()
+    File.mkdir_p!(dir)
+    path = Path.join(dir, file)
+    File.write!(path, svg)
+    IO.puts(:stderr, "plot written to #{Path.relative_to_cwd(path)}")
+    path
   end
 
   @doc """
@@ -257,7 +333,7 @@ defmodule GenNative.Bench do
     [
       peer_label: "GenServer",
       native_label: "GenNative",
-      runs: if(quick, do: 3, else: 9),
+      runs: if(quick, do: 4, else: 10),
       run_ms: if(quick, do: 80, else: 400),
       results_dir: default_results_dir()
     ]
@@ -286,6 +362,7 @@ defmodule GenNative.Bench do
        when unit in [:latency_us, :ops_per_s] do
     check_arity!(scenario, :peer)
     check_arity!(scenario, :native)
+    if Map.has_key?(scenario, :alt_peer), do: check_arity!(scenario, :alt_peer)
     check_options!(scenario)
     IO.write(:stderr, "#{suite}: #{name} ...")
 
@@ -293,13 +370,24 @@ defmodule GenNative.Bench do
     unit = if scenario[:timing] == :self, do: :self_timed_us, else: unit
 
     try do
-      sides = %{peer: scenario.peer, native: scenario.native}
+      sides =
+        [peer: scenario.peer, alt_peer: scenario[:alt_peer], native: scenario.native]
+        |> Enum.reject(fn {_, fun} -> fun == nil end)
+
+      # OS processes whose CPU time counts for a side (GenNative's port
+      # program): read before and after each of that side's runs.
+      os_pids = %{
+        native: os_pids(scenario[:native_os_pids], ctx),
+        peer: [],
+        alt_peer: []
+      }
+
       target = :erlang.convert_time_unit(Keyword.fetch!(opts, :run_ms), :millisecond, :native)
 
       {size, warmup} =
         case scenario[:size] do
           nil ->
-            # Calibrate both sides and use the smaller size for both: the
+            # Calibrate every side and use the smallest size for all: the
             # runs then do the same work, and a slow side cannot stretch the
             # suite.
             size =
@@ -317,18 +405,56 @@ defmodule GenNative.Bench do
       Enum.each(sides, fn {_, fun} -> measure(unit, fun, ctx, warmup) end)
 
       n_runs = Map.get(scenario, :runs, Keyword.fetch!(opts, :runs))
+      order = Keyword.keys(sides)
 
       runs =
         for i <- 1..n_runs do
-          order = if rem(i, 2) == 1, do: [:peer, :native], else: [:native, :peer]
-          Map.new(order, fn side -> {side, measure(unit, sides[side], ctx, size)} end)
+          # Alternate the order, so that neither side always runs first.
+          order = if rem(i, 2) == 1, do: order, else: Enum.reverse(order)
+
+          Map.new(order, fn side ->
+            {side, measure(unit, Keyword.fetch!(sides, side), ctx, size, os_pids[side])}
+          end)
         end
 
       IO.puts(:stderr, " done")
-      unit = if unit == :self_timed_us, do: :latency_us, else: unit
       samples = if scenario[:size], do: size * n_runs
-      opts = Keyword.put(opts, :runs, n_runs)
-      rows(name, unit, Enum.map(runs, & &1.peer), Enum.map(runs, & &1.native), opts, samples)
+
+      opts =
+        opts
+        |> Keyword.put(:runs, n_runs)
+        |> Keyword.put(:ops_label, Map.get(scenario, :ops_label, "ops/s"))
+        |> Keyword.put(:cpu, unit != :self_timed_us)
+
+      unit = if unit == :self_timed_us, do: :latency_us, else: unit
+      side_runs = fn side -> Enum.map(runs, & &1[side]) end
+
+      case scenario[:alt_peer] do
+        nil ->
+          rows(name, unit, side_runs.(:peer), side_runs.(:native), opts, samples)
+
+        _ ->
+          alt_name = Map.fetch!(scenario, :alt_peer_name)
+          peer_name = Map.get(scenario, :peer_name, Keyword.fetch!(opts, :peer_label))
+
+          rows(
+            "#{name} (peer: #{peer_name})",
+            unit,
+            side_runs.(:peer),
+            side_runs.(:native),
+            opts,
+            samples
+          ) ++
+            rows(
+              "#{name} (peer: #{alt_name})",
+              unit,
+              side_runs.(:alt_peer),
+              side_runs.(:native),
+              opts,
+              samples
+            ) ++
+            better_peer_rows(name, unit, runs, {peer_name, alt_name}, opts, samples)
+      end
     after
       if teardown = scenario[:teardown], do: teardown.(ctx)
     end
@@ -341,6 +467,13 @@ defmodule GenNative.Bench do
   end
 
   defp check_options!(scenario) do
+    if Map.has_key?(scenario, :alt_peer) and
+         not (scenario.unit == :ops_per_s and is_binary(scenario[:alt_peer_name])) do
+      raise ArgumentError,
+            "scenario #{inspect(scenario.name)}: :alt_peer is for unit :ops_per_s and " <>
+              "needs :alt_peer_name"
+    end
+
     unless scenario[:timing] in [nil, :harness, :self] and
              (scenario[:timing] != :self or scenario.unit == :latency_us) do
       raise ArgumentError,
@@ -373,7 +506,7 @@ defmodule GenNative.Bench do
   defp calibrate(unit, fun, ctx, target), do: calibrate(unit, fun, ctx, target, 1)
 
   defp calibrate(unit, fun, ctx, target, size) do
-    {_ops, elapsed, _samples} = measure(unit, fun, ctx, size)
+    {_ops, elapsed, _samples} = measure_run(unit, fun, ctx, size)
 
     cond do
       size >= @max_size -> size
@@ -382,22 +515,39 @@ defmodule GenNative.Bench do
     end
   end
 
-  # Returns {ops, elapsed_native, samples_or_nil} from a fresh process.
-  defp measure(:latency_us, fun, ctx, size) do
+  # Runs `size` operations from a fresh process; returns
+  # %{ops: n, elapsed: native units, samples: latencies or nil,
+  #   cpu_ns: CPU time used during the run}.
+  #
+  # CPU time is that of the whole VM (every thread, user and system time,
+  # see cpu_ns/1) plus that of `os_pids` (GenNative's port program), read
+  # right before and after the run's process.
+  defp measure(unit, fun, ctx, size, os_pids \\ []) do
+    # The reads of other processes' CPU stay outside the VM's window: they
+    # cost VM CPU time.
+    os0 = os_cpu_ns(os_pids)
+    vm0 = vm_cpu_ns()
+    {ops, elapsed, samples} = measure_run(unit, fun, ctx, size)
+    vm1 = vm_cpu_ns()
+    os1 = os_cpu_ns(os_pids)
+    %{ops: ops, elapsed: elapsed, samples: samples, cpu_ns: vm1 - vm0 + (os1 - os0)}
+  end
+
+  defp measure_run(:latency_us, fun, ctx, size) do
     isolated([min_heap_size: @latency_heap_words], fn ->
       samples = time_each(fun, ctx, size, [])
       {size, Enum.sum(samples), samples}
     end)
   end
 
-  defp measure(:self_timed_us, fun, ctx, size) do
+  defp measure_run(:self_timed_us, fun, ctx, size) do
     isolated([min_heap_size: @latency_heap_words], fn ->
       samples = self_timed(fun, ctx, size, [])
       {size, Enum.sum(samples), samples}
     end)
   end
 
-  defp measure(:ops_per_s, fun, ctx, size) do
+  defp measure_run(:ops_per_s, fun, ctx, size) do
     isolated([], fn ->
       t0 = :erlang.monotonic_time()
       result = fun.(ctx, size)
@@ -414,6 +564,133 @@ defmodule GenNative.Bench do
           raise "an :ops_per_s function must return ops or {ops, elapsed}, got #{inspect(other)}"
       end
     end)
+  end
+
+  defp os_pids(nil, _ctx), do: []
+
+  defp os_pids(fun, ctx) when is_function(fun, 1) do
+    case fun.(ctx) do
+      pids when is_list(pids) -> Enum.filter(pids, &is_integer/1)
+      pid when is_integer(pid) -> [pid]
+      nil -> []
+    end
+  end
+
+  @doc """
+  CPU time used so far, in nanoseconds: the VM's (every thread of the
+  process, schedulers, dirty schedulers, NIF threads) plus that of each OS
+  process in `os_pids`, user and system time together.
+
+  Read from `/proc/<pid>/task/*/schedstat` (the time each thread spent on a
+  CPU, in nanoseconds), through files kept open between calls (a read of
+  the VM's ~20 threads costs about 0.4 ms). Where that is missing, the VM
+  falls back to `:erlang.statistics(:runtime)` (user time only, in
+  milliseconds) and an OS process to `/proc/<pid>/task/*/stat` utime +
+  stime (clock ticks). An OS process that has gone counts as 0.
+  """
+  @spec cpu_ns([non_neg_integer()]) :: non_neg_integer()
+  def cpu_ns(os_pids \\ []) do
+    vm_cpu_ns() + os_cpu_ns(os_pids)
+  end
+
+  @doc """
+  Where `cpu_ns/1` reads the VM's CPU time: `:schedstat` or `:runtime`.
+  """
+  @spec cpu_source() :: :schedstat | :runtime
+  def cpu_source do
+    case tasks_cpu_ns(System.pid()) do
+      {:ok, _} -> :schedstat
+      :error -> :runtime
+    end
+  end
+
+  defp vm_cpu_ns do
+    case tasks_cpu_ns(System.pid()) do
+      {:ok, ns} ->
+        ns
+
+      :error ->
+        {user_ms, _} = :erlang.statistics(:runtime)
+        user_ms * 1_000_000
+    end
+  end
+
+  defp os_cpu_ns(os_pids) when is_list(os_pids),
+    do: os_pids |> Enum.map(&os_cpu_ns/1) |> Enum.sum()
+
+  defp os_cpu_ns(os_pid) do
+    case tasks_cpu_ns(os_pid) do
+      {:ok, ns} -> ns
+      :error -> stat_cpu_ns(os_pid)
+    end
+  end
+
+  # The sum of schedstat's first field over the threads of `os_pid`, each
+  # thread's file opened once and kept open (in the calling process's
+  # dictionary) for later reads.
+  defp tasks_cpu_ns(os_pid) do
+    key = {__MODULE__, :schedstat, to_string(os_pid)}
+    dir = "/proc/#{os_pid}/task"
+    open = Process.get(key, %{})
+
+    case File.ls(dir) do
+      {:ok, tasks} ->
+        fds =
+          Map.new(tasks, fn task ->
+            {task, Map.get_lazy(open, task, fn -> open_schedstat("#{dir}/#{task}/schedstat") end)}
+          end)
+
+        for {task, fd} <- open, not Map.has_key?(fds, task), fd != nil, do: :file.close(fd)
+        Process.put(key, fds)
+
+        if fds != %{} and Enum.all?(fds, fn {_, fd} -> fd != nil end) do
+          {:ok, fds |> Enum.map(fn {_, fd} -> schedstat_ns(fd) end) |> Enum.sum()}
+        else
+          :error
+        end
+
+      {:error, _} ->
+        for {_, fd} <- open, fd != nil, do: :file.close(fd)
+        Process.delete(key)
+        :error
+    end
+  end
+
+  defp open_schedstat(path) do
+    case :file.open(String.to_charlist(path), [:raw, :read, :binary]) do
+      {:ok, fd} -> fd
+      {:error, _} -> nil
+    end
+  end
+
+  # A thread that has exited since reads as nothing.
+  defp schedstat_ns(fd) do
+    with {:ok, text} <- :file.pread(fd, 0, 128),
+         [ns | _] <- :binary.split(text, " "),
+         {n, _} <- Integer.parse(ns) do
+      n
+    else
+      _ -> 0
+    end
+  end
+
+  defp stat_cpu_ns(os_pid) do
+    case File.ls("/proc/#{os_pid}/task") do
+      {:ok, tasks} -> tasks |> Enum.map(&stat_cpu_ns(os_pid, &1)) |> Enum.sum()
+      {:error, _} -> 0
+    end
+  end
+
+  # utime + stime of one task, in clock ticks of (as good as always) 100 Hz.
+  defp stat_cpu_ns(os_pid, task) do
+    with {:ok, stat} <- File.read("/proc/#{os_pid}/task/#{task}/stat"),
+         [_, rest] <- String.split(stat, ") ", parts: 2),
+         fields <- String.split(rest),
+         [utime, stime] <- Enum.slice(fields, 11, 2) do
+      (String.to_integer(utime) + String.to_integer(stime)) * 10_000_000
+    else
+      _ -> 0
+    end
   end
 
   defp time_each(_fun, _ctx, 0, acc), do: acc
@@ -467,21 +744,32 @@ defmodule GenNative.Bench do
 
   ## Statistics
 
-  defp rows(name, :latency_us, peer_runs, native_runs, _opts, samples) do
+  defp rows(name, :latency_us, peer_runs, native_runs, opts, samples) do
     peer = latency_stats(peer_runs)
     native = latency_stats(native_runs)
     of = if samples, do: ", #{samples} samples", else: ""
     per_run = fn runs, key -> Enum.map(runs, &(latency_stats([&1]) |> Map.fetch!(key))) end
 
-    for {key, label} <- [median: "median latency (us)", p99: "p99 latency (us)"] do
-      name
-      |> row(label <> of, :latency_us, peer[key], native[key])
-      |> with_spread(per_run.(peer_runs, key), per_run.(native_runs, key))
-    end
+    rows =
+      for {key, label} <- [median: "median latency (us)", p99: "p99 latency (us)"] do
+        name
+        |> row(label <> of, :latency_us, peer[key], native[key])
+        |> with_spread(per_run.(peer_runs, key), per_run.(native_runs, key))
+      end
+
+    # CPU per operation and the samples (for plots) go on the median row.
+    [median | rest] = rows
+
+    median =
+      median
+      |> with_cpu(peer_runs, native_runs, opts)
+      |> with_samples(peer_runs, native_runs, opts)
+
+    [median | rest]
   end
 
   defp rows(name, :ops_per_s, peer_runs, native_runs, opts, _samples) do
-    label = "ops/s, median of #{Keyword.fetch!(opts, :runs)} runs"
+    label = "#{Keyword.fetch!(opts, :ops_label)}, median of #{Keyword.fetch!(opts, :runs)} runs"
 
     row =
       name
@@ -490,15 +778,111 @@ defmodule GenNative.Bench do
         Enum.map(peer_runs, &run_throughput/1),
         Enum.map(native_runs, &run_throughput/1)
       )
+      |> with_cpu(peer_runs, native_runs, opts)
 
     [row]
   end
 
-  # The smallest and largest ratio of paired runs (run i of each side, which
-  # ran back to back), each oriented as the row's ratio.
-  defp with_spread(row, peer_values, native_values) do
+  # Against the better of two peers, run by run: in run i, whichever peer
+  # did better in that run.
+  defp better_peer_rows(name, :ops_per_s, runs, {peer_name, alt_name}, opts, samples) do
+    # keep the label short: "GenServer, message_queue_data: :off_heap" -> "off_heap"
+    short = fn label -> label |> String.split([", ", ": :"]) |> List.last() end
+    {peer_name, alt_name} = {short.(peer_name), short.(alt_name)}
+
+    best =
+      Enum.map(runs, fn run ->
+        if run_throughput(run.alt_peer) > run_throughput(run.peer),
+          do: run.alt_peer,
+          else: run.peer
+      end)
+
+    picked_alt = Enum.count(runs, &(run_throughput(&1.alt_peer) > run_throughput(&1.peer)))
+
+    rows(
+      "#{name} (peer: the better of the two in each run: #{alt_name} in #{picked_alt} " <>
+        "of #{length(runs)}, #{peer_name} in #{length(runs) - picked_alt})",
+      :ops_per_s,
+      best,
+      Enum.map(runs, & &1.native),
+      opts,
+      samples
+    )
+  end
+
+  defp better_peer_rows(_name, unit, _runs, _names, _opts, _samples) do
+    raise ArgumentError, ":alt_peer is for unit :ops_per_s only, not #{inspect(unit)}"
+  end
+
+  @doc """
+  Sets the spread of `row` (a custom scenario's) from paired runs: the
+  smallest and largest ratio of `peer_values` and `native_values` taken in
+  pairs (run i of each side, which ran back to back), each oriented as the
+  row's ratio.
+  """
+  @spec with_spread(row(), [number()], [number()]) :: row()
+  def with_spread(row, peer_values, native_values) do
     ratios = Enum.zip_with(peer_values, native_values, &ratio_of(row.unit, &1, &2))
     %{row | spread: Enum.min_max(ratios)}
+  end
+
+  # CPU time per operation on each side (microseconds, median over runs),
+  # and the ratio peer/native of the medians (above 1.0: GenNative used
+  # less CPU per operation) with the spread of the paired runs' ratios.
+  defp with_cpu(row, peer_runs, native_runs, opts) do
+    if Keyword.get(opts, :cpu, true) do
+      per_op = fn run -> run.cpu_ns / max(run.ops, 1) / 1000 end
+      peer = Enum.map(peer_runs, per_op)
+      native = Enum.map(native_runs, per_op)
+      ratios = peer |> Enum.zip_with(native, &cpu_ratio/2) |> Enum.reject(&is_nil/1)
+      peer_m = median_of(peer)
+      native_m = median_of(native)
+
+      %{
+        row
+        | cpu: %{
+            peer: peer_m,
+            native: native_m,
+            ratio: cpu_ratio(peer_m, native_m),
+            spread: if(ratios == [], do: nil, else: Enum.min_max(ratios))
+          }
+      }
+    else
+      row
+    end
+  end
+
+  # A run whose CPU time rounds to nothing (below the millisecond
+  # resolution) makes no ratio.
+  defp cpu_ratio(peer, native) when peer > 0 and native > 0, do: peer / native
+  defp cpu_ratio(_peer, _native), do: nil
+
+  defp with_samples(row, peer_runs, native_runs, opts) do
+    if Keyword.get(opts, :keep_samples, false) do
+      to_us = fn runs ->
+        Enum.flat_map(runs, fn run -> Enum.map(run.samples, &microseconds/1) end)
+      end
+
+      Map.put(row, :samples, %{peer: to_us.(peer_runs), native: to_us.(native_runs)})
+    else
+      row
+    end
+  end
+
+  defp median_of(values), do: values |> Enum.sort() |> List.to_tuple() |> median()
+
+  @doc """
+  A row for a custom scenario whose sides were measured in pairs (run `i`
+  of the peer right before or after run `i` of GenNative): `peer_values`
+  and `native_values` are the runs' figures in the same order; the row
+  shows the median of each side and the spread of the paired ratios.
+  """
+  @spec paired_row(String.t(), String.t(), unit(), [number()], [number()]) :: row()
+  def paired_row(name, metric, unit, [_ | _] = peer_values, [_ | _] = native_values)
+      when length(peer_values) == length(native_values) do
+    name
+    |> row(metric, unit, median_of(peer_values), median_of(native_values))
+    |> with_spread(peer_values, native_values)
   end
 
   @doc """
@@ -518,7 +902,8 @@ defmodule GenNative.Bench do
       peer: peer,
       native: native,
       ratio: ratio,
-      spread: nil
+      spread: nil,
+      cpu: nil
     }
   end
 
@@ -550,7 +935,7 @@ defmodule GenNative.Bench do
   defp latency_stats(runs) do
     sorted =
       runs
-      |> Enum.flat_map(fn {_ops, _elapsed, samples} -> samples end)
+      |> Enum.flat_map(& &1.samples)
       |> Enum.sort()
       |> List.to_tuple()
 
@@ -560,15 +945,9 @@ defmodule GenNative.Bench do
     }
   end
 
-  defp run_throughput({ops, elapsed, _}), do: ops / seconds(max(elapsed, 1))
+  defp run_throughput(%{ops: ops, elapsed: elapsed}), do: ops / seconds(max(elapsed, 1))
 
-  defp throughput(runs) do
-    runs
-    |> Enum.map(&run_throughput/1)
-    |> Enum.sort()
-    |> List.to_tuple()
-    |> median()
-  end
+  defp throughput(runs), do: runs |> Enum.map(&run_throughput/1) |> median_of()
 
   defp median(sorted) do
     n = tuple_size(sorted)
@@ -602,7 +981,11 @@ defmodule GenNative.Bench do
       peer_label,
       native_label,
       "#{native_label}/#{peer_label} (>1 = #{native_label} better)",
-      "ratio spread (min..max)"
+      "ratio spread (min..max)",
+      "verdict",
+      "CPU us/op #{peer_label}",
+      "CPU us/op #{native_label}",
+      "CPU ratio (>1 = #{native_label} uses less) [min..max]"
     ]
 
     body =
@@ -613,8 +996,9 @@ defmodule GenNative.Bench do
           format(r.unit, r.peer),
           format(r.unit, r.native),
           ratio(r.ratio),
-          spread(Map.get(r, :spread))
-        ]
+          spread(Map.get(r, :spread)),
+          verdict(r, peer_label, native_label)
+        ] ++ cpu_cells(Map.get(r, :cpu))
       end
 
     method =
@@ -631,13 +1015,91 @@ defmodule GenNative.Bench do
         text -> "\n" <> text
       end
 
+    aligns = [:left, :left, :right, :right, :right, :right, :left, :right, :right, :right]
+
     report_header(suite) <>
       """
       #{method} Suite wall time #{:erlang.float_to_binary(wall_s, decimals: 1)} s.
 
-      #{table([header | body], [:left, :left, :right, :right, :right, :right])}
+      #{table([header | body], aligns)}
+
+      #{legend()}
       """ <> notes
   end
+
+  @doc """
+  The verdict of a row: `"<native> better"` or `"<peer> better"` when every
+  paired run's ratio is on the same side of 1.0, `"no clear difference"`
+  when the spread touches or crosses 1.0, `"n/a"` without a ratio. A row
+  without paired runs (a single measurement) gets the side its ratio
+  favours, marked "(1 measurement)". An A/A row (its scenario starts with
+  "A/A") is expected to show no difference; when its spread is off 1.0 the
+  verdict says that the noise went beyond the spread.
+  """
+  @spec verdict(row(), String.t(), String.t()) :: String.t()
+  def verdict(row, peer_label \\ "peer", native_label \\ "GenNative")
+
+  def verdict(%{ratio: nil}, _peer, _native), do: "n/a"
+
+  # Both columns run the same thing: any verdict but "no clear difference"
+  # says the session's noise is larger than the spread of its pairs.
+  def verdict(%{scenario: "A/A" <> _, spread: {lo, hi}}, _peer, _native) do
+    if lo > 1.0 or hi < 1.0,
+      do: "A/A off 1.0: noise beyond the spread",
+      else: "A/A: no clear difference (as expected)"
+  end
+
+  def verdict(%{spread: {lo, hi}}, peer, native) do
+    cond do
+      lo > 1.0 -> "#{native} better"
+      hi < 1.0 -> "#{peer} better"
+      true -> "no clear difference"
+    end
+  end
+
+  def verdict(%{ratio: r}, peer, native) do
+    cond do
+      r > 1.0 -> "#{native} better (1 measurement)"
+      r < 1.0 -> "#{peer} better (1 measurement)"
+      true -> "same (1 measurement)"
+    end
+  end
+
+  @doc "The legend printed under every table made by `run/3`."
+  @spec legend() :: String.t()
+  def legend do
+    "Ratio spread: smallest and largest ratio of the paired runs (run i of each side, " <>
+      "back to back). Verdict: a side is better only when its whole spread is on that " <>
+      "side of 1.0; a spread that touches or crosses 1.0 is no clear difference; an A/A " <>
+      "row whose spread is off 1.0 shows noise beyond what the pairs capture. " <>
+      "CPU us/op: CPU time (user + system) of every thread of the VM, " <>
+      "#{cpu_source_text()}, plus GenNative's port program where there is one, over each run, " <>
+      "divided by its operations; median of the runs (on a latency scenario's median row " <>
+      "only; n/a where a run's work is not only the operations timed)."
+  end
+
+  defp cpu_source_text do
+    case cpu_source() do
+      :schedstat -> "from /proc/<pid>/task/*/schedstat"
+      :runtime -> "here from :erlang.statistics(:runtime), user time only (no schedstat)"
+    end
+  end
+
+  defp cpu_cells(nil), do: ["n/a", "n/a", "n/a"]
+
+  defp cpu_cells(%{peer: peer, native: native, ratio: r, spread: sp}) do
+    ratio_text =
+      case sp do
+        nil -> ratio(r)
+        _ -> "#{ratio(r)} [#{spread(sp)}]"
+      end
+
+    [cpu_us(peer), cpu_us(native), ratio_text]
+  end
+
+  defp cpu_us(us) when us >= 100, do: :erlang.float_to_binary(us / 1, decimals: 0)
+  defp cpu_us(us) when us >= 1, do: :erlang.float_to_binary(us / 1, decimals: 2)
+  defp cpu_us(us), do: :erlang.float_to_binary(us / 1, decimals: 3)
 
   defp mix_env do
     if List.keymember?(Application.started_applications(), :mix, 0),

@@ -1,12 +1,14 @@
 # The mailbox suite: the same counter server as a GenServer and as a GenNative
 # server, called and cast to through each one's own client API.
 #
-# The cast rows are repeated against a GenServer started with
-# `spawn_opt: [message_queue_data: :off_heap]` (OTP 25 delivers signals to
-# such a process from several senders in parallel), the other GenServer
-# setting issue 9 asks the design to be measured against; and as A/A rows,
-# a plain GenServer on both sides, whose ratio spread is the noise floor of
-# the cast rows on this machine.
+# Each cast scenario runs three sides in the same alternating runs: a
+# GenServer with its default (on-heap) message queue, a GenServer started
+# with `spawn_opt: [message_queue_data: :off_heap]` (OTP 25 delivers
+# signals to such a process from several senders in parallel), and
+# GenNative; it gives a row against each GenServer and one against the
+# better of the two in each run, the peer GenNative has to beat. The A/A
+# rows run a plain GenServer on both sides: their ratio spread is the noise
+# floor of the rows on this machine.
 #
 #     bin/bench mailbox
 #     GN_BENCH_QUICK=1 bin/bench mailbox
@@ -51,8 +53,7 @@ defmodule GenNative.Bench.Mailbox do
   def scenarios do
     [latency()] ++
       Enum.map([1, 8, 64], &call_throughput/1) ++
-      Enum.map([1, 4], &cast_throughput(&1, :default)) ++
-      Enum.map([1, 4], &cast_throughput(&1, :off_heap)) ++
+      Enum.map([1, 4], &cast_throughput(&1, :both)) ++
       Enum.map([1, 4], &cast_throughput(&1, :a_a))
   end
 
@@ -90,9 +91,9 @@ defmodule GenNative.Bench.Mailbox do
   # handles after all of that producer's casts; the clock stops when the last
   # producer's call returns, so every cast has been handled, not just queued.
   #
-  # `against` picks the two sides: `:default` (GenServer against GenNative),
-  # `:off_heap` (a GenServer with message_queue_data: :off_heap against
-  # GenNative), `:a_a` (a plain GenServer on both sides).
+  # `against` picks the sides: `:both` (GenServer, GenServer with
+  # message_queue_data: :off_heap, and GenNative, in the same runs), `:a_a`
+  # (a plain GenServer on both sides).
   defp cast_throughput(producers, against) do
     run = fn {mod, pid}, n ->
       GenNative.Bench.checked(mod, pid, producers * n, fn ->
@@ -105,43 +106,47 @@ defmodule GenNative.Bench.Mailbox do
 
     name = "cast throughput, #{producers} producer#{if producers > 1, do: "s"}"
 
-    {name, setup} =
-      case against do
-        :default ->
-          {name, &setup/0}
+    case against do
+      :both ->
+        %{
+          name: name,
+          unit: :ops_per_s,
+          setup: fn -> setup(alt_peer: true) end,
+          teardown: &teardown/1,
+          peer: fn ctx, n -> run.(ctx.peer, n) end,
+          peer_name: "GenServer",
+          alt_peer: fn ctx, n -> run.(ctx.alt_peer, n) end,
+          alt_peer_name: "GenServer, message_queue_data: :off_heap",
+          native: fn ctx, n -> run.(ctx.native, n) end
+        }
 
-        :off_heap ->
-          {name <> " (peer: GenServer with message_queue_data: :off_heap)",
-           fn -> setup(peer: :off_heap) end}
-
-        :a_a ->
-          {"A/A: " <> name <> " (GenServer in both columns)",
-           fn -> setup(native: :gen_server) end}
-      end
-
-    %{
-      name: name,
-      unit: :ops_per_s,
-      setup: setup,
-      teardown: &teardown/1,
-      peer: fn ctx, n -> run.(ctx.peer, n) end,
-      native: fn ctx, n -> run.(ctx.native, n) end
-    }
+      :a_a ->
+        %{
+          name: "A/A: " <> name <> " (GenServer in both columns)",
+          unit: :ops_per_s,
+          setup: fn -> setup(native: :gen_server) end,
+          teardown: &teardown/1,
+          peer: fn ctx, n -> run.(ctx.peer, n) end,
+          native: fn ctx, n -> run.(ctx.native, n) end
+        }
+    end
   end
 
-  # `peer: :off_heap` starts the peer GenServer with its message queue off
-  # the heap; `native: :gen_server` puts a second plain GenServer in
+  # `alt_peer: true` also starts a GenServer with its message queue off the
+  # heap; `native: :gen_server` puts a second plain GenServer in
   # GenNative's place, for an A/A comparison.
   defp setup(opts \\ []) do
-    peer_opts =
-      case Keyword.get(opts, :peer, :default) do
-        :default -> []
-        :off_heap -> [spawn_opt: [message_queue_data: :off_heap]]
-      end
+    {:ok, peer} = GenServer.start_link(PeerCounter, 0)
+    {:message_queue_data, :on_heap} = Process.info(peer, :message_queue_data)
 
-    {:ok, peer} = GenServer.start_link(PeerCounter, 0, peer_opts)
-    expected = if peer_opts == [], do: :on_heap, else: :off_heap
-    {:message_queue_data, ^expected} = Process.info(peer, :message_queue_data)
+    alt_peer =
+      if Keyword.get(opts, :alt_peer, false) do
+        {:ok, pid} =
+          GenServer.start_link(PeerCounter, 0, spawn_opt: [message_queue_data: :off_heap])
+
+        {:message_queue_data, :off_heap} = Process.info(pid, :message_queue_data)
+        {GenServer, pid}
+      end
 
     native =
       case Keyword.get(opts, :native, :gen_native) do
@@ -154,11 +159,12 @@ defmodule GenNative.Bench.Mailbox do
           {GenServer, pid}
       end
 
-    %{peer: {GenServer, peer}, native: native}
+    %{peer: {GenServer, peer}, alt_peer: alt_peer, native: native}
   end
 
-  defp teardown(%{peer: {GenServer, peer}, native: {mod, native}}) do
+  defp teardown(%{peer: {GenServer, peer}, alt_peer: alt_peer, native: {mod, native}}) do
     :ok = GenServer.stop(peer)
+    if alt_peer, do: :ok = GenServer.stop(elem(alt_peer, 1))
     :ok = mod.stop(native)
   end
 end

@@ -149,6 +149,7 @@ defmodule GenNative.Bench.Overload do
     peer = side(:peer, config)
     wall_s = :erlang.convert_time_unit(:erlang.monotonic_time() - started, :native, :millisecond)
 
+    plot(peer, native, config)
     text = report(peer, native, config, wall_s / 1000)
     text = text <> GenNative.Bench.Overload.Expiry.run(duration_ms)
     Bench.publish("overload", text)
@@ -218,7 +219,7 @@ defmodule GenNative.Bench.Overload do
     # memory sampler and the probe report.
     calls = collect_probe(probe, t_stop + ms(@grace_ms))
     high_calls = if high_probe, do: collect_probe(high_probe, t_stop + ms(@grace_ms)), else: []
-    {peak, capped_at} = stop_sampler(sampler)
+    {peak, capped_at, memory} = stop_sampler(sampler)
 
     # Drain without the work, and account for every request.
     sampler = spawn_sampler(ctl, :infinity)
@@ -226,7 +227,7 @@ defmodule GenNative.Bench.Overload do
     drain_started = :erlang.monotonic_time()
     info = drain(mod, pid)
     drain_ms = to_ms(:erlang.monotonic_time() - drain_started)
-    {drain_peak, _} = stop_sampler(sampler)
+    {drain_peak, _, _} = stop_sampler(sampler)
     stats = mod.call(pid, :stats, :infinity)
     :ok = mod.stop(pid, :normal, :infinity)
 
@@ -252,9 +253,13 @@ defmodule GenNative.Bench.Overload do
       stats: stats,
       info: info,
       calls: calls ++ high_calls,
+      normal_calls: calls,
+      high_calls: high_calls,
       last: last,
       high_last: high_last,
-      t_stop: t_stop
+      t0: t0,
+      t_stop: t_stop,
+      memory: memory
     })
   end
 
@@ -329,13 +334,15 @@ defmodule GenNative.Bench.Overload do
 
     spawn_link(fn ->
       Process.flag(:priority, :high)
-      sample(parent, ctl, cap, 0, nil)
+      sample(parent, ctl, cap, 0, nil, [])
     end)
   end
 
-  defp sample(parent, ctl, cap, peak, capped_at) do
+  # Keeps every sample, {monotonic time, bytes}, for the memory plot.
+  defp sample(parent, ctl, cap, peak, capped_at, samples) do
     total = :erlang.memory(:total)
     peak = max(peak, total)
+    samples = [{:erlang.monotonic_time(), total} | samples]
 
     capped_at =
       if capped_at == nil and total > cap do
@@ -346,9 +353,12 @@ defmodule GenNative.Bench.Overload do
       end
 
     receive do
-      {:stop, from} -> send(from, {:sampler, max(peak, :erlang.memory(:total)), capped_at})
+      {:stop, from} ->
+        total = :erlang.memory(:total)
+        samples = Enum.reverse([{:erlang.monotonic_time(), total} | samples])
+        send(from, {:sampler, max(peak, total), capped_at, samples})
     after
-      @sample_ms -> sample(parent, ctl, cap, peak, capped_at)
+      @sample_ms -> sample(parent, ctl, cap, peak, capped_at, samples)
     end
   end
 
@@ -356,7 +366,7 @@ defmodule GenNative.Bench.Overload do
     send(sampler, {:stop, self()})
 
     receive do
-      {:sampler, peak, capped_at} -> {peak, capped_at}
+      {:sampler, peak, capped_at, samples} -> {peak, capped_at, samples}
     end
   end
 
@@ -436,6 +446,73 @@ defmodule GenNative.Bench.Overload do
     receive do
       {:probe, calls} -> calls
     end
+  end
+
+  ## Plots
+
+  # overload-memory.svg: VM memory over time, both sides; overload-latency.svg:
+  # each probe call's latency against the time it was issued, both sides,
+  # by outcome. Time 0 is the producers' start; they stop at the run's end,
+  # and the calls still waiting then get the grace period.
+  defp plot(peer, native, config) do
+    since = fn s, t -> to_ms(t - s.t0) end
+
+    memory =
+      for s <- [peer, native] do
+        %{
+          label: s.label,
+          points: Enum.map(s.memory, fn {t, bytes} -> {since.(s, t), bytes / @mb} end),
+          style: :line
+        }
+      end
+
+    note =
+      "#{@producers} producers for #{n(config.duration_ms)} ms, #{@work_us} us per request; " <>
+        "GenNative: capacity 10,000, overflow: :reject. #{Bench.machine()}"
+
+    Bench.write_svg(
+      "overload-memory.svg",
+      GenNative.Bench.SVG.plot(%{
+        title: "Overload: VM memory over time (:erlang.memory(:total), every #{@sample_ms} ms)",
+        x_label: "ms since the producers started (they stop at #{n(config.duration_ms)} ms)",
+        y_label: "MB (log scale)",
+        y_scale: :log,
+        series: memory,
+        note: note
+      })
+    )
+
+    latency =
+      for {s, calls, who} <- [
+            {peer, peer.normal_calls, "GenServer call"},
+            {native, native.normal_calls, "GenNative call"},
+            {native, native.high_calls, "GenNative call, priority: :high"}
+          ],
+          {outcome, what} <- [
+            answered: "answered",
+            unanswered: "unanswered at the end (time waited)",
+            mailbox_full: "rejected: mailbox_full"
+          ],
+          points =
+            for(
+              %{outcome: ^outcome, issued: t, latency: l} <- calls,
+              do: {since.(s, t), max(to_ms(l), 0.001)}
+            ),
+          points != [] do
+        %{label: "#{who}, #{what}", points: points, style: :points}
+      end
+
+    Bench.write_svg(
+      "overload-latency.svg",
+      GenNative.Bench.SVG.plot(%{
+        title: "Overload: latency of a probe call every #{@probe_ms} ms",
+        x_label: "ms since the producers started, when the call was issued",
+        y_label: "ms from issue to reply or exit (log scale)",
+        y_scale: :log,
+        series: latency,
+        note: note
+      })
+    )
   end
 
   ## Accounting

@@ -34,6 +34,13 @@
 # data directories and dets files live in one temporary directory under
 # System.tmp_dir!(), removed at the end.
 #
+# CPU per operation counts the port program's own CPU time
+# (/proc/<os_pid>/task/*/schedstat) on GenNative's side, on top of the VM's.
+# An A/A row (GenServer.call round trip on both sides) shows the noise
+# floor; sync: :always also runs with 64 writers (acks/s); and the
+# round-trip latencies are drawn as cumulative distributions in
+# port-get-latency-cdf.svg and port-put-latency-cdf.svg.
+#
 #     MIX_ENV=prod mix gen_native.bench port
 #     MIX_ENV=prod mix gen_native.bench port --quick   # 100k entries to recover, short runs
 
@@ -61,6 +68,7 @@ defmodule GenNative.Bench.PortBench do
   @stride 7919
   @callers 64
   @writers 8
+  @many_writers 64
   @chunk 10_000
   @restarts 3
 
@@ -91,14 +99,18 @@ defmodule GenNative.Bench.PortBench do
     fixture = fixture(config)
     IO.puts(:stderr, " done")
 
+    [get_vs_call | _] = trips = round_trips(fixture, config)
+
     scenarios =
-      round_trips(fixture, config) ++
+      trips ++
+        [Bench.a_a(get_vs_call, "GenServer.call to the map server in both columns")] ++
         concurrent(fixture, config) ++
         durable(fixture, config) ++
         [%{name: "recovery", custom: fn -> recovery_rows(config) end}]
 
     try do
       Bench.run("port", scenarios,
+        keep_samples: true,
         peer_label: "peer",
         native_label: "GenNative port",
         method:
@@ -106,6 +118,7 @@ defmodule GenNative.Bench.PortBench do
             "(ops/s: about #{if quick, do: 80, else: 400} ms each); recovery: see the notes.",
         notes: &notes(&1, config)
       )
+      |> plot()
     after
       GenServer.stop(@mem_port)
       GenServer.stop(fixture.server)
@@ -144,7 +157,16 @@ defmodule GenNative.Bench.PortBench do
 
   ## 1. Round trip of one get and one put, one caller
 
+  # The port program's CPU time belongs to GenNative's side.
+  defp mem_program(_ctx), do: [GenNative.Port.os_pid(@mem_port)]
+  defp durable_program(_ctx), do: [GenNative.Port.os_pid(@durable_port)]
+
   defp round_trips(f, config) do
+    for scenario <- round_trip_scenarios(f, config),
+        do: Map.put(scenario, :native_os_pids, &mem_program/1)
+  end
+
+  defp round_trip_scenarios(f, config) do
     label = "1 caller, set of #{Bench.thousands(config.small)}, program without dir"
     ctx = fn -> f end
 
@@ -245,6 +267,7 @@ defmodule GenNative.Bench.PortBench do
       %{
         name: "get, #{label} #{peer}",
         unit: :ops_per_s,
+        native_os_pids: &mem_program/1,
         setup: ctx,
         peer: each.(fn f, n, c -> call_gets(f.server, n, f.size, c) end),
         native: each.(fn f, n, c -> store_gets(f.store, n, f.size, c) end)
@@ -252,6 +275,7 @@ defmodule GenNative.Bench.PortBench do
       %{
         name: "put, #{label} #{peer}",
         unit: :ops_per_s,
+        native_os_pids: &mem_program/1,
         setup: ctx,
         peer: each.(fn f, n, c -> call_puts(f.server, n, f.size, c) end),
         native: each.(fn f, n, c -> store_puts(f.store, n, f.size, c) end)
@@ -296,7 +320,11 @@ defmodule GenNative.Bench.PortBench do
   # A program with a data directory, its store filled with the same entries
   # as the dets table; a fresh directory per scenario.
   defp durable(f, config) do
-    for sync <- [{:interval, 100}, :always], writers <- [1, @writers] do
+    for {sync, counts} <- [
+          {{:interval, 100}, [1, @writers]},
+          {:always, [1, @writers, @many_writers]}
+        ],
+        writers <- counts do
       sync_label =
         case sync do
           {:interval, ms} -> "sync: {:interval, #{ms}}"
@@ -310,6 +338,8 @@ defmodule GenNative.Bench.PortBench do
           "durable put, #{sync_label}, #{who}, set of #{Bench.thousands(config.small)} " <>
             "(peer: :dets.insert/2)",
         unit: :ops_per_s,
+        ops_label: "acks/s",
+        native_os_pids: &durable_program/1,
         setup: fn -> durable_setup(f, config, sync) end,
         teardown: &durable_teardown/1,
         peer: fn ctx, _n ->
@@ -401,8 +431,10 @@ defmodule GenNative.Bench.PortBench do
       end
 
     # the restarts must not have changed the directories (no compaction on
-    # load), but for the unfinished snapshot.tmp the first one removed
-    for d <- dirs, files(d.dir) != List.keydelete(d.files, "snapshot.tmp", 0) do
+    # load), but for the unfinished snapshot.tmp the first one removed, and
+    # the few bytes a program appends to the journal it reopened (a sync
+    # mark for what it read: the journal counts as synced from then on)
+    for d <- dirs, not same_files?(List.keydelete(d.files, "snapshot.tmp", 0), files(d.dir)) do
       raise "recovery: #{d.dir} changed across restarts: #{inspect(d.files)} -> " <>
               inspect(files(d.dir))
     end
@@ -421,13 +453,17 @@ defmodule GenNative.Bench.PortBench do
     })
 
     for d <- dirs do
-      Bench.row(
-        "recovery, #{Bench.thousands(n)} entries, #{layout_label(d)} " <>
-          "(peer: :dets.open_file/2 + :dets.info(t, :size))",
-        "ms, start_link + Store.size/1, median of #{@restarts}",
+      ("recovery, #{Bench.thousands(n)} entries, #{layout_label(d)} " <>
+         "(peer: :dets.open_file/2 + :dets.info(t, :size))")
+      |> Bench.row(
+        "ms, start_link + Store.size/1, median of #{@restarts} paired runs",
         :latency_us,
         dets_ms,
         median.(d.layout) / 1000
+      )
+      |> Bench.with_spread(
+        Enum.map(runs, fn run -> run.dets / 1000 end),
+        Enum.map(runs, fn run -> run[d.layout] / 1000 end)
       )
     end
   end
@@ -466,6 +502,14 @@ defmodule GenNative.Bench.PortBench do
     t0 = :erlang.monotonic_time()
     result = fun.()
     {:erlang.convert_time_unit(:erlang.monotonic_time() - t0, :native, :microsecond), result}
+  end
+
+  # The same files, each the same size or (a journal) grown by a few marks.
+  defp same_files?(before, now) do
+    Enum.map(before, &elem(&1, 0)) == Enum.map(now, &elem(&1, 0)) and
+      Enum.all?(Enum.zip(before, now), fn {{name, b}, {_, a}} ->
+        a == b or (String.starts_with?(name, "journal.") and a > b and a - b <= 4096)
+      end)
   end
 
   # The data files of a directory and their sizes, sorted.
@@ -583,6 +627,54 @@ defmodule GenNative.Bench.PortBench do
     :erlang.convert_time_unit(elapsed, :native, :microsecond)
   end
 
+  ## Plots
+
+  # The round trips' latency distributions: one plot for gets, one for puts,
+  # GenNative's port store against each peer (its own samples from the
+  # first row of each kind).
+  defp plot(rows) do
+    trips = Enum.filter(rows, &(Map.has_key?(&1, :samples) and &1.scenario =~ "round trip"))
+
+    for {op, file} <- [{"get", "port-get-latency-cdf.svg"}, {"put", "port-put-latency-cdf.svg"}] do
+      of_op = Enum.filter(trips, &String.starts_with?(&1.scenario, "#{op} round trip"))
+
+      series =
+        case of_op do
+          [] ->
+            []
+
+          [first | _] ->
+            [%{label: "GenNative port store", samples: first.samples.native}] ++
+              Enum.map(of_op, &%{label: peer_label(&1.scenario), samples: &1.samples.peer})
+        end
+
+      svg =
+        GenNative.Bench.SVG.plot(%{
+          title: "Port store: #{op} round trip, 1 caller, latency distribution",
+          x_label: "latency (us, log scale)",
+          y_label: "fraction of operations within",
+          x_scale: :log,
+          series:
+            for s <- series do
+              %{label: s.label, points: GenNative.Bench.SVG.cdf(s.samples), style: :step}
+            end,
+          note: Bench.machine()
+        })
+
+      Bench.write_svg(file, svg)
+    end
+
+    rows
+  end
+
+  defp peer_label(scenario) do
+    case Regex.run(~r/\(peer: ([^)]*)/, scenario) do
+      [_, "the pipe alone" <> _] -> "the pipe alone (cat echo)"
+      [_, peer] -> peer
+      nil -> "peer"
+    end
+  end
+
   ## Notes and goals
 
   defp notes(rows, config) do
@@ -600,7 +692,12 @@ defmodule GenNative.Bench.PortBench do
     verdict = fn ok -> if ok, do: "met", else: "NOT met" end
 
     # every round-trip row measures the port side again, alongside its peer
-    medians = pick.(&(&1.scenario =~ "round trip" and &1.metric =~ "median"), :native)
+    medians =
+      pick.(
+        &(&1.scenario =~ "round trip" and &1.metric =~ "median" and
+            not String.starts_with?(&1.scenario, "A/A")),
+        :native
+      )
 
     concurrent = pick.(has.("concurrent callers"), :native)
 

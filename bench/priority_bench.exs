@@ -7,6 +7,10 @@
 # waits for the rest of the backlog, and the counter is checked: every cast
 # must have been handled, exactly once.
 #
+# An A/A row runs the ~0 us/cast scenario with a plain GenServer call on
+# both sides (the noise floor), and the latencies of every timed call are
+# drawn as cumulative distributions in priority-latency-cdf.svg.
+#
 #     mix gen_native.bench priority
 #     GN_BENCH_QUICK=1 bin/bench priority
 
@@ -75,7 +79,35 @@ defmodule GenNative.Bench.Priority do
 
   def scenarios do
     :ets.new(@ahead, [:named_table, :public, :bag])
-    Enum.map(specs(), fn {name, work_us, opts} -> scenario(name, work_us, opts) end)
+    scenarios = Enum.map(specs(), fn {name, work_us, opts} -> scenario(name, work_us, opts) end)
+    [first | _] = scenarios
+    scenarios ++ [GenNative.Bench.a_a(first, "a plain GenServer call in both columns")]
+  end
+
+  # The cumulative distribution of each side's timed calls, per scenario.
+  def plot(rows) do
+    series =
+      for %{samples: samples} = row <- rows,
+          not String.starts_with?(row.scenario, "A/A"),
+          {side, label} <- [peer: "GenServer call", native: "GenNative call, priority: :high"] do
+        %{
+          label: "#{label}, #{String.replace(row.scenario, "call behind 100k casts, ", "")}",
+          points: GenNative.Bench.SVG.cdf(Map.fetch!(samples, side)),
+          style: :step
+        }
+      end
+
+    svg =
+      GenNative.Bench.SVG.plot(%{
+        title: "A call behind 100,000 queued casts: latency distribution",
+        x_label: "latency from issue to reply (us, log scale)",
+        y_label: "fraction of calls answered within",
+        x_scale: :log,
+        series: series,
+        note: "#{GenNative.Bench.machine()}"
+      })
+
+    GenNative.Bench.write_svg("priority-latency-cdf.svg", svg)
   end
 
   defp specs do
@@ -189,8 +221,10 @@ defmodule GenNative.Bench.Priority do
 end
 
 GenNative.Bench.run("priority", GenNative.Bench.Priority.scenarios(),
+  keep_samples: true,
   method:
     "Each side: one warm-up run, then the stated number of timed calls in runs " <>
       "alternating with the other side; each call is timed by itself, from issue to reply.",
   notes: &GenNative.Bench.Priority.notes/0
 )
+|> GenNative.Bench.Priority.plot()

@@ -117,15 +117,19 @@ defmodule GenNative.Bench.Store do
       calls: 10_000,
       # insert+delete pairs for the memory growth row
       churn: if(quick, do: 150_000, else: 1_500_000),
-      call_runs: if(quick, do: 1, else: 3)
+      call_runs: if(quick, do: 2, else: 3)
     }
 
     IO.write(:stderr, "store: building the #{Bench.thousands(config.big)}-entry ordered sets ...")
     ordered = ordered_fixture(config.big)
     IO.puts(:stderr, " done")
 
+    [get_set | _] = get_put_set = get_put(:set, config)
+
     scenarios =
-      Enum.flat_map([:set, :ordered_set], &get_put(&1, config)) ++
+      get_put_set ++
+        get_put(:ordered_set, config) ++
+        [Bench.a_a(get_set, "ETS in both columns")] ++
         readers(config) ++
         ordered_scenarios(ordered, config) ++
         [large_state(config), memory(ordered, config), snapshot_restore(ordered)]
@@ -453,7 +457,10 @@ defmodule GenNative.Bench.Store do
 
   # The store side: batches of @batch random operations, each batch's time
   # divided by @batch. The ETS side: single operations (each takes
-  # milliseconds), fewer of them. Both from a fresh process.
+  # milliseconds), fewer of them. Both from a fresh process, in
+  # config.ets_scans rounds that alternate the sides (one ETS operation and
+  # rank_batches / ets_scans store batches a round): each round is a pair
+  # for the ratio spread.
   defp rank_at(op, f, config) do
     n = f.n
 
@@ -471,25 +478,40 @@ defmodule GenNative.Bench.Store do
            fn -> [_] = :ets.slot(f.ets, :rand.uniform(n) - 1) end}
       end
 
-    native =
+    per_round = max(1, div(config.rank_batches, config.ets_scans))
+
+    native_round = fn ->
       isolated(fn ->
-        for _ <- 1..config.rank_batches do
+        for _ <- 1..per_round do
           t0 = :erlang.monotonic_time()
           Bench.repeat(@batch, native_op)
           div(:erlang.monotonic_time() - t0, @batch)
         end
       end)
-      |> Bench.stats()
+    end
 
-    peer =
+    peer_round = fn ->
       isolated(fn ->
-        for _ <- 1..config.ets_scans do
-          t0 = :erlang.monotonic_time()
-          peer_op.()
-          :erlang.monotonic_time() - t0
-        end
+        t0 = :erlang.monotonic_time()
+        peer_op.()
+        [:erlang.monotonic_time() - t0]
       end)
-      |> Bench.stats()
+    end
+
+    rounds =
+      for i <- 1..config.ets_scans do
+        if rem(i, 2) == 1 do
+          peer = peer_round.()
+          {peer, native_round.()}
+        else
+          native = native_round.()
+          {peer_round.(), native}
+        end
+      end
+
+    native = rounds |> Enum.flat_map(&elem(&1, 1)) |> Bench.stats()
+    peer = rounds |> Enum.flat_map(&elem(&1, 0)) |> Bench.stats()
+    per_round_stat = fn side, key -> Enum.map(rounds, &Bench.stats(elem(&1, side))[key]) end
 
     name = "#{op}, ordered_set, #{Bench.thousands(n)} entries"
 
@@ -498,24 +520,18 @@ defmodule GenNative.Bench.Store do
         do: "ETS select_count with a key guard, O(n)",
         else: ":ets.slot/2 at a random index, O(n)"
 
-    samples = "#{native.count} batches of #{@batch} / #{peer.count} single ETS ops"
+    samples =
+      "#{native.count} batches of #{@batch} / #{peer.count} single ETS ops, " <>
+        "#{config.ets_scans} paired rounds"
 
-    [
-      Bench.row(
-        "#{name} (peer: #{peer_name})",
-        "median latency per op (us), #{samples}",
-        :latency_us,
-        peer.median,
-        native.median
-      ),
-      Bench.row(
-        "#{name} (peer: #{peer_name})",
-        "p99 latency per op (us)",
-        :latency_us,
-        peer.p99,
-        native.p99
-      )
-    ]
+    for {key, metric} <- [
+          median: "median latency per op (us), #{samples}",
+          p99: "p99 latency per op (us)"
+        ] do
+      "#{name} (peer: #{peer_name})"
+      |> Bench.row(metric, :latency_us, peer[key], native[key])
+      |> Bench.with_spread(per_round_stat.(0, key), per_round_stat.(1, key))
+    end
   end
 
   defp isolated(fun) do
@@ -528,7 +544,7 @@ defmodule GenNative.Bench.Store do
   # snapshot/1 + restore/2 against :ets.tab2file/2 + :ets.file2tab/1, on
   # the same entries, both through a file in the same directory: the
   # snapshot is written and read back with File so that both sides pay for
-  # the disk. One run per side after a warm-up; median of 3.
+  # the disk. One run per side after a warm-up; then 3 pairs of runs.
   defp snapshot_restore(ordered) do
     %{name: "snapshot + restore", custom: fn -> snapshot_restore_rows(ordered) end}
   end
@@ -558,16 +574,26 @@ defmodule GenNative.Bench.Store do
     try do
       ets_run.()
       store_run.()
-      ets = Enum.map(1..3, fn _ -> ets_run.() end) |> Enum.sort() |> Enum.at(1)
-      store = Enum.map(1..3, fn _ -> store_run.() end) |> Enum.sort() |> Enum.at(1)
+
+      # three pairs, alternating which side goes first
+      pairs =
+        for i <- 1..3 do
+          if rem(i, 2) == 1 do
+            ets = ets_run.()
+            {ets, store_run.()}
+          else
+            store = store_run.()
+            {ets_run.(), store}
+          end
+        end
 
       [
-        Bench.row(
+        Bench.paired_row(
           "snapshot + restore, #{Bench.thousands(n)} entries (tab2file + file2tab)",
-          "ms, median of 3",
+          "ms, median of 3 paired runs",
           :latency_us,
-          ets / 1000,
-          store / 1000
+          Enum.map(pairs, &(elem(&1, 0) / 1000)),
+          Enum.map(pairs, &(elem(&1, 1) / 1000))
         )
       ]
     after
@@ -610,17 +636,17 @@ defmodule GenNative.Bench.Store do
 
       of = "#{peer.count} calls in #{config.call_runs} run#{if config.call_runs > 1, do: "s"}"
 
-      [
-        Bench.row(
-          name,
-          "median call latency (us), #{of}",
-          :latency_us,
-          peer.median,
-          native.median
-        ),
-        Bench.row(name, "p99 call latency (us)", :latency_us, peer.p99, native.p99),
-        Bench.row(name, "max call latency (us)", :latency_us, peer.max, native.max)
-      ]
+      per_run = fn side, key -> Enum.map(runs, &Bench.stats(&1[side])[key]) end
+
+      for {key, metric} <- [
+            median: "median call latency (us), #{of}",
+            p99: "p99 call latency (us)",
+            max: "max call latency (us)"
+          ] do
+        name
+        |> Bench.row(metric, :latency_us, peer[key], native[key])
+        |> Bench.with_spread(per_run.(:peer, key), per_run.(:native, key))
+      end
     after
       GenNative.stop(map_server)
       GenNative.stop(store_server)

@@ -9,8 +9,10 @@ defmodule Mix.Tasks.GenNative.Bench do
       mix gen_native.bench mailbox      # bench/mailbox_bench.exs only
 
   A suite is named by the file's base name without `_bench.exs`, or given as a
-  path. Each table is also written as Markdown to `bench/results/<suite>.md`,
-  with a description of the machine it ran on.
+  path. Each table is also written as Markdown to `bench/results/<suite>.md`
+  (or `$GN_BENCH_RESULTS_DIR`), with a description of the machine it ran on;
+  the overload, priority and port suites also draw their plots there as SVG
+  files (`GenNative.Bench.SVG`, no plotting package needed).
 
   Run it as `bin/bench`, which checks the system packages and builds with
   `MIX_ENV=prod`, so that the NIF is compiled without debug flags.
@@ -20,14 +22,15 @@ defmodule Mix.Tasks.GenNative.Bench do
     * `--quick` - short runs (about 15 seconds per suite) to check that the
       suites work; the numbers are only indicative. Same as `GN_BENCH_QUICK=1`.
 
-  The suites and their harness (`bench/harness.ex`) are loaded from the
-  repository; they are not part of the compiled package.
+  The suites, their harness (`bench/harness.ex`) and the plotting module
+  (`bench/svg.ex`) are loaded from the repository; they are not part of the compiled package.
   """
 
   use Mix.Task
 
   @bench_dir "bench"
   @harness "bench/harness.ex"
+  @plots "bench/svg.ex"
 
   @impl Mix.Task
   def run(args) do
@@ -47,13 +50,14 @@ defmodule Mix.Tasks.GenNative.Bench do
     Mix.Task.run("app.start")
 
     Code.require_file(@harness)
+    Code.require_file(@plots)
     Enum.each(files, &Code.require_file/1)
   end
 
   defp suites!(names) do
     available = Path.wildcard(Path.join(@bench_dir, "*_bench.exs"))
 
-    if available == [] or not File.regular?(@harness) do
+    if available == [] or not File.regular?(@harness) or not File.regular?(@plots) do
       Mix.raise(
         "no benchmark suites in #{@bench_dir}/; run mix gen_native.bench " <>
           "from the root of the gen_native repository"
