@@ -221,11 +221,27 @@ static void io_error(gn_load_error *err, const char *what, const char *path)
     snprintf(err->text, sizeof err->text, "%s %s: %s", what, path, strerror(errno));
 }
 
-/* Replays one journal; 0, or -1 with `err` filled in. `newest`: the one
- * writes append to, the only one that may end in a torn tail. */
-static int load_journal(const char *path, uint64_t gen, int newest, gn_apply_fn apply, void *ctx,
-                        uint64_t *dropped, size_t *size, gn_load_error *err)
+/* Whether the n bytes of a journal end with a SYNC record that names
+ * everything before it as synced (as a clean stop leaves it). */
+static int sealed(const unsigned char *p, size_t n)
 {
+    if (n < 12 + GN_SYNC_REC_LEN)
+        return 0;
+    const unsigned char *rec = p + n - GN_SYNC_REC_LEN;
+    gn_record r;
+    return gn_be_get(rec, 4) == GN_SYNC_REC_LEN - 8 &&
+           gn_crc32(rec + 8, GN_SYNC_REC_LEN - 8) == (uint32_t)gn_be_get(rec + 4, 4) &&
+           !gn_record_parse(rec + 8, GN_SYNC_REC_LEN - 8, &r) && r.op == GN_REC_SYNC &&
+           r.at == n - GN_SYNC_REC_LEN && r.synced == r.at;
+}
+
+/* Replays one journal; 0, or -1 with `err` filled in. `newest`: the one
+ * writes append to, the only one that may end in a torn tail. *is_sealed:
+ * whether it ends with a SYNC record covering all of it but itself. */
+static int load_journal(const char *path, uint64_t gen, int newest, gn_apply_fn apply, void *ctx,
+                        uint64_t *dropped, size_t *size, int *is_sealed, gn_load_error *err)
+{
+    *is_sealed = 0;
     unsigned char *data;
     size_t len;
     if (read_file(path, &data, &len) < 0) {
@@ -266,6 +282,8 @@ static int load_journal(const char *path, uint64_t gen, int newest, gn_apply_fn 
             io_error(err, "cannot truncate", path);
             return -1;
         }
+    } else {
+        *is_sealed = sealed(data, len);
     }
     free(data);
     return 0;
@@ -379,11 +397,12 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
         goto fail;
     }
     size_t kept = 0;
+    int newest_sealed = 0;
     for (size_t i = 0; i < ngens; i++) {
         p = journal_path(d, gens[i]);
         size_t size;
         int newest = i + 1 == ngens;
-        if (load_journal(p, gens[i], newest, apply, ctx, dropped, &size, err) < 0)
+        if (load_journal(p, gens[i], newest, apply, ctx, dropped, &size, &newest_sealed, err) < 0)
             goto fail;
         if (size <= 12 && i > 0 && !newest)
             push_gen(&drop, &ndrop, &dcap, gens[i]); /* a compaction cut short before any write */
@@ -436,7 +455,9 @@ gn_durable *gn_durable_open(const char *dir, int sync, gn_apply_fn apply, void *
         goto fail;
     }
     d->journal_bytes = d->synced = (uint64_t)st.st_size;
-    d->marked = st.st_size == 12 ? 12 : 0; /* a header needs no SYNC record */
+    /* a header needs no SYNC record, nor a journal a clean stop sealed
+     * with one: without this, each restart would append another */
+    d->marked = st.st_size == 12 || (ngens && newest_sealed) ? (uint64_t)st.st_size : 0;
     free(p);
     free(gens);
     free(drop);

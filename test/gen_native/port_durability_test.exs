@@ -151,6 +151,33 @@ defmodule GenNative.PortDurabilityTest do
       assert Enum.sort(Store.to_list(s)) == for(i <- 1..500, do: {i, i})
     end
 
+    test "restarts with no write in between leave the journal as the first clean stop left it",
+         %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..50, do: :ok = Store.put(s, i, i)
+      stop(port)
+      [file] = journals(dir)
+      sealed = File.read!(file)
+      # the clean stop sealed it with a SYNC record
+      assert {_, ?S} = List.last(records(sealed))
+
+      for _ <- 1..3 do
+        start(port, dir)
+        assert Store.size(s) == 50
+        stop(port)
+        assert File.read!(file) == sealed
+      end
+
+      # a write after a restart is journaled and sealed again
+      start(port, dir)
+      :ok = Store.put(s, 51, 51)
+      stop(port)
+      assert {_, ?S} = List.last(records(File.read!(file)))
+      start(port, dir)
+      assert Store.size(s) == 51
+    end
+
     test "its files are created with mode 0600", %{dir: dir, port: port} do
       start(port, dir)
       {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
