@@ -217,6 +217,32 @@ defmodule GenNative.PortDurabilityTest do
     end
   end
 
+  describe "group commit with sync: :always" do
+    test "writers that come and go are all answered: a commit never waits for writers gone",
+         %{dir: dir, port: port} do
+      # a commit waits (a moment) for as many writes as the last fdatasync
+      # covered: here 16 writers, then fewer and fewer, then one alone
+      start(port, dir, sync: :always)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+
+      for writers <- [16, 8, 3, 1], round <- 1..2 do
+        1..writers
+        |> Enum.map(fn w ->
+          Task.async(fn ->
+            for i <- 1..40, do: :ok = Store.put(s, {writers, round, w, i}, i)
+          end)
+        end)
+        |> Task.await_many(30_000)
+      end
+
+      expected = Enum.sum(for writers <- [16, 8, 3, 1], do: 2 * writers * 40)
+      assert Store.size(s) == expected
+      stop(port)
+      start(port, dir, sync: :always)
+      assert Store.size(s) == expected
+    end
+  end
+
   describe "kill -9 with sync: :always" do
     @rounds 25
     @writers 6
