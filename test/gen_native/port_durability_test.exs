@@ -55,8 +55,11 @@ defmodule GenNative.PortDurabilityTest do
     assert_receive {:EXIT, ^pid, {:port_exited, 137}}, 10_000
   end
 
-  # The records of a journal: [{offset, op}], op as a character.
+  # The records of a journal: [{offset, op}], op as a character; they end
+  # where the zeros written ahead of them (sync: :always) begin.
   defp records(<<"GNJ1", _gen::64, rest::binary>>), do: records(rest, 12, [])
+
+  defp records(<<0::32, _::binary>>, _at, acc), do: Enum.reverse(acc)
 
   defp records(<<len::32, _crc::32, body::binary-size(len), rest::binary>>, at, acc),
     do: records(rest, at + 8 + len, [{at, :binary.first(body)} | acc])
@@ -240,6 +243,33 @@ defmodule GenNative.PortDurabilityTest do
       stop(port)
       start(port, dir, sync: :always)
       assert Store.size(s) == expected
+    end
+
+    test "the zeros written ahead of the journal are no record: after kill -9, nothing is dropped",
+         %{dir: dir, port: port} do
+      {:ok, pid} = start_unsupervised(port, dir, sync: :always)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..100, do: :ok = Store.put(s, i, i)
+      [journal] = journals(dir)
+      data = File.read!(journal)
+      # records, then zeros: the file is written ahead
+      tail = data |> records() |> List.last() |> elem(0)
+      assert byte_size(data) > tail + 100
+      kill9_unsupervised(port, pid)
+
+      {{:ok, pid}, log} = with_log(fn -> start_unsupervised(port, dir, sync: :always) end)
+      refute log =~ "dropped"
+      assert Enum.sort(Store.to_list(s)) == for(i <- 1..100, do: {i, i})
+      :ok = Store.put(s, :after, 1)
+      GenServer.stop(pid)
+
+      # a clean stop cuts the zeros: the journal ends with its SYNC record
+      data = File.read!(journal)
+      {at, ?S} = data |> records() |> List.last()
+      assert byte_size(data) == at + 27
+      {:ok, pid} = start_unsupervised(port, dir)
+      assert Store.size(s) == 101
+      GenServer.stop(pid)
     end
   end
 
