@@ -36,6 +36,11 @@
  *     lowest journal above 1 (or with one, a lowest journal above its
  *     generation) fails the load ("missing_snapshot", "missing_journal").
  *
+ * With sync always, the newest journal may end in zeros written ahead of
+ * its records (GN_PREALLOC): they are no record, and a load cuts them
+ * without counting them as a torn tail; a clean stop or a compaction's
+ * rotation cuts them first.
+ *
  * A snapshot must be whole: any bad record, or a missing END, is an error.
  * A journal holding only its header, neither the lowest nor the newest, is
  * deleted on load (a compaction cut short before any write); every other
@@ -114,6 +119,12 @@ int gn_durable_snap_running(const gn_durable *d);
 /* Synced bytes between SYNC records: a 27-byte record per commit would
  * grow a journal of small records by half with sync always. */
 #define GN_SYNC_REC_EVERY 4096u
+
+/* With sync always, the journal is written ahead with zeros, this many
+ * bytes at a time (durable.c, preallocate); a crash tail that ends in at
+ * least GN_PREALLOC_MIN_ZEROS zeros counts as dropped only up to them. */
+#define GN_PREALLOC (1u << 20)
+#define GN_PREALLOC_MIN_ZEROS 4096u
 
 #define GN_COMPACT_FACTOR 2
 #define GN_COMPACT_MIN_BYTES (4u << 20)

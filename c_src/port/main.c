@@ -30,7 +30,7 @@
 
 static uv_loop_t *loop;
 static uv_pipe_t in_pipe, out_pipe;
-static uv_idle_t stepper, spinner;
+static uv_idle_t stepper, spinner, gatherer;
 static uint64_t last_read; /* uv_hrtime() of the last request bytes */
 static uv_timer_t sweeper, syncer;
 static uv_shutdown_t out_shutdown;
@@ -116,14 +116,52 @@ static void journal_failure(void)
     stop(GN_EXIT_JOURNAL);
 }
 
+/* After a request, the loop polls without blocking for a moment before it
+ * sleeps: the next request of a caller waiting on its reply usually comes
+ * within microseconds, and a CPU that went idle (on a VM, a halted vCPU)
+ * takes tens of microseconds to wake. */
+#define GN_SPIN_NS 200000
+
+/* Group commit with sync always: one fdatasync covers every write in the
+ * journal buffer, and a commit blocks the loop, so writes arriving meanwhile
+ * wait for the next. The callers whose writes the last fdatasync covered
+ * come back with their next writes a round trip after their replies, while
+ * the writes that arrived during the fdatasync are read at once: a commit
+ * made then covers only those, and the callers split into two groups that
+ * take turns, each fdatasync covering about half of them. So a commit waits
+ * until as many requests have come as the last fdatasync covered, or for
+ * as long as that fdatasync took, at most GN_SPIN_NS (the loop polls
+ * meanwhile, as it does after any request). One caller alone never waits.
+ */
+static int group_commit;      /* a data directory and sync always */
+static uint64_t batch_start;  /* gn_port_frames at the last commit */
+static uint64_t last_batch;   /* requests the last fdatasync covered */
+static uint64_t last_sync_ns; /* how long that commit took */
+static uint64_t gather_until; /* uv_hrtime() to commit by; 0: not waiting */
+
+static int gather(void);
+
 /* Journal first, then the replies that acknowledge it. */
 static void flush(void)
 {
     if (journal_failed)
         return;
+    int syncs = group_commit && gn_port_journal_pending(port);
+    uint64_t t0 = syncs ? uv_hrtime() : 0;
     if (gn_port_commit(port) < 0) {
         journal_failure();
         return;
+    }
+    uint64_t frames = gn_port_frames(port);
+    if (syncs) {
+        last_sync_ns = uv_hrtime() - t0;
+        last_batch = frames - batch_start;
+    }
+    batch_start = frames;
+    if (gather_until) {
+        gather_until = 0;
+        if (!closing)
+            check(uv_idle_stop(&gatherer), "uv_idle_stop");
     }
     write_output();
 }
@@ -131,7 +169,8 @@ static void flush(void)
 static void on_step(uv_idle_t *h)
 {
     int more = gn_port_step(port);
-    flush(); /* the commit may start a compaction */
+    if (!gather())
+        flush(); /* the commit may start a compaction */
     if (!more && !gn_port_busy(port) && !closing)
         check(uv_idle_stop(h), "uv_idle_stop");
 }
@@ -142,16 +181,35 @@ static void kick(void)
         check(uv_idle_start(&stepper, on_step), "uv_idle_start");
 }
 
-/* After a request, the loop polls without blocking for a moment before it
- * sleeps: the next request of a caller waiting on its reply usually comes
- * within microseconds, and a CPU that went idle (on a VM, a halted vCPU)
- * takes tens of microseconds to wake. */
-#define GN_SPIN_NS 200000
-
 static void on_spin(uv_idle_t *h)
 {
     if (uv_hrtime() - last_read > GN_SPIN_NS && !closing)
         check(uv_idle_stop(h), "uv_idle_stop");
+}
+
+/* Whether the commit of the writes read so far waits for more (see
+ * group_commit); the gatherer polls until it does not. */
+static void on_gather(uv_idle_t *h);
+
+static int gather(void)
+{
+    if (!group_commit || closing || !gn_port_journal_pending(port) ||
+        gn_port_frames(port) - batch_start >= last_batch)
+        return 0;
+    uint64_t now = uv_hrtime();
+    if (!gather_until) {
+        uint64_t wait = last_sync_ns < GN_SPIN_NS ? last_sync_ns : GN_SPIN_NS;
+        gather_until = now + wait;
+        check(uv_idle_start(&gatherer, on_gather), "uv_idle_start");
+    }
+    return now < gather_until;
+}
+
+static void on_gather(uv_idle_t *h)
+{
+    (void)h;
+    if (!gather())
+        flush();
 }
 
 static void on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
@@ -169,7 +227,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     if (n > 0) {
         gn_port_feed(port, (const unsigned char *)buf->base, (size_t)n);
-        flush();
+        if (gn_port_stopping(port) || !gather())
+            flush();
         if (gn_port_stopping(port)) {
             stop(0);
             return;
@@ -179,6 +238,7 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         if (!closing)
             check(uv_idle_start(&spinner, on_spin), "uv_idle_start");
     } else if (n == UV_EOF) {
+        flush(); /* the replies a group commit held */
         if (!gn_port_at_frame_boundary(port)) {
             gn_diag("stdin closed inside a frame");
             stop(3);
@@ -291,6 +351,7 @@ static void stop(int status)
     close_handle((uv_handle_t *)&in_pipe);
     close_handle((uv_handle_t *)&stepper);
     close_handle((uv_handle_t *)&spinner);
+    close_handle((uv_handle_t *)&gatherer);
     close_handle((uv_handle_t *)&sweeper);
     close_handle((uv_handle_t *)&syncer);
     if (uv_shutdown(&out_shutdown, (uv_stream_t *)&out_pipe, on_out_shutdown) < 0)
@@ -361,6 +422,8 @@ int main(int argc, char **argv)
     check(uv_read_start((uv_stream_t *)&in_pipe, on_alloc, on_read), "uv_read_start");
     check(uv_idle_init(loop, &stepper), "uv_idle_init");
     check(uv_idle_init(loop, &spinner), "uv_idle_init");
+    check(uv_idle_init(loop, &gatherer), "uv_idle_init");
+    group_commit = dir && sync == GN_SYNC_ALWAYS;
     check(uv_timer_init(loop, &sweeper), "uv_timer_init");
     if (sweep_ms > 0)
         check(uv_timer_start(&sweeper, on_sweep, (uint64_t)sweep_ms, (uint64_t)sweep_ms),

@@ -65,6 +65,7 @@ int gn_port_feed(gn_port *p, const unsigned char *data, size_t len)
             continue;
         }
         if (p->in.len == 0 && len >= p->want) { /* a whole frame: no copy */
+            p->frames++;
             gn_dispatch(p, data, p->want);
             data += p->want;
             len -= p->want;
@@ -77,6 +78,7 @@ int gn_port_feed(gn_port *p, const unsigned char *data, size_t len)
         len -= take;
         if (p->in.len == p->want) {
             p->frame_owner = &p->in;
+            p->frames++;
             gn_dispatch(p, p->in.data, p->in.len);
             p->frame_owner = NULL;
             p->in.len = 0;
@@ -96,6 +98,16 @@ int gn_port_stopping(const gn_port *p)
 int gn_port_at_frame_boundary(const gn_port *p)
 {
     return p->hdr_len == 0 && p->in.len == 0 && p->skip_left == 0;
+}
+
+uint64_t gn_port_frames(const gn_port *p)
+{
+    return p->frames;
+}
+
+int gn_port_journal_pending(const gn_port *p)
+{
+    return p->d && gn_durable_journal(p->d)->len > 0;
 }
 
 gn_buf *gn_port_output(gn_port *p)

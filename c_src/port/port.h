@@ -7,6 +7,7 @@
 #define GN_PORT_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #include "buf.h"
 
@@ -40,6 +41,13 @@ int gn_port_stopping(const gn_port *p);
 
 /* Whether the stream ends between frames (a clean end of input). */
 int gn_port_at_frame_boundary(const gn_port *p);
+
+/* Request frames handled so far (the event loop sizes its group commits
+ * with it). */
+uint64_t gn_port_frames(const gn_port *p);
+
+/* Whether journal records wait for gn_port_commit. */
+int gn_port_journal_pending(const gn_port *p);
 
 /* Runs one slice (a few milliseconds at most) of pending long work
  * (streamed replies, TTL sweeps, snapshots). Returns 1 while work remains. */

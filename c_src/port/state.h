@@ -38,8 +38,9 @@ struct gn_port {
     int compact_pending;    /* to start once an fsync is through */
     gn_buf *frame_owner;    /* the buffer the frame being handled is in, if its own */
     int replaying;
-    int stopping;   /* a stop request came */
-    uint64_t drops; /* stores dropped so far */
+    int stopping;    /* a stop request came */
+    uint64_t drops;  /* stores dropped so far */
+    uint64_t frames; /* request frames handled so far */
     gn_offload_fn offload;
     /* scratch buffers, reused by every request (the loop is single-threaded) */
     gn_buf key, val, part, recs;

@@ -55,8 +55,11 @@ defmodule GenNative.PortDurabilityTest do
     assert_receive {:EXIT, ^pid, {:port_exited, 137}}, 10_000
   end
 
-  # The records of a journal: [{offset, op}], op as a character.
+  # The records of a journal: [{offset, op}], op as a character; they end
+  # where the zeros written ahead of them (sync: :always) begin.
   defp records(<<"GNJ1", _gen::64, rest::binary>>), do: records(rest, 12, [])
+
+  defp records(<<0::32, _::binary>>, _at, acc), do: Enum.reverse(acc)
 
   defp records(<<len::32, _crc::32, body::binary-size(len), rest::binary>>, at, acc),
     do: records(rest, at + 8 + len, [{at, :binary.first(body)} | acc])
@@ -151,6 +154,33 @@ defmodule GenNative.PortDurabilityTest do
       assert Enum.sort(Store.to_list(s)) == for(i <- 1..500, do: {i, i})
     end
 
+    test "restarts with no write in between leave the journal as the first clean stop left it",
+         %{dir: dir, port: port} do
+      start(port, dir)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..50, do: :ok = Store.put(s, i, i)
+      stop(port)
+      [file] = journals(dir)
+      sealed = File.read!(file)
+      # the clean stop sealed it with a SYNC record
+      assert {_, ?S} = List.last(records(sealed))
+
+      for _ <- 1..3 do
+        start(port, dir)
+        assert Store.size(s) == 50
+        stop(port)
+        assert File.read!(file) == sealed
+      end
+
+      # a write after a restart is journaled and sealed again
+      start(port, dir)
+      :ok = Store.put(s, 51, 51)
+      stop(port)
+      assert {_, ?S} = List.last(records(File.read!(file)))
+      start(port, dir)
+      assert Store.size(s) == 51
+    end
+
     test "its files are created with mode 0600", %{dir: dir, port: port} do
       start(port, dir)
       {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
@@ -187,6 +217,59 @@ defmodule GenNative.PortDurabilityTest do
       assert Store.size(s) == 200
       :ok = Store.put(s, :after, :restart)
       assert Store.get(s, :after) == :restart
+    end
+  end
+
+  describe "group commit with sync: :always" do
+    test "writers that come and go are all answered: a commit never waits for writers gone",
+         %{dir: dir, port: port} do
+      # a commit waits (a moment) for as many writes as the last fdatasync
+      # covered: here 16 writers, then fewer and fewer, then one alone
+      start(port, dir, sync: :always)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+
+      for writers <- [16, 8, 3, 1], round <- 1..2 do
+        1..writers
+        |> Enum.map(fn w ->
+          Task.async(fn ->
+            for i <- 1..40, do: :ok = Store.put(s, {writers, round, w, i}, i)
+          end)
+        end)
+        |> Task.await_many(30_000)
+      end
+
+      expected = Enum.sum(for writers <- [16, 8, 3, 1], do: 2 * writers * 40)
+      assert Store.size(s) == expected
+      stop(port)
+      start(port, dir, sync: :always)
+      assert Store.size(s) == expected
+    end
+
+    test "the zeros written ahead of the journal are no record: after kill -9, nothing is dropped",
+         %{dir: dir, port: port} do
+      {:ok, pid} = start_unsupervised(port, dir, sync: :always)
+      {:ok, s} = Store.new(:set, backend: {:port, port}, name: :s)
+      for i <- 1..100, do: :ok = Store.put(s, i, i)
+      [journal] = journals(dir)
+      data = File.read!(journal)
+      # records, then zeros: the file is written ahead
+      tail = data |> records() |> List.last() |> elem(0)
+      assert byte_size(data) > tail + 100
+      kill9_unsupervised(port, pid)
+
+      {{:ok, pid}, log} = with_log(fn -> start_unsupervised(port, dir, sync: :always) end)
+      refute log =~ "dropped"
+      assert Enum.sort(Store.to_list(s)) == for(i <- 1..100, do: {i, i})
+      :ok = Store.put(s, :after, 1)
+      GenServer.stop(pid)
+
+      # a clean stop cuts the zeros: the journal ends with its SYNC record
+      data = File.read!(journal)
+      {at, ?S} = data |> records() |> List.last()
+      assert byte_size(data) == at + 27
+      {:ok, pid} = start_unsupervised(port, dir)
+      assert Store.size(s) == 101
+      GenServer.stop(pid)
     end
   end
 
