@@ -29,9 +29,7 @@ static void gn_store_dtor(ErlNifEnv *env, void *obj)
 {
     (void)env;
     gn_store *s = obj;
-    gn_reap_tree(s->root, s->arena);
-    gn_free(s->heap);
-    gn_free(s->htab);
+    gn_store_detach(s, 0);
     if (s->lock)
         enif_rwlock_destroy(s->lock);
 }
@@ -284,11 +282,8 @@ static ERL_NIF_TERM gn_store_compact_nif(ErlNifEnv *env, int argc, const ERL_NIF
     gn_store *s;
     if (enif_get_resource(env, argv[0], gn_store_rtype, (void **)&s)) {
         enif_rwlock_rwlock(s->lock);
-        if (!s->deleted && gn_arena_bloated(s)) {
+        if (!s->deleted && gn_arena_bloated(s))
             gn_arena_compact(s);
-            if (s->hash_grow)
-                gn_hash_rebuild(s, gn_hash_cap(gn_size(s->root)));
-        }
         enif_rwlock_rwunlock(s->lock);
     }
     return argv[1];
@@ -345,20 +340,18 @@ ERL_NIF_TERM gn_store_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         return gn_go_dirty(env, gn_store_get_nif, argc, argv);
     if (!GN_READ(gn_store_get_nif, s, err))
         return err;
-    gn_probe p = {.env = env, .key = argv[1]};
+    gn_probe p = {.key = argv[1]};
     gn_node *n = gn_find(s, &p);
-    if (n && n->expires && gn_expired(n, gn_now_ms()))
+    if (n && n->ext && gn_expired(n, gn_now_ms()))
         n = NULL;
     if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
         enif_rwlock_runlock(s->lock);
-        gn_probe_done(&p);
         return gn_go_dirty(env, gn_store_get_nif, argc, argv);
     }
     if (n)
         cost += n->vwords * sizeof(ERL_NIF_TERM);
     result = n ? enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, n->value)) : gn_am_error;
     enif_rwlock_runlock(s->lock);
-    gn_probe_done(&p);
     gn_charge(env, cost);
     return result;
 }
@@ -375,11 +368,10 @@ ERL_NIF_TERM gn_store_delete_key_nif(ErlNifEnv *env, int argc, const ERL_NIF_TER
     if (!GN_WRITE(gn_store_delete_key_nif, s, err))
         return err;
     gn_purge(s, gn_now_ms(), GN_PURGE_ON_WRITE);
-    gn_probe p = {.env = env, .key = argv[1]};
+    gn_probe p = {.key = argv[1]};
     gn_node *n = gn_unlink(s, &p);
     int compact = gn_write_compact(s);
     enif_rwlock_rwunlock(s->lock);
-    gn_probe_done(&p);
     if (n)
         gn_node_free(n);
     return compact ? gn_compact_later(env, argv[0], gn_am_ok) : gn_am_ok;
@@ -398,11 +390,10 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         return err;
     int64_t now = gn_now_ms();
     gn_purge(s, now, GN_PURGE_ON_WRITE);
-    gn_probe p = {.env = env, .key = argv[1]};
+    gn_probe p = {.key = argv[1]};
     gn_node *n = gn_find(s, &p);
     if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
         enif_rwlock_rwunlock(s->lock);
-        gn_probe_done(&p);
         return gn_go_dirty(env, gn_store_take_nif, argc, argv);
     }
     n = n ? gn_unlink(s, &p) : NULL;
@@ -412,7 +403,6 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         cost += n->vwords * sizeof(ERL_NIF_TERM);
     int compact = gn_write_compact(s);
     enif_rwlock_rwunlock(s->lock);
-    gn_probe_done(&p);
     gn_charge(env, cost);
     if (n)
         gn_node_free(n);
@@ -436,7 +426,7 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
         return gn_go_dirty(env, gn_store_update_counter_nif, argc, argv);
     if (!GN_WRITE(gn_store_update_counter_nif, s, err))
         return err;
-    gn_probe p = {.env = env, .key = argv[1]};
+    gn_probe p = {.key = argv[1]};
     gn_node *n = gn_find_live(s, &p);
     /* enif_raise_exception returns a term that may be 0: a flag for ENOMEM */
     ERL_NIF_TERM result = 0, value;
@@ -452,8 +442,8 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
         result = enif_raise_exception(env, gn_am_not_integer);
         oom = 0;
         goto out;
-    } else if (gn_size(s->root) >= s->max_size &&
-               (gn_purge(s, gn_now_ms(), GN_PURGE_INLINE), gn_size(s->root) >= s->max_size)) {
+    } else if (s->count >= s->max_size &&
+               (gn_purge(s, gn_now_ms(), GN_PURGE_INLINE), s->count >= s->max_size)) {
         result = enif_make_tuple2(env, gn_am_error, gn_am_full);
         oom = 0;
         goto out;
@@ -470,7 +460,10 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
     } else {
         if (!(n = gn_node_new(s, env, argv[1], value)))
             goto out;
-        gn_link(s, n, &p);
+        if (!gn_link(s, n, &p)) {
+            gn_node_free(n);
+            goto out;
+        }
         gn_account_add(s, n);
     }
     result = value;
@@ -480,7 +473,6 @@ out:;
     /* a bignum counter leaves its old value in the arena: compact too */
     int compact = done && gn_write_compact(s);
     enif_rwlock_rwunlock(s->lock);
-    gn_probe_done(&p);
     if (oom)
         return enif_raise_exception(env, gn_am_enomem);
     return compact ? gn_compact_later(env, argv[0], result) : result;
@@ -494,7 +486,7 @@ ERL_NIF_TERM gn_store_size_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     gn_store *s;
     if (!GN_VIEW(gn_store_size_nif, s, err))
         return err;
-    size_t n = gn_size(s->root);
+    size_t n = s->count;
     enif_rwlock_runlock(s->lock);
     return enif_make_uint64(env, n);
 }
@@ -511,7 +503,7 @@ ERL_NIF_TERM gn_store_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
                            gn_am_name, gn_am_access, gn_am_lifetime};
     ERL_NIF_TERM vals[] = {
         s->ordered ? gn_am_ordered_set : gn_am_set,
-        enif_make_uint64(env, gn_size(s->root)),
+        enif_make_uint64(env, s->count),
         enif_make_uint64(env, gn_store_memory(s)),
         s->orphan ? gn_am_nil : enif_make_pid(env, &s->owner),
         s->name ? s->name : gn_am_nil,
@@ -571,8 +563,8 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         return err;
     int64_t now = gn_now_ms();
     gn_purge(s, now, SIZE_MAX);
-    if (s->max_size != SIZE_MAX && gn_size(s->root) + len > s->max_size) {
-        /* Count the distinct new keys, each once, in a scratch tree keyed
+    if (s->max_size != SIZE_MAX && s->count + len > s->max_size) {
+        /* Count the distinct new keys, each once, in a scratch store keyed
          * like the store: all or nothing. */
         gn_store scratch;
         memset(&scratch, 0, sizeof(scratch));
@@ -586,27 +578,29 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             const ERL_NIF_TERM *kv;
             int arity;
             enif_get_tuple(env, head, &arity, &kv);
-            gn_probe p = {.env = env, .key = kv[0]};
+            gn_probe p = {.key = kv[0]};
             if (!gn_find(s, &p) && !gn_find(&scratch, &p)) {
                 gn_node *n = gn_node_new(&scratch, env, kv[0], gn_am_nil);
-                if (n) {
-                    scratch.root = gn_insert(&scratch, scratch.root, n, &p);
+                if (n && gn_link(&scratch, n, &p)) {
                     fresh++;
                 } else {
+                    if (n)
+                        gn_node_free(n);
                     oom = 1;
                 }
             }
-            gn_probe_done(&p);
         }
-        gn_tree_free(scratch.root);
+        gn_entries_free(scratch.root, scratch.htab, scratch.hcap);
         if (scratch.arena)
             enif_free_env(scratch.arena);
-        if (oom || gn_size(s->root) + fresh > s->max_size) {
+        if (oom || s->count + fresh > s->max_size) {
             enif_rwlock_rwunlock(s->lock);
             return oom ? enif_raise_exception(env, gn_am_enomem)
                        : enif_make_tuple2(env, gn_am_error, gn_am_full);
         }
     }
+    if (!s->ordered && s->count + len > 2 * s->hcap)
+        gn_hash_resize(s, gn_hash_cap(s->count + len)); /* once, not as it goes */
     int ok = 1;
     tail = argv[1];
     while (ok == 1 && enif_get_list_cell(env, tail, &head, &tail)) {
@@ -615,11 +609,8 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         enif_get_tuple(env, head, &arity, &kv);
         ok = gn_put_entry(s, env, kv[0], kv[1], 0, 0, &fresh);
     }
-    if (gn_arena_bloated(s)) {
+    if (gn_arena_bloated(s))
         gn_arena_compact(s);
-        if (s->hash_grow)
-            gn_hash_rebuild(s, gn_hash_cap(gn_size(s->root)));
-    }
     enif_rwlock_rwunlock(s->lock);
     return ok == 1 ? gn_am_ok : enif_raise_exception(env, gn_am_enomem);
 }

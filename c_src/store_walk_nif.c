@@ -32,7 +32,7 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         return gn_go_dirty(env, gn_store_step_nif, argc, argv);
     if (!GN_VIEW_ORDERED(gn_store_step_nif, s, err))
         return err;
-    gn_probe p = {.env = env, .key = argv[2]};
+    gn_probe p = {.key = argv[2]};
     gn_node *found = NULL, *n = s->root;
     if (first || last) {
         while (n) {
@@ -52,14 +52,12 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     }
     if (found && gn_too_big(cost + gn_entry_cost(found))) {
         enif_rwlock_runlock(s->lock);
-        gn_probe_done(&p);
         return gn_go_dirty(env, gn_store_step_nif, argc, argv);
     }
     cost += found ? gn_entry_cost(found) : 0;
     ERL_NIF_TERM result =
         found ? enif_make_tuple2(env, gn_am_ok, gn_entry(env, found)) : gn_am_error;
     enif_rwlock_runlock(s->lock);
-    gn_probe_done(&p);
     gn_charge(env, cost);
     return result;
 }
@@ -74,7 +72,7 @@ ERL_NIF_TERM gn_store_rank_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         return gn_go_dirty(env, gn_store_rank_nif, argc, argv);
     if (!GN_VIEW_ORDERED(gn_store_rank_nif, s, err))
         return err;
-    gn_probe p = {.env = env, .key = argv[1]};
+    gn_probe p = {.key = argv[1]};
     gn_node *n = s->root;
     size_t rank = 0;
     int found = 0;
@@ -93,7 +91,6 @@ ERL_NIF_TERM gn_store_rank_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         }
     }
     enif_rwlock_runlock(s->lock);
-    gn_probe_done(&p);
     return found ? enif_make_tuple2(env, gn_am_ok, enif_make_uint64(env, rank)) : gn_am_error;
 }
 
@@ -172,10 +169,13 @@ ERL_NIF_TERM gn_store_to_list_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     gn_store *s;
     if (!GN_VIEW(gn_store_to_list_nif, s, err))
         return err;
-    gn_walk w = {env, s, NULL, NULL, 0, SIZE_MAX, 0, enif_make_list(env, 0)};
-    gn_walk_tree(&w, s->root);
+    ERL_NIF_TERM acc = enif_make_list(env, 0);
+    gn_iter it;
+    gn_iter_start(&it, s);
+    for (gn_node *n; (n = gn_iter_next(&it));)
+        acc = enif_make_list_cell(env, gn_entry(env, n), acc);
     enif_rwlock_runlock(s->lock);
-    return gn_reverse(env, w.acc);
+    return gn_reverse(env, acc);
 }
 
 /* store_range(Store, From, To, Limit | infinity) -> [{K, V}] (dirty)
@@ -210,11 +210,9 @@ ERL_NIF_TERM gn_store_range_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
         return enif_make_badarg(env);
     if (!GN_VIEW_ORDERED(gn_store_range_nif, s, err))
         return err;
-    gn_probe from = {.env = env, .key = argv[1]}, to = {.env = env, .key = argv[2]};
+    gn_probe from = {.key = argv[1]}, to = {.key = argv[2]};
     gn_walk w = {env, s, &from, &to, 0, (size_t)limit, 0, enif_make_list(env, 0)};
     gn_walk_tree(&w, s->root);
     enif_rwlock_runlock(s->lock);
-    gn_probe_done(&from);
-    gn_probe_done(&to);
     return gn_reverse(env, w.acc);
 }
