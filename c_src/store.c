@@ -774,10 +774,15 @@ void gn_arena_compact(gn_store *s)
     }
     enif_free_env(s->arena);
     s->arena = fresh;
-    if (!s->ordered && s->htab) {
-        size_t cap = gn_hash_cap(s->count);
-        if (s->hash_grow || (s->hcap > 64 && s->count * 8 < s->hcap))
-            gn_hash_resize(s, cap);
+    if (!s->ordered && s->htab && s->count == 0) {
+        gn_free(s->htab);
+        s->htab = NULL;
+        s->hcap = 0;
+        s->hbits = 0;
+        s->hash_grow = 0;
+    } else if (!s->ordered && s->htab &&
+               (s->hash_grow || (s->hcap > 64 && s->count * 8 < s->hcap))) {
+        gn_hash_resize(s, gn_hash_cap(s->count));
     }
     if (s->heap_cap > 64 && s->heap_len * 4 < s->heap_cap) {
         size_t cap = s->heap_len ? 2 * s->heap_len : 0;
@@ -831,8 +836,8 @@ int gn_write_compact(gn_store *s)
 /* The bytes the store holds, as the VM would count them (see Accounting). */
 size_t gn_store_memory(const gn_store *s)
 {
-    return sizeof(gn_store) + s->memory + s->arena_bytes + s->dead_bin +
-           (s->hcap + s->heap_cap) * sizeof(void *) + 2 * GN_BLOCK_OVERHEAD;
+    return sizeof(gn_store) + gn_rw_bytes() + s->memory + s->arena_bytes + s->dead_bin +
+           (s->hcap + s->heap_cap) * sizeof(void *) + 3 * GN_BLOCK_OVERHEAD;
 }
 
 /* ------------------------------------------------------------------------ */

@@ -48,6 +48,7 @@
 
 #include "avl.h"
 #include "store.h"
+#include "store_lock.h"
 
 /* What only some entries need: an expiry, or off-heap binaries to account
  * for. Most entries have neither, and no gn_ext. */
@@ -83,7 +84,7 @@ typedef struct gn_node {
 #define GN_SET_NODE_SIZE (offsetof(gn_node, hash) + sizeof(uint32_t))
 
 typedef struct gn_store {
-    ErlNifRWLock *lock;
+    gn_rwlock *lock; /* store_lock.h */
     int ordered;
     int public_access;
     int named_lifetime;

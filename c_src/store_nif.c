@@ -31,7 +31,7 @@ static void gn_store_dtor(ErlNifEnv *env, void *obj)
     gn_store *s = obj;
     gn_store_detach(s, 0);
     if (s->lock)
-        enif_rwlock_destroy(s->lock);
+        gn_rw_destroy(s->lock);
 }
 
 static void gn_store_mark_deleted(gn_store *s)
@@ -65,9 +65,9 @@ static void gn_store_down_job(void *arg)
 {
     gn_down_job *job = arg;
     gn_store *s = job->s;
-    enif_rwlock_rwlock(s->lock);
+    gn_rw_rwlock(s->lock);
     int unregister = gn_store_owner_gone(s, &job->pid);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     if (unregister)
         gn_name_remove(s);
     enif_release_resource(s);
@@ -83,7 +83,7 @@ static void gn_store_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonit
     (void)env;
     (void)mon;
     gn_store *s = obj;
-    if (enif_rwlock_tryrwlock(s->lock) != 0) {
+    if (gn_rw_tryrwlock(s->lock) != 0) {
         gn_down_job *job = gn_alloc(sizeof(*job));
         if (job) {
             enif_keep_resource(s);
@@ -92,10 +92,10 @@ static void gn_store_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonit
             gn_reap(gn_store_down_job, job);
             return;
         }
-        enif_rwlock_rwlock(s->lock); /* out of memory: wait, rather than lose the exit */
+        gn_rw_rwlock(s->lock); /* out of memory: wait, rather than lose the exit */
     }
     int unregister = gn_store_owner_gone(s, pid);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     if (unregister)
         gn_name_remove(s); /* may drop the last reference: last */
 }
@@ -198,8 +198,8 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         gn_store *old = gn_name_lookup(sh, argv[1]);
         if (old) {
             if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER) {
-                enif_rwlock_rwlock(old->lock);
-            } else if (enif_rwlock_tryrwlock(old->lock) != 0) {
+                gn_rw_rwlock(old->lock);
+            } else if (gn_rw_tryrwlock(old->lock) != 0) {
                 enif_release_resource(old);
                 return enif_schedule_nif(env, "gn_store_new", ERL_NIF_DIRTY_JOB_IO_BOUND,
                                          gn_store_new_nif, argc, argv);
@@ -215,7 +215,7 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
             } else {
                 result = enif_make_tuple2(env, gn_am_error, gn_am_already_exists);
             }
-            enif_rwlock_rwunlock(old->lock);
+            gn_rw_rwunlock(old->lock);
             enif_release_resource(old);
             return result;
         }
@@ -236,7 +236,7 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     s->max_size = (size_t)max;
     s->owner = self;
     s->shared = sh;
-    if (!(s->lock = enif_rwlock_create("gn_store")) || !(s->arena = enif_alloc_env()))
+    if (!(s->lock = gn_rw_create()) || !(s->arena = enif_alloc_env()))
         goto enomem;
     if (enif_monitor_process(env, s, &self, &s->monitor) != 0)
         goto enomem;
@@ -281,10 +281,10 @@ static ERL_NIF_TERM gn_store_compact_nif(ErlNifEnv *env, int argc, const ERL_NIF
     (void)argc;
     gn_store *s;
     if (enif_get_resource(env, argv[0], gn_store_rtype, (void **)&s)) {
-        enif_rwlock_rwlock(s->lock);
+        gn_rw_rwlock(s->lock);
         if (!s->deleted && gn_arena_bloated(s))
             gn_arena_compact(s);
-        enif_rwlock_rwunlock(s->lock);
+        gn_rw_rwunlock(s->lock);
     }
     return argv[1];
 }
@@ -319,7 +319,7 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         gn_purge(s, now, GN_PURGE_ON_WRITE);
     int fresh, ok = gn_put_entry(s, env, argv[1], argv[2], ttl ? now + ttl : 0, put_new, &fresh);
     int compact = gn_write_compact(s);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     gn_charge(env, cost);
     if (ok == 0)
         return enif_raise_exception(env, gn_am_enomem);
@@ -345,13 +345,13 @@ ERL_NIF_TERM gn_store_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     if (n && n->ext && gn_expired(n, gn_now_ms()))
         n = NULL;
     if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
-        enif_rwlock_runlock(s->lock);
+        gn_rw_runlock(s->lock);
         return gn_go_dirty(env, gn_store_get_nif, argc, argv);
     }
     if (n)
         cost += n->vwords * sizeof(ERL_NIF_TERM);
     result = n ? enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, n->value)) : gn_am_error;
-    enif_rwlock_runlock(s->lock);
+    gn_rw_runlock(s->lock);
     gn_charge(env, cost);
     return result;
 }
@@ -371,7 +371,7 @@ ERL_NIF_TERM gn_store_delete_key_nif(ErlNifEnv *env, int argc, const ERL_NIF_TER
     gn_probe p = {.key = argv[1]};
     gn_node *n = gn_unlink(s, &p);
     int compact = gn_write_compact(s);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     if (n)
         gn_node_free(n);
     return compact ? gn_compact_later(env, argv[0], gn_am_ok) : gn_am_ok;
@@ -393,7 +393,7 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     gn_probe p = {.key = argv[1]};
     gn_node *n = gn_find(s, &p);
     if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
-        enif_rwlock_rwunlock(s->lock);
+        gn_rw_rwunlock(s->lock);
         return gn_go_dirty(env, gn_store_take_nif, argc, argv);
     }
     n = n ? gn_unlink(s, &p) : NULL;
@@ -402,7 +402,7 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     if (v)
         cost += n->vwords * sizeof(ERL_NIF_TERM);
     int compact = gn_write_compact(s);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     gn_charge(env, cost);
     if (n)
         gn_node_free(n);
@@ -472,7 +472,7 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
 out:;
     /* a bignum counter leaves its old value in the arena: compact too */
     int compact = done && gn_write_compact(s);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     if (oom)
         return enif_raise_exception(env, gn_am_enomem);
     return compact ? gn_compact_later(env, argv[0], result) : result;
@@ -487,7 +487,7 @@ ERL_NIF_TERM gn_store_size_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     if (!GN_VIEW(gn_store_size_nif, s, err))
         return err;
     size_t n = s->count;
-    enif_rwlock_runlock(s->lock);
+    gn_rw_runlock(s->lock);
     return enif_make_uint64(env, n);
 }
 
@@ -510,7 +510,7 @@ ERL_NIF_TERM gn_store_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         s->public_access ? gn_am_public : gn_am_protected,
         s->named_lifetime ? gn_am_named : gn_am_owner,
     };
-    enif_rwlock_runlock(s->lock);
+    gn_rw_runlock(s->lock);
     ERL_NIF_TERM map;
     enif_make_map_from_arrays(env, keys, vals, 7, &map);
     return map;
@@ -526,7 +526,7 @@ ERL_NIF_TERM gn_store_delete_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     if (!(s = gn_store_lock(env, argc, argv, gn_store_delete_nif, 2, &err)))
         return err;
     gn_store_mark_deleted(s);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     gn_name_remove(s);
     return gn_am_ok;
 }
@@ -540,7 +540,7 @@ ERL_NIF_TERM gn_store_clear_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     if (!GN_WRITE(gn_store_clear_nif, s, err))
         return err;
     gn_store_detach(s, 1);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     return gn_am_ok;
 }
 
@@ -594,7 +594,7 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         if (scratch.arena)
             enif_free_env(scratch.arena);
         if (oom || s->count + fresh > s->max_size) {
-            enif_rwlock_rwunlock(s->lock);
+            gn_rw_rwunlock(s->lock);
             return oom ? enif_raise_exception(env, gn_am_enomem)
                        : enif_make_tuple2(env, gn_am_error, gn_am_full);
         }
@@ -611,7 +611,7 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     }
     if (gn_arena_bloated(s))
         gn_arena_compact(s);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     return ok == 1 ? gn_am_ok : enif_raise_exception(env, gn_am_enomem);
 }
 
@@ -630,14 +630,14 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     int64_t now = gn_now_ms();
     for (size_t i = 0; i < n; i++) {
         gn_store *s = todo[i];
-        enif_rwlock_rwlock(s->lock);
+        gn_rw_rwlock(s->lock);
         if (!s->deleted) {
             gn_purge(s, now, SIZE_MAX);
             if (gn_arena_bloated(s))
                 gn_arena_compact(s);
         }
         int idle = s->deleted || s->heap_len == 0;
-        enif_rwlock_rwunlock(s->lock);
+        gn_rw_rwunlock(s->lock);
         if (idle)
             gn_ttl_list_remove(s);
         enif_release_resource(s);

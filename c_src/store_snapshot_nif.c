@@ -69,7 +69,7 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         }
         gn_snap_seal(p, total);
     }
-    enif_rwlock_runlock(s->lock);
+    gn_rw_runlock(s->lock);
     for (size_t i = 0; i < count; i++) {
         enif_release_binary(&keys[i]);
         enif_release_binary(&vals[i]);
@@ -223,7 +223,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         return created; /* already_exists, or an exception */
     }
     enif_get_resource(env, tuple[1], gn_store_rtype, (void **)&s);
-    enif_rwlock_rwlock(s->lock);
+    gn_rw_rwlock(s->lock);
     int ok = 1;
     size_t nsorted = 0;
     /* An ordered_set's snapshot lists its keys in order: collect them, to
@@ -260,7 +260,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
             /* a repeated key: the later entry wins, as with put */
             ok = gn_node_rekey(s, env, n, e->key) && gn_node_set(s, env, n, e->value);
         } else if (s->count >= s->max_size) {
-            enif_rwlock_rwunlock(s->lock);
+            gn_rw_rwunlock(s->lock);
             gn_store_delete_nif(env, 1, &tuple[1]);
             gn_free(es);
             return enif_make_tuple2(env, gn_am_error, gn_am_full);
@@ -284,7 +284,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         gn_free(sorted);
     }
     int ttl = s->heap_len != 0;
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     if (ok && ttl)
         gn_ttl_list_add(s);
     if (!ok) {
