@@ -702,17 +702,77 @@ gn_node *gn_find_live(gn_store *s, gn_probe *p)
     return n;
 }
 
+/* What an ordered_set's put looks for, or makes, on its way down. */
+typedef struct gn_upsert_ctx {
+    gn_store *s;
+    ErlNifEnv *env;
+    ERL_NIF_TERM key, value;
+    gn_node *found; /* the entry with an equal key */
+    gn_node *made;  /* or the new one, at its leaf */
+} gn_upsert_ctx;
+
+/* One descent: finds the entry for the key, or makes and inserts a new one
+ * where the key belongs (no entry either way: out of memory). A subtree
+ * that did not change is not rebalanced. */
+static gn_node *gn_upsert(gn_upsert_ctx *c, gn_node *n)
+{
+    if (!n)
+        return (c->made = gn_node_new(c->s, c->env, c->key, c->value));
+    int cmp = enif_compare(c->key, n->key);
+    if (cmp == 0) {
+        c->found = n;
+        return n;
+    }
+    if (cmp < 0)
+        n->left = gn_upsert(c, n->left);
+    else
+        n->right = gn_upsert(c, n->right);
+    return c->made ? gn_balance(n) : n;
+}
+
+/* Updates an existing entry's key, value and expiry, as a put. */
+static int gn_put_over(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key,
+                       ERL_NIF_TERM value, int64_t expires)
+{
+    return gn_node_rekey(s, env, n, key) && gn_node_set(s, env, n, value) &&
+           gn_set_expiry(s, n, expires);
+}
+
 int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value, int64_t expires,
                  int put_new, int *fresh)
 {
+    int ok = 1;
+    if (s->ordered && s->count < s->max_size) {
+        /* room for one more: find or insert in one descent */
+        gn_upsert_ctx c = {s, env, key, value, NULL, NULL};
+        s->root = gn_upsert(&c, s->root);
+        if (c.made) {
+            *fresh = 1;
+            s->count++;
+            gn_account_add(s, c.made);
+            if (!gn_set_expiry(s, c.made, expires)) {
+                gn_unlink_node(s, c.made);
+                gn_node_free(c.made);
+                ok = 0;
+            }
+        } else if (c.found) {
+            /* an expired entry is as good as none: it takes the put */
+            *fresh = c.found->ext && gn_expired(c.found, gn_now_ms());
+            if (*fresh || !put_new)
+                ok = gn_put_over(s, env, c.found, key, value, expires);
+        } else {
+            ok = 0;
+        }
+        if (ok == 1 && expires)
+            gn_ttl_list_add(s);
+        return ok;
+    }
     gn_probe p = {.key = key};
     gn_node *n = gn_find_live(s, &p);
-    int ok = 1;
     *fresh = !n;
     if (n) {
         if (!put_new)
-            ok = gn_node_rekey(s, env, n, key) && gn_node_set(s, env, n, value) &&
-                 gn_set_expiry(s, n, expires);
+            ok = gn_put_over(s, env, n, key, value, expires);
     } else if (s->count >= s->max_size &&
                (gn_purge(s, gn_now_ms(), GN_PURGE_INLINE), s->count >= s->max_size)) {
         /* full, counting only live entries (expired ones were purged) */
