@@ -32,11 +32,17 @@
 #define GN_BIN_HEADER 48     /* an off-heap binary's header and block header */
 #define GN_GARBAGE_FLOOR ((size_t)64 * 1024)
 
+/* The allocator's smallest block, about (measured against :erlang.memory/0
+ * on OTP 25: a 40-byte set entry takes as much as a 48-byte one, some 64
+ * bytes, where a 56-byte ordered_set entry takes 72). */
+#define GN_BLOCK_MIN 64
+
 /* What an allocation of `size` bytes takes, about: blocks are 8-byte
- * aligned and carry a header. */
+ * aligned, carry a header, and are never below GN_BLOCK_MIN. */
 static size_t gn_block(size_t size)
 {
-    return ((size + 7) & ~(size_t)7) + GN_BLOCK_OVERHEAD;
+    size_t block = ((size + 7) & ~(size_t)7) + GN_BLOCK_OVERHEAD;
+    return block < GN_BLOCK_MIN ? GN_BLOCK_MIN : block;
 }
 
 static size_t gn_node_size(const gn_store *s)
@@ -60,9 +66,26 @@ void gn_node_free(gn_node *n)
     gn_free(n);
 }
 
-static uint32_t gn_words32(size_t words)
+/* Sets an entry's word counts; a count of GN_WORDS_EXT or more needs the
+ * entry's gn_ext. */
+static void gn_set_kwords(gn_node *n, size_t words)
 {
-    return words > UINT32_MAX ? UINT32_MAX : (uint32_t)words;
+    if (words >= GN_WORDS_EXT) {
+        n->ext->kwords = words;
+        n->kw = GN_WORDS_EXT;
+    } else {
+        n->kw = (uint16_t)words;
+    }
+}
+
+static void gn_set_vwords(gn_node *n, size_t words)
+{
+    if (words >= GN_WORDS_EXT) {
+        n->ext->vwords = words;
+        n->vw = GN_WORDS_EXT;
+    } else {
+        n->vw = (uint16_t)words;
+    }
 }
 
 /* A copy of `words` heap words into the arena. */
@@ -81,14 +104,14 @@ static void gn_arena_charge(gn_store *s, size_t words)
 void gn_account_add(gn_store *s, const gn_node *n)
 {
     s->memory += gn_node_bytes(s, n);
-    s->live_words += (size_t)n->kwords + n->vwords;
+    s->live_words += gn_kwords(n) + gn_vwords(n);
 }
 
 /* n leaves the store: its terms stay in the arena, dead. */
 static void gn_account_remove(gn_store *s, const gn_node *n)
 {
     s->memory -= gn_node_bytes(s, n);
-    s->live_words -= (size_t)n->kwords + n->vwords;
+    s->live_words -= gn_kwords(n) + gn_vwords(n);
     if (n->ext)
         s->dead_bin += n->ext->kbin + n->ext->vbin;
 }
@@ -119,7 +142,8 @@ gn_ext *gn_ext_need(gn_store *s, gn_node *n)
 void gn_ext_trim(gn_store *s, gn_node *n)
 {
     gn_ext *e = n->ext;
-    if (!e || e->expires || e->heap_ix != SIZE_MAX || e->kbin || e->vbin)
+    if (!e || e->expires || e->heap_ix != SIZE_MAX || e->kbin || e->vbin || n->kw == GN_WORDS_EXT ||
+        n->vw == GN_WORDS_EXT)
         return;
     gn_free(e);
     n->ext = NULL;
@@ -367,10 +391,13 @@ void gn_hash_resize(gn_store *s, size_t cap)
 
 #define GN_HASH_INLINE 4096 /* chains a regular NIF may rehash */
 
+/* Chains for `entries`: one per one or two entries (a table grows 4x once
+ * past two per chain, so a set runs at 0.5 to 2 per chain; each chain is
+ * sorted, so a miss stops early). */
 size_t gn_hash_cap(size_t entries)
 {
     size_t cap = 64;
-    while (cap < entries && cap < ((size_t)1 << 31))
+    while (2 * cap < entries && cap < ((size_t)1 << 31))
         cap *= 2;
     return cap;
 }
@@ -575,14 +602,15 @@ static int gn_node_terms(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM k
     size_t kbin = 0, vbin = 0;
     size_t kwords = gn_term_words(env, key, &kbin, SIZE_MAX, 0);
     size_t vwords = gn_term_words(env, value, &vbin, SIZE_MAX, 0);
-    if ((kbin || vbin) && !(n->ext = gn_ext_alloc(n)))
+    if ((kbin || vbin || kwords >= GN_WORDS_EXT || vwords >= GN_WORDS_EXT) &&
+        !(n->ext = gn_ext_alloc(n)))
         return 0;
     if (n->ext) {
         n->ext->kbin = kbin;
         n->ext->vbin = vbin;
     }
-    n->kwords = gn_words32(kwords);
-    n->vwords = gn_words32(vwords);
+    gn_set_kwords(n, kwords);
+    gn_set_vwords(n, vwords);
     n->key = enif_make_copy(s->arena, key);
     gn_arena_charge(s, kwords);
     n->value = enif_make_copy(s->arena, value);
@@ -615,21 +643,21 @@ int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value)
 {
     size_t vbin = 0;
     size_t vwords = gn_term_words(env, value, &vbin, SIZE_MAX, 0);
-    if (vbin && !gn_ext_need(s, n))
+    if ((vbin || vwords >= GN_WORDS_EXT) && !gn_ext_need(s, n))
         return 0;
     /* the old value stays in the arena, dead, until it is compacted */
-    s->live_words -= n->vwords;
+    s->live_words -= gn_vwords(n);
     if (n->ext) {
         s->memory -= n->ext->vbin;
         s->dead_bin += n->ext->vbin;
         n->ext->vbin = vbin;
         s->memory += vbin;
-        gn_ext_trim(s, n);
     }
-    n->vwords = gn_words32(vwords);
+    gn_set_vwords(n, vwords);
+    gn_ext_trim(s, n);
     n->value = enif_make_copy(s->arena, value);
     gn_arena_charge(s, vwords);
-    s->live_words += n->vwords;
+    s->live_words += vwords;
     return 1;
 }
 
@@ -673,21 +701,21 @@ int gn_node_rekey(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key)
         return 1;
     size_t kbin = 0;
     size_t kwords = gn_term_words(env, key, &kbin, SIZE_MAX, 0);
-    if (kbin && !gn_ext_need(s, n))
+    if ((kbin || kwords >= GN_WORDS_EXT) && !gn_ext_need(s, n))
         return 0;
     /* the old key stays in the arena, dead, until it is compacted */
-    s->live_words -= n->kwords;
+    s->live_words -= gn_kwords(n);
     if (n->ext) {
         s->memory -= n->ext->kbin;
         s->dead_bin += n->ext->kbin;
         n->ext->kbin = kbin;
         s->memory += kbin;
-        gn_ext_trim(s, n);
     }
-    n->kwords = gn_words32(kwords);
+    gn_set_kwords(n, kwords);
+    gn_ext_trim(s, n);
     n->key = enif_make_copy(s->arena, key);
     gn_arena_charge(s, kwords);
-    s->live_words += n->kwords;
+    s->live_words += kwords;
     return 1;
 }
 
@@ -828,9 +856,9 @@ void gn_arena_compact(gn_store *s)
     gn_iter_start(&it, s);
     for (gn_node *n; (n = gn_iter_next(&it));) {
         n->key = enif_make_copy(fresh, n->key);
-        gn_arena_charge(s, n->kwords);
+        gn_arena_charge(s, gn_kwords(n));
         n->value = enif_make_copy(fresh, n->value);
-        gn_arena_charge(s, n->vwords);
+        gn_arena_charge(s, gn_vwords(n));
     }
     enif_free_env(s->arena);
     s->arena = fresh;

@@ -126,7 +126,7 @@ size_t gn_value_cost(ErlNifEnv *env, ERL_NIF_TERM value, size_t limit)
 
 size_t gn_entry_cost(const gn_node *n)
 {
-    return (n->kwords + n->vwords) * sizeof(ERL_NIF_TERM);
+    return (gn_kwords(n) + gn_vwords(n)) * sizeof(ERL_NIF_TERM);
 }
 
 /* Whether work of `cost` bytes is too much for this (normal) scheduler. */

@@ -50,38 +50,53 @@
 #include "store.h"
 #include "store_lock.h"
 
-/* What only some entries need: an expiry, or off-heap binaries to account
- * for. Most entries have neither, and no gn_ext. */
+/* What only some entries need: an expiry, off-heap binaries to account
+ * for, or word counts too big for the node. Most entries have none of
+ * these, and no gn_ext. */
 typedef struct gn_ext {
     struct gn_node *node;
-    int64_t expires;   /* monotonic ms; 0: never */
-    size_t heap_ix;    /* position in the expiry heap, or SIZE_MAX */
-    size_t kbin, vbin; /* bytes of the off-heap binaries key and value reference */
+    int64_t expires;       /* monotonic ms; 0: never */
+    size_t heap_ix;        /* position in the expiry heap, or SIZE_MAX */
+    size_t kbin, vbin;     /* bytes of the off-heap binaries key and value reference */
+    size_t kwords, vwords; /* where the node's own say GN_WORDS_EXT */
 } gn_ext;
 
+#define GN_WORDS_EXT UINT16_MAX
+
 /* An entry. A set's takes only what is before the tree's links (see
- * GN_SET_NODE_SIZE): its chain and its key's hash. */
+ * GN_SET_NODE_SIZE): 40 bytes; an ordered_set's, 56. */
 typedef struct gn_node {
     ERL_NIF_TERM key;   /* in the store's arena */
     ERL_NIF_TERM value; /* in the store's arena: a get copies it out */
     gn_ext *ext;        /* or NULL */
-    /* heap words of the key and value terms in the arena (saturated at
-     * UINT32_MAX: 32 GB), for accounting and for sizing copies */
-    uint32_t kwords, vwords;
+    /* heap words of the key and value terms in the arena, for accounting
+     * and for sizing copies (gn_kwords, gn_vwords): GN_WORDS_EXT for a
+     * term of that many or more, counted in the gn_ext */
+    uint16_t kw, vw;
     union {
-        struct { /* a set's */
-            struct gn_node *hnext;
-            uint32_t hash;
-        };
-        struct { /* an ordered_set's */
+        uint32_t hash; /* a set's: its key's */
+        int height;    /* an ordered_set's: its subtree's */
+    };
+    union {
+        struct gn_node *hnext; /* a set's chain */
+        struct {               /* an ordered_set's tree */
             struct gn_node *left, *right;
             size_t size;
-            int height;
         };
     };
 } gn_node;
 
-#define GN_SET_NODE_SIZE (offsetof(gn_node, hash) + sizeof(uint32_t))
+#define GN_SET_NODE_SIZE (offsetof(gn_node, hnext) + sizeof(gn_node *))
+
+static inline size_t gn_kwords(const gn_node *n)
+{
+    return n->kw == GN_WORDS_EXT ? n->ext->kwords : n->kw;
+}
+
+static inline size_t gn_vwords(const gn_node *n)
+{
+    return n->vw == GN_WORDS_EXT ? n->ext->vwords : n->vw;
+}
 
 typedef struct gn_store {
     gn_rwlock *lock; /* store_lock.h */

@@ -344,12 +344,12 @@ ERL_NIF_TERM gn_store_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     gn_node *n = gn_find(s, &p);
     if (n && n->ext && gn_expired(n, gn_now_ms()))
         n = NULL;
-    if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
+    if (n && gn_too_big(cost + gn_vwords(n) * sizeof(ERL_NIF_TERM))) {
         gn_rw_runlock(s->lock);
         return gn_go_dirty(env, gn_store_get_nif, argc, argv);
     }
     if (n)
-        cost += n->vwords * sizeof(ERL_NIF_TERM);
+        cost += gn_vwords(n) * sizeof(ERL_NIF_TERM);
     result = n ? enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, n->value)) : gn_am_error;
     gn_rw_runlock(s->lock);
     gn_charge(env, cost);
@@ -392,7 +392,7 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     gn_purge(s, now, GN_PURGE_ON_WRITE);
     gn_probe p = {.key = argv[1]};
     gn_node *n = gn_find(s, &p);
-    if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
+    if (n && gn_too_big(cost + gn_vwords(n) * sizeof(ERL_NIF_TERM))) {
         gn_rw_rwunlock(s->lock);
         return gn_go_dirty(env, gn_store_take_nif, argc, argv);
     }
@@ -400,7 +400,7 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     /* the value lives in the arena: copy it out while the lock is held */
     ERL_NIF_TERM v = n && !gn_expired(n, now) ? enif_make_copy(env, n->value) : 0;
     if (v)
-        cost += n->vwords * sizeof(ERL_NIF_TERM);
+        cost += gn_vwords(n) * sizeof(ERL_NIF_TERM);
     int compact = gn_write_compact(s);
     gn_rw_rwunlock(s->lock);
     gn_charge(env, cost);
