@@ -24,12 +24,15 @@
  *                        its accounting, purging expired entries
  *   store_ttl.c          the expiry heap and the sweep list
  *   store_names.c        the name registry
+ *   store_lock.c         the store's readers-writer lock
  *   store_access.c       how a NIF takes a store's lock, and big terms
  *   store_nif.c          the resource, load/upgrade/unload, the point NIFs
  *   store_walk_nif.c     NIFs that read in key order (step, rank, range...)
  *   store_snapshot_nif.c snapshot and restore (format: snapshot.c)
  *
- * Locks: `s->lock` (a rwlock) protects everything in a gn_store: readers
+ * Locks: `s->lock` (a readers-writer lock, store_lock.h, that readers on
+ * different schedulers take without sharing a written cache line)
+ * protects everything in a gn_store: readers
  * hold it shared, writers exclusive, so a reader never sees a half-applied
  * write. `names_lock` (in the shared state) protects the name registry; it
  * is never held with a store lock held. `ttl_lock` protects the sweep
