@@ -597,11 +597,11 @@ gn_node *gn_iter_next(gn_iter *it)
 /* Sizes key and value (an entry off-heap binaries get a gn_ext), and
  * copies them into the arena. 0 when out of memory (nothing copied). */
 static int gn_node_terms(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key,
-                         ERL_NIF_TERM value)
+                         ERL_NIF_TERM value, const gn_termsize *vsize)
 {
-    size_t kbin = 0, vbin = 0;
+    size_t kbin = 0, vbin = vsize ? vsize->bin : 0;
     size_t kwords = gn_term_words(env, key, &kbin, SIZE_MAX, 0);
-    size_t vwords = gn_term_words(env, value, &vbin, SIZE_MAX, 0);
+    size_t vwords = vsize ? vsize->words : gn_term_words(env, value, &vbin, SIZE_MAX, 0);
     if ((kbin || vbin || kwords >= GN_WORDS_EXT || vwords >= GN_WORDS_EXT) &&
         !(n->ext = gn_ext_alloc(n)))
         return 0;
@@ -618,7 +618,9 @@ static int gn_node_terms(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM k
     return 1;
 }
 
-gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value)
+/* gn_node_new, with the value's size when known (else NULL). */
+static gn_node *gn_node_new_sized(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value,
+                                  const gn_termsize *vsize)
 {
     gn_node *n = gn_alloc(gn_node_size(s));
     if (!n)
@@ -632,17 +634,24 @@ gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM
         n->hnext = NULL;
         n->hash = 0;
     }
-    if (!gn_node_terms(s, env, n, key, value)) {
+    if (!gn_node_terms(s, env, n, key, value, vsize)) {
         gn_free(n);
         return NULL;
     }
     return n;
 }
 
-int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value)
+gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value)
 {
-    size_t vbin = 0;
-    size_t vwords = gn_term_words(env, value, &vbin, SIZE_MAX, 0);
+    return gn_node_new_sized(s, env, key, value, NULL);
+}
+
+/* gn_node_set, with the value's size when known (else NULL). */
+static int gn_node_set_sized(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value,
+                             const gn_termsize *vsize)
+{
+    size_t vbin = vsize ? vsize->bin : 0;
+    size_t vwords = vsize ? vsize->words : gn_term_words(env, value, &vbin, SIZE_MAX, 0);
     if ((vbin || vwords >= GN_WORDS_EXT) && !gn_ext_need(s, n))
         return 0;
     /* the old value stays in the arena, dead, until it is compacted */
@@ -659,6 +668,11 @@ int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value)
     gn_arena_charge(s, vwords);
     s->live_words += vwords;
     return 1;
+}
+
+int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value)
+{
+    return gn_node_set_sized(s, env, n, value, NULL);
 }
 
 /* Whether `t` holds a float (or a map: not looked into), where terms that
@@ -735,6 +749,7 @@ typedef struct gn_upsert_ctx {
     gn_store *s;
     ErlNifEnv *env;
     ERL_NIF_TERM key, value;
+    const gn_termsize *vsize;
     gn_node *found; /* the entry with an equal key */
     gn_node *made;  /* or the new one, at its leaf */
 } gn_upsert_ctx;
@@ -745,7 +760,7 @@ typedef struct gn_upsert_ctx {
 static gn_node *gn_upsert(gn_upsert_ctx *c, gn_node *n)
 {
     if (!n)
-        return (c->made = gn_node_new(c->s, c->env, c->key, c->value));
+        return (c->made = gn_node_new_sized(c->s, c->env, c->key, c->value, c->vsize));
     int cmp = enif_compare(c->key, n->key);
     if (cmp == 0) {
         c->found = n;
@@ -760,19 +775,19 @@ static gn_node *gn_upsert(gn_upsert_ctx *c, gn_node *n)
 
 /* Updates an existing entry's key, value and expiry, as a put. */
 static int gn_put_over(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key,
-                       ERL_NIF_TERM value, int64_t expires)
+                       ERL_NIF_TERM value, const gn_termsize *vsize, int64_t expires)
 {
-    return gn_node_rekey(s, env, n, key) && gn_node_set(s, env, n, value) &&
+    return gn_node_rekey(s, env, n, key) && gn_node_set_sized(s, env, n, value, vsize) &&
            gn_set_expiry(s, n, expires);
 }
 
-int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value, int64_t expires,
-                 int put_new, int *fresh)
+int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value,
+                 const gn_termsize *vsize, int64_t expires, int put_new, int *fresh)
 {
     int ok = 1;
     if (s->ordered && s->count < s->max_size) {
         /* room for one more: find or insert in one descent */
-        gn_upsert_ctx c = {s, env, key, value, NULL, NULL};
+        gn_upsert_ctx c = {s, env, key, value, vsize, NULL, NULL};
         s->root = gn_upsert(&c, s->root);
         if (c.made) {
             *fresh = 1;
@@ -787,7 +802,7 @@ int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM val
             /* an expired entry is as good as none: it takes the put */
             *fresh = c.found->ext && gn_expired(c.found, gn_now_ms());
             if (*fresh || !put_new)
-                ok = gn_put_over(s, env, c.found, key, value, expires);
+                ok = gn_put_over(s, env, c.found, key, value, vsize, expires);
         } else {
             ok = 0;
         }
@@ -800,12 +815,12 @@ int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM val
     *fresh = !n;
     if (n) {
         if (!put_new)
-            ok = gn_put_over(s, env, n, key, value, expires);
+            ok = gn_put_over(s, env, n, key, value, vsize, expires);
     } else if (s->count >= s->max_size &&
                (gn_purge(s, gn_now_ms(), GN_PURGE_INLINE), s->count >= s->max_size)) {
         /* full, counting only live entries (expired ones were purged) */
         ok = -1;
-    } else if ((n = gn_node_new(s, env, key, value))) {
+    } else if ((n = gn_node_new_sized(s, env, key, value, vsize))) {
         if (!gn_link(s, n, &p)) {
             gn_node_free(n);
             ok = 0;

@@ -116,14 +116,6 @@ size_t gn_key_cost(ErlNifEnv *env, ERL_NIF_TERM key, size_t limit)
     return words * sizeof(ERL_NIF_TERM) + bin;
 }
 
-/* Bytes of work on copying `value` (an off-heap binary is referenced, not
- * copied), counted up to a little past `limit`. */
-size_t gn_value_cost(ErlNifEnv *env, ERL_NIF_TERM value, size_t limit)
-{
-    size_t bin = 0;
-    return gn_term_words(env, value, &bin, limit / sizeof(ERL_NIF_TERM), 0) * sizeof(ERL_NIF_TERM);
-}
-
 size_t gn_entry_cost(const gn_node *n)
 {
     return (gn_kwords(n) + gn_vwords(n)) * sizeof(ERL_NIF_TERM);

@@ -222,11 +222,18 @@ gn_ext *gn_ext_need(gn_store *s, gn_node *n);
 /* Frees an entry's gn_ext once it holds nothing (no expiry, no binaries). */
 void gn_ext_trim(gn_store *s, gn_node *n);
 
+/* A term's size, as gn_term_words counts it: heap words, and bytes of the
+ * off-heap binaries it references. */
+typedef struct gn_termsize {
+    size_t words, bin;
+} gn_termsize;
+
 /* Puts key/value (a new entry, or a new value and key for an existing one)
- * with its expiry; sets *fresh for a new entry. Returns 0 when out of
+ * with its expiry; sets *fresh for a new entry. `vsize`: the value's size,
+ * if the caller has it (else NULL). Returns 0 when out of
  * memory, -1 when the store is full. Call with the write lock held. */
-int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value, int64_t expires,
-                 int put_new, int *fresh);
+int gn_put_entry(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value,
+                 const gn_termsize *vsize, int64_t expires, int put_new, int *fresh);
 /* Removes up to `max` expired entries; returns how many expired remain
  * (0, or 1 for some). Call with the write lock held. */
 size_t gn_purge(gn_store *s, int64_t now, size_t max);

@@ -308,8 +308,14 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         !enif_get_int64(env, argv[4], &ttl) || ttl < 0)
         return enif_make_badarg(env);
     size_t cost = gn_key_cost(env, argv[1], GN_INLINE_BYTES);
-    if (cost <= GN_INLINE_BYTES)
-        cost += gn_value_cost(env, argv[2], GN_INLINE_BYTES);
+    /* the value's size, sized once: exact when within the limit */
+    gn_termsize vsize = {0, 0}, *known = NULL;
+    if (cost <= GN_INLINE_BYTES) {
+        size_t limit = GN_INLINE_BYTES / sizeof(ERL_NIF_TERM);
+        vsize.words = gn_term_words(env, argv[2], &vsize.bin, limit, 0);
+        cost += vsize.words * sizeof(ERL_NIF_TERM);
+        known = vsize.words <= limit ? &vsize : NULL;
+    }
     if (gn_too_big(cost))
         return gn_go_dirty(env, gn_store_put_nif, argc, argv);
     if (!GN_WRITE(gn_store_put_nif, s, err))
@@ -317,7 +323,8 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     int64_t now = ttl || s->heap_len ? gn_now_ms() : 0;
     if (s->heap_len)
         gn_purge(s, now, GN_PURGE_ON_WRITE);
-    int fresh, ok = gn_put_entry(s, env, argv[1], argv[2], ttl ? now + ttl : 0, put_new, &fresh);
+    int fresh,
+        ok = gn_put_entry(s, env, argv[1], argv[2], known, ttl ? now + ttl : 0, put_new, &fresh);
     int compact = gn_write_compact(s);
     gn_rw_rwunlock(s->lock);
     gn_charge(env, cost);
@@ -607,7 +614,7 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         const ERL_NIF_TERM *kv;
         int arity, fresh;
         enif_get_tuple(env, head, &arity, &kv);
-        ok = gn_put_entry(s, env, kv[0], kv[1], 0, 0, &fresh);
+        ok = gn_put_entry(s, env, kv[0], kv[1], NULL, 0, 0, &fresh);
     }
     if (gn_arena_bloated(s))
         gn_arena_compact(s);
