@@ -18,15 +18,15 @@ gn_store *gn_store_lock(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], gn_
         return NULL;
     }
     if (enif_thread_type() == ERL_NIF_THR_NORMAL_SCHEDULER) {
-        if ((write ? enif_rwlock_tryrwlock(s->lock) : enif_rwlock_tryrlock(s->lock)) != 0) {
+        if ((write ? gn_rw_tryrwlock(s->lock) : gn_rw_tryrlock(s->lock)) != 0) {
             *err = enif_schedule_nif(env, "gn_store_wait", ERL_NIF_DIRTY_JOB_IO_BOUND, self, argc,
                                      argv);
             return NULL;
         }
     } else if (write) {
-        enif_rwlock_rwlock(s->lock);
+        gn_rw_rwlock(s->lock);
     } else {
-        enif_rwlock_rlock(s->lock);
+        gn_rw_rlock(s->lock);
     }
     if (s->deleted) {
         *err = enif_raise_exception(env, gn_am_store_deleted);
@@ -50,9 +50,9 @@ gn_store *gn_store_lock(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[], gn_
     return s;
 fail:
     if (write)
-        enif_rwlock_rwunlock(s->lock);
+        gn_rw_rwunlock(s->lock);
     else
-        enif_rwlock_runlock(s->lock);
+        gn_rw_runlock(s->lock);
     return NULL;
 }
 
@@ -66,21 +66,21 @@ gn_store *gn_fresh_view(ErlNifEnv *env, gn_store *s, int argc, const ERL_NIF_TER
         int64_t now = gn_now_ms();
         if (!gn_needs_purge(s, now))
             return s;
-        enif_rwlock_runlock(s->lock);
+        gn_rw_runlock(s->lock);
         if (dirty)
-            enif_rwlock_rwlock(s->lock);
-        else if (tries >= 2 || enif_rwlock_tryrwlock(s->lock) != 0)
+            gn_rw_rwlock(s->lock);
+        else if (tries >= 2 || gn_rw_tryrwlock(s->lock) != 0)
             goto go_dirty;
         size_t left = s->deleted ? 0 : gn_purge(s, now, dirty ? SIZE_MAX : GN_PURGE_INLINE);
-        enif_rwlock_rwunlock(s->lock);
+        gn_rw_rwunlock(s->lock);
         if (left)
             goto go_dirty;
         if (dirty)
-            enif_rwlock_rlock(s->lock);
-        else if (enif_rwlock_tryrlock(s->lock) != 0)
+            gn_rw_rlock(s->lock);
+        else if (gn_rw_tryrlock(s->lock) != 0)
             goto go_dirty;
         if (s->deleted) {
-            enif_rwlock_runlock(s->lock);
+            gn_rw_runlock(s->lock);
             *err = enif_raise_exception(env, gn_am_store_deleted);
             return NULL;
         }
@@ -97,7 +97,7 @@ int gn_ordered_or_raise(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err)
 {
     if (s->ordered)
         return 1;
-    enif_rwlock_runlock(s->lock);
+    gn_rw_runlock(s->lock);
     *err = enif_raise_exception(env, gn_am_not_ordered);
     return 0;
 }
@@ -116,17 +116,9 @@ size_t gn_key_cost(ErlNifEnv *env, ERL_NIF_TERM key, size_t limit)
     return words * sizeof(ERL_NIF_TERM) + bin;
 }
 
-/* Bytes of work on copying `value` (an off-heap binary is referenced, not
- * copied), counted up to a little past `limit`. */
-size_t gn_value_cost(ErlNifEnv *env, ERL_NIF_TERM value, size_t limit)
-{
-    size_t bin = 0;
-    return gn_term_words(env, value, &bin, limit / sizeof(ERL_NIF_TERM), 0) * sizeof(ERL_NIF_TERM);
-}
-
 size_t gn_entry_cost(const gn_node *n)
 {
-    return (n->kwords + n->vwords) * sizeof(ERL_NIF_TERM);
+    return (gn_kwords(n) + gn_vwords(n)) * sizeof(ERL_NIF_TERM);
 }
 
 /* Whether work of `cost` bytes is too much for this (normal) scheduler. */

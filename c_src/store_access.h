@@ -65,9 +65,6 @@ int gn_ordered_or_raise(ErlNifEnv *env, gn_store *s, ERL_NIF_TERM *err);
 /* Bytes of work on `key` (encoded, hashed, compared: binaries in full),
  * counted up to a little past `limit`. */
 size_t gn_key_cost(ErlNifEnv *env, ERL_NIF_TERM key, size_t limit);
-/* Bytes of work on copying `value` (an off-heap binary is referenced, not
- * copied), counted up to a little past `limit`. */
-size_t gn_value_cost(ErlNifEnv *env, ERL_NIF_TERM value, size_t limit);
 /* Bytes of work on copying an entry out. */
 size_t gn_entry_cost(const gn_node *n);
 /* Whether work of `cost` bytes is too much for this (normal) scheduler. */

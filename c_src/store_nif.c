@@ -29,11 +29,9 @@ static void gn_store_dtor(ErlNifEnv *env, void *obj)
 {
     (void)env;
     gn_store *s = obj;
-    gn_reap_tree(s->root, s->arena);
-    gn_free(s->heap);
-    gn_free(s->htab);
+    gn_store_detach(s, 0);
     if (s->lock)
-        enif_rwlock_destroy(s->lock);
+        gn_rw_destroy(s->lock);
 }
 
 static void gn_store_mark_deleted(gn_store *s)
@@ -67,9 +65,9 @@ static void gn_store_down_job(void *arg)
 {
     gn_down_job *job = arg;
     gn_store *s = job->s;
-    enif_rwlock_rwlock(s->lock);
+    gn_rw_rwlock(s->lock);
     int unregister = gn_store_owner_gone(s, &job->pid);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     if (unregister)
         gn_name_remove(s);
     enif_release_resource(s);
@@ -85,7 +83,7 @@ static void gn_store_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonit
     (void)env;
     (void)mon;
     gn_store *s = obj;
-    if (enif_rwlock_tryrwlock(s->lock) != 0) {
+    if (gn_rw_tryrwlock(s->lock) != 0) {
         gn_down_job *job = gn_alloc(sizeof(*job));
         if (job) {
             enif_keep_resource(s);
@@ -94,10 +92,10 @@ static void gn_store_down(ErlNifEnv *env, void *obj, ErlNifPid *pid, ErlNifMonit
             gn_reap(gn_store_down_job, job);
             return;
         }
-        enif_rwlock_rwlock(s->lock); /* out of memory: wait, rather than lose the exit */
+        gn_rw_rwlock(s->lock); /* out of memory: wait, rather than lose the exit */
     }
     int unregister = gn_store_owner_gone(s, pid);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     if (unregister)
         gn_name_remove(s); /* may drop the last reference: last */
 }
@@ -200,8 +198,8 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         gn_store *old = gn_name_lookup(sh, argv[1]);
         if (old) {
             if (enif_thread_type() != ERL_NIF_THR_NORMAL_SCHEDULER) {
-                enif_rwlock_rwlock(old->lock);
-            } else if (enif_rwlock_tryrwlock(old->lock) != 0) {
+                gn_rw_rwlock(old->lock);
+            } else if (gn_rw_tryrwlock(old->lock) != 0) {
                 enif_release_resource(old);
                 return enif_schedule_nif(env, "gn_store_new", ERL_NIF_DIRTY_JOB_IO_BOUND,
                                          gn_store_new_nif, argc, argv);
@@ -217,7 +215,7 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
             } else {
                 result = enif_make_tuple2(env, gn_am_error, gn_am_already_exists);
             }
-            enif_rwlock_rwunlock(old->lock);
+            gn_rw_rwunlock(old->lock);
             enif_release_resource(old);
             return result;
         }
@@ -238,7 +236,7 @@ ERL_NIF_TERM gn_store_new_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     s->max_size = (size_t)max;
     s->owner = self;
     s->shared = sh;
-    if (!(s->lock = enif_rwlock_create("gn_store")) || !(s->arena = enif_alloc_env()))
+    if (!(s->lock = gn_rw_create()) || !(s->arena = enif_alloc_env()))
         goto enomem;
     if (enif_monitor_process(env, s, &self, &s->monitor) != 0)
         goto enomem;
@@ -283,13 +281,10 @@ static ERL_NIF_TERM gn_store_compact_nif(ErlNifEnv *env, int argc, const ERL_NIF
     (void)argc;
     gn_store *s;
     if (enif_get_resource(env, argv[0], gn_store_rtype, (void **)&s)) {
-        enif_rwlock_rwlock(s->lock);
-        if (!s->deleted && gn_arena_bloated(s)) {
+        gn_rw_rwlock(s->lock);
+        if (!s->deleted && gn_arena_bloated(s))
             gn_arena_compact(s);
-            if (s->hash_grow)
-                gn_hash_rebuild(s, gn_hash_cap(gn_size(s->root)));
-        }
-        enif_rwlock_rwunlock(s->lock);
+        gn_rw_rwunlock(s->lock);
     }
     return argv[1];
 }
@@ -313,8 +308,14 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         !enif_get_int64(env, argv[4], &ttl) || ttl < 0)
         return enif_make_badarg(env);
     size_t cost = gn_key_cost(env, argv[1], GN_INLINE_BYTES);
-    if (cost <= GN_INLINE_BYTES)
-        cost += gn_value_cost(env, argv[2], GN_INLINE_BYTES);
+    /* the value's size, sized once: exact when within the limit */
+    gn_termsize vsize = {0, 0}, *known = NULL;
+    if (cost <= GN_INLINE_BYTES) {
+        size_t limit = GN_INLINE_BYTES / sizeof(ERL_NIF_TERM);
+        vsize.words = gn_term_words(env, argv[2], &vsize.bin, limit, 0);
+        cost += vsize.words * sizeof(ERL_NIF_TERM);
+        known = vsize.words <= limit ? &vsize : NULL;
+    }
     if (gn_too_big(cost))
         return gn_go_dirty(env, gn_store_put_nif, argc, argv);
     if (!GN_WRITE(gn_store_put_nif, s, err))
@@ -322,9 +323,10 @@ ERL_NIF_TERM gn_store_put_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
     int64_t now = ttl || s->heap_len ? gn_now_ms() : 0;
     if (s->heap_len)
         gn_purge(s, now, GN_PURGE_ON_WRITE);
-    int fresh, ok = gn_put_entry(s, env, argv[1], argv[2], ttl ? now + ttl : 0, put_new, &fresh);
+    int fresh,
+        ok = gn_put_entry(s, env, argv[1], argv[2], known, ttl ? now + ttl : 0, put_new, &fresh);
     int compact = gn_write_compact(s);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     gn_charge(env, cost);
     if (ok == 0)
         return enif_raise_exception(env, gn_am_enomem);
@@ -345,20 +347,18 @@ ERL_NIF_TERM gn_store_get_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[
         return gn_go_dirty(env, gn_store_get_nif, argc, argv);
     if (!GN_READ(gn_store_get_nif, s, err))
         return err;
-    gn_probe p = {.env = env, .key = argv[1]};
+    gn_probe p = {.key = argv[1]};
     gn_node *n = gn_find(s, &p);
-    if (n && n->expires && gn_expired(n, gn_now_ms()))
+    if (n && n->ext && gn_expired(n, gn_now_ms()))
         n = NULL;
-    if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
-        enif_rwlock_runlock(s->lock);
-        gn_probe_done(&p);
+    if (n && gn_too_big(cost + gn_vwords(n) * sizeof(ERL_NIF_TERM))) {
+        gn_rw_runlock(s->lock);
         return gn_go_dirty(env, gn_store_get_nif, argc, argv);
     }
     if (n)
-        cost += n->vwords * sizeof(ERL_NIF_TERM);
+        cost += gn_vwords(n) * sizeof(ERL_NIF_TERM);
     result = n ? enif_make_tuple2(env, gn_am_ok, enif_make_copy(env, n->value)) : gn_am_error;
-    enif_rwlock_runlock(s->lock);
-    gn_probe_done(&p);
+    gn_rw_runlock(s->lock);
     gn_charge(env, cost);
     return result;
 }
@@ -375,11 +375,10 @@ ERL_NIF_TERM gn_store_delete_key_nif(ErlNifEnv *env, int argc, const ERL_NIF_TER
     if (!GN_WRITE(gn_store_delete_key_nif, s, err))
         return err;
     gn_purge(s, gn_now_ms(), GN_PURGE_ON_WRITE);
-    gn_probe p = {.env = env, .key = argv[1]};
+    gn_probe p = {.key = argv[1]};
     gn_node *n = gn_unlink(s, &p);
     int compact = gn_write_compact(s);
-    enif_rwlock_rwunlock(s->lock);
-    gn_probe_done(&p);
+    gn_rw_rwunlock(s->lock);
     if (n)
         gn_node_free(n);
     return compact ? gn_compact_later(env, argv[0], gn_am_ok) : gn_am_ok;
@@ -398,21 +397,19 @@ ERL_NIF_TERM gn_store_take_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         return err;
     int64_t now = gn_now_ms();
     gn_purge(s, now, GN_PURGE_ON_WRITE);
-    gn_probe p = {.env = env, .key = argv[1]};
+    gn_probe p = {.key = argv[1]};
     gn_node *n = gn_find(s, &p);
-    if (n && gn_too_big(cost + n->vwords * sizeof(ERL_NIF_TERM))) {
-        enif_rwlock_rwunlock(s->lock);
-        gn_probe_done(&p);
+    if (n && gn_too_big(cost + gn_vwords(n) * sizeof(ERL_NIF_TERM))) {
+        gn_rw_rwunlock(s->lock);
         return gn_go_dirty(env, gn_store_take_nif, argc, argv);
     }
     n = n ? gn_unlink(s, &p) : NULL;
     /* the value lives in the arena: copy it out while the lock is held */
     ERL_NIF_TERM v = n && !gn_expired(n, now) ? enif_make_copy(env, n->value) : 0;
     if (v)
-        cost += n->vwords * sizeof(ERL_NIF_TERM);
+        cost += gn_vwords(n) * sizeof(ERL_NIF_TERM);
     int compact = gn_write_compact(s);
-    enif_rwlock_rwunlock(s->lock);
-    gn_probe_done(&p);
+    gn_rw_rwunlock(s->lock);
     gn_charge(env, cost);
     if (n)
         gn_node_free(n);
@@ -436,7 +433,7 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
         return gn_go_dirty(env, gn_store_update_counter_nif, argc, argv);
     if (!GN_WRITE(gn_store_update_counter_nif, s, err))
         return err;
-    gn_probe p = {.env = env, .key = argv[1]};
+    gn_probe p = {.key = argv[1]};
     gn_node *n = gn_find_live(s, &p);
     /* enif_raise_exception returns a term that may be 0: a flag for ENOMEM */
     ERL_NIF_TERM result = 0, value;
@@ -452,8 +449,8 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
         result = enif_raise_exception(env, gn_am_not_integer);
         oom = 0;
         goto out;
-    } else if (gn_size(s->root) >= s->max_size &&
-               (gn_purge(s, gn_now_ms(), GN_PURGE_INLINE), gn_size(s->root) >= s->max_size)) {
+    } else if (s->count >= s->max_size &&
+               (gn_purge(s, gn_now_ms(), GN_PURGE_INLINE), s->count >= s->max_size)) {
         result = enif_make_tuple2(env, gn_am_error, gn_am_full);
         oom = 0;
         goto out;
@@ -470,7 +467,10 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
     } else {
         if (!(n = gn_node_new(s, env, argv[1], value)))
             goto out;
-        gn_link(s, n, &p);
+        if (!gn_link(s, n, &p)) {
+            gn_node_free(n);
+            goto out;
+        }
         gn_account_add(s, n);
     }
     result = value;
@@ -479,8 +479,7 @@ ERL_NIF_TERM gn_store_update_counter_nif(ErlNifEnv *env, int argc, const ERL_NIF
 out:;
     /* a bignum counter leaves its old value in the arena: compact too */
     int compact = done && gn_write_compact(s);
-    enif_rwlock_rwunlock(s->lock);
-    gn_probe_done(&p);
+    gn_rw_rwunlock(s->lock);
     if (oom)
         return enif_raise_exception(env, gn_am_enomem);
     return compact ? gn_compact_later(env, argv[0], result) : result;
@@ -494,8 +493,8 @@ ERL_NIF_TERM gn_store_size_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
     gn_store *s;
     if (!GN_VIEW(gn_store_size_nif, s, err))
         return err;
-    size_t n = gn_size(s->root);
-    enif_rwlock_runlock(s->lock);
+    size_t n = s->count;
+    gn_rw_runlock(s->lock);
     return enif_make_uint64(env, n);
 }
 
@@ -511,14 +510,14 @@ ERL_NIF_TERM gn_store_info_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
                            gn_am_name, gn_am_access, gn_am_lifetime};
     ERL_NIF_TERM vals[] = {
         s->ordered ? gn_am_ordered_set : gn_am_set,
-        enif_make_uint64(env, gn_size(s->root)),
+        enif_make_uint64(env, s->count),
         enif_make_uint64(env, gn_store_memory(s)),
         s->orphan ? gn_am_nil : enif_make_pid(env, &s->owner),
         s->name ? s->name : gn_am_nil,
         s->public_access ? gn_am_public : gn_am_protected,
         s->named_lifetime ? gn_am_named : gn_am_owner,
     };
-    enif_rwlock_runlock(s->lock);
+    gn_rw_runlock(s->lock);
     ERL_NIF_TERM map;
     enif_make_map_from_arrays(env, keys, vals, 7, &map);
     return map;
@@ -534,7 +533,7 @@ ERL_NIF_TERM gn_store_delete_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM ar
     if (!(s = gn_store_lock(env, argc, argv, gn_store_delete_nif, 2, &err)))
         return err;
     gn_store_mark_deleted(s);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     gn_name_remove(s);
     return gn_am_ok;
 }
@@ -548,7 +547,7 @@ ERL_NIF_TERM gn_store_clear_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     if (!GN_WRITE(gn_store_clear_nif, s, err))
         return err;
     gn_store_detach(s, 1);
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     return gn_am_ok;
 }
 
@@ -571,8 +570,8 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
         return err;
     int64_t now = gn_now_ms();
     gn_purge(s, now, SIZE_MAX);
-    if (s->max_size != SIZE_MAX && gn_size(s->root) + len > s->max_size) {
-        /* Count the distinct new keys, each once, in a scratch tree keyed
+    if (s->max_size != SIZE_MAX && s->count + len > s->max_size) {
+        /* Count the distinct new keys, each once, in a scratch store keyed
          * like the store: all or nothing. */
         gn_store scratch;
         memset(&scratch, 0, sizeof(scratch));
@@ -586,41 +585,40 @@ ERL_NIF_TERM gn_store_put_many_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
             const ERL_NIF_TERM *kv;
             int arity;
             enif_get_tuple(env, head, &arity, &kv);
-            gn_probe p = {.env = env, .key = kv[0]};
+            gn_probe p = {.key = kv[0]};
             if (!gn_find(s, &p) && !gn_find(&scratch, &p)) {
                 gn_node *n = gn_node_new(&scratch, env, kv[0], gn_am_nil);
-                if (n) {
-                    scratch.root = gn_insert(&scratch, scratch.root, n, &p);
+                if (n && gn_link(&scratch, n, &p)) {
                     fresh++;
                 } else {
+                    if (n)
+                        gn_node_free(n);
                     oom = 1;
                 }
             }
-            gn_probe_done(&p);
         }
-        gn_tree_free(scratch.root);
+        gn_entries_free(scratch.root, scratch.htab, scratch.hcap);
         if (scratch.arena)
             enif_free_env(scratch.arena);
-        if (oom || gn_size(s->root) + fresh > s->max_size) {
-            enif_rwlock_rwunlock(s->lock);
+        if (oom || s->count + fresh > s->max_size) {
+            gn_rw_rwunlock(s->lock);
             return oom ? enif_raise_exception(env, gn_am_enomem)
                        : enif_make_tuple2(env, gn_am_error, gn_am_full);
         }
     }
+    if (!s->ordered && s->count + len > 2 * s->hcap)
+        gn_hash_resize(s, gn_hash_cap(s->count + len)); /* once, not as it goes */
     int ok = 1;
     tail = argv[1];
     while (ok == 1 && enif_get_list_cell(env, tail, &head, &tail)) {
         const ERL_NIF_TERM *kv;
         int arity, fresh;
         enif_get_tuple(env, head, &arity, &kv);
-        ok = gn_put_entry(s, env, kv[0], kv[1], 0, 0, &fresh);
+        ok = gn_put_entry(s, env, kv[0], kv[1], NULL, 0, 0, &fresh);
     }
-    if (gn_arena_bloated(s)) {
+    if (gn_arena_bloated(s))
         gn_arena_compact(s);
-        if (s->hash_grow)
-            gn_hash_rebuild(s, gn_hash_cap(gn_size(s->root)));
-    }
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     return ok == 1 ? gn_am_ok : enif_raise_exception(env, gn_am_enomem);
 }
 
@@ -639,14 +637,14 @@ ERL_NIF_TERM gn_store_sweep_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
     int64_t now = gn_now_ms();
     for (size_t i = 0; i < n; i++) {
         gn_store *s = todo[i];
-        enif_rwlock_rwlock(s->lock);
+        gn_rw_rwlock(s->lock);
         if (!s->deleted) {
             gn_purge(s, now, SIZE_MAX);
             if (gn_arena_bloated(s))
                 gn_arena_compact(s);
         }
         int idle = s->deleted || s->heap_len == 0;
-        enif_rwlock_rwunlock(s->lock);
+        gn_rw_rwunlock(s->lock);
         if (idle)
             gn_ttl_list_remove(s);
         enif_release_resource(s);

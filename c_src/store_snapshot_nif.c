@@ -32,44 +32,49 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     gn_store *s;
     if (!GN_VIEW(gn_store_snapshot_nif, s, err))
         return err;
-    /* Values live as terms: encode them first, then size and write. */
-    size_t live = gn_size(s->root), total = GN_SNAP_HEADER + GN_SNAP_TRAILER, count = 0;
+    /* Keys and values live as terms: encode them first, then size and
+     * write. */
+    size_t live = s->count, total = GN_SNAP_HEADER + GN_SNAP_TRAILER, count = 0;
     int64_t now = gn_now_ms();
     gn_node **nodes = gn_alloc((live + 1) * sizeof(*nodes));
+    ErlNifBinary *keys = gn_alloc((live + 1) * sizeof(*keys));
     ErlNifBinary *vals = gn_alloc((live + 1) * sizeof(*vals));
-    gn_node *stack[128];
-    int top = 0, oom = !nodes || !vals;
-    for (gn_node *n = oom ? NULL : s->root; n || top;) {
-        while (n) {
-            stack[top++] = n;
-            n = n->left;
+    int oom = !nodes || !keys || !vals;
+    gn_iter it;
+    gn_iter_start(&it, s);
+    for (gn_node *n; !oom && count < live && (n = gn_iter_next(&it));) {
+        if (gn_expired(n, now))
+            continue;
+        if (!enif_term_to_binary(env, n->key, &keys[count])) {
+            oom = 1;
+            break;
         }
-        n = stack[--top];
-        if (!gn_expired(n, now)) {
-            if (!enif_term_to_binary(env, n->value, &vals[count])) {
-                oom = 1;
-                break;
-            }
-            nodes[count] = n;
-            total += gn_snap_entry_size(n->klen, vals[count].size);
-            count++;
+        if (!enif_term_to_binary(env, n->value, &vals[count])) {
+            enif_release_binary(&keys[count]);
+            oom = 1;
+            break;
         }
-        n = n->right;
+        nodes[count] = n;
+        total += gn_snap_entry_size(keys[count].size, vals[count].size);
+        count++;
     }
     unsigned char *p = oom ? NULL : enif_make_new_binary(env, total, &out);
     if (p) {
         gn_snap_put_header(p, s->ordered, count);
         unsigned char *w = p + GN_SNAP_HEADER;
         for (size_t i = 0; i < count; i++) {
-            gn_node *n = nodes[i];
-            w = gn_snap_put_entry(w, n->kdata, n->klen, vals[i].data, (uint32_t)vals[i].size,
-                                  n->expires ? (uint64_t)(n->expires - now) : 0);
+            int64_t expires = gn_expires(nodes[i]);
+            w = gn_snap_put_entry(w, keys[i].data, (uint32_t)keys[i].size, vals[i].data,
+                                  (uint32_t)vals[i].size, expires ? (uint64_t)(expires - now) : 0);
         }
         gn_snap_seal(p, total);
     }
-    enif_rwlock_runlock(s->lock);
-    for (size_t i = 0; i < count; i++)
+    gn_rw_runlock(s->lock);
+    for (size_t i = 0; i < count; i++) {
+        enif_release_binary(&keys[i]);
         enif_release_binary(&vals[i]);
+    }
+    gn_free(keys);
     gn_free(vals);
     gn_free(nodes);
     return p ? out : enif_raise_exception(env, gn_am_enomem);
@@ -218,79 +223,68 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         return created; /* already_exists, or an exception */
     }
     enif_get_resource(env, tuple[1], gn_store_rtype, (void **)&s);
-    enif_rwlock_rwlock(s->lock);
-    int ok = 1, ttl_pending = 0;
+    gn_rw_rwlock(s->lock);
+    int ok = 1;
     size_t nsorted = 0;
-    gn_node **sorted = gn_alloc(count * sizeof(gn_node *) + sizeof(gn_node *));
+    /* An ordered_set's snapshot lists its keys in order: collect them, to
+     * build a balanced tree in O(n) at the end; anything else is inserted. */
+    gn_node **sorted = s->ordered ? gn_alloc(count * sizeof(gn_node *) + sizeof(gn_node *)) : NULL;
+    if (!s->ordered && count)
+        gn_hash_resize(s, gn_hash_cap(count < s->max_size ? count : s->max_size));
     for (uint64_t i = 0; ok && i < count; i++) {
         gn_snap_entry *e = &es[i];
-        gn_probe p = {.env = env, .key = e->key};
-        /* A snapshot lists its keys in order: collect them, to build a
-         * balanced tree in O(n) at the end; anything else is inserted. */
+        gn_probe p = {.key = e->key};
+        gn_node *n;
         if (sorted && (!nsorted || gn_cmp(s, &p, sorted[nsorted - 1]) > 0) &&
             nsorted < s->max_size) {
-            gn_node *n = gn_node_from_etf(s, env, e->key, e->f.key, e->f.klen, e->value);
-            if (!n) {
+            if (!(n = gn_node_new(s, env, e->key, e->value))) {
                 ok = 0;
-            } else {
-                sorted[nsorted++] = n;
-                gn_account_add(s, n);
-                if (e->f.ttl)
-                    ttl_pending = 1;
-                n->expires = e->f.ttl ? gn_now_ms() + e->f.ttl : 0;
+                continue;
             }
-            gn_probe_done(&p);
+            sorted[nsorted++] = n;
+            s->count++;
+            gn_account_add(s, n);
+            /* the heap holds the entry, wherever it goes in the tree */
+            if (e->f.ttl && !gn_set_expiry(s, n, gn_now_ms() + e->f.ttl))
+                ok = 0;
             continue;
         }
         if (sorted) {
             /* out of order: everything so far goes into the tree */
             s->root = gn_build(sorted, 0, nsorted);
-            if (!s->ordered)
-                gn_hash_rebuild(s, gn_hash_cap(nsorted));
-            for (size_t j = 0; j < nsorted; j++)
-                if (sorted[j]->expires) {
-                    int64_t ex = sorted[j]->expires;
-                    sorted[j]->expires = 0;
-                    ok = ok && gn_set_expiry(s, sorted[j], ex);
-                }
             gn_free(sorted);
             sorted = NULL;
         }
-        gn_node *n = gn_find(s, &p);
+        n = gn_find(s, &p);
         if (n) {
             /* a repeated key: the later entry wins, as with put */
             ok = gn_node_rekey(s, env, n, e->key) && gn_node_set(s, env, n, e->value);
-        } else if (gn_size(s->root) >= s->max_size) {
-            gn_probe_done(&p);
-            enif_rwlock_rwunlock(s->lock);
+        } else if (s->count >= s->max_size) {
+            gn_rw_rwunlock(s->lock);
             gn_store_delete_nif(env, 1, &tuple[1]);
             gn_free(es);
             return enif_make_tuple2(env, gn_am_error, gn_am_full);
-        } else if ((n = gn_node_from_etf(s, env, e->key, e->f.key, e->f.klen, e->value))) {
-            gn_link(s, n, &p);
-            gn_account_add(s, n);
+        } else if ((n = gn_node_new(s, env, e->key, e->value))) {
+            if (gn_link(s, n, &p)) {
+                gn_account_add(s, n);
+            } else {
+                gn_node_free(n);
+                n = NULL;
+                ok = 0;
+            }
         } else {
             ok = 0;
         }
         if (ok && n && e->f.ttl && !gn_set_expiry(s, n, gn_now_ms() + e->f.ttl))
             ok = 0;
-        gn_probe_done(&p);
     }
     gn_free(es);
     if (sorted) {
         s->root = gn_build(sorted, 0, nsorted);
-        if (!s->ordered)
-            gn_hash_rebuild(s, gn_hash_cap(nsorted));
-        for (size_t j = 0; ttl_pending && j < nsorted; j++)
-            if (sorted[j]->expires) {
-                int64_t ex = sorted[j]->expires;
-                sorted[j]->expires = 0;
-                ok = ok && gn_set_expiry(s, sorted[j], ex);
-            }
         gn_free(sorted);
     }
     int ttl = s->heap_len != 0;
-    enif_rwlock_rwunlock(s->lock);
+    gn_rw_rwunlock(s->lock);
     if (ok && ttl)
         gn_ttl_list_add(s);
     if (!ok) {

@@ -13,7 +13,7 @@
 #include "heap.h"
 #include "store_ttl.h"
 
-GN_HEAP_DEFINE(gn, gn_store, gn_node)
+GN_HEAP_DEFINE(gn, gn_store, gn_ext)
 
 void gn_ttl_list_add(gn_store *s)
 {
@@ -56,39 +56,44 @@ void gn_ttl_list_remove(gn_store *s)
  * when out of memory. */
 int gn_set_expiry(gn_store *s, gn_node *n, int64_t expires)
 {
-    if (n->heap_ix != SIZE_MAX) {
-        size_t i = n->heap_ix;
+    gn_ext *e = n->ext;
+    if (e && e->heap_ix != SIZE_MAX) {
+        size_t i = e->heap_ix;
         if (expires) {
-            n->expires = expires;
+            e->expires = expires;
             gn_heap_up(s, i);
-            gn_heap_down(s, n->heap_ix);
+            gn_heap_down(s, e->heap_ix);
             return 1;
         }
         gn_heap_swap(s, i, --s->heap_len);
-        n->heap_ix = SIZE_MAX;
+        e->heap_ix = SIZE_MAX;
+        e->expires = 0;
         if (i < s->heap_len) {
             gn_heap_up(s, i);
             gn_heap_down(s, s->heap[i]->heap_ix == i ? i : s->heap[i]->heap_ix);
         }
-    } else if (expires) {
-        if (s->heap_len == s->heap_cap) {
-            size_t cap = s->heap_cap ? 2 * s->heap_cap : 64;
-            gn_node **h = gn_alloc(cap * sizeof(*h));
-            if (!h)
-                return 0;
-            if (s->heap)
-                memcpy(h, s->heap, s->heap_len * sizeof(*h));
-            gn_free(s->heap);
-            s->heap = h;
-            s->heap_cap = cap;
-        }
-        n->heap_ix = s->heap_len;
-        s->heap[s->heap_len++] = n;
-        n->expires = expires;
-        gn_heap_up(s, n->heap_ix);
+        gn_ext_trim(s, n);
         return 1;
     }
-    n->expires = expires;
+    if (!expires)
+        return 1;
+    if (s->heap_len == s->heap_cap) {
+        size_t cap = s->heap_cap ? 2 * s->heap_cap : 64;
+        gn_ext **h = gn_alloc(cap * sizeof(*h));
+        if (!h)
+            return 0;
+        if (s->heap)
+            memcpy(h, s->heap, s->heap_len * sizeof(*h));
+        gn_free(s->heap);
+        s->heap = h;
+        s->heap_cap = cap;
+    }
+    if (!(e = gn_ext_need(s, n)))
+        return 0;
+    e->heap_ix = s->heap_len;
+    s->heap[s->heap_len++] = e;
+    e->expires = expires;
+    gn_heap_up(s, e->heap_ix);
     return 1;
 }
 

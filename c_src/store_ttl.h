@@ -33,16 +33,23 @@ static inline int64_t gn_now_ms(void)
 
 static inline int gn_expired(const gn_node *n, int64_t now)
 {
-    return n->expires && n->expires <= now;
+    return n->ext && n->ext->expires && n->ext->expires <= now;
+}
+
+/* When `n` expires (monotonic ms), or 0 for never. */
+static inline int64_t gn_expires(const gn_node *n)
+{
+    return n->ext ? n->ext->expires : 0;
 }
 
 static inline int gn_needs_purge(const gn_store *s, int64_t now)
 {
-    return s->heap_len && gn_expired(s->heap[0], now);
+    return s->heap_len && s->heap[0]->expires <= now;
 }
 
-/* Sets when `n` expires (0: never), keeping the heap in step. Returns 0
- * when out of memory. */
+/* Sets when `n` (an entry in the store, accounted) expires (0: never),
+ * keeping the heap in step; an expiring entry has a gn_ext. Returns 0 when
+ * out of memory. */
 int gn_set_expiry(gn_store *s, gn_node *n, int64_t expires);
 
 /* Puts `s` on the sweep list (with a reference), if it is not there. */

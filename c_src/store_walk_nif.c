@@ -32,7 +32,7 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         return gn_go_dirty(env, gn_store_step_nif, argc, argv);
     if (!GN_VIEW_ORDERED(gn_store_step_nif, s, err))
         return err;
-    gn_probe p = {.env = env, .key = argv[2]};
+    gn_probe p = {.key = argv[2]};
     gn_node *found = NULL, *n = s->root;
     if (first || last) {
         while (n) {
@@ -51,15 +51,13 @@ ERL_NIF_TERM gn_store_step_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         }
     }
     if (found && gn_too_big(cost + gn_entry_cost(found))) {
-        enif_rwlock_runlock(s->lock);
-        gn_probe_done(&p);
+        gn_rw_runlock(s->lock);
         return gn_go_dirty(env, gn_store_step_nif, argc, argv);
     }
     cost += found ? gn_entry_cost(found) : 0;
     ERL_NIF_TERM result =
         found ? enif_make_tuple2(env, gn_am_ok, gn_entry(env, found)) : gn_am_error;
-    enif_rwlock_runlock(s->lock);
-    gn_probe_done(&p);
+    gn_rw_runlock(s->lock);
     gn_charge(env, cost);
     return result;
 }
@@ -74,7 +72,7 @@ ERL_NIF_TERM gn_store_rank_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
         return gn_go_dirty(env, gn_store_rank_nif, argc, argv);
     if (!GN_VIEW_ORDERED(gn_store_rank_nif, s, err))
         return err;
-    gn_probe p = {.env = env, .key = argv[1]};
+    gn_probe p = {.key = argv[1]};
     gn_node *n = s->root;
     size_t rank = 0;
     int found = 0;
@@ -92,8 +90,7 @@ ERL_NIF_TERM gn_store_rank_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv
             n = n->right;
         }
     }
-    enif_rwlock_runlock(s->lock);
-    gn_probe_done(&p);
+    gn_rw_runlock(s->lock);
     return found ? enif_make_tuple2(env, gn_am_ok, enif_make_uint64(env, rank)) : gn_am_error;
 }
 
@@ -114,12 +111,12 @@ ERL_NIF_TERM gn_store_at_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[]
         i += size;
     gn_node *n = (i >= 0 && i < size) ? gn_at(s->root, (size_t)i) : NULL;
     if (n && gn_too_big(gn_entry_cost(n))) {
-        enif_rwlock_runlock(s->lock);
+        gn_rw_runlock(s->lock);
         return gn_go_dirty(env, gn_store_at_nif, argc, argv);
     }
     size_t cost = n ? gn_entry_cost(n) : 0;
     ERL_NIF_TERM result = n ? enif_make_tuple2(env, gn_am_ok, gn_entry(env, n)) : gn_am_error;
-    enif_rwlock_runlock(s->lock);
+    gn_rw_runlock(s->lock);
     gn_charge(env, cost);
     return result;
 }
@@ -172,10 +169,13 @@ ERL_NIF_TERM gn_store_to_list_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     gn_store *s;
     if (!GN_VIEW(gn_store_to_list_nif, s, err))
         return err;
-    gn_walk w = {env, s, NULL, NULL, 0, SIZE_MAX, 0, enif_make_list(env, 0)};
-    gn_walk_tree(&w, s->root);
-    enif_rwlock_runlock(s->lock);
-    return gn_reverse(env, w.acc);
+    ERL_NIF_TERM acc = enif_make_list(env, 0);
+    gn_iter it;
+    gn_iter_start(&it, s);
+    for (gn_node *n; (n = gn_iter_next(&it));)
+        acc = enif_make_list_cell(env, gn_entry(env, n), acc);
+    gn_rw_runlock(s->lock);
+    return gn_reverse(env, acc);
 }
 
 /* store_range(Store, From, To, Limit | infinity) -> [{K, V}] (dirty)
@@ -203,18 +203,16 @@ ERL_NIF_TERM gn_store_range_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM arg
             index = 0;
         gn_walk w = {env, s, NULL, NULL, (size_t)index, (size_t)count, 0, enif_make_list(env, 0)};
         gn_walk_tree(&w, s->root);
-        enif_rwlock_runlock(s->lock);
+        gn_rw_runlock(s->lock);
         return gn_reverse(env, w.acc);
     }
     if (!enif_is_identical(argv[3], gn_am_infinity) && !enif_get_uint64(env, argv[3], &limit))
         return enif_make_badarg(env);
     if (!GN_VIEW_ORDERED(gn_store_range_nif, s, err))
         return err;
-    gn_probe from = {.env = env, .key = argv[1]}, to = {.env = env, .key = argv[2]};
+    gn_probe from = {.key = argv[1]}, to = {.key = argv[2]};
     gn_walk w = {env, s, &from, &to, 0, (size_t)limit, 0, enif_make_list(env, 0)};
     gn_walk_tree(&w, s->root);
-    enif_rwlock_runlock(s->lock);
-    gn_probe_done(&from);
-    gn_probe_done(&to);
+    gn_rw_runlock(s->lock);
     return gn_reverse(env, w.acc);
 }

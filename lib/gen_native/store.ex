@@ -400,14 +400,15 @@ defmodule GenNative.Store do
       `GenNative.Store.Sweeper` within about a second. A put without `:ttl`
       over an entry with one makes it permanent.
 
-  Cost: O(log n). A regular NIF, which moves to a dirty scheduler when the
+  Cost: O(1) on a `:set` (a hash table), O(log n) on an `:ordered_set`
+  (one descent of its tree). A regular NIF, which moves to a dirty scheduler when the
   key and the value take over 64 KB of work (binaries in the key count in
   full; binaries in the value are shared, not copied), or to wait for a busy
   lock. It purges up to 16 expired entries on the way. A write that leaves
   the store holding more garbage than live data (see "Memory") compacts
   it, in O(n): in place for a store of up to 4,096 entries and 128 KB of
   terms, on a dirty scheduler for a bigger one (where a big `:set`'s hash
-  index grows too).
+  table grows too).
   """
   @spec put(t(), key(), value(), keyword()) :: :ok | {:error, :full}
   def put(store, key, value, opts \\ [])
@@ -474,7 +475,7 @@ defmodule GenNative.Store do
   @doc """
   The value under `key`, or `default`.
 
-  Cost: O(1) on a `:set` (it has a hash index), O(log n) on an
+  Cost: O(1) on a `:set` (a hash table), O(log n) on an
   `:ordered_set`. A regular NIF, which moves to a dirty scheduler when the
   key and the value it copies out take over 64 KB of work (binaries in the
   value are shared, not copied), or to wait for a busy lock.
@@ -595,7 +596,7 @@ defmodule GenNative.Store do
   @doc """
   How many entries the store holds.
 
-  Cost: O(1) (each entry knows the size of its subtree), after purging what
+  Cost: O(1) (the store counts its entries), after purging what
   has expired. A regular NIF, which moves to a dirty scheduler when over 200
   expired entries wait to be purged, or to wait for a busy lock.
   """
@@ -614,7 +615,8 @@ defmodule GenNative.Store do
   def clear(store), do: call(store, &Native.store_clear/1)
 
   @doc """
-  Every `{key, value}`, in key order for an `:ordered_set`.
+  Every `{key, value}`, in key order for an `:ordered_set`; for a `:set`, in
+  no particular order, though always the same for the same entries.
 
   Cost: O(n), on a dirty scheduler, holding the store's read lock throughout
   (writers wait for it on a dirty scheduler); every expired entry is purged
