@@ -103,7 +103,20 @@ GN_ATOMS(GN_DECLARE_ATOM)
  * reaper thread is not, because its code lives in one .so. */
 typedef struct gn_store_shared gn_store_shared;
 
+/* The layout of what one library instance hands the next on upgrade: its
+ * gn_priv, the mailboxes, the stores and their entries. Bump it whenever
+ * any of those structs changes: an upgrade between two libraries whose
+ * layouts differ is refused (the new module fails to load and the old code
+ * runs on), as reading the old structs with the new code would corrupt
+ * them. The value is no user-space address, so a library built before the
+ * stamp existed (whose gn_priv starts with a pointer) is refused too. */
+#ifndef GN_ABI
+#define GN_ABI 2
+#endif
+#define GN_ABI_STAMP (UINT64_C(0x474e414249000000) | (uint64_t)(GN_ABI))
+
 typedef struct gn_priv {
+    uint64_t abi; /* GN_ABI_STAMP: the first member, in every version */
     ErlNifResourceType *mailbox_rtype;
     gn_registry *registry;
     gn_reaper *reaper;

@@ -28,6 +28,7 @@ static gn_priv *gn_priv_open(ErlNifEnv *env, gn_registry *shared, ErlNifResource
     gn_priv *priv = gn_alloc(sizeof(*priv));
     if (!priv)
         return NULL;
+    priv->abi = GN_ABI_STAMP;
     priv->registry = shared;
     priv->stores = NULL;
     priv->reaper = gn_reaper_start();
@@ -60,12 +61,15 @@ static int gn_load(ErlNifEnv *env, void **priv_data, ERL_NIF_TERM info)
 
 /* A new version of the library takes over the resource types, so live
  * mailboxes are destroyed by the new code, and shares the old registry so
- * that servers started before the upgrade stay reachable. */
+ * that servers started before the upgrade stay reachable. Only a library
+ * of the same layout (GN_ABI) may take over: another is refused. */
 static int gn_upgrade(ErlNifEnv *env, void **priv_data, void **old_priv_data, ERL_NIF_TERM info)
 {
     (void)info;
-    gn_make_atoms(env);
     gn_priv *old = *old_priv_data;
+    if (!old || old->abi != GN_ABI_STAMP)
+        return 1;
+    gn_make_atoms(env);
     gn_priv *priv = gn_priv_open(env, old->registry, ERL_NIF_RT_CREATE | ERL_NIF_RT_TAKEOVER);
     if (!priv)
         return 1;

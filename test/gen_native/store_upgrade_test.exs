@@ -114,4 +114,53 @@ defmodule GenNative.StoreUpgradeTest do
     :ok = Store.delete(store)
     assert Store.whereis(name) == nil
   end
+
+  # A library of another layout (GN_ABI) must not take over live stores and
+  # mailboxes: its upgrade is refused, the module fails to load, and the
+  # running code goes on with its data intact.
+  @tag timeout: 300_000
+  test "a library of another layout is refused, and the old one runs on", %{tmp_dir: dir} do
+    erts =
+      :filename.join([:code.root_dir(), ~c"erts-#{:erlang.system_info(:version)}", ~c"include"])
+
+    {out, status} =
+      System.cmd(
+        "make",
+        [
+          "-j2",
+          "#{dir}/build/priv/gen_native_nif.so",
+          "MIX_APP_PATH=#{dir}/build",
+          "ERTS_INCLUDE_DIR=#{erts}",
+          "ERL_EI_INCLUDE_DIR=#{:code.lib_dir(:erl_interface, :include)}",
+          "ERL_EI_LIBDIR=#{:code.lib_dir(:erl_interface, :lib)}"
+        ],
+        cd: Path.expand("../..", __DIR__),
+        # in the environment, so that the Makefile's own flags are added
+        env: [{"CFLAGS", "-O0 -DGN_ABI=9999"}],
+        stderr_to_stdout: true
+      )
+
+    assert status == 0, out
+    other = Path.join(dir, "gn_other_abi")
+    File.cp!(Path.join(dir, "build/priv/gen_native_nif.so"), other <> ".so")
+
+    name = :"gn_abi_#{System.unique_integer([:positive])}"
+    {:ok, store} = Store.new(:set, name: name, lifetime: :named, access: :public)
+    :ok = Store.put(store, :k, :v)
+    {:ok, server} = GenNative.start_link(Counter, :ok)
+    GenNative.cast(server, :one)
+
+    :code.purge(Native)
+
+    assert {:error, :on_load_failure} =
+             :code.load_binary(Native, ~c"gn_other_abi", native_loading(other))
+
+    refute mapped?("gn_other_abi.so")
+    assert Store.whereis(name) == store
+    assert Store.get(store, :k) == :v
+    :ok = Store.put(store, :k2, :v2)
+    GenNative.cast(server, :two)
+    assert GenNative.call(server, :count) == 2
+    :ok = Store.delete(store)
+  end
 end
