@@ -240,6 +240,29 @@ defmodule GenNative.Bench do
   end
 
   @doc """
+  Writes a latency distribution plot to `<results_dir>/<file>`: one step
+  curve per `%{label: label, samples: latencies}` in `series`, on a log
+  scale, with the machine as the note. Returns the path.
+  """
+  @spec write_cdf(String.t(), String.t(), String.t(), String.t(), [map()]) :: String.t()
+  def write_cdf(file, title, x_label, y_label, series) do
+    svg =
+      GenNative.Bench.SVG.plot(%{
+        title: title,
+        x_label: x_label,
+        y_label: y_label,
+        x_scale: :log,
+        series:
+          for s <- series do
+            %{label: s.label, points: GenNative.Bench.SVG.cdf(s.samples), style: :step}
+          end,
+        note: machine()
+      })
+
+    write_svg(file, svg)
+  end
+
+  @doc """
   Runs `fun.(i)` in `n` new processes (`i` in `1..n`) started together, and
   returns the elapsed time in native units from the moment they are released to
   the moment the last one finishes. Process creation is not timed.

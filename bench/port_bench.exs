@@ -648,20 +648,13 @@ defmodule GenNative.Bench.PortBench do
               Enum.map(of_op, &%{label: peer_label(&1.scenario), samples: &1.samples.peer})
         end
 
-      svg =
-        GenNative.Bench.SVG.plot(%{
-          title: "Port store: #{op} round trip, 1 caller, latency distribution",
-          x_label: "latency (us, log scale)",
-          y_label: "fraction of operations within",
-          x_scale: :log,
-          series:
-            for s <- series do
-              %{label: s.label, points: GenNative.Bench.SVG.cdf(s.samples), style: :step}
-            end,
-          note: Bench.machine()
-        })
-
-      Bench.write_svg(file, svg)
+      Bench.write_cdf(
+        file,
+        "Port store: #{op} round trip, 1 caller, latency distribution",
+        "latency (us, log scale)",
+        "fraction of operations within",
+        series
+      )
     end
 
     rows

@@ -92,22 +92,17 @@ defmodule GenNative.Bench.Priority do
           {side, label} <- [peer: "GenServer call", native: "GenNative call, priority: :high"] do
         %{
           label: "#{label}, #{String.replace(row.scenario, "call behind 100k casts, ", "")}",
-          points: GenNative.Bench.SVG.cdf(Map.fetch!(samples, side)),
-          style: :step
+          samples: Map.fetch!(samples, side)
         }
       end
 
-    svg =
-      GenNative.Bench.SVG.plot(%{
-        title: "A call behind 100,000 queued casts: latency distribution",
-        x_label: "latency from issue to reply (us, log scale)",
-        y_label: "fraction of calls answered within",
-        x_scale: :log,
-        series: series,
-        note: "#{GenNative.Bench.machine()}"
-      })
-
-    GenNative.Bench.write_svg("priority-latency-cdf.svg", svg)
+    GenNative.Bench.write_cdf(
+      "priority-latency-cdf.svg",
+      "A call behind 100,000 queued casts: latency distribution",
+      "latency from issue to reply (us, log scale)",
+      "fraction of calls answered within",
+      series
+    )
   end
 
   defp specs do
