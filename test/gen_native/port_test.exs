@@ -13,7 +13,7 @@ defmodule GenNative.PortTest do
   import GenNative.PortProtocol,
     only: [program: 0, send_term: 2, event: 1, reply: 2, call: 2, close: 1]
 
-  import GenNative.TestHelpers, only: [wait_until: 2]
+  import GenNative.TestHelpers, only: [wait_ms: 1, wait_until: 2]
 
   alias GenNative.Store
   alias GenNative.PortProtocol
@@ -304,7 +304,9 @@ defmodule GenNative.PortTest do
 
   describe "request timeout" do
     test "a request not answered in time exits with {:timeout, _}; its late reply is dropped" do
-      {name, _pid} = start_port(timeout: 100)
+      # the setup's requests must be answered within it: longer under
+      # bin/valgrind, where the program is slow
+      {name, _pid} = start_port(timeout: wait_ms(100))
       {:ok, store} = Store.new(:set, backend: {:port, name}, name: :s)
       :ok = Store.put(store, :k, :v)
       os_pid = GenNative.Port.os_pid(name)

@@ -3,11 +3,18 @@ defmodule GenNative.TestHelpers do
 
   @doc """
   `ms` scaled for the run: 5 times longer under bin/sanitize (which sets
-  GN_SANITIZE_RUN), where the code runs several times slower. For waits on
+  GN_SANITIZE_RUN), where the code runs several times slower, and 20 times
+  under bin/valgrind (GN_VALGRIND_RUN), where the port program does. For waits on
   something that must happen; a wait that must see nothing happen keeps
   its own timeout.
   """
-  def wait_ms(ms), do: if(System.get_env("GN_SANITIZE_RUN"), do: 5 * ms, else: ms)
+  def wait_ms(ms) do
+    cond do
+      System.get_env("GN_VALGRIND_RUN") -> 20 * ms
+      System.get_env("GN_SANITIZE_RUN") -> 5 * ms
+      true -> ms
+    end
+  end
 
   @doc """
   The reductions the calling process spends running `fun`: the VM's own
