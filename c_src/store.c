@@ -646,28 +646,44 @@ gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM
     return gn_node_new_sized(s, env, key, value, NULL);
 }
 
+/* Replaces an entry's key (is_key) or value with `term`, of `words` heap
+ * words referencing `bin` bytes of off-heap binaries. The old term stays in
+ * the arena, dead, until it is compacted. Returns 0 when out of memory. */
+static int gn_node_replace(gn_store *s, gn_node *n, int is_key, ERL_NIF_TERM term, size_t words,
+                           size_t bin)
+{
+    if ((bin || words >= GN_WORDS_EXT) && !gn_ext_need(s, n))
+        return 0;
+    s->live_words -= is_key ? gn_kwords(n) : gn_vwords(n);
+    if (n->ext) {
+        size_t *old = is_key ? &n->ext->kbin : &n->ext->vbin;
+        s->memory -= *old;
+        s->dead_bin += *old;
+        *old = bin;
+        s->memory += bin;
+    }
+    if (is_key)
+        gn_set_kwords(n, words);
+    else
+        gn_set_vwords(n, words);
+    gn_ext_trim(s, n);
+    ERL_NIF_TERM copy = enif_make_copy(s->arena, term);
+    if (is_key)
+        n->key = copy;
+    else
+        n->value = copy;
+    gn_arena_charge(s, words);
+    s->live_words += words;
+    return 1;
+}
+
 /* gn_node_set, with the value's size when known (else NULL). */
 static int gn_node_set_sized(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value,
                              const gn_termsize *vsize)
 {
     size_t vbin = vsize ? vsize->bin : 0;
     size_t vwords = vsize ? vsize->words : gn_term_words(env, value, &vbin, SIZE_MAX, 0);
-    if ((vbin || vwords >= GN_WORDS_EXT) && !gn_ext_need(s, n))
-        return 0;
-    /* the old value stays in the arena, dead, until it is compacted */
-    s->live_words -= gn_vwords(n);
-    if (n->ext) {
-        s->memory -= n->ext->vbin;
-        s->dead_bin += n->ext->vbin;
-        n->ext->vbin = vbin;
-        s->memory += vbin;
-    }
-    gn_set_vwords(n, vwords);
-    gn_ext_trim(s, n);
-    n->value = enif_make_copy(s->arena, value);
-    gn_arena_charge(s, vwords);
-    s->live_words += vwords;
-    return 1;
+    return gn_node_replace(s, n, 0, value, vwords, vbin);
 }
 
 int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value)
@@ -715,22 +731,7 @@ int gn_node_rekey(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key)
         return 1;
     size_t kbin = 0;
     size_t kwords = gn_term_words(env, key, &kbin, SIZE_MAX, 0);
-    if ((kbin || kwords >= GN_WORDS_EXT) && !gn_ext_need(s, n))
-        return 0;
-    /* the old key stays in the arena, dead, until it is compacted */
-    s->live_words -= gn_kwords(n);
-    if (n->ext) {
-        s->memory -= n->ext->kbin;
-        s->dead_bin += n->ext->kbin;
-        n->ext->kbin = kbin;
-        s->memory += kbin;
-    }
-    gn_set_kwords(n, kwords);
-    gn_ext_trim(s, n);
-    n->key = enif_make_copy(s->arena, key);
-    gn_arena_charge(s, kwords);
-    s->live_words += kwords;
-    return 1;
+    return gn_node_replace(s, n, 1, key, kwords, kbin);
 }
 
 gn_node *gn_find_live(gn_store *s, gn_probe *p)
