@@ -104,10 +104,12 @@ void gn_rw_rlock(gn_rwlock *l)
     atomic_fetch_add(&l->waiters, 1);
     /* our withdrawn count may have been what a waiting writer waited on */
     enif_cond_broadcast(l->cond);
-    while (gn_rw_try_read(l, slot)) {
-        enif_cond_broadcast(l->cond);
+    /* Tries from here on hold the mutex, as a blocked writer's drain check
+     * does, so no writer can see their passing count: a failed one wakes
+     * nobody (waking the other blocked readers, which would fail in turn
+     * and wake this one, keeps them all spinning while the writer holds). */
+    while (gn_rw_try_read(l, slot))
         enif_cond_wait(l->cond, l->mutex);
-    }
     atomic_fetch_sub(&l->waiters, 1);
     enif_mutex_unlock(l->mutex);
 }
