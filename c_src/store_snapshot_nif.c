@@ -13,6 +13,7 @@
  */
 #include <string.h>
 
+#include "etf_encode.h"
 #include "etf_scan.h"
 #include "snapshot.h"
 #include "store_access.h"
@@ -25,59 +26,71 @@
  * exists: never a half-built store.
  */
 
-/* store_snapshot(Store) -> binary() (dirty) */
+/* Writes a 4-byte length, then 131 and t's encoding, and patches the
+ * length in. */
+static void gn_snap_put_term(ErlNifEnv *env, ERL_NIF_TERM t, gn_etf_out *out)
+{
+    unsigned char *w = gn_etf_reserve(out, 5);
+    if (!w)
+        return;
+    size_t at = out->len;
+    w[4] = 131;
+    out->len += 5;
+    if (gn_etf_encode(env, t, out)) {
+        size_t len = out->len - at - 4;
+        if (len > UINT32_MAX)
+            out->ok = 0;
+        else
+            gn_be_put(out->bin.data + at, len, 4);
+    }
+}
+
+/* store_snapshot(Store) -> binary() (dirty)
+ * Keys and values are encoded straight into the snapshot (etf_encode.c),
+ * which starts at about the size the live terms take and doubles as
+ * needed. */
 ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM argv[])
 {
-    ERL_NIF_TERM err, out;
+    ERL_NIF_TERM err;
     gn_store *s;
     if (!GN_VIEW(gn_store_snapshot_nif, s, err))
         return err;
-    /* Keys and values live as terms: encode them first, then size and
-     * write. */
-    size_t live = s->count, total = GN_SNAP_HEADER + GN_SNAP_TRAILER, count = 0;
+    size_t count = 0;
     int64_t now = gn_now_ms();
-    gn_node **nodes = gn_alloc((live + 1) * sizeof(*nodes));
-    ErlNifBinary *keys = gn_alloc((live + 1) * sizeof(*keys));
-    ErlNifBinary *vals = gn_alloc((live + 1) * sizeof(*vals));
-    int oom = !nodes || !keys || !vals;
-    gn_iter it;
-    gn_iter_start(&it, s);
-    for (gn_node *n; !oom && count < live && (n = gn_iter_next(&it));) {
-        if (gn_expired(n, now))
-            continue;
-        if (!enif_term_to_binary(env, n->key, &keys[count])) {
-            oom = 1;
-            break;
+    gn_etf_out out;
+    int have = gn_etf_out_init(&out, GN_SNAP_HEADER + GN_SNAP_TRAILER + s->count * GN_SNAP_FRAMING +
+                                  s->live_words * sizeof(ERL_NIF_TERM));
+    if (have) {
+        out.len = GN_SNAP_HEADER;
+        gn_iter it;
+        gn_iter_start(&it, s);
+        for (gn_node *n; out.ok && (n = gn_iter_next(&it));) {
+            if (gn_expired(n, now))
+                continue;
+            gn_snap_put_term(env, n->key, &out);
+            gn_snap_put_term(env, n->value, &out);
+            int64_t expires = gn_expires(n);
+            unsigned char *w = gn_etf_reserve(&out, 8);
+            if (w) {
+                gn_be_put(w, expires ? (uint64_t)(expires - now) : 0, 8);
+                out.len += 8;
+            }
+            count++;
         }
-        if (!enif_term_to_binary(env, n->value, &vals[count])) {
-            enif_release_binary(&keys[count]);
-            oom = 1;
-            break;
-        }
-        nodes[count] = n;
-        total += gn_snap_entry_size(keys[count].size, vals[count].size);
-        count++;
     }
-    unsigned char *p = oom ? NULL : enif_make_new_binary(env, total, &out);
-    if (p) {
-        gn_snap_put_header(p, s->ordered, count);
-        unsigned char *w = p + GN_SNAP_HEADER;
-        for (size_t i = 0; i < count; i++) {
-            int64_t expires = gn_expires(nodes[i]);
-            w = gn_snap_put_entry(w, keys[i].data, (uint32_t)keys[i].size, vals[i].data,
-                                  (uint32_t)vals[i].size, expires ? (uint64_t)(expires - now) : 0);
-        }
-        gn_snap_seal(p, total);
-    }
+    int ordered = s->ordered;
     gn_rw_runlock(s->lock);
-    for (size_t i = 0; i < count; i++) {
-        enif_release_binary(&keys[i]);
-        enif_release_binary(&vals[i]);
+    unsigned char *w = gn_etf_reserve(&out, GN_SNAP_TRAILER);
+    int ok = w && enif_realloc_binary(&out.bin, out.len + GN_SNAP_TRAILER);
+    gn_etf_out_done(&out);
+    if (!ok) {
+        if (have)
+            enif_release_binary(&out.bin);
+        return enif_raise_exception(env, gn_am_enomem);
     }
-    gn_free(keys);
-    gn_free(vals);
-    gn_free(nodes);
-    return p ? out : enif_raise_exception(env, gn_am_enomem);
+    gn_snap_put_header(out.bin.data, ordered, count);
+    gn_snap_seal(out.bin.data, out.bin.size);
+    return enif_make_binary(env, &out.bin);
 }
 
 /* One entry of a snapshot, as read by the first pass. */
