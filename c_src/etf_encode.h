@@ -22,7 +22,7 @@
 typedef struct gn_etf_out {
     ErlNifBinary bin;
     size_t len;
-    int ok; /* 0 once out of memory: everything after is dropped */
+    int ok;                    /* 0 once out of memory: everything after is dropped */
     struct gn_atom_enc *atoms; /* remembered atom encodings */
     size_t atoms_cap, atoms_count;
 } gn_etf_out;

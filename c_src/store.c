@@ -88,8 +88,7 @@ static void gn_set_vwords(gn_node *n, size_t words)
     }
 }
 
-/* A copy of `words` heap words into the arena. */
-static void gn_arena_charge(gn_store *s, size_t words)
+void gn_arena_charge(gn_store *s, size_t words)
 {
     if (words == 0)
         return;
@@ -594,13 +593,17 @@ gn_node *gn_iter_next(gn_iter *it)
 /* ------------------------------------------------------------------------ */
 /* Entries                                                                   */
 
-/* Sizes key and value (an entry off-heap binaries get a gn_ext), and
- * copies them into the arena. 0 when out of memory (nothing copied). */
+/* Sizes key and value (an entry whose terms reference off-heap binaries
+ * gets a gn_ext), and copies them into the arena, but for a term already
+ * there (kin, vin: decoded into the arena, and charged to it, by a
+ * restore). A size given is the term's (else NULL). 0 when out of memory
+ * (nothing copied). */
 static int gn_node_terms(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM key,
-                         ERL_NIF_TERM value, const gn_termsize *vsize)
+                         const gn_termsize *ksize, int kin, ERL_NIF_TERM value,
+                         const gn_termsize *vsize, int vin)
 {
-    size_t kbin = 0, vbin = vsize ? vsize->bin : 0;
-    size_t kwords = gn_term_words(env, key, &kbin, SIZE_MAX, 0);
+    size_t kbin = ksize ? ksize->bin : 0, vbin = vsize ? vsize->bin : 0;
+    size_t kwords = ksize ? ksize->words : gn_term_words(env, key, &kbin, SIZE_MAX, 0);
     size_t vwords = vsize ? vsize->words : gn_term_words(env, value, &vbin, SIZE_MAX, 0);
     if ((kbin || vbin || kwords >= GN_WORDS_EXT || vwords >= GN_WORDS_EXT) &&
         !(n->ext = gn_ext_alloc(n)))
@@ -611,16 +614,17 @@ static int gn_node_terms(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM k
     }
     gn_set_kwords(n, kwords);
     gn_set_vwords(n, vwords);
-    n->key = enif_make_copy(s->arena, key);
-    gn_arena_charge(s, kwords);
-    n->value = enif_make_copy(s->arena, value);
-    gn_arena_charge(s, vwords);
+    n->key = kin ? key : enif_make_copy(s->arena, key);
+    if (!kin)
+        gn_arena_charge(s, kwords);
+    n->value = vin ? value : enif_make_copy(s->arena, value);
+    if (!vin)
+        gn_arena_charge(s, vwords);
     return 1;
 }
 
-/* gn_node_new, with the value's size when known (else NULL). */
-static gn_node *gn_node_new_sized(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value,
-                                  const gn_termsize *vsize)
+gn_node *gn_node_make(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, const gn_termsize *ksize,
+                      int kin, ERL_NIF_TERM value, const gn_termsize *vsize, int vin)
 {
     gn_node *n = gn_alloc(gn_node_size(s));
     if (!n)
@@ -634,11 +638,18 @@ static gn_node *gn_node_new_sized(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key,
         n->hnext = NULL;
         n->hash = 0;
     }
-    if (!gn_node_terms(s, env, n, key, value, vsize)) {
+    if (!gn_node_terms(s, env, n, key, ksize, kin, value, vsize, vin)) {
         gn_free(n);
         return NULL;
     }
     return n;
+}
+
+/* gn_node_new, with the value's size when known (else NULL). */
+static gn_node *gn_node_new_sized(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value,
+                                  const gn_termsize *vsize)
+{
+    return gn_node_make(s, env, key, NULL, 0, value, vsize, 0);
 }
 
 gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value)

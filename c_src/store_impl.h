@@ -208,9 +208,21 @@ typedef struct gn_iter {
 void gn_iter_start(gn_iter *it, const gn_store *s);
 gn_node *gn_iter_next(gn_iter *it);
 
+/* A term's size, as gn_term_words counts it: heap words, and bytes of the
+ * off-heap binaries it references. */
+typedef struct gn_termsize {
+    size_t words, bin;
+} gn_termsize;
+
 /* Builds an entry for key/value, not yet in the store; NULL when out of
  * memory. */
 gn_node *gn_node_new(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, ERL_NIF_TERM value);
+/* Builds an entry as gn_node_new does, for terms that may already be in
+ * the store's arena: a term flagged kin or vin (decoded there by a
+ * restore, and charged with gn_arena_charge) is taken as it is, not
+ * copied. ksize and vsize: the terms' sizes, when known (else NULL). */
+gn_node *gn_node_make(gn_store *s, ErlNifEnv *env, ERL_NIF_TERM key, const gn_termsize *ksize,
+                      int kin, ERL_NIF_TERM value, const gn_termsize *vsize, int vin);
 /* Replaces an entry's value; returns 0 when out of memory. */
 int gn_node_set(gn_store *s, ErlNifEnv *env, gn_node *n, ERL_NIF_TERM value);
 /* Gives an entry the key as last put (see store.c); 0 when out of memory. */
@@ -221,12 +233,6 @@ void gn_node_free(gn_node *n);
 gn_ext *gn_ext_need(gn_store *s, gn_node *n);
 /* Frees an entry's gn_ext once it holds nothing (no expiry, no binaries). */
 void gn_ext_trim(gn_store *s, gn_node *n);
-
-/* A term's size, as gn_term_words counts it: heap words, and bytes of the
- * off-heap binaries it references. */
-typedef struct gn_termsize {
-    size_t words, bin;
-} gn_termsize;
 
 /* Puts key/value (a new entry, or a new value and key for an existing one)
  * with its expiry; sets *fresh for a new entry. `vsize`: the value's size,
@@ -248,6 +254,8 @@ size_t gn_hash_cap(size_t entries);
 /* ------------------------------------------------------------------------ */
 /* The arena and accounting (store.c)                                        */
 
+/* Counts `words` heap words put into the arena (by a copy, or a decoding). */
+void gn_arena_charge(gn_store *s, size_t words);
 /* Counts a new entry's memory (after gn_link). */
 void gn_account_add(gn_store *s, const gn_node *n);
 /* The heap words `t` takes, as the VM's size_object counts them; adds to

@@ -2,8 +2,12 @@
  * Store snapshots: store_snapshot/1 writes a store's live entries as a
  * GNS2 binary, and store_restore/6 builds a new store from one. The byte
  * format, its CRC and framing are in snapshot.c; this file holds what
- * needs the VM: encoding values, and decoding a snapshot's terms without
- * making atoms until every byte of it has been checked (etf_scan.c).
+ * needs the VM: encoding keys and values (etf_encode.c, straight into the
+ * snapshot), and decoding a snapshot's terms without making atoms until
+ * every byte of it has been checked. Most terms are decoded straight into
+ * the new store's arena (etf_decode.c); the rest, by
+ * enif_binary_to_term into the caller's environment, from where they are
+ * copied (etf_scan.c when they name atoms this node does not know).
  *
  * Locking: a snapshot holds the store's read lock (GN_VIEW) while it
  * writes. A restore checks and decodes the whole binary with no lock held,
@@ -13,6 +17,7 @@
  */
 #include <string.h>
 
+#include "etf_decode.h"
 #include "etf_encode.h"
 #include "etf_scan.h"
 #include "snapshot.h"
@@ -59,7 +64,7 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     int64_t now = gn_now_ms();
     gn_etf_out out;
     int have = gn_etf_out_init(&out, GN_SNAP_HEADER + GN_SNAP_TRAILER + s->count * GN_SNAP_FRAMING +
-                                  s->live_words * sizeof(ERL_NIF_TERM));
+                                         s->live_words * sizeof(ERL_NIF_TERM));
     if (have) {
         out.len = GN_SNAP_HEADER;
         gn_iter it;
@@ -93,11 +98,34 @@ ERL_NIF_TERM gn_store_snapshot_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM 
     return enif_make_binary(env, &out.bin);
 }
 
+static int gn_snap_term(ErlNifEnv *env, const unsigned char *data, size_t len, ERL_NIF_TERM *t,
+                        ErlNifBinary *scratch, const ErlNifBinary *marker, gn_atom_set *unknown);
+
 /* One entry of a snapshot, as read by the first pass. */
 typedef struct gn_snap_entry {
-    gn_snap_frame f;         /* encodings, in the snapshot, and ttl */
-    ERL_NIF_TERM key, value; /* 0 until decoded */
+    gn_snap_frame f;          /* encodings, in the snapshot, and ttl */
+    ERL_NIF_TERM key, value;  /* 0 until decoded */
+    gn_termsize ksize, vsize; /* for a term decoded into the arena */
+    unsigned char kin, vin;   /* whether it was (else: in the caller's env) */
 } gn_snap_entry;
+
+/* Decodes one term of an entry: into the arena when etf_decode.c takes it
+ * (sized there, *in set; `build` is its scratch environment), else as
+ * gn_snap_term does. */
+static int gn_snap_term_in(ErlNifEnv *env, ErlNifEnv *arena, ErlNifEnv *build, gn_etf_atoms *atoms,
+                           const unsigned char *data, size_t len, ERL_NIF_TERM *t,
+                           gn_termsize *size, unsigned char *in, ErlNifBinary *scratch,
+                           const ErlNifBinary *marker, gn_atom_set *unknown)
+{
+    if (gn_etf_decode(arena, build, data, len, t, atoms)) {
+        size->bin = 0;
+        size->words = gn_term_words(arena, *t, &size->bin, SIZE_MAX, 0);
+        *in = 1;
+        return 1;
+    }
+    *in = 0;
+    return gn_snap_term(env, data, len, t, scratch, marker, unknown);
+}
 
 /* Decodes data[0, len) into *t without making any atom: 1 if decoded, 2 if
  * it is valid but names atoms this node may not know (or external funs it
@@ -129,8 +157,8 @@ static int gn_snap_term(ErlNifEnv *env, const unsigned char *data, size_t len, E
  * (gn_alloc), or NULL with *err set: invalid_snapshot, unsafe_snapshot
  * (`safe` and an entry names atoms this node does not know), system_limit
  * (it would make more than `atoms_left` atoms), or an enomem exception. */
-static gn_snap_entry *gn_snap_read(ErlNifEnv *env, const gn_snap_info *snap, int safe,
-                                   uint64_t atoms_left, ERL_NIF_TERM *err)
+static gn_snap_entry *gn_snap_read(ErlNifEnv *env, ErlNifEnv *arena, const gn_snap_info *snap,
+                                   int safe, uint64_t atoms_left, ERL_NIF_TERM *err)
 {
     ERL_NIF_TERM invalid = enif_make_tuple2(env, gn_am_error, gn_am_invalid_snapshot);
     uint64_t count = snap->count; /* gn_snap_open checked that it fits */
@@ -140,8 +168,10 @@ static gn_snap_entry *gn_snap_read(ErlNifEnv *env, const gn_snap_info *snap, int
     int scratch_ok = enif_alloc_binary(0, &scratch);
     int marker_ok = enif_term_to_binary(env, enif_make_ref(env), &marker);
     gn_atom_set unknown = {NULL, 0, 0};
+    gn_etf_atoms atoms = {NULL, 0, 0};
+    ErlNifEnv *build = enif_alloc_env(); /* etf_decode.c's scratch */
     int later = 0;
-    if (!es || !scratch_ok || !marker_ok) {
+    if (!es || !scratch_ok || !marker_ok || !build) {
         *err = enif_raise_exception(env, gn_am_enomem);
         goto fail;
     }
@@ -152,8 +182,10 @@ static gn_snap_entry *gn_snap_read(ErlNifEnv *env, const gn_snap_info *snap, int
         int rk, rv;
         if (!gn_snap_next(&it, &e->f))
             goto fail;
-        if (!(rk = gn_snap_term(env, f->key, f->klen, &e->key, &scratch, &marker, &unknown)) ||
-            !(rv = gn_snap_term(env, f->value, f->vlen, &e->value, &scratch, &marker, &unknown)))
+        if (!(rk = gn_snap_term_in(env, arena, build, &atoms, f->key, f->klen, &e->key, &e->ksize,
+                                   &e->kin, &scratch, &marker, &unknown)) ||
+            !(rv = gn_snap_term_in(env, arena, build, &atoms, f->value, f->vlen, &e->value,
+                                   &e->vsize, &e->vin, &scratch, &marker, &unknown)))
             goto fail;
         later |= rk == 2 || rv == 2;
     }
@@ -178,6 +210,8 @@ static gn_snap_entry *gn_snap_read(ErlNifEnv *env, const gn_snap_info *snap, int
     enif_release_binary(&scratch);
     enif_release_binary(&marker);
     gn_atom_set_free(&unknown);
+    gn_etf_atoms_free(&atoms);
+    enif_free_env(build);
     return es;
 
 fail:
@@ -186,8 +220,18 @@ fail:
     if (marker_ok)
         enif_release_binary(&marker);
     gn_atom_set_free(&unknown);
+    gn_etf_atoms_free(&atoms);
+    if (build)
+        enif_free_env(build);
     gn_free(es);
     return NULL;
+}
+
+/* An entry for e, taking what was decoded into the arena as it is. */
+static gn_node *gn_snap_node(gn_store *s, ErlNifEnv *env, const gn_snap_entry *e)
+{
+    return gn_node_make(s, env, e->key, e->kin ? &e->ksize : NULL, e->kin, e->value,
+                        e->vin ? &e->vsize : NULL, e->vin);
 }
 
 /* store_restore(Binary, Name | nil, Access, Lifetime, MaxSize | infinity,
@@ -209,9 +253,15 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         return enif_make_tuple2(env, gn_am_error, gn_am_invalid_snapshot);
     uint64_t count = snap.count;
     ERL_NIF_TERM err;
-    gn_snap_entry *es = gn_snap_read(env, &snap, safe, atoms_left, &err);
-    if (!es)
+    /* the new store's arena: most terms are decoded straight into it */
+    ErlNifEnv *arena = enif_alloc_env();
+    if (!arena)
+        return enif_raise_exception(env, gn_am_enomem);
+    gn_snap_entry *es = gn_snap_read(env, arena, &snap, safe, atoms_left, &err);
+    if (!es) {
+        enif_free_env(arena);
         return err;
+    }
 
     /* A new store, even where new/2 would adopt an orphaned named one. */
     if (!enif_is_identical(argv[1], gn_am_nil) && enif_is_atom(env, argv[1])) {
@@ -219,6 +269,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         if (held) {
             enif_release_resource(held);
             gn_free(es);
+            enif_free_env(arena);
             return enif_make_tuple2(env, gn_am_error, gn_am_already_exists);
         }
     }
@@ -233,10 +284,21 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
     gn_store *s;
     if (!enif_get_tuple(env, created, &arity, &tuple) || !enif_is_identical(tuple[0], gn_am_ok)) {
         gn_free(es);
+        enif_free_env(arena);
         return created; /* already_exists, or an exception */
     }
     enif_get_resource(env, tuple[1], gn_store_rtype, (void **)&s);
     gn_rw_rwlock(s->lock);
+    /* the store takes the arena the terms were decoded into (its own is
+     * new and empty), and is charged for them */
+    enif_free_env(s->arena);
+    s->arena = arena;
+    for (uint64_t i = 0; i < count; i++) {
+        if (es[i].kin)
+            gn_arena_charge(s, es[i].ksize.words);
+        if (es[i].vin)
+            gn_arena_charge(s, es[i].vsize.words);
+    }
     int ok = 1;
     size_t nsorted = 0;
     /* An ordered_set's snapshot lists its keys in order: collect them, to
@@ -250,7 +312,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
         gn_node *n;
         if (sorted && (!nsorted || gn_cmp(s, &p, sorted[nsorted - 1]) > 0) &&
             nsorted < s->max_size) {
-            if (!(n = gn_node_new(s, env, e->key, e->value))) {
+            if (!(n = gn_snap_node(s, env, e))) {
                 ok = 0;
                 continue;
             }
@@ -277,7 +339,7 @@ ERL_NIF_TERM gn_store_restore_nif(ErlNifEnv *env, int argc, const ERL_NIF_TERM a
             gn_store_delete_nif(env, 1, &tuple[1]);
             gn_free(es);
             return enif_make_tuple2(env, gn_am_error, gn_am_full);
-        } else if ((n = gn_node_new(s, env, e->key, e->value))) {
+        } else if ((n = gn_snap_node(s, env, e))) {
             if (gn_link(s, n, &p)) {
                 gn_account_add(s, n);
             } else {
