@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "alloc.h"
+#include "etf.h"
 #include "etf_decode.h"
 #include "snapshot.h"
 
@@ -136,34 +137,38 @@ static int gn_scan(gn_reader *r, int depth)
     if (depth > GN_DECODE_DEPTH || !gn_has(r, 1))
         return 0;
     const unsigned char *p = r->p;
-    size_t n;
-    switch (p[0]) {
-    case 97: /* SMALL_INTEGER_EXT */
-        n = 2;
-        break;
-    case 98: /* INTEGER_EXT */
-        n = 5;
-        break;
-    case 70: { /* NEW_FLOAT_EXT */
-        double d;
-        uint64_t bits;
-        if (!gn_has(r, 9))
-            return 0;
-        bits = gn_be_get(p + 1, 8);
-        memcpy(&d, &bits, sizeof(d));
-        if (!isfinite(d))
-            return 0;
-        n = 9;
-        break;
-    }
-    case 110: { /* SMALL_BIG_EXT */
+    size_t n, left = (size_t)(r->end - p);
+    if (gn_etf_leaf(p, left, &n)) {
         int neg;
         uint64_t mag;
-        if (!gn_has(r, 3) || !gn_has(r, 3 + (size_t)p[1]) || !gn_small_big(p + 2, p[1], &neg, &mag))
+        double d;
+        if (n > left)
             return 0;
-        n = 3 + (size_t)p[1];
-        break;
+        switch (p[0]) {
+        case 99:  /* FLOAT_EXT */
+        case 77:  /* BIT_BINARY_EXT */
+        case 111: /* LARGE_BIG_EXT */
+            return 0;
+        case 70: /* NEW_FLOAT_EXT */
+            mag = gn_be_get(p + 1, 8);
+            memcpy(&d, &mag, sizeof(d));
+            if (!isfinite(d))
+                return 0;
+            break;
+        case 110: /* SMALL_BIG_EXT */
+            if (!gn_small_big(p + 2, p[1], &neg, &mag))
+                return 0;
+            break;
+        case 109: /* BINARY_EXT */
+            r->boxed = 1;
+            break;
+        default:
+            break;
+        }
+        r->p += n;
+        return 1;
     }
+    switch (p[0]) {
     case 100:
     case 115:
     case 118:
@@ -174,20 +179,6 @@ static int gn_scan(gn_reader *r, int depth)
             return 0;
         break;
     }
-    case 106: /* NIL_EXT */
-        n = 1;
-        break;
-    case 107: /* STRING_EXT */
-        if (!gn_has(r, 3))
-            return 0;
-        n = 3 + gn_be_get(p + 1, 2);
-        break;
-    case 109: /* BINARY_EXT */
-        if (!gn_has(r, 5))
-            return 0;
-        n = 5 + gn_be_get(p + 1, 4);
-        r->boxed = 1;
-        break;
     case 104: /* SMALL_TUPLE_EXT */
     case 105: /* LARGE_TUPLE_EXT */
     case 108: /* LIST_EXT: the elements, then the tail */

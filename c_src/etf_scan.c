@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <string.h>
 
+#include "etf.h"
 #include "etf_scan.h"
 #include "snapshot.h"
 #include "alloc.h"
@@ -255,22 +256,13 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len,
             return 0;
         pending--;
         size_t n;
+        if (gn_etf_leaf(s->p, (size_t)(s->end - s->p), &n)) {
+            if (!gn_need(s, n))
+                return 0;
+            gn_copy(s, n);
+            continue;
+        }
         switch (s->p[0]) {
-        case 97: /* SMALL_INTEGER_EXT */
-            n = 2;
-            break;
-        case 98: /* INTEGER_EXT */
-            n = 5;
-            break;
-        case 99: /* FLOAT_EXT */
-            n = 32;
-            break;
-        case 70: /* NEW_FLOAT_EXT */
-            n = 9;
-            break;
-        case 106: /* NIL_EXT */
-            n = 1;
-            break;
         case 100:
         case 115:
         case 118:
@@ -278,31 +270,6 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len,
             if (!gn_scan_atom(s, 1))
                 return 0;
             continue;
-        case 107: /* STRING_EXT */
-            if (!gn_need(s, 3))
-                return 0;
-            n = 3 + (size_t)gn_be_get(s->p + 1, 2);
-            break;
-        case 109: /* BINARY_EXT */
-            if (!gn_need(s, 5))
-                return 0;
-            n = 5 + (size_t)gn_be_get(s->p + 1, 4);
-            break;
-        case 77: /* BIT_BINARY_EXT */
-            if (!gn_need(s, 6))
-                return 0;
-            n = 6 + (size_t)gn_be_get(s->p + 1, 4);
-            break;
-        case 110: /* SMALL_BIG_EXT */
-            if (!gn_need(s, 3))
-                return 0;
-            n = 3 + (size_t)s->p[1];
-            break;
-        case 111: /* LARGE_BIG_EXT */
-            if (!gn_need(s, 6))
-                return 0;
-            n = 6 + (size_t)gn_be_get(s->p + 1, 4);
-            break;
         case 104: /* SMALL_TUPLE_EXT */
             if (!gn_need(s, 2))
                 return 0;
@@ -360,7 +327,8 @@ int gn_etf_neutralize(ErlNifEnv *env, const unsigned char *data, size_t len,
                 return 0;
             pending += 1;
             continue;
-        default: /* compressed, atom cache references, old funs, ... */
+        default: /* compressed, atom cache references, old funs, a leaf's
+                  * cut header, ... */
             return 0;
         }
         if (!gn_need(s, n))
