@@ -64,8 +64,13 @@ NIF_SO  := $(PRIV)/gen_native_nif.so
 PORT_SRC := $(filter-out c_src/port/fuzz.c,$(wildcard c_src/port/*.c))
 PORT_OBJ := $(PORT_SRC:c_src/port/%.c=$(OBJ)/port/%.o) $(OBJ)/port/snapshot.o
 PORT_BIN := $(PRIV)/gen_native_port
-PORT_CFLAGS := $(filter-out -fPIC,$(CFLAGS)) -I$(ERL_EI_INCLUDE_DIR) $(UV_CFLAGS)
-PORT_LIBS := -L$(ERL_EI_LIBDIR) -lei $(UV_LIBS) $(PTHREAD)
+# Replication (c_src/port/raft.c) links libraft, Debian's libraft-dev, found
+# with pkg-config; without it the build stops and says what to install.
+RAFT_FOUND := $(shell pkg-config --exists raft 2>/dev/null && echo yes)
+RAFT_CFLAGS := $(if $(RAFT_FOUND),$(shell pkg-config --cflags raft))
+RAFT_LIBS := $(if $(RAFT_FOUND),$(shell pkg-config --libs raft),-lraft)
+PORT_CFLAGS := $(filter-out -fPIC,$(CFLAGS)) -I$(ERL_EI_INCLUDE_DIR) $(UV_CFLAGS) $(RAFT_CFLAGS)
+PORT_LIBS := -L$(ERL_EI_LIBDIR) -lei $(RAFT_LIBS) $(UV_LIBS) $(PTHREAD)
 ifeq ($(SANITIZE),1)
 PORT_LIBS += -fsanitize=address,undefined
 endif
@@ -85,6 +90,10 @@ $(PORT_BIN): $(PORT_OBJ) | $(PRIV)
 $(OBJ)/port/%.o: c_src/port/%.c | $(OBJ)/port
 	$(CC) $(PORT_CFLAGS) -c -o $@ $<
 
+$(OBJ)/port/raft.o: c_src/port/raft.c | $(OBJ)/port
+	@test -n "$(RAFT_FOUND)" || { echo "libraft was not found (pkg-config raft): on Debian 12, apt-get install libraft-dev pkg-config (bin/deps does)" >&2; exit 1; }
+	$(CC) $(PORT_CFLAGS) -c -o $@ $<
+
 $(OBJ)/port/snapshot.o: c_src/snapshot.c | $(OBJ)/port
 	$(CC) $(PORT_CFLAGS) -c -o $@ $<
 
@@ -99,7 +108,7 @@ $(PRIV) $(OBJ)/nif $(OBJ)/port:
 FUZZ_TIME ?= 600
 CLANG ?= $(or $(shell command -v clang 2>/dev/null),$(shell command -v clang-14 2>/dev/null),clang)
 FUZZ_BIN := $(OBJ)/fuzz/gen_native_port_fuzz
-FUZZ_SRC := $(filter-out c_src/port/main.c,$(wildcard c_src/port/*.c)) c_src/snapshot.c
+FUZZ_SRC := $(filter-out c_src/port/main.c c_src/port/raft.c,$(wildcard c_src/port/*.c)) c_src/snapshot.c
 
 $(FUZZ_BIN): $(FUZZ_SRC) $(wildcard c_src/port/*.h) c_src/snapshot.h | $(OBJ)/fuzz
 	$(CLANG) -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer \

@@ -46,10 +46,10 @@ defmodule Mix.Tasks.Compile.GenNativeMake do
   use Mix.Task.Compiler
 
   @install """
-  Install the build tools, Erlang's headers and libuv:
+  Install the build tools, Erlang's headers, libuv and libraft:
 
-    Debian/Ubuntu: sudo apt-get install build-essential erlang-dev libuv1-dev
-    macOS:         xcode-select --install && brew install libuv\
+    Debian/Ubuntu: sudo apt-get install build-essential erlang-dev libuv1-dev libraft-dev pkg-config
+    macOS:         xcode-select --install && brew install libuv (libraft: build it from source)\
   """
 
   @impl true
@@ -127,13 +127,14 @@ defmodule Mix.Tasks.Compile.GenNativeMake do
         file_missing(env["ERTS_INCLUDE_DIR"], "erl_nif.h", "erlang-dev", macos?),
         file_missing(env["ERL_EI_INCLUDE_DIR"], "ei.h", "erlang-dev", macos?),
         file_missing(env["ERL_EI_LIBDIR"], "libei.a", "erlang-dev", macos?),
-        uv_missing(macos?)
+        uv_missing(macos?),
+        raft_missing(macos?)
       ]
       |> Enum.reject(&is_nil/1)
 
     case missing do
       [] ->
-        "The C compiler, Erlang's headers (erl_nif.h, ei.h) and libuv's uv.h were all found, " <>
+        "The C compiler, Erlang's headers (erl_nif.h, ei.h), libuv's uv.h and libraft were all found, " <>
           "so the error above is most likely in the code itself.\n"
 
       missing ->
@@ -176,6 +177,18 @@ defmodule Mix.Tasks.Compile.GenNativeMake do
       cc == nil or uv_found?(cc, macos?) -> nil
       macos? -> "uv.h not found (libuv: brew install libuv)"
       true -> "uv.h not found (Debian: libuv1-dev)"
+    end
+  end
+
+  defp raft_missing(macos?) do
+    found? =
+      System.find_executable("pkg-config") != nil and
+        match?({_, 0}, System.cmd("pkg-config", ["--exists", "raft"], stderr_to_stdout: true))
+
+    cond do
+      found? -> nil
+      macos? -> "libraft not found by pkg-config (raft.pc: build libraft from source)"
+      true -> "libraft not found by pkg-config (Debian: libraft-dev pkg-config)"
     end
   end
 

@@ -39,28 +39,6 @@ static void compact_after(gn_port *p, void *arg)
     compact_reply(p, ok);
 }
 
-/* Appends a MANY record of up to GN_CHUNK_ENTRIES of s's entries from `n`
- * on, skipping the expired; returns the last entry walked. */
-static const gn_pnode *write_chunk(gn_buf *recs, gn_pstore *s, gn_pnode *n, int64_t now)
-{
-    size_t mark, count_at;
-    uint32_t count = 0;
-    gn_rec_begin(recs, &mark, GN_REC_MANY, s->name, s->name_len);
-    count_at = recs->len;
-    gn_buf_be(recs, 0, 4);
-    const gn_pnode *last = NULL;
-    for (; n && count < GN_CHUNK_ENTRIES; n = gn_pstore_after(s, GN_KENC(n), n->kenc_len, 0)) {
-        last = n;
-        if (n->expires && n->expires <= now)
-            continue;
-        gn_rec_entry(recs, GN_KRAW(n), n->kraw_len, GN_VAL(n), n->val_len, n->expires);
-        count++;
-    }
-    gn_be_put(recs->data + count_at, count, 4);
-    gn_rec_end(recs, mark);
-    return last;
-}
-
 /* Writes a slice of the snapshot; 1 when all of it is written. */
 static int compact_step(gn_port *p, gn_pstore *unused, gn_job *job, uint64_t deadline)
 {
@@ -83,7 +61,7 @@ static int compact_step(gn_port *p, gn_pstore *unused, gn_job *job, uint64_t dea
             n = gn_pstore_after(s, j->resume.data, j->resume.len, 0);
         }
         if (n) {
-            const gn_pnode *last = write_chunk(recs, s, n, now);
+            const gn_pnode *last = gn_journal_chunk(recs, s, n, now);
             j->resume.len = 0;
             gn_buf_put(&j->resume, GN_KENC(last), last->kenc_len);
             n = gn_pstore_after(s, GN_KENC(last), last->kenc_len, 0);

@@ -6,6 +6,8 @@
 #ifndef GN_PORT_JOURNAL_H
 #define GN_PORT_JOURNAL_H
 
+#include <stdint.h>
+
 #include "buf.h"
 #include "pstore.h"
 
@@ -17,5 +19,10 @@ void gn_journal_bare(gn_buf *j, const gn_pstore *s, int op);
 void gn_journal_put(gn_buf *j, const gn_pstore *s, const gn_pnode *n);
 /* DEL: the key, as its ETF. */
 void gn_journal_del(gn_buf *j, const gn_pstore *s, const unsigned char *kraw, size_t len);
+
+/* MANY: up to GN_CHUNK_ENTRIES of s's entries from `n` on, in key order,
+ * leaving out those expired at `now`; returns the last entry walked (a
+ * snapshot, or a compaction, resumes after it). */
+const gn_pnode *gn_journal_chunk(gn_buf *j, const gn_pstore *s, gn_pnode *n, int64_t now);
 
 #endif

@@ -27,6 +27,8 @@
 #include "../snapshot.h"
 #include "diag.h"
 #include "port.h"
+#include "raft.h"
+#include "reply.h"
 
 static uv_loop_t *loop;
 static uv_pipe_t in_pipe, out_pipe;
@@ -35,6 +37,7 @@ static uint64_t last_read; /* uv_hrtime() of the last request bytes */
 static uv_timer_t sweeper, syncer;
 static uv_shutdown_t out_shutdown;
 static gn_port *port;
+static gn_raft *raft; /* a replicated program's member, or NULL */
 static int closing;
 static int exit_status;
 static int journal_failed; /* the fatal event is out: never touch the journal again */
@@ -254,7 +257,20 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
 static void on_sweep(uv_timer_t *t)
 {
     (void)t;
-    gn_port_sweep(port);
+    if (raft)
+        gn_raft_sweep(raft); /* expiry goes by the group's clock */
+    else
+        gn_port_sweep(port);
+    kick();
+}
+
+/* After a replicated program's callbacks: their replies out, their long
+ * work started. */
+static void after_raft(void)
+{
+    if (closing)
+        return;
+    flush();
     kick();
 }
 
@@ -354,13 +370,20 @@ static void stop(int status)
     close_handle((uv_handle_t *)&gatherer);
     close_handle((uv_handle_t *)&sweeper);
     close_handle((uv_handle_t *)&syncer);
+    if (raft)
+        gn_raft_close(raft);
+    raft = NULL;
     if (uv_shutdown(&out_shutdown, (uv_stream_t *)&out_pipe, on_out_shutdown) < 0)
         close_handle((uv_handle_t *)&out_pipe);
 }
 
 static void usage(void)
 {
-    fprintf(stderr, "usage: gen_native_port [--dir DIR] [--sync always|never|MS] [--sweep MS]\n");
+    fprintf(stderr,
+            "usage: gen_native_port [--dir DIR] [--sync always|never|MS] [--sweep MS]\n"
+            "         [--raft-id ID --raft-address HOST:PORT [--raft-members ID=HOST:PORT,...]\n"
+            "          [--raft-reads linearizable|local] [--raft-election-ms MS]\n"
+            "          [--raft-snapshot-every N]]\n");
     exit(64);
 }
 
@@ -369,8 +392,28 @@ int main(int argc, char **argv)
     const char *dir = NULL;
     int sync = 100;
     long sweep_ms = 1000;
+    gn_raft_config rc_cfg = {0};
     for (int i = 1; i < argc; i++) {
-        if (!strcmp(argv[i], "--dir") && i + 1 < argc) {
+        if (!strncmp(argv[i], "--raft-", 7) && i + 1 < argc) {
+            const char *opt = argv[i] + 7, *v = argv[++i];
+            char *end;
+            unsigned long long n = strtoull(v, &end, 10);
+            if (!strcmp(opt, "id") && !*end && n > 0)
+                rc_cfg.id = n;
+            else if (!strcmp(opt, "address"))
+                rc_cfg.address = v;
+            else if (!strcmp(opt, "members"))
+                rc_cfg.members = v;
+            else if (!strcmp(opt, "reads") && (!strcmp(v, "local") || !strcmp(v, "linearizable")))
+                rc_cfg.local_reads = !strcmp(v, "local");
+            else if (!strcmp(opt, "election-ms") && !*end && n >= 10 && n <= 600000) {
+                rc_cfg.election_ms = (unsigned)n;
+                rc_cfg.heartbeat_ms = (unsigned)(n / 5 ? n / 5 : 1);
+            } else if (!strcmp(opt, "snapshot-every") && !*end && n > 0 && n <= 1u << 30)
+                rc_cfg.snapshot_every = (unsigned)n;
+            else
+                usage();
+        } else if (!strcmp(argv[i], "--dir") && i + 1 < argc) {
             dir = argv[++i];
         } else if (!strcmp(argv[i], "--sync") && i + 1 < argc) {
             const char *v = argv[++i];
@@ -394,11 +437,15 @@ int main(int argc, char **argv)
             usage();
         }
     }
+    if ((rc_cfg.id || rc_cfg.address || rc_cfg.members) && (!rc_cfg.id || !rc_cfg.address || !dir))
+        usage(); /* a member needs its id, its address and a directory */
+    rc_cfg.dir = dir;
     signal(SIGPIPE, SIG_IGN);
     ei_init();
     gn_crc32_init(); /* before any thread: journal records, snapshots */
     loop = uv_default_loop();
-    port = gn_port_new(dir, sync);
+    /* a member's stores live in memory: the Raft log is their journal */
+    port = gn_port_new(rc_cfg.id ? NULL : dir, sync);
     gn_port_set_offload(port, offload);
 
     check(uv_pipe_init(loop, &out_pipe, 0), "uv_pipe_init");
@@ -407,6 +454,15 @@ int main(int argc, char **argv)
         return 64;
     }
     int loaded = gn_port_load(port);
+    if (loaded == 0 && rc_cfg.id) {
+        char err[512];
+        if (!(raft = gn_raft_start(loop, port, &rc_cfg, after_raft, err, sizeof err))) {
+            gn_port_output(port)->len = 0; /* not ready after all */
+            gn_error_text(gn_port_output(port), NULL, "raft_failed", err);
+            gn_diag("raft_failed: %s", err);
+            loaded = -1;
+        }
+    }
     write_output();
     if (loaded < 0) {
         stop(2); /* write the error event out */
@@ -423,13 +479,13 @@ int main(int argc, char **argv)
     check(uv_idle_init(loop, &stepper), "uv_idle_init");
     check(uv_idle_init(loop, &spinner), "uv_idle_init");
     check(uv_idle_init(loop, &gatherer), "uv_idle_init");
-    group_commit = dir && sync == GN_SYNC_ALWAYS;
+    group_commit = dir && !raft && sync == GN_SYNC_ALWAYS;
     check(uv_timer_init(loop, &sweeper), "uv_timer_init");
     if (sweep_ms > 0)
         check(uv_timer_start(&sweeper, on_sweep, (uint64_t)sweep_ms, (uint64_t)sweep_ms),
               "uv_timer_start");
     check(uv_timer_init(loop, &syncer), "uv_timer_init");
-    if (dir && sync > 0)
+    if (dir && !raft && sync > 0)
         check(uv_timer_start(&syncer, on_sync_timer, (uint64_t)sync, (uint64_t)sync),
               "uv_timer_start");
     uv_run(loop, UV_RUN_DEFAULT); /* until stop() has closed every handle */

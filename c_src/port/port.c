@@ -14,6 +14,23 @@
 #include "state.h"
 
 int gn_port_stderr = 1;
+int64_t gn_group_ms;
+
+void gn_port_set_router(gn_port *p, gn_route_fn route, void *ctx)
+{
+    p->route = route;
+    p->route_ctx = ctx;
+}
+
+/* A whole request frame: to the router, if there is one. */
+static void handle_frame(gn_port *p, const unsigned char *frame, size_t len)
+{
+    p->frames++;
+    if (p->route)
+        p->route(p->route_ctx, frame, len);
+    else
+        gn_dispatch(p, frame, len);
+}
 
 /* ------------------------------------------------------------------------ */
 /* Frames in                                                                 */
@@ -65,8 +82,7 @@ int gn_port_feed(gn_port *p, const unsigned char *data, size_t len)
             continue;
         }
         if (p->in.len == 0 && len >= p->want) { /* a whole frame: no copy */
-            p->frames++;
-            gn_dispatch(p, data, p->want);
+            handle_frame(p, data, p->want);
             data += p->want;
             len -= p->want;
             p->hdr_len = 0;
@@ -78,8 +94,7 @@ int gn_port_feed(gn_port *p, const unsigned char *data, size_t len)
         len -= take;
         if (p->in.len == p->want) {
             p->frame_owner = &p->in;
-            p->frames++;
-            gn_dispatch(p, p->in.data, p->in.len);
+            handle_frame(p, p->in.data, p->in.len);
             p->frame_owner = NULL;
             p->in.len = 0;
             p->hdr_len = 0;

@@ -30,6 +30,11 @@ void gn_port_free(gn_port *p);
  * exit with status 2). */
 int gn_port_load(gn_port *p);
 
+/* Where request frames go: to dispatch.c (the default), or to `route` (a
+ * replicated program's, raft.c), which dispatches them in its turn. */
+typedef void (*gn_route_fn)(void *ctx, const unsigned char *frame, size_t len);
+void gn_port_set_router(gn_port *p, gn_route_fn route, void *ctx);
+
 /* Feeds bytes of the frame stream from the VM; each complete frame is
  * handled. Returns 0, or -1 when the stream is broken (the reason is on
  * stderr). */

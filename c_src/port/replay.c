@@ -26,9 +26,8 @@ static void apply_entry(gn_port *p, gn_pstore *s, const unsigned char *k, size_t
     gn_pstore_put(s, p->key.data, p->key.len, k, kl, v, vl, expires, &created);
 }
 
-static void apply_record(void *ctx, const gn_record *r)
+void gn_replay_record(gn_port *p, const gn_record *r)
 {
-    gn_port *p = ctx;
     int64_t now = gn_now_ms();
     gn_pstore *s = gn_stores_find(&p->stores, r->name, r->name_len);
     switch (r->op) {
@@ -97,6 +96,11 @@ static void event_load_error(gn_port *p, const gn_load_error *e)
                 text, (unsigned long long)e->from, (unsigned long long)e->to);
     else
         gn_diag("%s: %s: not loaded", kind, text);
+}
+
+static void apply_record(void *ctx, const gn_record *r)
+{
+    gn_replay_record(ctx, r);
 }
 
 int gn_port_load(gn_port *p)

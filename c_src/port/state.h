@@ -42,9 +42,16 @@ struct gn_port {
     uint64_t drops;  /* stores dropped so far */
     uint64_t frames; /* request frames handled so far */
     gn_offload_fn offload;
+    gn_route_fn route; /* or NULL: frames go to gn_dispatch */
+    void *route_ctx;
     /* scratch buffers, reused by every request (the loop is single-threaded) */
     gn_buf key, val, part, recs;
 };
+
+/* Applies a record of the journal, a snapshot file or a Raft snapshot to
+ * the stores (replay.c), expiring entries by gn_now_ms(). */
+struct gn_record;
+void gn_replay_record(gn_port *p, const struct gn_record *r);
 
 /* The journal's buffer, or NULL when nothing is journaled (no data
  * directory, or the journal is being replayed). */

@@ -55,6 +55,7 @@ defmodule GenNative.Port do
   use GenServer
 
   require Logger
+  import Bitwise
 
   @default_timeout 15_000
   # how long init/1 waits for the program to load its data directory
@@ -117,9 +118,9 @@ defmodule GenNative.Port do
             "expected GenNative.Port options to be a keyword list, got: #{inspect(opts)}"
     end
 
-    for {key, _} <- opts, key not in [:name, :dir, :sync, :timeout] do
+    for {key, _} <- opts, key not in [:name, :dir, :sync, :timeout, :raft] do
       raise ArgumentError,
-            "unknown GenNative.Port option #{inspect(key)}, expected :name, :dir, :sync or :timeout"
+            "unknown GenNative.Port option #{inspect(key)}, expected :name, :dir, :sync, :timeout or :raft"
     end
 
     name = Keyword.get(opts, :name)
@@ -157,7 +158,89 @@ defmodule GenNative.Port do
       invalid!(:timeout, timeout, "a positive integer (ms) or :infinity")
     end
 
-    %{name: name, dir: dir, sync: sync, timeout: timeout}
+    raft = raft!(Keyword.get(opts, :raft), dir)
+    %{name: name, dir: dir, sync: sync, timeout: timeout, raft: raft}
+  end
+
+  # The program's --raft-* arguments, or [].
+  defp raft!(nil, _dir), do: []
+
+  defp raft!(opts, dir) do
+    unless Keyword.keyword?(opts) do
+      invalid!(:raft, opts, "a keyword list (:id, :address, :members, :reads, ...)")
+    end
+
+    for {key, _} <- opts,
+        key not in [:id, :address, :members, :reads, :election_timeout, :snapshot_every] do
+      raise ArgumentError,
+            "unknown :raft option #{inspect(key)}, expected :id, :address, :members, :reads, " <>
+              ":election_timeout or :snapshot_every"
+    end
+
+    if dir == nil, do: invalid!(:dir, dir, "a data directory: a Raft member keeps its log there")
+
+    id = Keyword.get(opts, :id)
+    address = Keyword.get(opts, :address)
+
+    unless is_integer(id) and id > 0 and id < 1 <<< 63 do
+      invalid!(:raft, opts, "an :id, a positive integer")
+    end
+
+    unless address?(address), do: invalid!(:raft, opts, "an :address, \"host:port\"")
+
+    members =
+      case Keyword.get(opts, :members) do
+        nil ->
+          []
+
+        list when is_list(list) and list != [] ->
+          for member <- list do
+            case member do
+              {mid, addr} when is_integer(mid) and mid > 0 ->
+                if address?(addr),
+                  do: "#{mid}=#{addr}",
+                  else: invalid!(:raft, opts, "members as {id, \"host:port\"}")
+
+              _ ->
+                invalid!(:raft, opts, "members as {id, \"host:port\"}")
+            end
+          end
+          |> then(&["--raft-members", Enum.join(&1, ",")])
+
+        _ ->
+          invalid!(:raft, opts, ":members, a non-empty list of {id, \"host:port\"}")
+      end
+
+    reads =
+      case Keyword.get(opts, :reads, :linearizable) do
+        r when r in [:linearizable, :local] -> Atom.to_string(r)
+        _ -> invalid!(:raft, opts, ":reads, :linearizable or :local")
+      end
+
+    extra =
+      for {key, flag} <- [
+            election_timeout: "--raft-election-ms",
+            snapshot_every: "--raft-snapshot-every"
+          ],
+          value = Keyword.get(opts, key),
+          value != nil,
+          into: [] do
+        unless is_integer(value) and value > 0 and value <= 600_000 and
+                 (key != :election_timeout or value >= 10) do
+          invalid!(:raft, opts, "#{inspect(key)}, a positive integer")
+        end
+
+        [flag, Integer.to_string(value)]
+      end
+
+    ["--raft-id", Integer.to_string(id), "--raft-address", address, "--raft-reads", reads] ++
+      members ++ List.flatten(extra)
+  end
+
+  defp address?(address) do
+    is_binary(address) and
+      match?([_host, port] when port != "", String.split(address, ":", parts: 2)) and
+      not String.contains?(address, [",", "="])
   end
 
   defp path!(dir) when is_binary(dir) and dir != "", do: dir
@@ -194,6 +277,59 @@ defmodule GenNative.Port do
   @spec compact(name()) :: :ok | {:error, :no_dir | :compaction_failed}
   def compact(name) when is_atom(name),
     do: request(name, {:compact, nil}, :single, {__MODULE__, :compact, [name]})
+
+  @doc """
+  A replicated program's view of its Raft group: `%{id:, state:, leader:,
+  last_index:, applied:, members:}`, with `state` one of `:leader`,
+  `:follower`, `:candidate`, `:unavailable`, `leader` as `{id, address}`
+  or `nil` (not known yet), and `members` as `[{id, address, role}]`
+  (`:voter`, `:standby`, `:spare`). See guides/replication.md.
+  """
+  @spec raft_status(name()) :: map()
+  def raft_status(name) when is_atom(name),
+    do: request(name, {:raft_status, nil}, :single, {__MODULE__, :raft_status, [name]})
+
+  @doc """
+  Asks the leader (the program `name` must run it) to hand leadership to
+  member `id`, or to any up-to-date voter with `id` 0. `:ok` once it has
+  moved; `{:error, {:not_leader, leader}}`, `{:error, {:transfer_failed,
+  text}}`.
+  """
+  @spec transfer_leadership(name(), non_neg_integer()) :: :ok | {:error, term()}
+  def transfer_leadership(name, id \\ 0) when is_atom(name) and is_integer(id) and id >= 0,
+    do:
+      request(
+        name,
+        {:raft_transfer, nil, id},
+        :single,
+        {__MODULE__, :transfer_leadership, [name, id]}
+      )
+
+  @doc """
+  Adds member `id` at `address` to the group (through the leader, the
+  program `name`): it joins as a spare, catches up, and becomes a voter;
+  `:ok` then. The new member is started without `:members`, with an empty
+  directory.
+  """
+  @spec add_member(name(), pos_integer(), String.t()) :: :ok | {:error, term()}
+  def add_member(name, id, address)
+      when is_atom(name) and is_integer(id) and id > 0 and is_binary(address),
+      do:
+        request(
+          name,
+          {:raft_add, nil, id, address},
+          :single,
+          {__MODULE__, :add_member, [name, id, address]}
+        )
+
+  @doc """
+  Removes member `id` from the group (through the leader, the program
+  `name`). A removed member's directory must be reset (emptied) before it
+  can join any group again.
+  """
+  @spec remove_member(name(), pos_integer()) :: :ok | {:error, term()}
+  def remove_member(name, id) when is_atom(name) and is_integer(id) and id > 0,
+    do: request(name, {:raft_remove, nil, id}, :single, {__MODULE__, :remove_member, [name, id]})
 
   @doc "The stores the program holds: a list of `{name, type}`."
   @spec stores(name()) :: [{atom(), :set | :ordered_set}]
@@ -344,7 +480,7 @@ defmodule GenNative.Port do
   defp open(config) do
     path = Path.join(:code.priv_dir(:gen_native), "gen_native_port")
     dir_args = if config.dir, do: ["--dir", config.dir], else: []
-    args = dir_args ++ ["--sync", config.sync]
+    args = dir_args ++ ["--sync", config.sync] ++ config.raft
 
     # parallelism: many callers write to the port at once; with it a
     # write that finds the port busy is scheduled instead of waiting for

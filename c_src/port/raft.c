@@ -1,0 +1,698 @@
+/*
+ * Replication through libraft (raft.h): routing requests, proposing
+ * entries, applying them, ticks for reads and time, snapshots, membership.
+ */
+#include <errno.h>
+#include <raft.h>
+#include <raft/uv.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "diag.h"
+#include "dispatch.h"
+#include "image.h"
+#include "raft.h"
+#include "reply.h"
+#include "request.h"
+#include "state.h"
+
+#define GN_ENTRY_MAGIC "GNR1"
+#define GN_ENTRY_HEADER 29 /* magic (4) | kind (1) | clock (8) | proposer (8) | sequence (8) */
+#define GN_IMAGE_MAGIC "GNI1"
+#define GN_IMAGE_HEADER 12 /* magic (4) | the group's clock (8) */
+
+/* A write proposed by this member, until its entry is applied here (it is
+ * answered then) or libraft gives up on it. */
+typedef struct gn_proposal {
+    struct raft_apply req;
+    struct gn_raft *r;
+    struct gn_proposal *prev, *next;
+    uint64_t seq;
+    int answered;
+    gn_buf tag;
+} gn_proposal;
+
+/* A tick: the reads that came before it are served once it is applied. */
+typedef struct gn_tick {
+    struct raft_apply req;
+    struct gn_raft *r;
+    int sweep;    /* proposed by the sweep */
+    gn_buf reads; /* frames: length (4) | frame, ... */
+} gn_tick;
+
+/* A membership change or a leadership transfer, answered when through. */
+typedef struct gn_change {
+    union {
+        struct raft_change change;
+        struct raft_transfer transfer;
+    };
+    struct gn_raft *r;
+    uint64_t id; /* the member added, for its promotion to voter */
+    int promote;
+    gn_buf tag;
+} gn_change;
+
+struct gn_raft {
+    gn_port *p;
+    struct raft raft;
+    struct raft_io io;
+    struct raft_uv_transport transport;
+    struct raft_fsm fsm;
+    int local_reads;
+    uint64_t proposer, seq;
+    gn_proposal *pending; /* writes in flight, oldest first */
+    gn_proposal *pending_tail;
+    gn_tick *tick;     /* the tick in flight, if any */
+    gn_buf reads_next; /* reads that came after it: they need the next */
+    int sweep_tick;    /* a tick proposed by the sweep is in flight */
+    gn_buf discard;    /* the output of requests applied for other members */
+    void (*after)(void);
+};
+
+/* ------------------------------------------------------------------------ */
+/* Replies                                                                   */
+
+/* {error, {Why, Leader}}, Leader: {Id, Address} or nil. */
+static void reply_leader(gn_raft *r, const gn_slice *tag, const char *why)
+{
+    raft_id id = 0;
+    const char *address = NULL;
+    raft_leader(&r->raft, &id, &address);
+    gn_buf *out = &r->p->out;
+    size_t m = gn_error_begin(out, tag->data, tag->len);
+    gn_enc_tuple(out, 2);
+    gn_enc_atom(out, why);
+    if (id && address) {
+        gn_enc_tuple(out, 2);
+        gn_enc_int(out, (int64_t)id);
+        gn_enc_string(out, address);
+    } else {
+        gn_enc_atom(out, "nil");
+    }
+    gn_frame_end(out, m);
+}
+
+/* {error, {raft, Text}}: libraft refused a request. */
+static void reply_raft_error(gn_raft *r, const gn_slice *tag, int rc)
+{
+    gn_error_text(&r->p->out, tag, "raft", raft_strerror(rc));
+}
+
+/* The tag of a frame (it was decoded once already). */
+static gn_slice frame_tag(gn_raft *r, const unsigned char *frame, size_t len)
+{
+    gn_request req;
+    gn_slice none = {NULL, 0};
+    return gn_request_decode(&r->p->out, frame, len, &req) ? none : req.tag;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Applying entries                                                          */
+
+/* Runs every job to its end: an entry is applied whole, at its point of
+ * the log. */
+static void drain(gn_port *p)
+{
+    while (gn_port_busy(p))
+        gn_port_step(p);
+}
+
+static gn_proposal *find_pending(gn_raft *r, uint64_t seq)
+{
+    for (gn_proposal *q = r->pending; q; q = q->next)
+        if (q->seq == seq)
+            return q;
+    return NULL;
+}
+
+static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
+{
+    gn_raft *r = fsm->data;
+    gn_port *p = r->p;
+    const unsigned char *e = buf->base;
+    *result = NULL;
+    if (buf->len < GN_ENTRY_HEADER || memcmp(e, GN_ENTRY_MAGIC, 4) ||
+        (e[4] != 'Q' && e[4] != 'T')) {
+        gn_diag("raft: an entry of the log is not ours (%zu bytes): skipped", buf->len);
+        return 0;
+    }
+    int64_t clock = (int64_t)gn_be_get(e + 5, 8);
+    if (clock > gn_group_ms)
+        gn_group_ms = clock;
+    uint64_t proposer = gn_be_get(e + 13, 8), seq = gn_be_get(e + 21, 8);
+    drain(p); /* what earlier entries and reads left, with its own output */
+    if (e[4] == 'T') {
+        gn_port_sweep(p); /* purge what has expired by the group's clock */
+        drain(p);
+        return 0;
+    }
+    gn_proposal *q = proposer == r->proposer ? find_pending(r, seq) : NULL;
+    gn_buf saved = p->out;
+    if (!q)
+        p->out = r->discard; /* another member's request: it answers it */
+    gn_dispatch(p, e + GN_ENTRY_HEADER, buf->len - GN_ENTRY_HEADER);
+    drain(p);
+    if (q) {
+        q->answered = 1;
+    } else {
+        r->discard = p->out;
+        r->discard.len = 0;
+        p->out = saved;
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Snapshots                                                                 */
+
+static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    gn_raft *r = fsm->data;
+    gn_buf img = {0};
+    gn_buf_put(&img, GN_IMAGE_MAGIC, 4);
+    gn_buf_be(&img, (uint64_t)gn_group_ms, 8);
+    gn_image_write(r->p, &img);
+    *bufs = raft_malloc(sizeof **bufs);
+    if (!*bufs) {
+        gn_buf_free(&img);
+        return RAFT_NOMEM;
+    }
+    (*bufs)[0].base = img.data;
+    (*bufs)[0].len = img.len;
+    *n_bufs = 1;
+    return 0;
+}
+
+static int fsm_snapshot_finalize(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsigned *n_bufs)
+{
+    (void)fsm;
+    for (unsigned i = 0; i < *n_bufs; i++)
+        free((*bufs)[i].base); /* a gn_buf's */
+    raft_free(*bufs);
+    *bufs = NULL;
+    *n_bufs = 0;
+    return 0;
+}
+
+static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
+{
+    gn_raft *r = fsm->data;
+    const unsigned char *d = buf->base;
+    int rc = RAFT_MALFORMED;
+    if (buf->len >= GN_IMAGE_HEADER && !memcmp(d, GN_IMAGE_MAGIC, 4)) {
+        drain(r->p);
+        if (gn_image_load(r->p, d + GN_IMAGE_HEADER, buf->len - GN_IMAGE_HEADER) == 0) {
+            gn_group_ms = (int64_t)gn_be_get(d + 4, 8);
+            rc = 0;
+        }
+    }
+    if (rc)
+        gn_diag("raft: a snapshot that is not ours (%zu bytes): not restored", buf->len);
+    raft_free(buf->base);
+    return rc;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Proposing                                                                 */
+
+/* An entry's buffer, with its header; the frame (if any) follows. */
+static unsigned char *entry_new(gn_raft *r, int kind, uint64_t seq, size_t frame_len)
+{
+    unsigned char *e = raft_malloc(GN_ENTRY_HEADER + frame_len);
+    if (!e)
+        return NULL;
+    memcpy(e, GN_ENTRY_MAGIC, 4);
+    e[4] = (unsigned char)kind;
+    gn_be_put(e + 5, (uint64_t)gn_wall_ms(), 8);
+    gn_be_put(e + 13, r->proposer, 8);
+    gn_be_put(e + 21, seq, 8);
+    return e;
+}
+
+static void unlink_pending(gn_raft *r, gn_proposal *q)
+{
+    if (q->prev)
+        q->prev->next = q->next;
+    else
+        r->pending = q->next;
+    if (q->next)
+        q->next->prev = q->prev;
+    else
+        r->pending_tail = q->prev;
+}
+
+/* libraft is through with a write: applied here (answered then), or not
+ * known to be committed (leadership lost, shut down): it may or may not be
+ * applied in the end, and the reply says so. */
+static void on_write_applied(struct raft_apply *req, int status, void *result)
+{
+    (void)result;
+    gn_proposal *q = req->data;
+    gn_raft *r = q->r;
+    unlink_pending(r, q);
+    if (!q->answered) {
+        gn_slice tag = gn_buf_slice(&q->tag);
+        if (status == RAFT_NOTLEADER)
+            reply_leader(r, &tag, "not_leader");
+        else if (status == RAFT_LEADERSHIPLOST || status == RAFT_SHUTDOWN)
+            reply_leader(r, &tag, "leadership_lost");
+        else
+            reply_raft_error(r, &tag, status ? status : RAFT_MALFORMED);
+    }
+    gn_buf_free(&q->tag);
+    free(q);
+    r->after();
+}
+
+static void propose_write(gn_raft *r, const gn_slice *tag, const unsigned char *frame, size_t len)
+{
+    gn_proposal *q = calloc(1, sizeof *q);
+    unsigned char *e = q ? entry_new(r, 'Q', ++r->seq, len) : NULL;
+    if (!e) {
+        free(q);
+        gn_reply_error(&r->p->out, tag, "enomem");
+        return;
+    }
+    memcpy(e + GN_ENTRY_HEADER, frame, len);
+    q->r = r;
+    q->seq = r->seq;
+    gn_buf_put(&q->tag, tag->data, tag->len);
+    q->req.data = q;
+    struct raft_buffer b = {e, GN_ENTRY_HEADER + len};
+    int rc = raft_apply(&r->raft, &q->req, &b, 1, on_write_applied);
+    if (rc) {
+        raft_free(e);
+        if (rc == RAFT_NOTLEADER)
+            reply_leader(r, tag, "not_leader");
+        else
+            reply_raft_error(r, tag, rc);
+        gn_buf_free(&q->tag);
+        free(q);
+        return;
+    }
+    q->prev = r->pending_tail;
+    if (r->pending_tail)
+        r->pending_tail->next = q;
+    else
+        r->pending = q;
+    r->pending_tail = q;
+}
+
+/* ------------------------------------------------------------------------ */
+/* Ticks: linearizable reads, and the group's clock                          */
+
+static void propose_tick(gn_raft *r, int sweep);
+
+/* Serves (ok) or refuses (not) the reads a tick carried. */
+static void tick_reads(gn_raft *r, gn_buf *reads, int ok)
+{
+    for (size_t at = 0; at + 4 <= reads->len;) {
+        size_t len = (size_t)gn_be_get(reads->data + at, 4);
+        const unsigned char *frame = reads->data + at + 4;
+        at += 4 + len;
+        if (ok) {
+            gn_dispatch(r->p, frame, len);
+        } else {
+            gn_slice tag = frame_tag(r, frame, len);
+            if (tag.data)
+                reply_leader(r, &tag, "not_leader");
+        }
+    }
+    gn_buf_free(reads);
+}
+
+static void on_tick_applied(struct raft_apply *req, int status, void *result)
+{
+    (void)result;
+    gn_tick *t = req->data;
+    gn_raft *r = t->r;
+    if (t->sweep)
+        r->sweep_tick = 0;
+    else
+        r->tick = NULL;
+    int sweep = t->sweep;
+    tick_reads(r, &t->reads, status == 0);
+    free(t);
+    if (!sweep && r->reads_next.len)
+        propose_tick(r, 0);
+    r->after();
+}
+
+static void propose_tick(gn_raft *r, int sweep)
+{
+    gn_tick *t = calloc(1, sizeof *t);
+    unsigned char *e = t ? entry_new(r, 'T', 0, 0) : NULL;
+    if (!e) {
+        free(t);
+        if (!sweep)
+            tick_reads(r, &r->reads_next, 0);
+        return;
+    }
+    t->r = r;
+    t->sweep = sweep;
+    t->req.data = t;
+    if (!sweep) {
+        t->reads = r->reads_next;
+        memset(&r->reads_next, 0, sizeof r->reads_next);
+    }
+    struct raft_buffer b = {e, GN_ENTRY_HEADER};
+    int rc = raft_apply(&r->raft, &t->req, &b, 1, on_tick_applied);
+    if (rc) {
+        raft_free(e);
+        tick_reads(r, &t->reads, 0);
+        free(t);
+        return;
+    }
+    if (sweep)
+        r->sweep_tick = 1;
+    else
+        r->tick = t;
+}
+
+/* A read on the leader: served after the next tick is applied. */
+static void read_after_tick(gn_raft *r, const unsigned char *frame, size_t len)
+{
+    gn_buf_be(&r->reads_next, len, 4);
+    gn_buf_put(&r->reads_next, frame, len);
+    if (!r->tick)
+        propose_tick(r, 0);
+}
+
+void gn_raft_sweep(gn_raft *r)
+{
+    if (raft_state(&r->raft) == RAFT_LEADER && !r->sweep_tick)
+        propose_tick(r, 1);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Status, membership and leadership                                         */
+
+static const char *state_name(int state)
+{
+    switch (state) {
+    case RAFT_FOLLOWER:
+        return "follower";
+    case RAFT_CANDIDATE:
+        return "candidate";
+    case RAFT_LEADER:
+        return "leader";
+    default:
+        return "unavailable";
+    }
+}
+
+/* #{id, state, leader, last_index, applied, members} */
+static void reply_status(gn_raft *r, const gn_slice *tag)
+{
+    gn_buf *out = &r->p->out;
+    raft_id lid = 0;
+    const char *laddr = NULL;
+    raft_leader(&r->raft, &lid, &laddr);
+    size_t m = gn_frame_begin(out, tag->data, tag->len);
+    gn_enc_map(out, 6);
+    gn_enc_atom(out, "id");
+    gn_enc_int(out, (int64_t)r->raft.id);
+    gn_enc_atom(out, "state");
+    gn_enc_atom(out, state_name(raft_state(&r->raft)));
+    gn_enc_atom(out, "leader");
+    if (lid && laddr) {
+        gn_enc_tuple(out, 2);
+        gn_enc_int(out, (int64_t)lid);
+        gn_enc_string(out, laddr);
+    } else {
+        gn_enc_atom(out, "nil");
+    }
+    gn_enc_atom(out, "last_index");
+    gn_enc_int(out, (int64_t)raft_last_index(&r->raft));
+    gn_enc_atom(out, "applied");
+    gn_enc_int(out, (int64_t)raft_last_applied(&r->raft));
+    gn_enc_atom(out, "members");
+    const struct raft_configuration *c = &r->raft.configuration;
+    if (c->n)
+        gn_enc_list(out, c->n);
+    for (unsigned i = 0; i < c->n; i++) {
+        gn_enc_tuple(out, 3);
+        gn_enc_int(out, (int64_t)c->servers[i].id);
+        gn_enc_string(out, c->servers[i].address);
+        gn_enc_atom(out, c->servers[i].role == RAFT_VOTER     ? "voter"
+                         : c->servers[i].role == RAFT_STANDBY ? "standby"
+                                                              : "spare");
+    }
+    gn_enc_nil(out);
+    gn_frame_end(out, m);
+}
+
+static gn_change *change_new(gn_raft *r, const gn_slice *tag)
+{
+    gn_change *c = calloc(1, sizeof *c);
+    if (!c)
+        abort();
+    c->r = r;
+    gn_buf_put(&c->tag, tag->data, tag->len);
+    return c;
+}
+
+static void change_done(gn_change *c, int status)
+{
+    gn_raft *r = c->r;
+    gn_slice tag = gn_buf_slice(&c->tag);
+    if (status == 0)
+        gn_reply_atom(&r->p->out, &tag, "ok");
+    else if (status == RAFT_NOTLEADER || status == RAFT_LEADERSHIPLOST)
+        reply_leader(r, &tag, status == RAFT_NOTLEADER ? "not_leader" : "leadership_lost");
+    else
+        reply_raft_error(r, &tag, status);
+    gn_buf_free(&c->tag);
+    free(c);
+    r->after();
+}
+
+static void on_changed(struct raft_change *req, int status)
+{
+    gn_change *c = req->data;
+    if (status == 0 && c->promote) {
+        /* added as a spare: now a voter, once it has caught up */
+        c->promote = 0;
+        int rc = raft_assign(&c->r->raft, &c->change, c->id, RAFT_VOTER, on_changed);
+        if (rc == 0)
+            return;
+        status = rc;
+    }
+    change_done(c, status);
+}
+
+static void on_transferred(struct raft_transfer *req)
+{
+    gn_change *c = req->data;
+    raft_id lid = 0;
+    const char *laddr = NULL;
+    raft_leader(&c->r->raft, &lid, &laddr);
+    gn_slice tag = gn_buf_slice(&c->tag);
+    if (lid && lid != c->r->raft.id && (!c->id || lid == c->id)) {
+        gn_reply_atom(&c->r->p->out, &tag, "ok");
+    } else {
+        gn_error_text(&c->r->p->out, &tag, "transfer_failed", "the leadership did not move");
+    }
+    gn_raft *r = c->r;
+    gn_buf_free(&c->tag);
+    free(c);
+    r->after();
+}
+
+/* raft_add Id Address | raft_remove Id | raft_transfer Id (0: any) */
+static void membership(gn_raft *r, gn_request *req)
+{
+    int64_t id;
+    int rc;
+    if (raft_state(&r->raft) != RAFT_LEADER)
+        return reply_leader(r, &req->tag, "not_leader");
+    if (req->nargs < 1 || gn_arg_int(req, &id) || id < 0)
+        return gn_reply_badarg(&r->p->out, &req->tag, "expected a member id");
+    gn_change *c = change_new(r, &req->tag);
+    c->id = (uint64_t)id;
+    if (!strcmp(req->op, "raft_add")) {
+        gn_slice addr;
+        char text[256];
+        if (req->nargs != 2 || id == 0 || gn_etf_binary(&req->args, &addr) || addr.len == 0 ||
+            addr.len >= sizeof text) {
+            gn_buf_free(&c->tag);
+            free(c);
+            return gn_reply_badarg(&r->p->out, &req->tag, "expected raft_add, Id, \"host:port\"");
+        }
+        memcpy(text, addr.data, addr.len);
+        text[addr.len] = 0;
+        c->promote = 1;
+        c->change.data = c;
+        rc = raft_add(&r->raft, &c->change, (raft_id)id, text, on_changed);
+    } else if (!strcmp(req->op, "raft_remove")) {
+        c->change.data = c;
+        rc = raft_remove(&r->raft, &c->change, (raft_id)id, on_changed);
+    } else {
+        c->transfer.data = c;
+        rc = raft_transfer(&r->raft, &c->transfer, (raft_id)id, on_transferred);
+    }
+    if (rc)
+        change_done(c, rc);
+}
+
+/* ------------------------------------------------------------------------ */
+/* Routing the VM's requests                                                 */
+
+enum { ROUTE_WRITE, ROUTE_READ, ROUTE_HERE, ROUTE_STATUS, ROUTE_MEMBERSHIP };
+
+static int route_of(const char *op)
+{
+    static const char *const writes[] = {
+        "put",   "put_new",  "delete_key", "take", "update_counter",
+        "clear", "put_many", "delete",     "open", "restore"};
+    static const char *const here[] = {"sync", "stop", "encode_key", "compact"};
+    for (size_t i = 0; i < sizeof writes / sizeof writes[0]; i++)
+        if (!strcmp(op, writes[i]))
+            return ROUTE_WRITE;
+    for (size_t i = 0; i < sizeof here / sizeof here[0]; i++)
+        if (!strcmp(op, here[i]))
+            return ROUTE_HERE;
+    if (!strcmp(op, "raft_status"))
+        return ROUTE_STATUS;
+    if (!strcmp(op, "raft_add") || !strcmp(op, "raft_remove") || !strcmp(op, "raft_transfer"))
+        return ROUTE_MEMBERSHIP;
+    return ROUTE_READ; /* and unknown ops, which dispatch refuses */
+}
+
+static void route(void *ctx, const unsigned char *frame, size_t len)
+{
+    gn_raft *r = ctx;
+    gn_request req;
+    if (gn_request_decode(&r->p->out, frame, len, &req))
+        return;
+    int leader = raft_state(&r->raft) == RAFT_LEADER;
+    switch (route_of(req.op)) {
+    case ROUTE_HERE:
+        return gn_dispatch(r->p, frame, len);
+    case ROUTE_STATUS:
+        return reply_status(r, &req.tag);
+    case ROUTE_MEMBERSHIP:
+        return membership(r, &req);
+    case ROUTE_WRITE:
+        if (!leader)
+            return reply_leader(r, &req.tag, "not_leader");
+        return propose_write(r, &req.tag, frame, len);
+    default:
+        if (r->local_reads)
+            return gn_dispatch(r->p, frame, len);
+        if (!leader)
+            return reply_leader(r, &req.tag, "not_leader");
+        return read_after_tick(r, frame, len);
+    }
+}
+
+/* ------------------------------------------------------------------------ */
+/* Life                                                                      */
+
+/* Parses "Id=host:port,..." into `conf`; 0, or -1 if malformed. */
+static int parse_members(const char *text, struct raft_configuration *conf)
+{
+    char *copy = strdup(text), *save = NULL;
+    int rc = copy ? 0 : -1;
+    for (char *m = copy ? strtok_r(copy, ",", &save) : NULL; m && !rc;
+         m = strtok_r(NULL, ",", &save)) {
+        char *eq = strchr(m, '='), *end;
+        unsigned long long id = eq ? strtoull(m, &end, 10) : 0;
+        if (!eq || end != eq || id == 0 || !eq[1] ||
+            raft_configuration_add(conf, (raft_id)id, eq + 1, RAFT_VOTER))
+            rc = -1;
+    }
+    free(copy);
+    return conf->n ? rc : -1;
+}
+
+gn_raft *gn_raft_start(uv_loop_t *loop, gn_port *p, const gn_raft_config *c, void (*after)(void),
+                       char *err, size_t errlen)
+{
+    gn_raft *r = calloc(1, sizeof *r);
+    if (!r)
+        abort();
+    r->p = p;
+    r->after = after;
+    r->local_reads = c->local_reads;
+    r->proposer = ((uint64_t)uv_hrtime() << 16) ^ (uint64_t)getpid() ^ ((uint64_t)c->id << 48);
+    r->fsm.version = 2;
+    r->fsm.data = r;
+    r->fsm.apply = fsm_apply;
+    r->fsm.snapshot = fsm_snapshot;
+    r->fsm.snapshot_finalize = fsm_snapshot_finalize;
+    r->fsm.restore = fsm_restore;
+    r->raft.data = r;
+    gn_group_ms = gn_wall_ms(); /* until the first entry is applied */
+    int rc;
+    if (mkdir(c->dir, 0700) && errno != EEXIST) {
+        snprintf(err, errlen, "%s: %s", c->dir, strerror(errno));
+        return NULL; /* the program exits: nothing to free */
+    }
+    if ((rc = raft_uv_tcp_init(&r->transport, loop))) {
+        snprintf(err, errlen, "raft_uv_tcp_init: %s", raft_strerror(rc));
+        return NULL;
+    }
+    if ((rc = raft_uv_init(&r->io, loop, c->dir, &r->transport))) {
+        snprintf(err, errlen, "raft_uv_init: %s: %s", c->dir, r->io.errmsg);
+        return NULL;
+    }
+    if ((rc = raft_init(&r->raft, &r->io, &r->fsm, c->id, c->address))) {
+        snprintf(err, errlen, "raft_init: %s", raft_errmsg(&r->raft));
+        return NULL;
+    }
+    if (c->election_ms)
+        raft_set_election_timeout(&r->raft, c->election_ms);
+    if (c->heartbeat_ms)
+        raft_set_heartbeat_timeout(&r->raft, c->heartbeat_ms);
+    if (c->snapshot_every) {
+        raft_set_snapshot_threshold(&r->raft, c->snapshot_every);
+        raft_set_snapshot_trailing(&r->raft, c->snapshot_every / 4 ? c->snapshot_every / 4 : 1);
+    }
+    raft_set_pre_vote(&r->raft, true);
+    if (c->members) {
+        struct raft_configuration conf;
+        raft_configuration_init(&conf);
+        if (parse_members(c->members, &conf)) {
+            raft_configuration_close(&conf);
+            snprintf(err, errlen, "bad --raft-members: %s", c->members);
+            return NULL;
+        }
+        rc = raft_bootstrap(&r->raft, &conf);
+        raft_configuration_close(&conf);
+        if (rc && rc != RAFT_CANTBOOTSTRAP) { /* CANTBOOTSTRAP: not a new directory */
+            snprintf(err, errlen, "raft_bootstrap: %s", raft_errmsg(&r->raft));
+            return NULL;
+        }
+    }
+    if ((rc = raft_start(&r->raft))) {
+        snprintf(err, errlen, "raft_start: %s", raft_errmsg(&r->raft));
+        return NULL;
+    }
+    gn_port_set_router(p, route, r);
+    return r;
+}
+
+static void on_closed(struct raft *raft)
+{
+    gn_raft *r = raft->data;
+    raft_uv_close(&r->io);
+    raft_uv_tcp_close(&r->transport);
+    gn_buf_free(&r->reads_next);
+    gn_buf_free(&r->discard);
+    free(r);
+}
+
+static void after_nothing(void)
+{
+}
+
+void gn_raft_close(gn_raft *r)
+{
+    gn_port_set_router(r->p, NULL, NULL);
+    r->after = after_nothing; /* what libraft fails now is not answered */
+    raft_close(&r->raft, on_closed);
+}
