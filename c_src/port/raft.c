@@ -20,7 +20,17 @@
 #include "state.h"
 
 #define GN_ENTRY_MAGIC "GNR1"
-#define GN_ENTRY_HEADER 29 /* magic (4) | kind (1) | clock (8) | proposer (8) | sequence (8) */
+/* magic (4) | kind (1) | clock (8) | proposer (8) | sequence (8) | frame
+ * length (4); the frame follows, then zeros to a multiple of 8 bytes
+ * (libraft lays entries out 8-byte aligned in the batches it sends and
+ * stores, and an entry of another length comes back shifted) */
+#define GN_ENTRY_HEADER 33
+
+/* An entry's bytes: header, frame, padding. */
+static size_t entry_size(size_t frame_len)
+{
+    return (GN_ENTRY_HEADER + frame_len + 7) & ~(size_t)7;
+}
 #define GN_IMAGE_MAGIC "GNI1"
 #define GN_IMAGE_HEADER 12 /* magic (4) | the group's clock (8) */
 
@@ -134,9 +144,13 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     gn_port *p = r->p;
     const unsigned char *e = buf->base;
     *result = NULL;
+    size_t frame_len = buf->len >= GN_ENTRY_HEADER ? (size_t)gn_be_get(e + 29, 4) : 0;
     if (buf->len < GN_ENTRY_HEADER || memcmp(e, GN_ENTRY_MAGIC, 4) ||
-        (e[4] != 'Q' && e[4] != 'T')) {
-        gn_diag("raft: an entry of the log is not ours (%zu bytes): skipped", buf->len);
+        (e[4] != 'Q' && e[4] != 'T') || frame_len > buf->len - GN_ENTRY_HEADER) {
+        gn_diag(
+            "raft: an entry of the log is not ours (%zu bytes: %02x %02x %02x %02x %02x): skipped",
+            buf->len, buf->len > 0 ? e[0] : 0, buf->len > 1 ? e[1] : 0, buf->len > 2 ? e[2] : 0,
+            buf->len > 3 ? e[3] : 0, buf->len > 4 ? e[4] : 0);
         return 0;
     }
     int64_t clock = (int64_t)gn_be_get(e + 5, 8);
@@ -153,7 +167,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     gn_buf saved = p->out;
     if (!q)
         p->out = r->discard; /* another member's request: it answers it */
-    gn_dispatch(p, e + GN_ENTRY_HEADER, buf->len - GN_ENTRY_HEADER);
+    gn_dispatch(p, e + GN_ENTRY_HEADER, frame_len);
     drain(p);
     if (q) {
         q->answered = 1;
@@ -221,9 +235,11 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 /* An entry's buffer, with its header; the frame (if any) follows. */
 static unsigned char *entry_new(gn_raft *r, int kind, uint64_t seq, size_t frame_len)
 {
-    unsigned char *e = raft_malloc(GN_ENTRY_HEADER + frame_len);
+    unsigned char *e = raft_malloc(entry_size(frame_len));
     if (!e)
         return NULL;
+    memset(e + GN_ENTRY_HEADER + frame_len, 0, entry_size(frame_len) - GN_ENTRY_HEADER - frame_len);
+    gn_be_put(e + 29, frame_len, 4);
     memcpy(e, GN_ENTRY_MAGIC, 4);
     e[4] = (unsigned char)kind;
     gn_be_put(e + 5, (uint64_t)gn_wall_ms(), 8);
@@ -281,7 +297,7 @@ static void propose_write(gn_raft *r, const gn_slice *tag, const unsigned char *
     q->seq = r->seq;
     gn_buf_put(&q->tag, tag->data, tag->len);
     q->req.data = q;
-    struct raft_buffer b = {e, GN_ENTRY_HEADER + len};
+    struct raft_buffer b = {e, entry_size(len)};
     int rc = raft_apply(&r->raft, &q->req, &b, 1, on_write_applied);
     if (rc) {
         raft_free(e);
@@ -358,7 +374,7 @@ static void propose_tick(gn_raft *r, int sweep)
         t->reads = r->reads_next;
         memset(&r->reads_next, 0, sizeof r->reads_next);
     }
-    struct raft_buffer b = {e, GN_ENTRY_HEADER};
+    struct raft_buffer b = {e, entry_size(0)};
     int rc = raft_apply(&r->raft, &t->req, &b, 1, on_tick_applied);
     if (rc) {
         raft_free(e);

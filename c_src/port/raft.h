@@ -22,7 +22,8 @@
  *
  * An entry is "GNR1" | kind (1: 'Q' a request, 'T' a tick) | clock ms (8)
  * | proposer (8: a number drawn at the program's start) | sequence (8) |
- * the request frame ('Q' only). libraft snapshots are the program's image
+ * frame length (4) | the request frame ('Q' only) | zeros to a multiple of
+ * 8 bytes. libraft snapshots are the program's image
  * (image.h) behind "GNI1" | the group's clock (8).
  *
  * Everything runs on the loop thread; libraft calls back on it.

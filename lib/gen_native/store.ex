@@ -90,6 +90,11 @@ defmodule GenNative.Store do
   alias GenNative.Native
   alias GenNative.Store.PortHandle
 
+  # What a replicated program answers a request it cannot serve (see
+  # guides/replication.md): a write returns it; a read raises it.
+  @replication_errors [:not_leader, :leadership_lost, :raft]
+  @writes [:new, :put, :put_new, :delete, :take, :update_counter, :clear, :put_many, :restore]
+
   @opaque t :: reference() | PortHandle.t()
   @type type :: :set | :ordered_set
   @type key :: term()
@@ -177,6 +182,7 @@ defmodule GenNative.Store do
         case port(store, {:open, name, type, max}, :new, [type, opts]) do
           :ok -> {:ok, store}
           {:error, {:wrong_type, _}} -> {:error, :already_exists}
+          {:error, {reason, _}} = error when reason in @replication_errors -> error
         end
     end
   end
@@ -258,6 +264,9 @@ defmodule GenNative.Store do
 
           {:error, reason} when reason in [:invalid_snapshot, :already_exists, :full] ->
             {:error, reason}
+
+          {:error, {reason, _}} = error when reason in @replication_errors ->
+            error
 
           {:error, reason} ->
             port_error(reason, store, :restore)
@@ -886,6 +895,12 @@ defmodule GenNative.Store do
   # exceptions the :nif backend raises; {:error, :full} is a result.
   defp port(%PortHandle{port: p} = store, request, fun, args, kind \\ :single) do
     case GenNative.Port.request(p, request, kind, {__MODULE__, fun, args}) do
+      {:error, {reason, detail}} = error when reason in @replication_errors ->
+        if fun in @writes,
+          do: error,
+          else:
+            raise(GenNative.Store.ReplicationError, reason: reason, detail: detail, store: store)
+
       {:error, reason} when reason != :full and not is_tuple(reason) ->
         port_error(reason, store, fun)
 

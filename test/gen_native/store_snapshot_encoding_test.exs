@@ -21,8 +21,11 @@ defmodule GenNative.StoreSnapshotEncodingTest do
 
   defp frames(<<>>, acc), do: Enum.reverse(acc)
 
-  defp frames(<<kl::32, k::binary-size(kl), vl::32, v::binary-size(vl), ttl::64, rest::binary>>, acc),
-    do: frames(rest, [{k, v, ttl} | acc])
+  defp frames(
+         <<kl::32, k::binary-size(kl), vl::32, v::binary-size(vl), ttl::64, rest::binary>>,
+         acc
+       ),
+       do: frames(rest, [{k, v, ttl} | acc])
 
   defp ints do
     edges = [0, 255, 256, 1 <<< 31, 1 <<< 32, 1 <<< 59, 1 <<< 60, 1 <<< 63, 1 <<< 64, 1 <<< 80]
@@ -43,8 +46,8 @@ defmodule GenNative.StoreSnapshotEncodingTest do
         true,
         nil,
         fresh,
-        :"ünïcödé",
-        :"日本",
+        :ünïcödé,
+        :日本,
         String.to_atom(String.duplicate("a", 255)),
         "",
         "short",
@@ -105,7 +108,8 @@ defmodule GenNative.StoreSnapshotEncodingTest do
       got = entries(Store.snapshot(store))
       assert length(got) == length(ts)
 
-      want = Map.new(entries, fn {k, v} -> {:erlang.term_to_binary(k), :erlang.term_to_binary(v)} end)
+      want =
+        Map.new(entries, fn {k, v} -> {:erlang.term_to_binary(k), :erlang.term_to_binary(v)} end)
 
       for {k, v, 0} <- got do
         {_i, t} = :erlang.binary_to_term(k)
@@ -172,7 +176,9 @@ defmodule GenNative.StoreSnapshotEncodingTest do
 
       case vm_decode(bytes, if(safe, do: [:safe], else: [])) do
         {:ok, term} ->
-          assert match?({:ok, _}, result), "#{inspect(bytes)} (safe: #{safe}, type #{type}): #{inspect(result)}"
+          assert match?({:ok, _}, result),
+                 "#{inspect(bytes)} (safe: #{safe}, type #{type}): #{inspect(result)}"
+
           {:ok, store} = result
           assert Store.get(store, :k) === term, inspect(bytes)
 
@@ -271,7 +277,7 @@ defmodule GenNative.StoreSnapshotEncodingTest do
         {1, :a, "bin", [1, 2, 3], 2.5},
         %{a: [1 | 2], b: {-300, 1 <<< 40}},
         [~c"abc", {}, [], <<"x">>, -(1 <<< 62)],
-        {:"ünï", [{1, 2} | :t], %{{1} => 1.0}}
+        {:ünï, [{1, 2} | :t], %{{1} => 1.0}}
       ]
       |> Enum.map(&:erlang.term_to_binary/1)
 

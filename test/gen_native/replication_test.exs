@@ -1,0 +1,197 @@
+defmodule GenNative.ReplicationTest do
+  # Replicated port stores (issue 13): three members, each a port program
+  # (its own OS process) on 127.0.0.1, forming a Raft group through
+  # libraft. Not async: the members' programs and ports are many, and
+  # several tests kill or stop them.
+  use ExUnit.Case, async: false
+
+  import GenNative.Test.RaftCluster
+
+  alias GenNative.{Port, Store}
+  alias GenNative.Store.ReplicationError
+
+  @moduletag timeout: 120_000
+
+  defp store(m, name \\ :kv, type \\ :set),
+    do: %GenNative.Store.PortHandle{port: m.name, name: name} |> tap(fn _ -> type end)
+
+  defp open!(m, name \\ :kv, type \\ :set) do
+    {:ok, s} = Store.new(type, backend: {:port, m.name}, name: name)
+    s
+  end
+
+  test "three members elect one leader; it takes writes, the followers refuse them and name it" do
+    members = start(3)
+    leader = await_leader(members)
+    s = open!(leader)
+    assert Store.put(s, :a, 1) == :ok
+    assert Store.update_counter(s, :n, 5) == 5
+    assert Store.get(s, :a) == 1
+    assert Store.to_list(s) |> Enum.sort() == [a: 1, n: 5]
+
+    for f <- members, f.id != leader.id do
+      fs = store(f)
+      assert Store.put(fs, :b, 2) == {:error, {:not_leader, {leader.id, leader.address}}}
+
+      assert Store.new(:set, backend: {:port, f.name}, name: :other) ==
+               {:error, {:not_leader, {leader.id, leader.address}}}
+
+      # linearizable reads (the default) go through the leader
+      error = assert_raise ReplicationError, fn -> Store.get(fs, :a) end
+      assert error.reason == :not_leader and error.detail == {leader.id, leader.address}
+      assert %{state: :follower, leader: {id, _}, members: ms} = Port.raft_status(f.name)
+      assert id == leader.id
+      assert Enum.map(ms, &elem(&1, 0)) |> Enum.sort() == [1, 2, 3]
+    end
+
+    assert Store.get(s, :b) == nil
+  end
+
+  test "with reads: :local, every member serves reads from what it has applied" do
+    members = start(3, reads: :local)
+    leader = await_leader(members)
+    s = open!(leader)
+    for i <- 1..100, do: :ok = Store.put(s, i, {:v, i})
+
+    for m <- members do
+      eventually(fn -> safe_size(store(m)) == 100 end)
+      assert Store.get(store(m), 42) == {:v, 42}
+    end
+  end
+
+  defp safe_size(s) do
+    Store.size(s)
+  rescue
+    ArgumentError -> 0
+  end
+
+  test "kill -9 of the leader under writes: a new leader serves, no acknowledged write is lost, none applied twice" do
+    members = start(3)
+    leader = await_leader(members)
+    s = open!(leader, :counters)
+    clients = 4
+
+    # each client increments its own counter on whoever leads, until told
+    # to stop; it counts the acknowledged increments and the ones whose
+    # outcome it cannot know (leadership lost, a timeout)
+    parent = self()
+
+    tasks =
+      for c <- 1..clients do
+        Task.async(fn -> client_loop(members, c, parent, %{acked: 0, unknown: 0}) end)
+      end
+
+    Process.sleep(300)
+    t0 = System.monotonic_time(:millisecond)
+    kill(leader)
+    rest = Enum.reject(members, &(&1.id == leader.id))
+    new = await_leader(rest)
+    failover = System.monotonic_time(:millisecond) - t0
+    assert new.id != leader.id
+    Process.sleep(300)
+    for t <- tasks, do: send(t.pid, :stop)
+    results = Enum.map(tasks, &Task.await(&1, 30_000))
+
+    ns = store(new, :counters)
+
+    for {c, %{acked: acked, unknown: unknown}} <- Enum.with_index(results, 1) do
+      value = Store.get(ns, c, 0)
+      assert acked > 0
+      # every acknowledged increment is there; an unknown one may be
+      assert value >= acked and value <= acked + unknown,
+             "client #{c}: #{value} applied, #{acked} acknowledged, #{unknown} unknown"
+    end
+
+    IO.puts(:stderr, "failover: a new leader #{failover} ms after the kill")
+  end
+
+  defp client_loop(members, c, parent, acc) do
+    receive do
+      :stop -> acc
+    after
+      0 ->
+        m = Enum.find(members, &(alive?(&1) and leader?(&1))) || hd(members)
+
+        acc =
+          try do
+            case Store.update_counter(store(m, :counters), c, 1) do
+              n when is_integer(n) -> %{acc | acked: acc.acked + 1}
+              {:error, {:not_leader, _}} -> acc
+              {:error, {:leadership_lost, _}} -> %{acc | unknown: acc.unknown + 1}
+            end
+          catch
+            :exit, _ -> %{acc | unknown: acc.unknown + 1}
+          end
+
+        _ = parent
+        client_loop(members, c, parent, acc)
+    end
+  end
+
+  defp leader?(m), do: match?(%{state: :leader}, safe_status(m))
+
+  test "a member restarted with its directory catches up, also from a snapshot" do
+    members = start(3, snapshot_every: 64)
+    leader = await_leader(members)
+    s = open!(leader)
+    [f | _] = Enum.reject(members, &(&1.id == leader.id))
+    for i <- 1..50, do: :ok = Store.put(s, i, i)
+    kill(f)
+    # far more entries than the snapshot threshold while it is down: the
+    # leader's log is truncated behind a snapshot, which f then installs
+    for i <- 51..1_000, do: :ok = Store.put(s, i, i)
+    start_member(f, snapshot_every: 64, reads: :local)
+    eventually(fn -> safe_size(store(f)) == 1_000 end, 20_000)
+    assert Store.get(store(f), 999) == 999
+    assert Enum.any?(File.ls!(leader.dir), &String.starts_with?(&1, "snapshot-"))
+  end
+
+  test "a member added to the group catches up and votes; one removed leaves it" do
+    members = start(3)
+    leader = await_leader(members)
+    s = open!(leader)
+    for i <- 1..20, do: :ok = Store.put(s, i, i)
+    base = Path.dirname(hd(members).dir)
+
+    new = %{
+      id: 4,
+      name: :"#{hd(members).name}_4",
+      address: "127.0.0.1:#{free_port()}",
+      dir: Path.join(base, "m4")
+    }
+
+    start_member(new, reads: :local)
+    assert Port.add_member(leader.name, 4, new.address) == :ok
+    eventually(fn -> safe_size(store(new)) == 20 end)
+
+    assert {4, _, :voter} = List.keyfind(Port.raft_status(leader.name).members, 4, 0)
+
+    assert Port.remove_member(leader.name, 4) == :ok
+    assert List.keyfind(Port.raft_status(leader.name).members, 4, 0) == nil
+  end
+
+  test "leadership moves on request" do
+    members = start(3)
+    leader = await_leader(members)
+    [target | _] = Enum.reject(members, &(&1.id == leader.id))
+    assert Port.transfer_leadership(leader.name, target.id) == :ok
+    assert await_leader(members).id == target.id
+  end
+
+  test "a stopped minority (SIGSTOP) leaves the majority serving; once resumed it has one history" do
+    members = start(3, reads: :local)
+    leader = await_leader(members)
+    s = open!(leader)
+    [f | _] = Enum.reject(members, &(&1.id == leader.id))
+    signal(f, "STOP")
+
+    try do
+      for i <- 1..100, do: :ok = Store.put(s, i, i)
+    after
+      signal(f, "CONT")
+    end
+
+    eventually(fn -> safe_size(store(f)) == 100 end)
+    assert Store.to_list(store(f)) |> Enum.sort() == Store.to_list(s) |> Enum.sort()
+  end
+end
