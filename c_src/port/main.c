@@ -456,10 +456,11 @@ int main(int argc, char **argv)
     int loaded = gn_port_load(port);
     if (loaded == 0 && rc_cfg.id) {
         char err[512];
-        if (!(raft = gn_raft_start(loop, port, &rc_cfg, after_raft, err, sizeof err))) {
+        const char *kind;
+        if (!(raft = gn_raft_start(loop, port, &rc_cfg, after_raft, &kind, err, sizeof err))) {
             gn_port_output(port)->len = 0; /* not ready after all */
-            gn_error_text(gn_port_output(port), NULL, "raft_failed", err);
-            gn_diag("raft_failed: %s", err);
+            gn_error_text(gn_port_output(port), NULL, kind, err);
+            gn_diag("%s: %s", kind, err);
             loaded = -1;
         }
     }

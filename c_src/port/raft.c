@@ -60,13 +60,23 @@ typedef struct gn_change {
         struct raft_transfer transfer;
     };
     struct gn_raft *r;
-    uint64_t id; /* the member added, for its promotion to voter */
-    int promote;
+    uint64_t id;              /* the member added, removed, or to lead */
+    int promote;              /* added: to make a voter once it has caught up */
+    struct raft_apply retire; /* removed: its retirement entry */
+    uv_timer_t wait;          /* removed: the heartbeats that carry it */
     gn_buf tag;
 } gn_change;
 
+#define GN_RETIRED_FILE "RETIRED" /* in the directory of a removed member */
+#define GN_BORN_FILE "BORN"       /* when the directory was first used, ms */
+
 struct gn_raft {
     gn_port *p;
+    uv_loop_t *loop;
+    char *dir;
+    unsigned heartbeat_ms;
+    int retired;     /* this member was removed: it serves nothing more */
+    int64_t born_ms; /* when its directory was first used (BORN) */
     struct raft raft;
     struct raft_io io;
     struct raft_uv_transport transport;
@@ -130,6 +140,22 @@ static void drain(gn_port *p)
         gn_port_step(p);
 }
 
+/* This member is being removed from the group (a retirement entry naming
+ * it was committed): it leaves a mark in its directory, which it will not
+ * start on again until reset, and serves nothing more. */
+static void retire(gn_raft *r)
+{
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", r->dir, GN_RETIRED_FILE);
+    FILE *f = fopen(path, "w");
+    if (!f || fputs("removed from its group: reset the directory to reuse it\n", f) < 0 ||
+        fflush(f) || fsync(fileno(f)))
+        gn_diag("raft: cannot mark %s: %s", path, strerror(errno));
+    if (f)
+        fclose(f);
+    r->retired = 1;
+}
+
 static gn_proposal *find_pending(gn_raft *r, uint64_t seq)
 {
     for (gn_proposal *q = r->pending; q; q = q->next)
@@ -146,7 +172,7 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     *result = NULL;
     size_t frame_len = buf->len >= GN_ENTRY_HEADER ? (size_t)gn_be_get(e + 29, 4) : 0;
     if (buf->len < GN_ENTRY_HEADER || memcmp(e, GN_ENTRY_MAGIC, 4) ||
-        (e[4] != 'Q' && e[4] != 'T') || frame_len > buf->len - GN_ENTRY_HEADER) {
+        (e[4] != 'Q' && e[4] != 'T' && e[4] != 'R') || frame_len > buf->len - GN_ENTRY_HEADER) {
         gn_diag(
             "raft: an entry of the log is not ours (%zu bytes: %02x %02x %02x %02x %02x): skipped",
             buf->len, buf->len > 0 ? e[0] : 0, buf->len > 1 ? e[1] : 0, buf->len > 2 ? e[2] : 0,
@@ -158,6 +184,13 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         gn_group_ms = clock;
     uint64_t proposer = gn_be_get(e + 13, 8), seq = gn_be_get(e + 21, 8);
     drain(p); /* what earlier entries and reads left, with its own output */
+    if (e[4] == 'R') {
+        /* an entry proposed before this directory was made names an
+         * earlier member of this id (removed, then its directory reset) */
+        if (seq == r->raft.id && clock >= r->born_ms)
+            retire(r);
+        return 0;
+    }
     if (e[4] == 'T') {
         gn_port_sweep(p); /* purge what has expired by the group's clock */
         drain(p);
@@ -518,6 +551,51 @@ static void on_transferred(struct raft_transfer *req)
     r->after();
 }
 
+/* Removing a member: a retirement entry naming it goes through the log
+ * first, so that the member, still in the group, applies it and marks its
+ * directory; a few heartbeats later (they carry the commit to it) the
+ * member is removed. */
+static void on_retire_waited(uv_handle_t *h)
+{
+    gn_change *c = h->data;
+    c->change.data = c;
+    int rc = raft_remove(&c->r->raft, &c->change, (raft_id)c->id, on_changed);
+    if (rc)
+        change_done(c, rc);
+}
+
+static void on_retire_timer(uv_timer_t *t)
+{
+    uv_close((uv_handle_t *)t, on_retire_waited);
+}
+
+static void on_retired(struct raft_apply *req, int status, void *result)
+{
+    (void)result;
+    gn_change *c = req->data;
+    gn_raft *r = c->r;
+    if (status)
+        return change_done(c, status);
+    c->wait.data = c;
+    if (uv_timer_init(r->loop, &c->wait) ||
+        uv_timer_start(&c->wait, on_retire_timer, 3 * (uint64_t)r->heartbeat_ms, 0))
+        on_retire_waited((uv_handle_t *)&c->wait); /* cannot happen: remove at once */
+}
+
+static int propose_retire(gn_change *c)
+{
+    gn_raft *r = c->r;
+    unsigned char *e = entry_new(r, 'R', c->id, 0);
+    if (!e)
+        return RAFT_NOMEM;
+    c->retire.data = c;
+    struct raft_buffer b = {e, entry_size(0)};
+    int rc = raft_apply(&r->raft, &c->retire, &b, 1, on_retired);
+    if (rc)
+        raft_free(e);
+    return rc;
+}
+
 /* raft_add Id Address | raft_remove Id | raft_transfer Id (0: any) */
 static void membership(gn_raft *r, gn_request *req)
 {
@@ -544,8 +622,7 @@ static void membership(gn_raft *r, gn_request *req)
         c->change.data = c;
         rc = raft_add(&r->raft, &c->change, (raft_id)id, text, on_changed);
     } else if (!strcmp(req->op, "raft_remove")) {
-        c->change.data = c;
-        rc = raft_remove(&r->raft, &c->change, (raft_id)id, on_changed);
+        rc = propose_retire(c);
     } else {
         c->transfer.data = c;
         rc = raft_transfer(&r->raft, &c->transfer, (raft_id)id, on_transferred);
@@ -585,7 +662,10 @@ static void route(void *ctx, const unsigned char *frame, size_t len)
     if (gn_request_decode(&r->p->out, frame, len, &req))
         return;
     int leader = raft_state(&r->raft) == RAFT_LEADER;
-    switch (route_of(req.op)) {
+    int to = route_of(req.op);
+    if (r->retired && to != ROUTE_STATUS && strcmp(req.op, "stop"))
+        return gn_reply_error(&r->p->out, &req.tag, "removed_member");
+    switch (to) {
     case ROUTE_HERE:
         return gn_dispatch(r->p, frame, len);
     case ROUTE_STATUS:
@@ -625,13 +705,42 @@ static int parse_members(const char *text, struct raft_configuration *conf)
     return conf->n ? rc : -1;
 }
 
-gn_raft *gn_raft_start(uv_loop_t *loop, gn_port *p, const gn_raft_config *c, void (*after)(void),
-                       char *err, size_t errlen)
+/* When the directory was first used: read from its BORN file, or written
+ * there now. 0, or -1 (errno). */
+static int born(const char *dir, int64_t *ms)
 {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/%s", dir, GN_BORN_FILE);
+    FILE *f = fopen(path, "r");
+    long long v;
+    if (f) {
+        int ok = fscanf(f, "%lld", &v) == 1;
+        fclose(f);
+        if (!ok) {
+            errno = EINVAL;
+            return -1;
+        }
+        *ms = v;
+        return 0;
+    }
+    *ms = gn_wall_ms();
+    if (!(f = fopen(path, "w")))
+        return -1;
+    int bad = fprintf(f, "%lld\n", (long long)*ms) < 0 || fflush(f) || fsync(fileno(f));
+    return fclose(f) || bad ? -1 : 0;
+}
+
+gn_raft *gn_raft_start(uv_loop_t *loop, gn_port *p, const gn_raft_config *c, void (*after)(void),
+                       const char **kind, char *err, size_t errlen)
+{
+    *kind = "raft_failed";
     gn_raft *r = calloc(1, sizeof *r);
     if (!r)
         abort();
     r->p = p;
+    r->loop = loop;
+    r->dir = strdup(c->dir);
+    r->heartbeat_ms = c->heartbeat_ms ? c->heartbeat_ms : 100;
     r->after = after;
     r->local_reads = c->local_reads;
     r->proposer = ((uint64_t)uv_hrtime() << 16) ^ (uint64_t)getpid() ^ ((uint64_t)c->id << 48);
@@ -647,6 +756,17 @@ gn_raft *gn_raft_start(uv_loop_t *loop, gn_port *p, const gn_raft_config *c, voi
     if (mkdir(c->dir, 0700) && errno != EEXIST) {
         snprintf(err, errlen, "%s: %s", c->dir, strerror(errno));
         return NULL; /* the program exits: nothing to free */
+    }
+    char marker[4096];
+    snprintf(marker, sizeof marker, "%s/%s", c->dir, GN_RETIRED_FILE);
+    if (access(marker, F_OK) == 0) {
+        *kind = "removed_member";
+        snprintf(err, errlen, "%s", c->dir);
+        return NULL;
+    }
+    if (born(c->dir, &r->born_ms)) {
+        snprintf(err, errlen, "%s/%s: %s", c->dir, GN_BORN_FILE, strerror(errno));
+        return NULL;
     }
     if ((rc = raft_uv_tcp_init(&r->transport, loop))) {
         snprintf(err, errlen, "raft_uv_tcp_init: %s", raft_strerror(rc));
@@ -699,6 +819,7 @@ static void on_closed(struct raft *raft)
     raft_uv_tcp_close(&r->transport);
     gn_buf_free(&r->reads_next);
     gn_buf_free(&r->discard);
+    free(r->dir);
     free(r);
 }
 

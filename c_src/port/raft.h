@@ -20,11 +20,21 @@
  *             member expires entries alike; the leader proposes a tick
  *             every sweep interval, which also purges what has expired
  *
- * An entry is "GNR1" | kind (1: 'Q' a request, 'T' a tick) | clock ms (8)
+ * An entry is "GNR1" | kind (1: 'Q' a request, 'T' a tick, 'R' the
+ * retirement of the member whose id is the sequence) | clock ms (8)
  * | proposer (8: a number drawn at the program's start) | sequence (8) |
  * frame length (4) | the request frame ('Q' only) | zeros to a multiple of
  * 8 bytes. libraft snapshots are the program's image
  * (image.h) behind "GNI1" | the group's clock (8).
+ *
+ * Removing a member proposes its retirement first: the member applies it,
+ * leaves a RETIRED file in its directory and serves nothing more; once
+ * the entry is committed, and a few heartbeats have carried that to the
+ * member, it is removed from the configuration. A program refuses to start
+ * on a directory holding RETIRED (removed_member) until it is reset. A
+ * directory's BORN file says when it was first used: a retirement proposed
+ * before (by the proposer's clock) names an earlier member of the same id,
+ * and a member that joins again after a reset skips it as it catches up.
  *
  * Everything runs on the loop thread; libraft calls back on it.
  */
@@ -52,9 +62,11 @@ typedef struct gn_raft gn_raft;
 /* Starts the member on `loop`; requests from the VM now go through it.
  * `after` is called whenever it has appended replies to the program's
  * output outside a request (an entry applied, a tick through), or queued
- * long work. NULL when it cannot start, the reason in err. */
+ * long work. NULL when it cannot start: *kind is "removed_member" (the
+ * directory's group removed this member; err: the directory) or
+ * "raft_failed" (err says why). */
 gn_raft *gn_raft_start(uv_loop_t *loop, gn_port *p, const gn_raft_config *c, void (*after)(void),
-                       char *err, size_t errlen);
+                       const char **kind, char *err, size_t errlen);
 
 /* The TTL sweep's turn: the leader proposes a tick. */
 void gn_raft_sweep(gn_raft *r);

@@ -331,6 +331,19 @@ defmodule GenNative.Port do
   def remove_member(name, id) when is_atom(name) and is_integer(id) and id > 0,
     do: request(name, {:raft_remove, nil, id}, :single, {__MODULE__, :remove_member, [name, id]})
 
+  @doc """
+  Empties a Raft member's data directory (no program may be using it), so
+  that it can join a group again as a new member: a member removed from its
+  group refuses to start on its old directory (`{:error, {:removed_member,
+  dir}}`). Everything the directory held is gone.
+  """
+  @spec reset_member(Path.t()) :: :ok
+  def reset_member(dir) do
+    dir = Path.expand(path!(dir))
+    File.rm_rf!(dir)
+    :ok
+  end
+
   @doc "The stores the program holds: a list of `{name, type}`."
   @spec stores(name()) :: [{atom(), :set | :ordered_set}]
   def stores(name) when is_atom(name),

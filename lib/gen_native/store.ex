@@ -901,6 +901,11 @@ defmodule GenNative.Store do
           else:
             raise(GenNative.Store.ReplicationError, reason: reason, detail: detail, store: store)
 
+      {:error, :removed_member} = error ->
+        if fun in @writes,
+          do: error,
+          else: raise(GenNative.Store.ReplicationError, reason: :removed_member, store: store)
+
       {:error, reason} when reason != :full and not is_tuple(reason) ->
         port_error(reason, store, fun)
 

@@ -68,7 +68,7 @@ defmodule GenNative.ReplicationTest do
   test "kill -9 of the leader under writes: a new leader serves, no acknowledged write is lost, none applied twice" do
     members = start(3)
     leader = await_leader(members)
-    s = open!(leader, :counters)
+    _ = open!(leader, :counters)
     clients = 4
 
     # each client increments its own counter on whoever leads, until told
@@ -193,5 +193,58 @@ defmodule GenNative.ReplicationTest do
 
     eventually(fn -> safe_size(store(f)) == 100 end)
     assert Store.to_list(store(f)) |> Enum.sort() == Store.to_list(s) |> Enum.sort()
+  end
+
+  test "a removed member's directory is refused until it is reset" do
+    members = start(3)
+    leader = await_leader(members)
+    s = open!(leader)
+    :ok = Store.put(s, :a, 1)
+    [f | _] = Enum.reject(members, &(&1.id == leader.id))
+    assert Port.remove_member(leader.name, f.id) == :ok
+    # it applied its retirement before it was removed
+    eventually(fn -> File.exists?(Path.join(f.dir, "RETIRED")) end)
+    assert Store.put(store(f), :b, 2) == {:error, :removed_member}
+    kill(f)
+
+    assert {:error, reason} =
+             start_supervised(
+               {Port, name: f.name, dir: f.dir, raft: [id: f.id, address: f.address]},
+               restart: :temporary,
+               id: :old_dir
+             )
+
+    assert inspect(reason) =~ "{:removed_member, #{inspect(f.dir)}}"
+    # reset, it joins again as a new member
+    :ok = Port.reset_member(f.dir)
+    start_member(f, reads: :local)
+    assert Port.add_member(leader.name, f.id, f.address) == :ok
+    eventually(fn -> safe_size(store(f)) == 1 end)
+  end
+
+  test "a stopped leader (SIGSTOP): the majority elects another; the old one, resumed, follows it" do
+    members = start(3, reads: :local)
+    leader = await_leader(members)
+    s = open!(leader)
+    :ok = Store.put(s, :before, 1)
+    signal(leader, "STOP")
+    rest = Enum.reject(members, &(&1.id == leader.id))
+
+    new =
+      try do
+        new = await_leader(rest)
+        ns = store(new)
+        for i <- 1..50, do: :ok = Store.put(ns, i, i)
+        new
+      after
+        signal(leader, "CONT")
+      end
+
+    eventually(fn ->
+      match?(%{state: :follower, leader: {id, _}} when id == new.id, safe_status(leader))
+    end)
+
+    eventually(fn -> safe_size(store(leader)) == 51 end)
+    assert Store.to_list(store(leader)) |> Enum.sort() == Store.to_list(store(new)) |> Enum.sort()
   end
 end

@@ -25,8 +25,11 @@ defmodule GenNative.Test.RaftCluster do
   `opts` go into each member's `:raft` options (e.g. `reads: :local`).
   """
   def start(n, opts \\ []) do
-    base = Path.join(System.tmp_dir!(), "gn_raft_#{System.unique_integer([:positive])}")
-    tag = System.unique_integer([:positive])
+    # unique across runs too: a directory left by an earlier run holds a
+    # group of other addresses
+    tag = "#{System.os_time(:microsecond)}_#{System.unique_integer([:positive])}"
+    base = Path.join(System.tmp_dir!(), "gn_raft_#{tag}")
+    ExUnit.Callbacks.on_exit(fn -> File.rm_rf(base) end)
 
     members =
       for id <- 1..n do

@@ -11,6 +11,8 @@ defmodule GenNative.Store.ReplicationError do
     * `reason: :leadership_lost` - the member lost the leadership while the
       read waited; `detail` as above.
     * `reason: :raft` - libraft refused the request; `detail` says why.
+    * `reason: :removed_member` - the member was removed from its group
+      (writes return `{:error, :removed_member}`).
 
   See guides/replication.md.
   """
