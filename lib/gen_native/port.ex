@@ -374,6 +374,7 @@ defmodule GenNative.Port do
         # the reply is sent to this alias: once the monitor is gone (reply,
         # DOWN, timeout), a late reply is dropped
         ref = :erlang.monitor(:process, owner, [{:alias, :demonitor}])
+        request = with_request_id(name, request)
 
         try do
           :erlang.port_command(
@@ -402,6 +403,20 @@ defmodule GenNative.Port do
 
       nil ->
         exit({:noproc, location})
+    end
+  end
+
+  # A replicated program's request under GenNative.Store.with_request_id/2:
+  # {rid, {Client, Seq}, Op, Store, Args...}.
+  defp with_request_id(name, request) do
+    case Process.get(:"$gn_request_id") do
+      {client, seq} ->
+        if :persistent_term.get({__MODULE__, name, :raft}, false),
+          do: :erlang.insert_element(1, :erlang.insert_element(1, request, {client, seq}), :rid),
+          else: request
+
+      nil ->
+        request
     end
   end
 
@@ -459,6 +474,7 @@ defmodule GenNative.Port do
          {:ok, port, os_pid} <- open(config),
          :ok <- await_ready(port, os_pid, config.name) do
       :persistent_term.put({__MODULE__, config.name}, {self(), port, config.timeout})
+      :persistent_term.put({__MODULE__, config.name, :raft}, config.raft != [])
       # the key to wait on, should this server be killed without terminate/2
       :persistent_term.put({__MODULE__, config.name, :os_pid}, os_pid)
       {:ok, %{name: config.name, port: port, os_pid: os_pid, fatal: nil}}
@@ -610,6 +626,7 @@ defmodule GenNative.Port do
     end
 
     :persistent_term.erase({__MODULE__, s.name, :os_pid})
+    :persistent_term.erase({__MODULE__, s.name, :raft})
     :ok
   end
 

@@ -90,6 +90,48 @@ defmodule GenNative.Store do
   alias GenNative.Native
   alias GenNative.Store.PortHandle
 
+  @doc """
+  A fresh request id for `with_request_id/2`: `{client, seq}`, where
+  `client` is drawn once per process (a random 62-bit integer) and `seq`
+  counts up.
+  """
+  @spec request_id() :: {pos_integer(), pos_integer()}
+  def request_id do
+    client =
+      Process.get(:"$gn_client") ||
+        tap(:rand.uniform(1 <<< 62), &Process.put(:"$gn_client", &1))
+
+    seq = (Process.get(:"$gn_seq") || 0) + 1
+    Process.put(:"$gn_seq", seq)
+    {client, seq}
+  end
+
+  @doc """
+  Runs `fun`, which makes one write on a store of a replicated
+  `GenNative.Port`, under the request id `id` (`request_id/0`). The group
+  keeps each client's last id and the reply it got, in its replicated
+  state: when the outcome of a write is unknown
+  (`{:error, {:leadership_lost, leader}}`, a timeout), retrying it under
+  the same id, on whichever member leads now, applies it once; the retry
+  gets the first reply. A client's id is kept for 10 minutes (of the
+  group's clock) after its last request; an id older than the client's
+  last gets `{:error, :stale_request}`. Stores of other programs ignore it.
+  """
+  @spec with_request_id({pos_integer(), pos_integer()}, (() -> result)) :: result when result: var
+  def with_request_id({client, seq} = id, fun)
+      when is_integer(client) and client > 0 and client < 1 <<< 63 and is_integer(seq) and
+             seq > 0 and seq < 1 <<< 63 and is_function(fun, 0) do
+    previous = Process.put(:"$gn_request_id", id)
+
+    try do
+      fun.()
+    after
+      if previous,
+        do: Process.put(:"$gn_request_id", previous),
+        else: Process.delete(:"$gn_request_id")
+    end
+  end
+
   # What a replicated program answers a request it cannot serve (see
   # guides/replication.md): a write returns it; a read raises it.
   @replication_errors [:not_leader, :leadership_lost, :raft]
@@ -901,10 +943,10 @@ defmodule GenNative.Store do
           else:
             raise(GenNative.Store.ReplicationError, reason: reason, detail: detail, store: store)
 
-      {:error, :removed_member} = error ->
+      {:error, reason} = error when reason in [:removed_member, :stale_request] ->
         if fun in @writes,
           do: error,
-          else: raise(GenNative.Store.ReplicationError, reason: :removed_member, store: store)
+          else: raise(GenNative.Store.ReplicationError, reason: reason, store: store)
 
       {:error, reason} when reason != :full and not is_tuple(reason) ->
         port_error(reason, store, fun)

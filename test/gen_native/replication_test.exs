@@ -247,4 +247,26 @@ defmodule GenNative.ReplicationTest do
     eventually(fn -> safe_size(store(leader)) == 51 end)
     assert Store.to_list(store(leader)) |> Enum.sort() == Store.to_list(store(new)) |> Enum.sort()
   end
+
+  test "a write retried under its request id is applied once, also after the leader changed" do
+    members = start(3)
+    leader = await_leader(members)
+    s = open!(leader)
+    id = Store.request_id()
+    assert Store.with_request_id(id, fn -> Store.update_counter(s, :n, 1) end) == 1
+    # the same id again: not applied again; the first reply
+    assert Store.with_request_id(id, fn -> Store.update_counter(s, :n, 1) end) == 1
+    assert Store.get(s, :n) == 1
+    id2 = Store.request_id()
+    assert Store.with_request_id(id2, fn -> Store.update_counter(s, :n, 1) end) == 2
+    # an older id of the same client
+    assert Store.with_request_id(id, fn -> Store.update_counter(s, :n, 1) end) ==
+             {:error, :stale_request}
+
+    # the ids are replicated state: the new leader knows them
+    kill(leader)
+    new = await_leader(Enum.reject(members, &(&1.id == leader.id)))
+    assert Store.with_request_id(id2, fn -> Store.update_counter(store(new), :n, 1) end) == 2
+    assert Store.get(store(new), :n) == 2
+  end
 end
