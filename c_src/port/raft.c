@@ -15,32 +15,10 @@
 #include "dispatch.h"
 #include "image.h"
 #include "raft.h"
+#include "raft_log.h"
 #include "reply.h"
 #include "request.h"
 #include "state.h"
-
-#define GN_ENTRY_MAGIC "GNR1"
-/* magic (4) | kind (1) | clock (8) | proposer (8) | sequence (8) | client
- * (8) | request (8) | frame length (4); the frame follows, then zeros to a
- * multiple of 8 bytes (libraft lays entries out 8-byte aligned in the
- * batches it sends and stores, and an entry of another length comes back
- * shifted) */
-#define GN_ENTRY_HEADER 49
-#define GN_AT_CLIENT 29
-#define GN_AT_FRAME_LEN 45
-
-/* How long the group keeps a client's last request id and reply (by the
- * group's clock): a retry must come within it. */
-#define GN_RID_KEEP_MS (10 * 60 * 1000)
-#define GN_RID_BUCKETS 1024
-
-/* An entry's bytes: header, frame, padding. */
-static size_t entry_size(size_t frame_len)
-{
-    return (GN_ENTRY_HEADER + frame_len + 7) & ~(size_t)7;
-}
-#define GN_IMAGE_MAGIC "GNI1"
-#define GN_IMAGE_HEADER 12 /* magic (4) | the group's clock (8) */
 
 /* A write proposed by this member, until its entry is applied here (it is
  * answered then) or libraft gives up on it. */
@@ -75,15 +53,6 @@ typedef struct gn_change {
     gn_buf tag;
 } gn_change;
 
-/* A client's last request id, and the reply it got (the frame's bytes
- * after the tag), kept in the replicated state. */
-typedef struct gn_rid {
-    struct gn_rid *next;
-    uint64_t client, seq;
-    int64_t at; /* the group's clock when it was applied */
-    gn_buf reply;
-} gn_rid;
-
 #define GN_RETIRED_FILE "RETIRED" /* in the directory of a removed member */
 #define GN_BORN_FILE "BORN"       /* when the directory was first used, ms */
 
@@ -102,12 +71,12 @@ struct gn_raft {
     uint64_t proposer, seq;
     gn_proposal *pending; /* writes in flight, oldest first */
     gn_proposal *pending_tail;
-    gn_tick *tick;                /* the tick in flight, if any */
-    gn_buf reads_next;            /* reads that came after it: they need the next */
-    int sweep_tick;               /* a tick proposed by the sweep is in flight */
-    gn_buf discard;               /* the output of requests applied for other members */
-    gn_rid *rids[GN_RID_BUCKETS]; /* by client */
-    gn_buf inner;                 /* a request unwrapped from its id */
+    gn_tick *tick;     /* the tick in flight, if any */
+    gn_buf reads_next; /* reads that came after it: they need the next */
+    int sweep_tick;    /* a tick proposed by the sweep is in flight */
+    gn_buf discard;    /* the output of requests applied for other members */
+    gn_rids rids;      /* request ids (raft_log.h) */
+    gn_buf inner;      /* a request unwrapped from its id */
     void (*after)(void);
 };
 
@@ -159,138 +128,6 @@ static void drain(gn_port *p)
         gn_port_step(p);
 }
 
-/* ------------------------------------------------------------------------ */
-/* Request ids                                                               */
-
-static gn_rid **rid_bucket(gn_raft *r, uint64_t client)
-{
-    return &r->rids[(client * 0x9E3779B97F4A7C15ull) >> 54];
-}
-
-static gn_rid *rid_find(gn_raft *r, uint64_t client)
-{
-    for (gn_rid *d = *rid_bucket(r, client); d; d = d->next)
-        if (d->client == client)
-            return d;
-    return NULL;
-}
-
-static gn_rid *rid_put(gn_raft *r, uint64_t client)
-{
-    gn_rid *d = rid_find(r, client);
-    if (!d) {
-        gn_rid **b = rid_bucket(r, client);
-        if (!(d = calloc(1, sizeof *d)))
-            abort();
-        d->client = client;
-        d->next = *b;
-        *b = d;
-    }
-    return d;
-}
-
-/* Keeps `client`'s request `seq` and its reply: the first frame written to
- * `out` from `from` on (its bytes after the tag). */
-static void rid_keep(gn_raft *r, uint64_t client, uint64_t seq, int64_t at, const gn_buf *out,
-                     size_t from)
-{
-    gn_rid *d = rid_put(r, client);
-    d->seq = seq;
-    d->at = at;
-    d->reply.len = 0;
-    if (out->len - from < 6)
-        return;
-    size_t len = (size_t)gn_be_get(out->data + from, 4);
-    size_t tag = (size_t)gn_be_get(out->data + from + 4, 2);
-    if (6 + tag <= 4 + len && from + 4 + len <= out->len)
-        gn_buf_put(&d->reply, out->data + from + 6 + tag, len - 2 - tag);
-}
-
-/* A reply as kept (rid_keep), under another tag. */
-static void reply_cached(gn_buf *out, const gn_slice *tag, const gn_buf *reply)
-{
-    if (!reply->len)
-        return gn_reply_error(out, tag, "stale_request");
-    size_t m = gn_frame_begin(out, tag->data, tag->len);
-    out->len--; /* the reply holds its own version byte */
-    gn_buf_put(out, reply->data, reply->len);
-    gn_frame_end(out, m);
-}
-
-static void rid_free(gn_rid *d)
-{
-    gn_buf_free(&d->reply);
-    free(d);
-}
-
-/* Forgets the clients whose last request is older than GN_RID_KEEP_MS. */
-static void rids_expire(gn_raft *r)
-{
-    for (size_t b = 0; b < GN_RID_BUCKETS; b++)
-        for (gn_rid **at = &r->rids[b]; *at;) {
-            gn_rid *d = *at;
-            if (d->at + GN_RID_KEEP_MS < gn_group_ms) {
-                *at = d->next;
-                rid_free(d);
-            } else {
-                at = &d->next;
-            }
-        }
-}
-
-static void rids_clear(gn_raft *r)
-{
-    for (size_t b = 0; b < GN_RID_BUCKETS; b++)
-        while (r->rids[b]) {
-            gn_rid *d = r->rids[b];
-            r->rids[b] = d->next;
-            rid_free(d);
-        }
-}
-
-/* The request ids, in a snapshot: count (8), then client (8) | seq (8) |
- * at (8) | reply length (4) | reply, each. */
-static void rids_write(gn_raft *r, gn_buf *img)
-{
-    size_t count_at = img->len;
-    uint64_t count = 0;
-    gn_buf_be(img, 0, 8);
-    for (size_t b = 0; b < GN_RID_BUCKETS; b++)
-        for (gn_rid *d = r->rids[b]; d; d = d->next, count++) {
-            gn_buf_be(img, d->client, 8);
-            gn_buf_be(img, d->seq, 8);
-            gn_buf_be(img, (uint64_t)d->at, 8);
-            gn_buf_be(img, d->reply.len, 4);
-            gn_buf_put(img, d->reply.data, d->reply.len);
-        }
-    gn_be_put(img->data + count_at, count, 8);
-}
-
-/* Reads them back into `r` (emptied first); the bytes read, or 0 if
- * malformed. */
-static size_t rids_read(gn_raft *r, const unsigned char *d, size_t len)
-{
-    rids_clear(r);
-    if (len < 8)
-        return 0;
-    uint64_t count = gn_be_get(d, 8);
-    size_t at = 8;
-    for (uint64_t i = 0; i < count; i++) {
-        if (len - at < 28)
-            return 0;
-        size_t n = (size_t)gn_be_get(d + at + 24, 4);
-        if (len - at - 28 < n)
-            return 0;
-        gn_rid *x = rid_put(r, gn_be_get(d + at, 8));
-        x->seq = gn_be_get(d + at + 8, 8);
-        x->at = (int64_t)gn_be_get(d + at + 16, 8);
-        x->reply.len = 0;
-        gn_buf_put(&x->reply, d + at + 28, n);
-        at += 28 + n;
-    }
-    return at;
-}
-
 /* This member is being removed from the group (a retirement entry naming
  * it was committed): it leaves a mark in its directory, which it will not
  * start on again until reset, and serves nothing more. */
@@ -319,45 +156,37 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
 {
     gn_raft *r = fsm->data;
     gn_port *p = r->p;
-    const unsigned char *e = buf->base;
+    gn_entry e;
     *result = NULL;
-    size_t frame_len = buf->len >= GN_ENTRY_HEADER ? (size_t)gn_be_get(e + GN_AT_FRAME_LEN, 4) : 0;
-    if (buf->len < GN_ENTRY_HEADER || memcmp(e, GN_ENTRY_MAGIC, 4) ||
-        (e[4] != 'Q' && e[4] != 'T' && e[4] != 'R') || frame_len > buf->len - GN_ENTRY_HEADER) {
-        gn_diag(
-            "raft: an entry of the log is not ours (%zu bytes: %02x %02x %02x %02x %02x): skipped",
-            buf->len, buf->len > 0 ? e[0] : 0, buf->len > 1 ? e[1] : 0, buf->len > 2 ? e[2] : 0,
-            buf->len > 3 ? e[3] : 0, buf->len > 4 ? e[4] : 0);
+    if (gn_entry_parse(buf->base, buf->len, &e)) {
+        gn_diag("raft: an entry of the log is not ours (%zu bytes): skipped", buf->len);
         return 0;
     }
-    int64_t clock = (int64_t)gn_be_get(e + 5, 8);
-    if (clock > gn_group_ms)
-        gn_group_ms = clock;
-    uint64_t proposer = gn_be_get(e + 13, 8), seq = gn_be_get(e + 21, 8);
+    if (e.clock > gn_group_ms)
+        gn_group_ms = e.clock;
     drain(p); /* what earlier entries and reads left, with its own output */
-    if (e[4] == 'R') {
+    if (e.kind == 'R') {
         /* an entry proposed before this directory was made names an
          * earlier member of this id (removed, then its directory reset) */
-        if (seq == r->raft.id && clock >= r->born_ms)
+        if (e.seq == r->raft.id && e.clock >= r->born_ms)
             retire(r);
         return 0;
     }
-    if (e[4] == 'T') {
+    if (e.kind == 'T') {
         gn_port_sweep(p); /* purge what has expired by the group's clock */
         drain(p);
-        rids_expire(r);
+        gn_rids_expire(&r->rids, gn_group_ms);
         return 0;
     }
-    gn_proposal *q = proposer == r->proposer ? find_pending(r, seq) : NULL;
-    uint64_t client = gn_be_get(e + GN_AT_CLIENT, 8), rseq = gn_be_get(e + GN_AT_CLIENT + 8, 8);
-    gn_rid *d = client ? rid_find(r, client) : NULL;
-    if (d && rseq <= d->seq) {
+    gn_proposal *q = e.proposer == r->proposer ? find_pending(r, e.seq) : NULL;
+    gn_rid *d = e.client ? gn_rid_find(&r->rids, e.client) : NULL;
+    if (d && e.request <= d->seq) {
         /* a retry of a request already applied (or an older one): not
          * applied again; the proposer gets the first reply */
         if (q) {
             gn_slice tag = gn_buf_slice(&q->tag);
-            if (rseq == d->seq)
-                reply_cached(&p->out, &tag, &d->reply);
+            if (e.request == d->seq)
+                gn_rid_reply(&p->out, &tag, &d->reply);
             else
                 gn_reply_error(&p->out, &tag, "stale_request");
             q->answered = 1;
@@ -368,10 +197,10 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
     if (!q)
         p->out = r->discard; /* another member's request: it answers it */
     size_t before = p->out.len;
-    gn_dispatch(p, e + GN_ENTRY_HEADER, frame_len);
+    gn_dispatch(p, e.frame, e.frame_len);
     drain(p);
-    if (client)
-        rid_keep(r, client, rseq, clock, &p->out, before);
+    if (e.client)
+        gn_rid_keep(&r->rids, e.client, e.request, e.clock, &p->out, before);
     if (q) {
         q->answered = 1;
     } else {
@@ -389,9 +218,7 @@ static int fsm_snapshot(struct raft_fsm *fsm, struct raft_buffer *bufs[], unsign
 {
     gn_raft *r = fsm->data;
     gn_buf img = {0};
-    gn_buf_put(&img, GN_IMAGE_MAGIC, 4);
-    gn_buf_be(&img, (uint64_t)gn_group_ms, 8);
-    rids_write(r, &img);
+    gn_snapshot_begin(&img, gn_group_ms, &r->rids);
     gn_image_write(r->p, &img);
     *bufs = raft_malloc(sizeof **bufs);
     if (!*bufs) {
@@ -420,16 +247,20 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
     gn_raft *r = fsm->data;
     const unsigned char *d = buf->base;
     int rc = RAFT_MALFORMED;
-    size_t ids;
-    if (buf->len >= GN_IMAGE_HEADER && !memcmp(d, GN_IMAGE_MAGIC, 4) &&
-        (ids = rids_read(r, d + GN_IMAGE_HEADER, buf->len - GN_IMAGE_HEADER))) {
+    gn_rids ids = {0};
+    int64_t clock;
+    size_t at = gn_snapshot_parse(d, buf->len, &clock, &ids);
+    if (at) {
         drain(r->p);
-        size_t at = GN_IMAGE_HEADER + ids;
         if (gn_image_load(r->p, d + at, buf->len - at) == 0) {
-            gn_group_ms = (int64_t)gn_be_get(d + 4, 8);
+            gn_rids_clear(&r->rids);
+            r->rids = ids;
+            gn_group_ms = clock;
             rc = 0;
         }
     }
+    if (rc)
+        gn_rids_clear(&ids);
     if (rc)
         gn_diag("raft: a snapshot that is not ours (%zu bytes): not restored", buf->len);
     raft_free(buf->base);
@@ -439,20 +270,15 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 /* ------------------------------------------------------------------------ */
 /* Proposing                                                                 */
 
-/* An entry's buffer, with its header; the frame (if any) follows. */
-static unsigned char *entry_new(gn_raft *r, int kind, uint64_t seq, size_t frame_len)
+/* An entry's buffer, with its header; the frame (if any) goes at
+ * GN_ENTRY_HEADER. */
+static unsigned char *entry_new(gn_raft *r, int kind, uint64_t seq, size_t frame_len,
+                                uint64_t client, uint64_t request)
 {
-    unsigned char *e = raft_malloc(entry_size(frame_len));
-    if (!e)
-        return NULL;
-    memset(e + GN_ENTRY_HEADER + frame_len, 0, entry_size(frame_len) - GN_ENTRY_HEADER - frame_len);
-    gn_be_put(e + GN_AT_CLIENT, 0, 16); /* no request id */
-    gn_be_put(e + GN_AT_FRAME_LEN, frame_len, 4);
-    memcpy(e, GN_ENTRY_MAGIC, 4);
-    e[4] = (unsigned char)kind;
-    gn_be_put(e + 5, (uint64_t)gn_wall_ms(), 8);
-    gn_be_put(e + 13, r->proposer, 8);
-    gn_be_put(e + 21, seq, 8);
+    gn_entry h = {kind, gn_wall_ms(), r->proposer, seq, client, request, NULL, frame_len};
+    unsigned char *e = raft_malloc(gn_entry_size(frame_len));
+    if (e)
+        gn_entry_write(e, &h);
     return e;
 }
 
@@ -496,20 +322,18 @@ static void propose_write(gn_raft *r, const gn_slice *tag, const unsigned char *
                           uint64_t client, uint64_t rseq)
 {
     gn_proposal *q = calloc(1, sizeof *q);
-    unsigned char *e = q ? entry_new(r, 'Q', ++r->seq, len) : NULL;
+    unsigned char *e = q ? entry_new(r, 'Q', ++r->seq, len, client, rseq) : NULL;
     if (!e) {
         free(q);
         gn_reply_error(&r->p->out, tag, "enomem");
         return;
     }
     memcpy(e + GN_ENTRY_HEADER, frame, len);
-    gn_be_put(e + GN_AT_CLIENT, client, 8);
-    gn_be_put(e + GN_AT_CLIENT + 8, rseq, 8);
     q->r = r;
     q->seq = r->seq;
     gn_buf_put(&q->tag, tag->data, tag->len);
     q->req.data = q;
-    struct raft_buffer b = {e, entry_size(len)};
+    struct raft_buffer b = {e, gn_entry_size(len)};
     int rc = raft_apply(&r->raft, &q->req, &b, 1, on_write_applied);
     if (rc) {
         raft_free(e);
@@ -572,7 +396,7 @@ static void on_tick_applied(struct raft_apply *req, int status, void *result)
 static void propose_tick(gn_raft *r, int sweep)
 {
     gn_tick *t = calloc(1, sizeof *t);
-    unsigned char *e = t ? entry_new(r, 'T', 0, 0) : NULL;
+    unsigned char *e = t ? entry_new(r, 'T', 0, 0, 0, 0) : NULL;
     if (!e) {
         free(t);
         if (!sweep)
@@ -586,7 +410,7 @@ static void propose_tick(gn_raft *r, int sweep)
         t->reads = r->reads_next;
         memset(&r->reads_next, 0, sizeof r->reads_next);
     }
-    struct raft_buffer b = {e, entry_size(0)};
+    struct raft_buffer b = {e, gn_entry_size(0)};
     int rc = raft_apply(&r->raft, &t->req, &b, 1, on_tick_applied);
     if (rc) {
         raft_free(e);
@@ -764,11 +588,11 @@ static void on_retired(struct raft_apply *req, int status, void *result)
 static int propose_retire(gn_change *c)
 {
     gn_raft *r = c->r;
-    unsigned char *e = entry_new(r, 'R', c->id, 0);
+    unsigned char *e = entry_new(r, 'R', c->id, 0, 0, 0);
     if (!e)
         return RAFT_NOMEM;
     c->retire.data = c;
-    struct raft_buffer b = {e, entry_size(0)};
+    struct raft_buffer b = {e, gn_entry_size(0)};
     int rc = raft_apply(&r->raft, &c->retire, &b, 1, on_retired);
     if (rc)
         raft_free(e);
@@ -834,31 +658,6 @@ static int route_of(const char *op)
     return ROUTE_READ; /* and unknown ops, which dispatch refuses */
 }
 
-/* {Tag, rid, {Client, Seq}, Op, Store, Args...}: the request {Tag, Op,
- * Store, Args...} into `inner`, its id into *client, *seq. 0, or -1 if it
- * is not one (Client and Seq: integers, Client not 0). */
-static int unwrap_rid(const unsigned char *frame, size_t len, gn_buf *inner, uint64_t *client,
-                      uint64_t *seq)
-{
-    gn_etf e = {frame, len, 1};
-    uint32_t arity, pair;
-    gn_slice tag;
-    int64_t c, q;
-    if (len < 1 || frame[0] != 131 || gn_etf_tuple(&e, &arity) || arity < 4 ||
-        gn_etf_skip(&e, &tag) || !gn_etf_is_atom(&e, "rid") || gn_etf_skip(&e, NULL) ||
-        gn_etf_tuple(&e, &pair) || pair != 2 || gn_etf_int64(&e, &c) || gn_etf_int64(&e, &q) ||
-        c == 0)
-        return -1;
-    inner->len = 0;
-    gn_enc_version(inner);
-    gn_enc_tuple(inner, arity - 2);
-    gn_buf_put(inner, tag.data, tag.len);
-    gn_buf_put(inner, frame + e.at, len - e.at);
-    *client = (uint64_t)c;
-    *seq = (uint64_t)q;
-    return 0;
-}
-
 static void route(void *ctx, const unsigned char *frame, size_t len)
 {
     gn_raft *r = ctx;
@@ -867,7 +666,7 @@ static void route(void *ctx, const unsigned char *frame, size_t len)
     if (gn_request_decode(&r->p->out, frame, len, &req))
         return;
     if (!strcmp(req.op, "rid")) {
-        if (unwrap_rid(frame, len, &r->inner, &client, &rseq))
+        if (gn_unwrap_rid(frame, len, &r->inner, &client, &rseq))
             return gn_reply_badarg(&r->p->out, &req.tag,
                                    "expected {Tag, rid, {Client, Seq}, Op, Store, Args...}");
         frame = r->inner.data;
@@ -1033,7 +832,7 @@ static void on_closed(struct raft *raft)
     raft_uv_tcp_close(&r->transport);
     gn_buf_free(&r->reads_next);
     gn_buf_free(&r->discard);
-    rids_clear(r);
+    gn_rids_clear(&r->rids);
     gn_buf_free(&r->inner);
     free(r->dir);
     free(r);

@@ -20,12 +20,9 @@
  *             member expires entries alike; the leader proposes a tick
  *             every sweep interval, which also purges what has expired
  *
- * An entry is "GNR1" | kind (1: 'Q' a request, 'T' a tick, 'R' the
- * retirement of the member whose id is the sequence) | clock ms (8)
- * | proposer (8: a number drawn at the program's start) | sequence (8) |
- * frame length (4) | the request frame ('Q' only) | zeros to a multiple of
- * 8 bytes. libraft snapshots are the program's image
- * (image.h) behind "GNI1" | the group's clock (8).
+ * The entries of the log (a request, a tick, a member's retirement) and
+ * the snapshots (the program's image, image.h, behind the group's clock and
+ * its request ids) are laid out in raft_log.h.
  *
  * Removing a member proposes its retirement first: the member applies it,
  * leaves a RETIRED file in its directory and serves nothing more; once

@@ -46,3 +46,22 @@ seeds = %{
 for {name, reqs} <- seeds do
   File.write!(Path.join(__DIR__, name <> ".bin"), Enum.map(reqs, frame))
 end
+
+# What a replicated program decodes (fuzz.c: inputs behind "GNRF"): a log
+# entry carrying a put under a request id, and a snapshot (request ids,
+# then an image: an OPEN and a MANY record, each length | CRC | body).
+request = :erlang.term_to_binary({1, :put, :kv, :k, "v", 0})
+entry = <<"GNR1", ?Q, 1_700_000_000_000::64, 7::64, 1::64, 42::64, 3::64>>
+entry = entry <> <<byte_size(request)::32>> <> request
+entry = entry <> :binary.copy(<<0>>, rem(8 - rem(byte_size(entry), 8), 8))
+File.write!(Path.join(__DIR__, "raft_entry"), "GNRF" <> entry)
+
+record = fn body -> <<byte_size(body)::32, :erlang.crc32(body)::32>> <> body end
+key = :erlang.term_to_binary(1)
+val = :erlang.term_to_binary(2)
+open_rec = <<?O, 2::16, "kv", 1, 0::64>>
+many = <<?M, 2::16, "kv", 1::32, byte_size(key)::32>> <> key <> <<byte_size(val)::32>> <> val <> <<0::64>>
+reply = :erlang.term_to_binary(:ok)
+ids = <<1::64, 9::64, 1::64, 1_700_000_000_000::64, byte_size(reply)::32>> <> reply
+snapshot = <<"GNI1", 1_700_000_000_000::64>> <> ids <> record.(open_rec) <> record.(many)
+File.write!(Path.join(__DIR__, "raft_snapshot"), "GNRF" <> snapshot)
