@@ -304,13 +304,12 @@ static void on_write_applied(struct raft_apply *req, int status, void *result)
     gn_raft *r = q->r;
     unlink_pending(r, q);
     if (!q->answered) {
+        /* its entry is in the log (raft_apply took it): whatever libraft
+         * says now (leadership lost, shut down), a later leader may still
+         * commit it */
+        (void)status;
         gn_slice tag = gn_buf_slice(&q->tag);
-        if (status == RAFT_NOTLEADER)
-            reply_leader(r, &tag, "not_leader");
-        else if (status == RAFT_LEADERSHIPLOST || status == RAFT_SHUTDOWN)
-            reply_leader(r, &tag, "leadership_lost");
-        else
-            reply_raft_error(r, &tag, status ? status : RAFT_MALFORMED);
+        reply_leader(r, &tag, "leadership_lost");
     }
     gn_buf_free(&q->tag);
     free(q);
@@ -743,6 +742,26 @@ static int born(const char *dir, int64_t *ms)
     return fclose(f) || bad ? -1 : 0;
 }
 
+static void on_closed(struct raft *raft);
+
+/* Undoes a start that failed after `stage` steps: 0 none, 1 the transport,
+ * 2 the I/O, 3 raft_init (then libraft closes, and on_closed frees, once
+ * the loop runs). Returns NULL. */
+static gn_raft *start_failed(gn_raft *r, int stage)
+{
+    if (stage >= 3) {
+        raft_close(&r->raft, on_closed);
+        return NULL;
+    }
+    if (stage >= 2)
+        raft_uv_close(&r->io);
+    if (stage >= 1)
+        raft_uv_tcp_close(&r->transport);
+    free(r->dir);
+    free(r);
+    return NULL;
+}
+
 gn_raft *gn_raft_start(uv_loop_t *loop, gn_port *p, const gn_raft_config *c, void (*after)(void),
                        const char **kind, char *err, size_t errlen)
 {
@@ -768,30 +787,30 @@ gn_raft *gn_raft_start(uv_loop_t *loop, gn_port *p, const gn_raft_config *c, voi
     int rc;
     if (mkdir(c->dir, 0700) && errno != EEXIST) {
         snprintf(err, errlen, "%s: %s", c->dir, strerror(errno));
-        return NULL; /* the program exits: nothing to free */
+        return start_failed(r, 0);
     }
     char marker[4096];
     snprintf(marker, sizeof marker, "%s/%s", c->dir, GN_RETIRED_FILE);
     if (access(marker, F_OK) == 0) {
         *kind = "removed_member";
         snprintf(err, errlen, "%s", c->dir);
-        return NULL;
+        return start_failed(r, 0);
     }
     if (born(c->dir, &r->born_ms)) {
         snprintf(err, errlen, "%s/%s: %s", c->dir, GN_BORN_FILE, strerror(errno));
-        return NULL;
+        return start_failed(r, 0);
     }
     if ((rc = raft_uv_tcp_init(&r->transport, loop))) {
         snprintf(err, errlen, "raft_uv_tcp_init: %s", raft_strerror(rc));
-        return NULL;
+        return start_failed(r, 0);
     }
     if ((rc = raft_uv_init(&r->io, loop, c->dir, &r->transport))) {
         snprintf(err, errlen, "raft_uv_init: %s: %s", c->dir, r->io.errmsg);
-        return NULL;
+        return start_failed(r, 1);
     }
     if ((rc = raft_init(&r->raft, &r->io, &r->fsm, c->id, c->address))) {
         snprintf(err, errlen, "raft_init: %s", raft_errmsg(&r->raft));
-        return NULL;
+        return start_failed(r, 2);
     }
     if (c->election_ms)
         raft_set_election_timeout(&r->raft, c->election_ms);
@@ -808,18 +827,18 @@ gn_raft *gn_raft_start(uv_loop_t *loop, gn_port *p, const gn_raft_config *c, voi
         if (parse_members(c->members, &conf)) {
             raft_configuration_close(&conf);
             snprintf(err, errlen, "bad --raft-members: %s", c->members);
-            return NULL;
+            return start_failed(r, 3);
         }
         rc = raft_bootstrap(&r->raft, &conf);
         raft_configuration_close(&conf);
         if (rc && rc != RAFT_CANTBOOTSTRAP) { /* CANTBOOTSTRAP: not a new directory */
             snprintf(err, errlen, "raft_bootstrap: %s", raft_errmsg(&r->raft));
-            return NULL;
+            return start_failed(r, 3);
         }
     }
     if ((rc = raft_start(&r->raft))) {
         snprintf(err, errlen, "raft_start: %s", raft_errmsg(&r->raft));
-        return NULL;
+        return start_failed(r, 3);
     }
     gn_port_set_router(p, route, r);
     return r;
