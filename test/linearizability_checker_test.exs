@@ -146,6 +146,74 @@ defmodule GenNative.Test.LinearizabilityCheckerTest do
     end
   end
 
+  describe "check/2 against brute force" do
+    # Small random histories (one key, values 1..2, random results, times
+    # from a small range so that ties are common), checked by the WGL search
+    # and by trying every order that respects real time, with every subset
+    # of the unknown writes. The verdicts must agree.
+    test "agrees with trying every order on 3,000 random small histories" do
+      :rand.seed(:exsss, {1, 2, 3})
+
+      verdicts =
+        for _ <- 1..3_000 do
+          h = random_small_history()
+          expected = brute_force(h)
+          assert match?({:error, _}, L.check(h)) != expected, inspect(h, pretty: true)
+          expected
+        end
+
+      # both verdicts are well represented, so this can fail either way
+      assert Enum.count(verdicts, & &1) > 500
+      assert Enum.count(verdicts, &(!&1)) > 500
+    end
+  end
+
+  defp random_small_history do
+    for c <- 1..:rand.uniform(7) do
+      invoke = :rand.uniform(8)
+      complete = invoke + :rand.uniform(4) - 1
+
+      {f, value, result} =
+        case :rand.uniform(3) do
+          1 -> {:put, :rand.uniform(2), :ok}
+          2 -> {:delete, nil, :ok}
+          3 -> {:get, nil, Enum.random([:error, {:ok, 1}, {:ok, 2}])}
+        end
+
+      outcome = Enum.random([:ok, :ok, :ok, :ok, :unknown, :fail])
+      result = if outcome == :ok, do: result
+      op(c, :k, f, value, result, invoke, complete, outcome)
+    end
+  end
+
+  # true when some order of the completed ops plus a subset of the unknown
+  # writes respects real time (a before b when a.complete < b.invoke) and
+  # gives every completed get its result.
+  defp brute_force(h) do
+    h = Enum.reject(h, &(&1.outcome == :fail or (&1.outcome == :unknown and &1.f == :get)))
+    {done, unknown} = Enum.split_with(h, &(&1.outcome == :ok))
+    Enum.any?(subsets(unknown), &some_order?(done ++ &1, :error))
+  end
+
+  defp subsets([]), do: [[]]
+  defp subsets([x | xs]), do: for(s <- subsets(xs), t <- [s, [x | s]], do: t)
+
+  defp some_order?([], _reg), do: true
+
+  defp some_order?(ops, reg) do
+    Enum.any?(ops, fn op ->
+      rest = List.delete(ops, op)
+      first? = not Enum.any?(rest, &(&1.complete != :infinity and &1.complete < op.invoke))
+
+      first? and
+        case op.f do
+          :put -> some_order?(rest, {:ok, op.value})
+          :delete -> some_order?(rest, :error)
+          :get -> (op.outcome != :ok or op.result == reg) and some_order?(rest, reg)
+        end
+    end)
+  end
+
   describe "check/2 on generated histories" do
     @ops 10_000
     @seeds 1..20
@@ -184,13 +252,19 @@ defmodule GenNative.Test.LinearizabilityCheckerTest do
       for seed <- @seeds do
         h = generate(seed)
         read = MapSet.new(for %{f: :get, result: {:ok, v}} <- h, do: v)
+        puts = for {%{f: :put, outcome: :ok} = p, i} <- Enum.with_index(h), p.value in read, do: i
 
-        pi = Enum.find_index(h, &(&1.f == :put and &1.outcome == :ok and &1.value in read))
+        # the first and the last such put: the search fails early, or only
+        # after linearizing almost the whole history
+        for pi <- [List.first(puts), List.last(puts)] do
+          v = Enum.at(h, pi).value
 
-        assert {:error, _} = L.check(List.delete_at(h, pi)), "seed #{seed}"
+          assert {:error, %{ops: [blocker | _]}} = L.check(List.delete_at(h, pi)), "seed #{seed}"
+          assert blocker.result == {:ok, v}
 
-        assert {:error, _} = L.check(List.update_at(h, pi, &%{&1 | outcome: :fail})),
-               "seed #{seed}"
+          failed = List.update_at(h, pi, &%{&1 | outcome: :fail})
+          assert {:error, %{ops: [%{result: {:ok, ^v}} | _]}} = L.check(failed), "seed #{seed}"
+        end
       end
     end
 
