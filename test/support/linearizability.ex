@@ -102,6 +102,12 @@ defmodule GenNative.Test.Linearizability do
   not: `ops` starts with the operation the search could not get past (at the
   furthest point it reached), followed by those concurrent with it. Raises
   `ArgumentError` on a malformed operation.
+
+  ## Options
+
+    * `:max_steps` - configurations visited per key before giving up with
+      `{:error, %{reason: "search limit ..."}}` (default 1,000,000, about
+      10 s of CPU here).
   """
   @spec check([op()], keyword()) :: :ok | {:error, failure()}
   def check(history, opts \\ []) when is_list(history) do
@@ -280,9 +286,12 @@ defmodule GenNative.Test.Linearizability do
     reason =
       case why do
         :fail ->
-          "not linearizable: at most #{depth} of the #{tuple_size(ctx.done)} completed " <>
-            "operations on this key can be linearized; none can be ordered before the " <>
-            describe(op) <> " completes (furthest attempt: register #{show(state)})"
+          "not linearizable: the furthest attempt linearized #{depth} of the " <>
+            "#{tuple_size(ctx.done)} completed operations on this key, then could not " <>
+            "make the " <>
+            describe(op) <>
+            " take effect before it completed " <>
+            "(register #{show(state)}; `ops` lists it, then the operations pending with it)"
 
         :limit ->
           "search limit: gave up after #{ctx.max} configurations (:max_steps) without " <>
