@@ -142,7 +142,8 @@ defmodule GenNative.Bench.ReplicationBench do
       size: if(quick, do: 10_000, else: 100_000),
       big: if(quick, do: 100_000, else: 1_000_000),
       run_ms: if(quick, do: 80, else: 400),
-      writer_beam: writer_beam
+      writer_beam: writer_beam,
+      load_before: loadavg()
     }
 
     epmd_before = epmd_running?()
@@ -845,6 +846,15 @@ defmodule GenNative.Bench.ReplicationBench do
 
   ## Notes
 
+  # The 1-minute load average (how many threads wanted a CPU, on average),
+  # to tell a quiet run from a busy one on the shared machine.
+  defp loadavg do
+    case File.read("/proc/loadavg") do
+      {:ok, text} -> text |> String.split() |> hd()
+      _ -> "n/a"
+    end
+  end
+
   defp fmt_ms(ms), do: :erlang.float_to_binary(ms / 1, decimals: 1)
 
   defp notes(rows, f, config) do
@@ -906,6 +916,7 @@ defmodule GenNative.Bench.ReplicationBench do
     * Replicated: three gen_native_port programs, each started by GenNative.Port with its own data directory, sync: :always and raft: [id, address (127.0.0.1, a free port), members, election_timeout: #{@election_ms}] (libraft's default snapshot threshold for the throughput and latency group); writes are proposed by the leader and acknowledged once committed (on a majority's disks: libraft writes and fsyncs its log) and applied. Every writer is a process of the bench VM calling GenNative.Store.put/3 on the leader's store. Puts refused during the throughput and latency runs because leadership moved: #{refused} (not counted as acknowledged).
     * Single-node durable port: one gen_native_port program with a data directory and sync: :always (the journal fdatasynced before each reply; writes that arrive together share one), no replication. Both stores hold the same #{Bench.thousands(f.size)} entries to begin with; keys rem(i * #{@stride} + writer, #{Bench.thousands(f.size)}), each writer putting for #{config.run_ms} ms per run; ops/s is all acknowledged puts over the time until the last writer stops.
     * #{mnesia_note}
+    * Load average (1 minute) of the machine when the suite started: #{config.load_before}, when it ended: #{loadavg()}, for #{:erlang.system_info(:logical_processors)} vCPUs: above that, other work was queued for the CPUs (the machine is shared), and every figure here, latency most, moves with it.
     * #{:erlang.system_info(:schedulers_online)} schedulers online in the bench VM; every program (and peer node) competes with it for the same 2 vCPUs, so more processes (3 members, 3 peer VMs) means less CPU for each: the replicated and Mnesia sides pay for their replicas on the same machine.
     * CPU us/op: the replicated side counts its three member programs on top of the bench VM, the single-node side its one program, the Mnesia side the three peer VMs (its writers run there); the bench VM counts on every side.
     * Failover: one group; in each of #{@failovers} rounds a writer process puts in a loop into the member it believes leads (it follows a refusal naming the leader; when none is named or the member is gone it tries the next after 5 ms); the leader's program gets kill -KILL (the clock starts just before the `kill` command); the time is that of the first put acknowledged by another member. The killed member is then restarted with its directory and caught up before the next round. Every round: #{fo_all}.
