@@ -12,7 +12,10 @@
 #     127.0.0.1, each with its own Mnesia directory), written with
 #     :mnesia.sync_transaction/1 by processes running on the first of
 #     those nodes (a member of the table). A/A row: the single-node port
-#     against itself;
+#     against itself. One more row measures what snapshots cost: 64
+#     writers on a second group with snapshot_every: 100,000 (no snapshot
+#     during the runs) against the first (libraft's threshold, 1024
+#     entries: a snapshot of the 100,000-entry image every 1024 puts);
 #   * commit latency: one writer, each put timed alone, median and p99,
 #     against the single-node port (harness-timed, from the bench VM) and
 #     against Mnesia (each transaction timed on the peer node that runs
@@ -129,6 +132,8 @@ defmodule GenNative.Bench.ReplicationBench do
   @single :gn_bench_repl_single
   @store :kv
   @mnesia_table :gn_bench_kv
+  # a snapshot threshold no throughput run reaches
+  @no_snapshots 100_000
 
   def value(i), do: {i, :v}
 
@@ -318,10 +323,8 @@ defmodule GenNative.Bench.ReplicationBench do
   ## The stores: a group, a single-node port
 
   defp fixture(sup, config) do
-    members = start_cluster(sup, config.root, "tput", [])
-    leader = await_leader(members)
-    {:ok, rs} = Store.new(:set, backend: {:port, leader.name}, name: @store)
-    fill(rs, config.size, 10_000)
+    refused = :counters.new(1, [:write_concurrency])
+    group = group(sup, config, "tput", [], refused)
 
     spec =
       Supervisor.child_spec(
@@ -334,6 +337,16 @@ defmodule GenNative.Bench.ReplicationBench do
     fill(ss, config.size, 10_000)
     :ok = GenNative.Port.sync(@single)
 
+    Map.merge(group, %{sup: sup, single: ss, size: config.size})
+  end
+
+  # A group whose leader's store holds the suite's entries.
+  defp group(sup, config, tag, raft_opts, refused) do
+    members = start_cluster(sup, config.root, tag, raft_opts)
+    leader = await_leader(members)
+    {:ok, rs} = Store.new(:set, backend: {:port, leader.name}, name: @store)
+    fill(rs, config.size, 10_000)
+
     # the member the writers put into: normally the leader throughout;
     # should leadership move, the writers follow it and count the refusals
     current = :atomics.new(1, [])
@@ -343,10 +356,14 @@ defmodule GenNative.Bench.ReplicationBench do
       members: members,
       handles: members |> Enum.map(&handle/1) |> List.to_tuple(),
       current: current,
-      refused: :counters.new(1, [:write_concurrency]),
-      single: ss,
-      size: config.size
+      refused: refused
     }
+  end
+
+  defp stop_group(sup, members) do
+    for m <- members,
+        pid = Process.whereis(m.name),
+        do: DynamicSupervisor.terminate_child(sup, pid)
   end
 
   defp fill(store, n, chunk) do
@@ -448,7 +465,33 @@ defmodule GenNative.Bench.ReplicationBench do
         []
       end
 
-    vs_single ++ [a_a] ++ vs_mnesia
+    # the cost of the snapshots: the same 64 writers on a second group
+    # that takes none during the runs, against the first
+    threshold = %{
+      name:
+        "puts, 64 concurrent writers, set of #{Bench.thousands(size)}: a group with " <>
+          "snapshot_every: #{Bench.thousands(@no_snapshots)} (peer: the same group with " <>
+          "libraft's snapshot threshold, 1024)",
+      unit: :ops_per_s,
+      ops_label: "acks/s",
+      setup: fn ->
+        g = group(f.sup, config, "tput_nosnap", [snapshot_every: @no_snapshots], f.refused)
+        %{default: f, other: g}
+      end,
+      teardown: fn ctx -> stop_group(f.sup, ctx.other.members) end,
+      native_os_pids: fn ctx -> os_pids(ctx.other.members) end,
+      peer_os_pids: group,
+      peer: fn ctx, _n ->
+        for_duration(64, config.run_ms, fn w, i ->
+          replicated_put(ctx.default, key(i, size, w))
+        end)
+      end,
+      native: fn ctx, _n ->
+        for_duration(64, config.run_ms, fn w, i -> replicated_put(ctx.other, key(i, size, w)) end)
+      end
+    }
+
+    vs_single ++ [a_a, threshold] ++ vs_mnesia
   end
 
   defp who(1), do: "1 writer"
@@ -544,9 +587,7 @@ defmodule GenNative.Bench.ReplicationBench do
     {lo, hi} = Enum.min_max(ms)
     median = ms |> Enum.sort() |> Enum.at(div(length(ms), 2))
 
-    for m <- members,
-        pid = Process.whereis(m.name),
-        do: DynamicSupervisor.terminate_child(sup, pid)
+    stop_group(sup, members)
 
     [
       Bench.row(
@@ -707,9 +748,7 @@ defmodule GenNative.Bench.ReplicationBench do
     IO.write(:stderr, " [catch-up #{every || "default"}: #{fmt_ms(info.applied_ms)} ms]")
 
     # this group is done: its programs go, their memory with them
-    for m <- members,
-        pid = Process.whereis(m.name),
-        do: DynamicSupervisor.terminate_child(sup, pid)
+    stop_group(sup, members)
 
     threshold =
       if every,
@@ -913,7 +952,7 @@ defmodule GenNative.Bench.ReplicationBench do
 
     How each side was run:
 
-    * Replicated: three gen_native_port programs, each started by GenNative.Port with its own data directory, sync: :always and raft: [id, address (127.0.0.1, a free port), members, election_timeout: #{@election_ms}] (libraft's default snapshot threshold for the throughput and latency group); writes are proposed by the leader and acknowledged once committed (on a majority's disks: libraft writes and fsyncs its log) and applied. Every writer is a process of the bench VM calling GenNative.Store.put/3 on the leader's store. Puts refused during the throughput and latency runs because leadership moved: #{refused} (not counted as acknowledged).
+    * Replicated: three gen_native_port programs, each started by GenNative.Port with its own data directory, sync: :always and raft: [id, address (127.0.0.1, a free port), members, election_timeout: #{@election_ms}] (libraft's default snapshot threshold for the throughput and latency group); writes are proposed by the leader and acknowledged once committed (on a majority's disks: libraft writes and fsyncs its log) and applied. Every writer is a process of the bench VM calling GenNative.Store.put/3 on the leader's store. The snapshot_every row starts a second group like the first but with snapshot_every: #{Bench.thousands(@no_snapshots)} for that row only, and puts into both in alternating runs; each group's programs count for its own column. Puts refused during the throughput and latency runs because leadership moved: #{refused} (not counted as acknowledged).
     * Single-node durable port: one gen_native_port program with a data directory and sync: :always (the journal fdatasynced before each reply; writes that arrive together share one), no replication. Both stores hold the same #{Bench.thousands(f.size)} entries to begin with; keys rem(i * #{@stride} + writer, #{Bench.thousands(f.size)}), each writer putting for #{config.run_ms} ms per run; ops/s is all acknowledged puts over the time until the last writer stops.
     * #{mnesia_note}
     * Load average (1 minute) of the machine when the suite started: #{config.load_before}, when it ended: #{loadavg()}, for #{:erlang.system_info(:logical_processors)} vCPUs: above that, other work was queued for the CPUs (the machine is shared), and every figure here, latency most, moves with it.
