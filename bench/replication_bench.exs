@@ -344,8 +344,9 @@ defmodule GenNative.Bench.ReplicationBench do
   defp group(sup, config, tag, raft_opts, refused) do
     members = start_cluster(sup, config.root, tag, raft_opts)
     leader = await_leader(members)
-    {:ok, rs} = Store.new(:set, backend: {:port, leader.name}, name: @store)
-    fill(rs, config.size, 10_000)
+    {:ok, _} = Store.new(:set, backend: {:port, leader.name}, name: @store)
+    fill_group(members, config.size, 10_000)
+    leader = await_leader(members)
 
     # the member the writers put into: normally the leader throughout;
     # should leadership move, the writers follow it and count the refusals
@@ -364,6 +365,44 @@ defmodule GenNative.Bench.ReplicationBench do
     for m <- members,
         pid = Process.whereis(m.name),
         do: DynamicSupervisor.terminate_child(sup, pid)
+  end
+
+  # Fills a group's store through whichever member leads: a put_many
+  # refused or cut short by a change of leader ({:error, {:not_leader |
+  # :leadership_lost, _}}, or the member gone) is sent again to the new
+  # leader (the same entries put twice leave the same store). Returns how
+  # many chunks were sent again; the notes report them.
+  defp fill_group(members, n, chunk) do
+    resent =
+      Task.async(fn ->
+        0..(n - 1)
+        |> Stream.chunk_every(chunk)
+        |> Enum.reduce({await_leader(members), 0}, fn ks, {leader, resent} ->
+          put_chunk(members, leader, Enum.map(ks, &{&1, value(&1)}), resent)
+        end)
+        |> elem(1)
+      end)
+      |> Task.await(:infinity)
+
+    Process.put(:resent, Process.get(:resent, 0) + resent)
+    resent
+  end
+
+  defp put_chunk(_members, _leader, _entries, resent) when resent > 100,
+    do: raise("replication: a put_many was refused 100 times")
+
+  defp put_chunk(members, leader, entries, resent) do
+    result =
+      try do
+        Store.put_many(handle(leader), entries)
+      catch
+        :exit, reason -> {:exit, reason}
+      end
+
+    case result do
+      :ok -> {leader, resent}
+      _ -> put_chunk(members, await_leader(members), entries, resent + 1)
+    end
   end
 
   defp fill(store, n, chunk) do
@@ -713,13 +752,15 @@ defmodule GenNative.Bench.ReplicationBench do
     opts = [reads: :local] ++ if(every, do: [snapshot_every: every], else: [])
     members = start_cluster(sup, config.root, tag, opts)
     leader = await_leader(members)
-    {:ok, s} = Store.new(:set, backend: {:port, leader.name}, name: @store)
+    {:ok, _} = Store.new(:set, backend: {:port, leader.name}, name: @store)
     [f | _] = Enum.reject(members, &(&1.id == leader.id))
     # the follower has the store before it goes
     poll(fn -> safe_size(handle(f)) == 0 end, "the store on the follower")
     kill(f)
 
-    {fill_us, _} = :timer.tc(fn -> fill(s, n, chunk) end)
+    {fill_us, resent} = :timer.tc(fn -> fill_group(members, n, chunk) end)
+    # leadership may have moved during the fill
+    leader = await_leader(members)
     target = status(leader).last_index
 
     t0 = :erlang.monotonic_time()
@@ -741,7 +782,8 @@ defmodule GenNative.Bench.ReplicationBench do
       applied_ms: us.(t_applied) / 1000,
       size_ms: us.(t_size) / 1000,
       leader_snapshots: snapshots,
-      chunk: chunk
+      chunk: chunk,
+      resent: resent
     }
 
     Process.put(:catch_up, (Process.get(:catch_up) || []) ++ [info])
@@ -923,7 +965,8 @@ defmodule GenNative.Bench.ReplicationBench do
       Enum.map_join(catch_up, "; ", fn c ->
         "#{if c.every, do: "snapshot_every: #{c.every}", else: "libraft's threshold (1024)"}: " <>
           "filled in #{fmt_ms(c.fill_ms)} ms (#{Bench.thousands(config.big)} entries in put_many of " <>
-          "#{Bench.thousands(c.chunk)}), leader's last index #{c.target}, " <>
+          "#{Bench.thousands(c.chunk)}; #{c.resent} of them sent again after the leader " <>
+          "changed), leader's last index #{c.target}, " <>
           "#{c.leader_snapshots} snapshot file(s) in the leader's directory; the restarted " <>
           "follower's start_link returned after #{fmt_ms(c.started_ms)} ms, applied reached the " <>
           "last index at #{fmt_ms(c.applied_ms)} ms, its size was #{Bench.thousands(config.big)} " <>
@@ -952,7 +995,7 @@ defmodule GenNative.Bench.ReplicationBench do
 
     How each side was run:
 
-    * Replicated: three gen_native_port programs, each started by GenNative.Port with its own data directory, sync: :always and raft: [id, address (127.0.0.1, a free port), members, election_timeout: #{@election_ms}] (libraft's default snapshot threshold for the throughput and latency group); writes are proposed by the leader and acknowledged once committed (on a majority's disks: libraft writes and fsyncs its log) and applied. Every writer is a process of the bench VM calling GenNative.Store.put/3 on the leader's store. The snapshot_every row starts a second group like the first but with snapshot_every: #{Bench.thousands(@no_snapshots)} for that row only, and puts into both in alternating runs; each group's programs count for its own column. Puts refused during the throughput and latency runs because leadership moved: #{refused} (not counted as acknowledged).
+    * Replicated: three gen_native_port programs, each started by GenNative.Port with its own data directory, sync: :always and raft: [id, address (127.0.0.1, a free port), members, election_timeout: #{@election_ms}] (libraft's default snapshot threshold for the throughput and latency group); writes are proposed by the leader and acknowledged once committed (on a majority's disks: libraft writes and fsyncs its log) and applied. Every writer is a process of the bench VM calling GenNative.Store.put/3 on the leader's store. The snapshot_every row starts a second group like the first but with snapshot_every: #{Bench.thousands(@no_snapshots)} for that row only, and puts into both in alternating runs; each group's programs count for its own column. Puts refused during the throughput and latency runs because leadership moved: #{refused} (not counted as acknowledged); put_many chunks sent again while filling the groups because leadership moved (fill and catch-up): #{Process.get(:resent, 0)}.
     * Single-node durable port: one gen_native_port program with a data directory and sync: :always (the journal fdatasynced before each reply; writes that arrive together share one), no replication. Both stores hold the same #{Bench.thousands(f.size)} entries to begin with; keys rem(i * #{@stride} + writer, #{Bench.thousands(f.size)}), each writer putting for #{config.run_ms} ms per run; ops/s is all acknowledged puts over the time until the last writer stops.
     * #{mnesia_note}
     * Load average (1 minute) of the machine when the suite started: #{config.load_before}, when it ended: #{loadavg()}, for #{:erlang.system_info(:logical_processors)} vCPUs: above that, other work was queued for the CPUs (the machine is shared), and every figure here, latency most, moves with it.
