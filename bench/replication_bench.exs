@@ -152,6 +152,9 @@ defmodule GenNative.Bench.ReplicationBench do
     }
 
     epmd_before = epmd_running?()
+    # an exit signal from a linked process (the members' supervisor, a
+    # peer node) must not kill this process before the cleanup
+    trap = Process.flag(:trap_exit, true)
     {:ok, sup} = DynamicSupervisor.start_link(strategy: :one_for_one)
     Process.put(:notes, [])
 
@@ -183,6 +186,7 @@ defmodule GenNative.Bench.ReplicationBench do
       )
     after
       cleanup(sup, Process.get(:mnesia_peers, []), root, epmd_before)
+      Process.flag(:trap_exit, trap)
     end
   end
 
@@ -374,7 +378,7 @@ defmodule GenNative.Bench.ReplicationBench do
   # many chunks were sent again; the notes report them.
   defp fill_group(members, n, chunk) do
     resent =
-      Task.async(fn ->
+      in_process(fn ->
         0..(n - 1)
         |> Stream.chunk_every(chunk)
         |> Enum.reduce({await_leader(members), 0}, fn ks, {leader, resent} ->
@@ -382,7 +386,6 @@ defmodule GenNative.Bench.ReplicationBench do
         end)
         |> elem(1)
       end)
-      |> Task.await(:infinity)
 
     Process.put(:resent, Process.get(:resent, 0) + resent)
     resent
@@ -406,12 +409,27 @@ defmodule GenNative.Bench.ReplicationBench do
   end
 
   defp fill(store, n, chunk) do
-    Task.async(fn ->
+    in_process(fn ->
       0..(n - 1)
       |> Stream.chunk_every(chunk)
       |> Enum.each(fn ks -> :ok = Store.put_many(store, Enum.map(ks, &{&1, value(&1)})) end)
     end)
-    |> Task.await(:infinity)
+  end
+
+  # Runs `fun` in a process of its own (the entries it builds go with it)
+  # and returns its result; its failure is raised here, in the suite's
+  # process, so that the cleanup runs (an exit signal from a linked task
+  # would kill the suite's process before it).
+  defp in_process(fun) do
+    {pid, ref} = spawn_monitor(fn -> exit({:ok, fun.()}) end)
+
+    receive do
+      {:DOWN, ^ref, :process, ^pid, {:ok, result}} ->
+        result
+
+      {:DOWN, ^ref, :process, ^pid, reason} ->
+        raise "replication: " <> Exception.format_exit(reason)
+    end
   end
 
   defp key(i, size, offset), do: rem(i * @stride + offset, size)
@@ -648,7 +666,7 @@ defmodule GenNative.Bench.ReplicationBench do
     ids = Enum.map(members, & &1.id)
 
     writer =
-      spawn_link(fn ->
+      spawn(fn ->
         failover_writer(members, ids, leader.id, leader.id, acks, parent, 0)
       end)
 
@@ -671,6 +689,8 @@ defmodule GenNative.Bench.ReplicationBench do
     puts =
       receive do
         {:failover_writer, n} -> n
+      after
+        30_000 -> raise "replication: the failover writer does not stop"
       end
 
     ms = :erlang.convert_time_unit(t_ack - t_kill, :native, :microsecond) / 1000
