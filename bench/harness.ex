@@ -40,6 +40,9 @@ defmodule GenNative.Bench do
       in the mailbox and batch suites)
     * `:native_os_pids` - optional, `(ctx -> [os_pid])`: OS processes whose
       CPU time belongs to GenNative's side (the port program)
+    * `:peer_os_pids` - optional, `(ctx -> [os_pid])`: the same for the
+      peer's side, where the peer runs outside the VM too (a port program
+      without replication, Mnesia on `:peer` nodes)
     * `:ops_label` - optional, for `:ops_per_s`: what is counted (default
       `"ops/s"`, e.g. `"acks/s"`)
 
@@ -64,7 +67,7 @@ defmodule GenNative.Bench do
       clear difference";
     * CPU time per operation of each side (`cpu_ns/1`: user + system time
       of every thread of the VM from `/proc/<pid>/task/*/schedstat`, plus
-      `:native_os_pids`), the median over runs, and its ratio peer/native
+      `:native_os_pids` or `:peer_os_pids`), the median over runs, and its ratio peer/native
       with its own spread.
 
   ## Spread of the ratio
@@ -139,6 +142,7 @@ defmodule GenNative.Bench do
           optional(:alt_peer_name) => String.t(),
           optional(:peer_name) => String.t(),
           optional(:native_os_pids) => (ctx() -> [non_neg_integer()]),
+          optional(:peer_os_pids) => (ctx() -> [non_neg_integer()]),
           optional(:ops_label) => String.t()
         }
   @type row :: %{
@@ -215,14 +219,21 @@ defmodule GenNative.Bench do
   An A/A copy of `scenario`: the peer's function in both columns, named
   `"A/A: <name>"` (`label` replaces the part in parentheses). Its ratio
   spread is the noise floor of the suite's rows on this machine: a ratio
-  inside it is no evidence of a difference. The peer's and GenNative's
-  extra OS processes are dropped, as is any `:alt_peer`.
+  inside it is no evidence of a difference. GenNative's extra OS processes
+  are dropped (the peer's, `:peer_os_pids`, count on both sides), as is any
+  `:alt_peer`.
   """
   @spec a_a(scenario(), String.t()) :: scenario()
   def a_a(scenario, label \\ "the peer in both columns") do
     scenario
     |> Map.drop([:alt_peer, :alt_peer_name, :native_os_pids])
     |> Map.merge(%{name: "A/A: #{scenario.name} (#{label})", native: scenario.peer})
+    |> then(fn s ->
+      case scenario[:peer_os_pids] do
+        nil -> s
+        pids -> Map.put(s, :native_os_pids, pids)
+      end
+    end)
   end
 
   @doc """
@@ -401,7 +412,7 @@ defmodule GenNative.Bench do
       # program): read before and after each of that side's runs.
       os_pids = %{
         native: os_pids(scenario[:native_os_pids], ctx),
-        peer: [],
+        peer: os_pids(scenario[:peer_os_pids], ctx),
         alt_peer: []
       }
 

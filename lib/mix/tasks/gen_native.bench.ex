@@ -8,6 +8,13 @@ defmodule Mix.Tasks.GenNative.Bench do
       mix gen_native.bench              # every bench/*_bench.exs
       mix gen_native.bench mailbox      # bench/mailbox_bench.exs only
 
+  The suites: `mailbox`, `batch`, `priority`, `overload`, `store`, `port`,
+  `enqueue` and `replication` (replicated port stores: three-member groups
+  of port programs on 127.0.0.1, against a single-node port and Mnesia
+  `disc_copies` on three `:peer` nodes; the peer nodes need `epmd`, which
+  they start if none runs and the suite stops at the end when no other
+  node uses it).
+
   A suite is named by the file's base name without `_bench.exs`, or given as a
   path. Each table is also written as Markdown to `bench/results/<suite>.md`
   (or `$GN_BENCH_RESULTS_DIR`), with a description of the machine it ran on;
