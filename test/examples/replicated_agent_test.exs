@@ -1,0 +1,164 @@
+defmodule GenNative.Examples.ReplicatedAgentTest do
+  # The replicated agent (test/support/examples/replicated_agent.ex): three
+  # :peer nodes, each with a Raft member and a keeper; the agent runs on one
+  # of them, registered globally, and checkpoints every step in the
+  # replicated store. Its node dies (halted, and its member killed with
+  # SIGKILL); the agent starts again on another node from the last
+  # committed checkpoint, with every acknowledged step.
+  #
+  # Not async: it turns distribution on for the whole VM (as
+  # distribution_test.exs does).
+  use ExUnit.Case, async: false
+
+  import GenNative.TestHelpers, only: [wait_until: 2]
+  import GenNative.Test.RaftCluster, only: [free_port: 0]
+
+  alias GenNative.Distributed.Cluster
+  alias GenNative.Examples.ReplicatedAgent
+  alias GenNative.Examples.ReplicatedAgent.NodeSupervisor
+
+  @moduletag :port
+  @moduletag :capture_log
+  @moduletag timeout: 120_000
+
+  setup_all do
+    if Cluster.ensure_distributed!() == :started do
+      on_exit(fn -> :net_kernel.stop() end)
+    end
+
+    :ok
+  end
+
+  setup do
+    dir = Path.join(System.tmp_dir!(), "gn_agent_example_#{System.unique_integer([:positive])}")
+    on_exit(fn -> File.rm_rf!(dir) end)
+
+    # three peers, linked to the test process: they stop with it
+    peers = for i <- 1..3, do: Cluster.start_peer!(~c"gn_agent#{i}")
+
+    cluster =
+      for {{_peer, node}, id} <- Enum.with_index(peers, 1),
+          do: {id, node, "127.0.0.1:#{free_port()}"}
+
+    name = :"gn_agent_#{System.unique_integer([:positive])}"
+
+    for {id, node, _address} <- cluster do
+      opts = [name: name, cluster: cluster, dir: Path.join(dir, "member#{id}")]
+      {:ok, _} = :erpc.call(node, NodeSupervisor, :start, [opts])
+    end
+
+    wait_until(fn -> ReplicatedAgent.whereis(name) != nil end, 20_000)
+    %{name: name, cluster: cluster, peers: Map.new(peers, fn {peer, node} -> {node, peer} end)}
+  end
+
+  # all submitted work done
+  defp idle?(name) do
+    match?(%{current: nil, queue: []}, ReplicatedAgent.state(name))
+  catch
+    :exit, _ -> false
+  end
+
+  # The node the agent runs on dies: its Raft member is killed with
+  # SIGKILL and the node halts (:peer.stop), with the agent and its tools.
+  defp kill_node(node, ctx) do
+    os_pid = :erpc.call(node, GenNative.Port, :os_pid, [:agent_raft])
+    {_, 0} = System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
+    :ok = :peer.stop(Map.fetch!(ctx.peers, node))
+    refute Node.ping(node) == :pong
+  end
+
+  # The agent's member leads, so that killing its node also kills the
+  # leader: the agent's successor has to wait for an election.
+  defp lead_from(node, ctx) do
+    {id, _, _} = List.keyfind(ctx.cluster, node, 1)
+
+    wait_until(
+      fn ->
+        %{leader: leader} = :erpc.call(node, GenNative.Port, :raft_status, [:agent_raft])
+
+        case leader do
+          {^id, _} ->
+            true
+
+          {other, _} ->
+            {_, leader_node, _} = List.keyfind(ctx.cluster, other, 0)
+            _ = :erpc.call(leader_node, GenNative.Port, :transfer_leadership, [:agent_raft, id])
+            Process.sleep(100)
+            false
+
+          nil ->
+            Process.sleep(20)
+            false
+        end
+      end,
+      10_000
+    )
+  end
+
+  test "the agent resumes on another node from its last checkpoint, with every acknowledged step",
+       %{name: name} = ctx do
+    # some work done: five tasks, each a tool call that answers in 10 ms
+    acked =
+      for i <- 1..5 do
+        {:ok, id} = ReplicatedAgent.submit(name, %{prompt: "question #{i}", latency: 10})
+        id
+      end
+
+    wait_until(fn -> idle?(name) end, 10_000)
+
+    # more work, under way when the node dies: a tool call that takes 3 s,
+    # and two tasks queued behind it
+    acked =
+      acked ++
+        for {prompt, latency} <- [{"slow", 3_000}, {"six", 10}, {"seven", 10}] do
+          {:ok, id} = ReplicatedAgent.submit(name, %{prompt: prompt, latency: latency})
+          id
+        end
+
+    # every state the agent shows is committed: this is its last checkpoint
+    before = ReplicatedAgent.state(name)
+    config = ReplicatedAgent.config(name: name, cluster: ctx.cluster)
+    assert ReplicatedAgent.last_checkpoint(config) == {:ok, before}
+    assert {6, %{prompt: "slow"}} = before.current
+    assert [{7, _}, {8, _}] = before.queue
+
+    old = ReplicatedAgent.whereis(name)
+    lead_from(node(old), ctx)
+    t0 = System.monotonic_time(:millisecond)
+    kill_node(node(old), ctx)
+
+    # another node's keeper starts the agent; it loads the checkpoint
+    wait_until(fn -> (pid = ReplicatedAgent.whereis(name)) && pid != old end, 20_000)
+    new = ReplicatedAgent.whereis(name)
+    assert node(new) != node(old)
+    resumed = ReplicatedAgent.state(name)
+    failover = System.monotonic_time(:millisecond) - t0
+    assert resumed == before
+
+    # it makes the slow call again and works through its queue
+    wait_until(fn -> idle?(name) end, 20_000)
+    final = ReplicatedAgent.state(name)
+    assert ReplicatedAgent.last_checkpoint(config) == {:ok, final}
+    assert List.starts_with?(final.conversation, before.conversation)
+    assert final.step == length(final.conversation)
+
+    # every acknowledged task, in order, with one tool call and one result
+    assert for({:user, id, _} <- final.conversation, do: id) == acked
+
+    for id <- acked do
+      assert [{:tool_call, ^id, task}] =
+               for({:tool_call, ^id, _} = e <- final.conversation, do: e)
+
+      assert [{:tool_result, ^id, result}] =
+               for({:tool_result, ^id, _} = e <- final.conversation, do: e)
+
+      assert result == {:answer, task.prompt}
+    end
+
+    assert for({:tool_result, id, _} <- final.conversation, do: id) == acked
+
+    # the agent still takes work, with one node down
+    assert {:ok, 9} = ReplicatedAgent.submit(name, %{prompt: "after", latency: 10})
+    IO.puts(:stderr, "replicated agent: resumed on another node #{failover} ms after the kill")
+  end
+end
