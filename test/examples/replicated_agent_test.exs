@@ -31,7 +31,13 @@ defmodule GenNative.Examples.ReplicatedAgentTest do
 
   setup do
     dir = Path.join(System.tmp_dir!(), "gn_agent_example_#{System.unique_integer([:positive])}")
-    on_exit(fn -> File.rm_rf!(dir) end)
+
+    on_exit(fn ->
+      # the peers halt once the test process has exited; their members'
+      # programs then see their stdin close and exit
+      wait_until(fn -> not running?(dir) end, 15_000)
+      File.rm_rf!(dir)
+    end)
 
     # three peers, linked to the test process: they stop with it
     peers = for i <- 1..3, do: Cluster.start_peer!(~c"gn_agent#{i}")
@@ -50,6 +56,9 @@ defmodule GenNative.Examples.ReplicatedAgentTest do
     wait_until(fn -> ReplicatedAgent.whereis(name) != nil end, 20_000)
     %{name: name, cluster: cluster, peers: Map.new(peers, fn {peer, node} -> {node, peer} end)}
   end
+
+  # whether a member program with its directory under `dir` still runs
+  defp running?(dir), do: match?({_, 0}, System.cmd("pgrep", ["-f", dir]))
 
   # all submitted work done
   defp idle?(name) do
@@ -160,5 +169,82 @@ defmodule GenNative.Examples.ReplicatedAgentTest do
     # the agent still takes work, with one node down
     assert {:ok, 9} = ReplicatedAgent.submit(name, %{prompt: "after", latency: 10})
     IO.puts(:stderr, "replicated agent: resumed on another node #{failover} ms after the kill")
+  end
+
+  test "clients submitting through the node's death: every acknowledged task is there, in order, once",
+       %{name: name} = ctx do
+    parent = self()
+
+    clients =
+      for c <- 1..3 do
+        Task.async(fn -> client_loop(name, c, 1, parent, %{acked: [], unknown: []}) end)
+      end
+
+    Process.sleep(500)
+    old = ReplicatedAgent.whereis(name)
+    lead_from(node(old), ctx)
+    kill_node(node(old), ctx)
+    wait_until(fn -> (pid = ReplicatedAgent.whereis(name)) && pid != old end, 20_000)
+    # each client has a task acknowledged by the new agent before it stops
+    flush_acks()
+    for c <- 1..3, do: assert_receive({:acked, ^c, _}, 20_000)
+    for t <- clients, do: send(t.pid, :stop)
+    results = Enum.map(clients, &Task.await(&1, 60_000))
+
+    wait_until(fn -> idle?(name) end, 20_000)
+    final = ReplicatedAgent.state(name)
+    config = ReplicatedAgent.config(name: name, cluster: ctx.cluster)
+    assert ReplicatedAgent.last_checkpoint(config) == {:ok, final}
+    assert final.step == length(final.conversation)
+
+    submitted = for {:user, _id, task} <- final.conversation, do: task.prompt
+    assert submitted == Enum.uniq(submitted)
+
+    for {c, %{acked: acked, unknown: unknown}} <- Enum.with_index(results, 1) do
+      acked = Enum.reverse(acked)
+      assert length(acked) > 0
+      mine = for {^c, _n} = prompt <- submitted, do: prompt
+      # each acknowledged task is there, in the order acknowledged; an
+      # unacknowledged one may be there too
+      assert Enum.filter(mine, &(&1 in acked)) == acked
+      assert Enum.all?(mine -- acked, &(&1 in unknown))
+    end
+
+    # every task submitted is done once
+    ids = for {:user, id, _} <- final.conversation, do: id
+    assert for({:tool_result, id, _} <- final.conversation, do: id) == ids
+  end
+
+  defp flush_acks do
+    receive do
+      {:acked, _, _} -> flush_acks()
+    after
+      0 -> :ok
+    end
+  end
+
+  # Submits {c, n}, {c, n + 1}, ... until told to stop; keeps the prompts
+  # acknowledged (and tells the test) and those whose outcome it cannot
+  # know (the call exited).
+  defp client_loop(name, c, n, parent, acc) do
+    receive do
+      :stop -> acc
+    after
+      0 ->
+        prompt = {c, n}
+
+        acc =
+          try do
+            {:ok, _id} = ReplicatedAgent.submit(name, %{prompt: prompt, latency: 5}, 30_000)
+            send(parent, {:acked, c, prompt})
+            %{acc | acked: [prompt | acc.acked]}
+          catch
+            :exit, _ ->
+              Process.sleep(10)
+              %{acc | unknown: [prompt | acc.unknown]}
+          end
+
+        client_loop(name, c, n + 1, parent, acc)
+    end
   end
 end
