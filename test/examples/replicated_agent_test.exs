@@ -215,6 +215,44 @@ defmodule GenNative.Examples.ReplicatedAgentTest do
     assert for({:tool_result, id, _} <- final.conversation, do: id) == ids
   end
 
+  test "a step another instance wrote first fences the agent off: it restarts from that step",
+       %{name: name} = ctx do
+    {:ok, 1} = ReplicatedAgent.submit(name, %{prompt: "first", latency: 10})
+    wait_until(fn -> idle?(name) end, 10_000)
+    before = ReplicatedAgent.state(name)
+    old = ReplicatedAgent.whereis(name)
+
+    # step n + 1 as an instance cut off from the cluster would have written
+    # it (one whose node came back after another took over)
+    task = %{prompt: "theirs", latency: 10}
+
+    theirs = %{
+      before
+      | step: before.step + 1,
+        next_id: before.next_id + 1,
+        queue: [{before.next_id, task}],
+        conversation: before.conversation ++ [{:user, before.next_id, task}]
+    }
+
+    store = %GenNative.Store.PortHandle{port: :agent_raft, name: :agent_checkpoints}
+    {_, node, _} = hd(ctx.cluster)
+    %{leader: {leader, _}} = :erpc.call(node, GenNative.Port, :raft_status, [:agent_raft])
+    {_, leader_node, _} = List.keyfind(ctx.cluster, leader, 0)
+
+    assert :erpc.call(leader_node, GenNative.Store, :put_new, [store, {name, theirs.step}, theirs])
+
+    # this instance's step n + 1 finds the key taken by another state
+    assert ReplicatedAgent.submit(name, %{prompt: "mine", latency: 10}) == {:error, :superseded}
+
+    # its successor starts from the other instance's step, and does its work
+    wait_until(fn -> (pid = ReplicatedAgent.whereis(name)) && pid != old end, 20_000)
+    wait_until(fn -> idle?(name) end, 10_000)
+    final = ReplicatedAgent.state(name)
+    assert List.starts_with?(final.conversation, theirs.conversation)
+    prompts = for {:user, _, task} <- final.conversation, do: task.prompt
+    assert prompts == ["first", "theirs"]
+  end
+
   defp flush_acks do
     receive do
       {:acked, _, _} -> flush_acks()
