@@ -32,13 +32,6 @@ defmodule GenNative.Examples.ReplicatedAgentTest do
   setup do
     dir = Path.join(System.tmp_dir!(), "gn_agent_example_#{System.unique_integer([:positive])}")
 
-    on_exit(fn ->
-      # the peers halt once the test process has exited; their members'
-      # programs then see their stdin close and exit
-      wait_until(fn -> not running?(dir) end, 15_000)
-      File.rm_rf!(dir)
-    end)
-
     # three peers, linked to the test process: they stop with it
     peers = for i <- 1..3, do: Cluster.start_peer!(~c"gn_agent#{i}")
 
@@ -53,12 +46,30 @@ defmodule GenNative.Examples.ReplicatedAgentTest do
       {:ok, _} = :erpc.call(node, NodeSupervisor, :start, [opts])
     end
 
+    programs =
+      for {_, node, _} <- cluster, do: :erpc.call(node, GenNative.Port, :os_pid, [:agent_raft])
+
+    on_exit(fn ->
+      # the peers halt once the test process has exited; their members'
+      # programs then see their stdin close and exit
+      wait_until(fn -> not Enum.any?(programs, &running?/1) end, 15_000)
+      File.rm_rf!(dir)
+    end)
+
     wait_until(fn -> ReplicatedAgent.whereis(name) != nil end, 20_000)
     %{name: name, cluster: cluster, peers: Map.new(peers, fn {peer, node} -> {node, peer} end)}
   end
 
-  # whether a member program with its directory under `dir` still runs
-  defp running?(dir), do: match?({_, 0}, System.cmd("pgrep", ["-f", dir]))
+  # Whether the OS process runs (a zombie left for its new parent to reap
+  # does not). Read from /proc rather than with pgrep: under bin/sanitize a
+  # child inherits libasan in LD_PRELOAD, and pgrep then hangs.
+  defp running?(os_pid) do
+    case File.read("/proc/#{os_pid}/stat") do
+      # "pid (comm) state ...": comm may hold spaces and parentheses
+      {:ok, stat} -> not String.starts_with?(stat |> String.split(")") |> List.last(), " Z")
+      {:error, _} -> false
+    end
+  end
 
   # all submitted work done
   defp idle?(name) do
@@ -67,12 +78,16 @@ defmodule GenNative.Examples.ReplicatedAgentTest do
     :exit, _ -> false
   end
 
-  # The node the agent runs on dies: its Raft member is killed with
-  # SIGKILL and the node halts (:peer.stop), with the agent and its tools.
+  # The node the agent runs on dies: the node halts (:peer.stop), with the
+  # agent and its tools, and its Raft member is killed with SIGKILL. The
+  # member is stopped (SIGSTOP) first, so that it neither exits cleanly
+  # when its stdin closes nor is restarted by the node's supervisor when
+  # it dies before the node.
   defp kill_node(node, ctx) do
-    os_pid = :erpc.call(node, GenNative.Port, :os_pid, [:agent_raft])
-    {_, 0} = System.cmd("kill", ["-KILL", Integer.to_string(os_pid)])
+    os_pid = :erpc.call(node, GenNative.Port, :os_pid, [:agent_raft]) |> Integer.to_string()
+    {_, 0} = System.cmd("kill", ["-STOP", os_pid])
     :ok = :peer.stop(Map.fetch!(ctx.peers, node))
+    {_, 0} = System.cmd("kill", ["-KILL", os_pid])
     refute Node.ping(node) == :pong
   end
 
