@@ -129,12 +129,14 @@ defmodule GenNative.Examples.ReplicatedAgentTest do
       end
 
     wait_until(fn -> idle?(name) end, 10_000)
+    old = ReplicatedAgent.whereis(name)
+    lead_from(node(old), ctx)
 
-    # more work, under way when the node dies: a tool call that takes 3 s,
-    # and two tasks queued behind it
+    # more work, under way when the node dies: a tool call that takes 4 s
+    # (the node dies before it answers), and two tasks queued behind it
     acked =
       acked ++
-        for {prompt, latency} <- [{"slow", 3_000}, {"six", 10}, {"seven", 10}] do
+        for {prompt, latency} <- [{"slow", 4_000}, {"six", 10}, {"seven", 10}] do
           {:ok, id} = ReplicatedAgent.submit(name, %{prompt: prompt, latency: latency})
           id
         end
@@ -146,8 +148,6 @@ defmodule GenNative.Examples.ReplicatedAgentTest do
     assert {6, %{prompt: "slow"}} = before.current
     assert [{7, _}, {8, _}] = before.queue
 
-    old = ReplicatedAgent.whereis(name)
-    lead_from(node(old), ctx)
     t0 = System.monotonic_time(:millisecond)
     kill_node(node(old), ctx)
 
