@@ -14,8 +14,9 @@
 #     those nodes (a member of the table). A/A row: the single-node port
 #     against itself. One more row measures what snapshots cost: 64
 #     writers on a second group with snapshot_every: 100,000 (no snapshot
-#     during the runs) against the first (libraft's threshold, 1024
-#     entries: a snapshot of the 100,000-entry image every 1024 puts);
+#     during the runs) against the first (the default threshold, 16,384
+#     entries; an entry holds the writes a member read from the VM at
+#     once, so with 64 writers a snapshot comes every several 10,000 puts);
 #   * commit latency: one writer, each put timed alone, median and p99,
 #     against the single-node port (harness-timed, from the bench VM) and
 #     against Mnesia (each transaction timed on the peer node that runs
@@ -30,8 +31,8 @@
 #     put_many of 10,000), the follower restarted with its directory: the
 #     time from its start_link until its applied index (raft_status/1)
 #     reaches the leader's last index, then its size is checked (the group
-#     runs with reads: :local). Once with libraft's snapshot threshold
-#     (1024 entries: the whole log is sent) and once with snapshot_every:
+#     runs with reads: :local). Once with the default snapshot threshold
+#     (16,384 entries: the whole log is sent) and once with snapshot_every:
 #     16 (the leader's log is truncated behind a snapshot, which the
 #     follower installs). One measurement each. No peer.
 #
@@ -528,7 +529,7 @@ defmodule GenNative.Bench.ReplicationBench do
       name:
         "puts, 64 concurrent writers, set of #{Bench.thousands(size)}: a group with " <>
           "snapshot_every: #{Bench.thousands(@no_snapshots)} (peer: the same group with " <>
-          "libraft's snapshot threshold, 1024)",
+          "the default snapshot threshold, 16,384 entries)",
       unit: :ops_per_s,
       ops_label: "acks/s",
       setup: fn ->
@@ -815,7 +816,7 @@ defmodule GenNative.Bench.ReplicationBench do
     threshold =
       if every,
         do: "snapshot_every: #{every} (the follower installs a snapshot)",
-        else: "libraft's snapshot threshold, 1024 (no snapshot: the log is sent)"
+        else: "the default snapshot threshold, 16,384 (no snapshot: the log is sent)"
 
     Bench.row(
       "catch-up: a follower killed, #{Bench.thousands(n)} entries written (#{chunks} put_many " <>
@@ -983,7 +984,7 @@ defmodule GenNative.Bench.ReplicationBench do
 
     cu_all =
       Enum.map_join(catch_up, "; ", fn c ->
-        "#{if c.every, do: "snapshot_every: #{c.every}", else: "libraft's threshold (1024)"}: " <>
+        "#{if c.every, do: "snapshot_every: #{c.every}", else: "the default threshold (16,384)"}: " <>
           "filled in #{fmt_ms(c.fill_ms)} ms (#{Bench.thousands(config.big)} entries in put_many of " <>
           "#{Bench.thousands(c.chunk)}; #{c.resent} of them sent again after the leader " <>
           "changed), leader's last index #{c.target}, " <>
@@ -1015,7 +1016,7 @@ defmodule GenNative.Bench.ReplicationBench do
 
     How each side was run:
 
-    * Replicated: three gen_native_port programs, each started by GenNative.Port with its own data directory, sync: :always and raft: [id, address (127.0.0.1, a free port), members, election_timeout: #{@election_ms}] (libraft's default snapshot threshold for the throughput and latency group); writes are proposed by the leader and acknowledged once committed (on a majority's disks: libraft writes and fsyncs its log) and applied. Every writer is a process of the bench VM calling GenNative.Store.put/3 on the leader's store. The snapshot_every row starts a second group like the first but with snapshot_every: #{Bench.thousands(@no_snapshots)} for that row only, and puts into both in alternating runs; each group's programs count for its own column. Puts refused during the throughput and latency runs because leadership moved: #{refused} (not counted as acknowledged); put_many chunks sent again while filling the groups because leadership moved (fill and catch-up): #{Process.get(:resent, 0)}.
+    * Replicated: three gen_native_port programs, each started by GenNative.Port with its own data directory, sync: :always and raft: [id, address (127.0.0.1, a free port), members, election_timeout: #{@election_ms}] (the default snapshot threshold, 16,384 log entries, for the throughput and latency group; an entry holds every write the leader read from the VM at once); writes are proposed by the leader and acknowledged once committed (on a majority's disks: libraft writes and fsyncs its log) and applied. Every writer is a process of the bench VM calling GenNative.Store.put/3 on the leader's store. The snapshot_every row starts a second group like the first but with snapshot_every: #{Bench.thousands(@no_snapshots)} for that row only, and puts into both in alternating runs; each group's programs count for its own column. Puts refused during the throughput and latency runs because leadership moved: #{refused} (not counted as acknowledged); put_many chunks sent again while filling the groups because leadership moved (fill and catch-up): #{Process.get(:resent, 0)}.
     * Single-node durable port: one gen_native_port program with a data directory and sync: :always (the journal fdatasynced before each reply; writes that arrive together share one), no replication. Both stores hold the same #{Bench.thousands(f.size)} entries to begin with; keys rem(i * #{@stride} + writer, #{Bench.thousands(f.size)}), each writer putting for #{config.run_ms} ms per run; ops/s is all acknowledged puts over the time until the last writer stops.
     * #{mnesia_note}
     * Load average (1 minute) of the machine when the suite started: #{config.load_before}, when it ended: #{loadavg()}, for #{:erlang.system_info(:logical_processors)} vCPUs: above that, other work was queued for the CPUs (the machine is shared), and every figure here, latency most, moves with it.

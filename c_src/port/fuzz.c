@@ -42,8 +42,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
 static void fuzz_replication(const uint8_t *data, size_t size)
 {
     gn_entry e;
-    if (gn_entry_parse(data, size, &e) == 0 && e.frame + e.frame_len > data + size)
-        __builtin_trap();
+    if (gn_entry_parse(data, size, &e) == 0) {
+        if (e.body + e.body_len > data + size)
+            __builtin_trap();
+        size_t at = 0;
+        gn_item it;
+        while (gn_item_next(&e, &at, &it) == 1)
+            if (it.frame + it.frame_len > e.body + e.body_len)
+                __builtin_trap();
+    }
     gn_buf inner = {0};
     uint64_t client, seq;
     gn_unwrap_rid(data, size, &inner, &client, &seq);

@@ -230,6 +230,8 @@ static void on_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
         return;
     if (n > 0) {
         gn_port_feed(port, (const unsigned char *)buf->base, (size_t)n);
+        if (raft)
+            gn_raft_flush(raft); /* the writes just read, in one entry */
         if (gn_port_stopping(port) || !gather())
             flush();
         if (gn_port_stopping(port)) {

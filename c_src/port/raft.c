@@ -23,13 +23,20 @@
 /* A write proposed by this member, until its entry is applied here (it is
  * answered then) or libraft gives up on it. */
 typedef struct gn_proposal {
-    struct raft_apply req;
     struct gn_raft *r;
     struct gn_proposal *prev, *next;
     uint64_t seq;
     int answered;
     gn_buf tag;
 } gn_proposal;
+
+/* The writes read from the VM at once, proposed in one entry. */
+typedef struct gn_batch {
+    struct raft_apply req;
+    struct gn_raft *r;
+    size_t n;
+    gn_proposal *qs[];
+} gn_batch;
 
 /* A tick: the reads that came before it are served once it is applied. */
 typedef struct gn_tick {
@@ -53,6 +60,7 @@ typedef struct gn_change {
     gn_buf tag;
 } gn_change;
 
+#define GN_SNAPSHOT_EVERY 16384   /* log entries between snapshots, by default */
 #define GN_RETIRED_FILE "RETIRED" /* in the directory of a removed member */
 #define GN_BORN_FILE "BORN"       /* when the directory was first used, ms */
 
@@ -76,7 +84,10 @@ struct gn_raft {
     int sweep_tick;    /* a tick proposed by the sweep is in flight */
     gn_buf discard;    /* the output of requests applied for other members */
     gn_rids rids;      /* request ids (raft_log.h) */
-    gn_buf inner;      /* a request unwrapped from its id */
+    gn_buf body;       /* the writes read since the last gn_raft_flush */
+    gn_proposal **forming;
+    size_t forming_n, forming_cap;
+    gn_buf inner; /* a request unwrapped from its id */
     void (*after)(void);
 };
 
@@ -152,6 +163,43 @@ static gn_proposal *find_pending(gn_raft *r, uint64_t seq)
     return NULL;
 }
 
+/* Applies one request of a 'Q' entry: answered here if this member
+ * proposed it and still waits, else its output is dropped. */
+static void apply_request(gn_raft *r, const gn_entry *e, const gn_item *it)
+{
+    gn_port *p = r->p;
+    gn_proposal *q = e->proposer == r->proposer ? find_pending(r, it->seq) : NULL;
+    gn_rid *d = it->client ? gn_rid_find(&r->rids, it->client) : NULL;
+    if (d && it->request <= d->seq) {
+        /* a retry of a request already applied (or an older one): not
+         * applied again; the proposer gets the first reply */
+        if (q) {
+            gn_slice tag = gn_buf_slice(&q->tag);
+            if (it->request == d->seq)
+                gn_rid_reply(&p->out, &tag, &d->reply);
+            else
+                gn_reply_error(&p->out, &tag, "stale_request");
+            q->answered = 1;
+        }
+        return;
+    }
+    gn_buf saved = p->out;
+    if (!q)
+        p->out = r->discard; /* another member's request: it answers it */
+    size_t before = p->out.len;
+    gn_dispatch(p, it->frame, it->frame_len);
+    drain(p);
+    if (it->client)
+        gn_rid_keep(&r->rids, it->client, it->request, e->clock, &p->out, before);
+    if (q) {
+        q->answered = 1;
+    } else {
+        r->discard = p->out;
+        r->discard.len = 0;
+        p->out = saved;
+    }
+}
+
 static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void **result)
 {
     gn_raft *r = fsm->data;
@@ -178,36 +226,13 @@ static int fsm_apply(struct raft_fsm *fsm, const struct raft_buffer *buf, void *
         gn_rids_expire(&r->rids, gn_group_ms);
         return 0;
     }
-    gn_proposal *q = e.proposer == r->proposer ? find_pending(r, e.seq) : NULL;
-    gn_rid *d = e.client ? gn_rid_find(&r->rids, e.client) : NULL;
-    if (d && e.request <= d->seq) {
-        /* a retry of a request already applied (or an older one): not
-         * applied again; the proposer gets the first reply */
-        if (q) {
-            gn_slice tag = gn_buf_slice(&q->tag);
-            if (e.request == d->seq)
-                gn_rid_reply(&p->out, &tag, &d->reply);
-            else
-                gn_reply_error(&p->out, &tag, "stale_request");
-            q->answered = 1;
-        }
-        return 0;
-    }
-    gn_buf saved = p->out;
-    if (!q)
-        p->out = r->discard; /* another member's request: it answers it */
-    size_t before = p->out.len;
-    gn_dispatch(p, e.frame, e.frame_len);
-    drain(p);
-    if (e.client)
-        gn_rid_keep(&r->rids, e.client, e.request, e.clock, &p->out, before);
-    if (q) {
-        q->answered = 1;
-    } else {
-        r->discard = p->out;
-        r->discard.len = 0;
-        p->out = saved;
-    }
+    size_t at = 0;
+    gn_item it;
+    int more;
+    while ((more = gn_item_next(&e, &at, &it)) == 1)
+        apply_request(r, &e, &it);
+    if (more < 0)
+        gn_diag("raft: an entry of the log has a malformed request: the rest is skipped");
     return 0;
 }
 
@@ -270,13 +295,12 @@ static int fsm_restore(struct raft_fsm *fsm, struct raft_buffer *buf)
 /* ------------------------------------------------------------------------ */
 /* Proposing                                                                 */
 
-/* An entry's buffer, with its header; the frame (if any) goes at
+/* An entry's buffer, with its header; the body (if any) goes at
  * GN_ENTRY_HEADER. */
-static unsigned char *entry_new(gn_raft *r, int kind, uint64_t seq, size_t frame_len,
-                                uint64_t client, uint64_t request)
+static unsigned char *entry_new(gn_raft *r, int kind, uint64_t seq, size_t body_len)
 {
-    gn_entry h = {kind, gn_wall_ms(), r->proposer, seq, client, request, NULL, frame_len};
-    unsigned char *e = raft_malloc(gn_entry_size(frame_len));
+    gn_entry h = {kind, gn_wall_ms(), r->proposer, seq, NULL, body_len};
+    unsigned char *e = raft_malloc(gn_entry_size(body_len));
     if (e)
         gn_entry_write(e, &h);
     return e;
@@ -294,62 +318,98 @@ static void unlink_pending(gn_raft *r, gn_proposal *q)
         r->pending_tail = q->prev;
 }
 
-/* libraft is through with a write: applied here (answered then), or not
- * known to be committed (leadership lost, shut down): it may or may not be
- * applied in the end, and the reply says so. */
-static void on_write_applied(struct raft_apply *req, int status, void *result)
+/* Answers and frees a write libraft is through with. One not answered
+ * when applied is in the log (raft_apply took it): whatever libraft says
+ * now (leadership lost, shut down), a later leader may still commit it:
+ * it may or may not be applied in the end, and the reply says so. */
+static void proposal_done(gn_raft *r, gn_proposal *q)
 {
-    (void)result;
-    gn_proposal *q = req->data;
-    gn_raft *r = q->r;
     unlink_pending(r, q);
     if (!q->answered) {
-        /* its entry is in the log (raft_apply took it): whatever libraft
-         * says now (leadership lost, shut down), a later leader may still
-         * commit it */
-        (void)status;
         gn_slice tag = gn_buf_slice(&q->tag);
         reply_leader(r, &tag, "leadership_lost");
     }
     gn_buf_free(&q->tag);
     free(q);
+}
+
+static void on_batch_applied(struct raft_apply *req, int status, void *result)
+{
+    (void)status;
+    (void)result;
+    gn_batch *b = req->data;
+    gn_raft *r = b->r;
+    for (size_t i = 0; i < b->n; i++)
+        proposal_done(r, b->qs[i]);
+    free(b);
     r->after();
 }
 
-/* Proposes a write; `client` and `rseq` are its request id (0, 0: none). */
-static void propose_write(gn_raft *r, const gn_slice *tag, const unsigned char *frame, size_t len,
-                          uint64_t client, uint64_t rseq)
+/* Adds a write to the entry being formed (gn_raft_flush proposes it);
+ * `client` and `rseq` are its request id (0, 0: none). */
+static void add_write(gn_raft *r, const gn_slice *tag, const unsigned char *frame, size_t len,
+                      uint64_t client, uint64_t rseq)
 {
+    if (r->forming_n == r->forming_cap) {
+        r->forming_cap = r->forming_cap ? 2 * r->forming_cap : 64;
+        r->forming = realloc(r->forming, r->forming_cap * sizeof *r->forming);
+        if (!r->forming)
+            abort();
+    }
     gn_proposal *q = calloc(1, sizeof *q);
-    unsigned char *e = q ? entry_new(r, 'Q', ++r->seq, len, client, rseq) : NULL;
-    if (!e) {
-        free(q);
-        gn_reply_error(&r->p->out, tag, "enomem");
-        return;
-    }
-    memcpy(e + GN_ENTRY_HEADER, frame, len);
+    if (!q)
+        abort();
     q->r = r;
-    q->seq = r->seq;
+    q->seq = ++r->seq;
     gn_buf_put(&q->tag, tag->data, tag->len);
-    q->req.data = q;
-    struct raft_buffer b = {e, gn_entry_size(len)};
-    int rc = raft_apply(&r->raft, &q->req, &b, 1, on_write_applied);
-    if (rc) {
-        raft_free(e);
-        if (rc == RAFT_NOTLEADER)
-            reply_leader(r, tag, "not_leader");
-        else
-            reply_raft_error(r, tag, rc);
-        gn_buf_free(&q->tag);
-        free(q);
-        return;
-    }
+    gn_item it = {q->seq, client, rseq, frame, len};
+    gn_item_add(&r->body, &it);
+    r->forming[r->forming_n++] = q;
     q->prev = r->pending_tail;
     if (r->pending_tail)
         r->pending_tail->next = q;
     else
         r->pending = q;
     r->pending_tail = q;
+}
+
+void gn_raft_flush(gn_raft *r)
+{
+    if (!r->forming_n)
+        return;
+    size_t n = r->forming_n;
+    gn_batch *b = malloc(sizeof *b + n * sizeof(gn_proposal *));
+    unsigned char *e = b ? entry_new(r, 'Q', 0, r->body.len) : NULL;
+    int rc = RAFT_NOMEM;
+    if (e) {
+        memcpy(e + GN_ENTRY_HEADER, r->body.data, r->body.len);
+        b->r = r;
+        b->n = n;
+        memcpy(b->qs, r->forming, n * sizeof(gn_proposal *));
+        b->req.data = b;
+        struct raft_buffer buf = {e, gn_entry_size(r->body.len)};
+        rc = raft_apply(&r->raft, &b->req, &buf, 1, on_batch_applied);
+        if (rc)
+            raft_free(e);
+    }
+    if (rc) {
+        /* not in the log: certainly not applied */
+        for (size_t i = 0; i < n; i++) {
+            gn_proposal *q = r->forming[i];
+            gn_slice tag = gn_buf_slice(&q->tag);
+            if (rc == RAFT_NOTLEADER)
+                reply_leader(r, &tag, "not_leader");
+            else
+                reply_raft_error(r, &tag, rc);
+            q->answered = 1;
+            proposal_done(r, q);
+        }
+        free(b);
+    }
+    r->forming_n = 0;
+    r->body.len = 0;
+    if (r->body.cap > (4u << 20))
+        gn_buf_free(&r->body);
 }
 
 /* ------------------------------------------------------------------------ */
@@ -395,7 +455,7 @@ static void on_tick_applied(struct raft_apply *req, int status, void *result)
 static void propose_tick(gn_raft *r, int sweep)
 {
     gn_tick *t = calloc(1, sizeof *t);
-    unsigned char *e = t ? entry_new(r, 'T', 0, 0, 0, 0) : NULL;
+    unsigned char *e = t ? entry_new(r, 'T', 0, 0) : NULL;
     if (!e) {
         free(t);
         if (!sweep)
@@ -587,7 +647,7 @@ static void on_retired(struct raft_apply *req, int status, void *result)
 static int propose_retire(gn_change *c)
 {
     gn_raft *r = c->r;
-    unsigned char *e = entry_new(r, 'R', c->id, 0, 0, 0);
+    unsigned char *e = entry_new(r, 'R', c->id, 0);
     if (!e)
         return RAFT_NOMEM;
     c->retire.data = c;
@@ -687,7 +747,7 @@ static void route(void *ctx, const unsigned char *frame, size_t len)
     case ROUTE_WRITE:
         if (!leader)
             return reply_leader(r, &req.tag, "not_leader");
-        return propose_write(r, &req.tag, frame, len, client, rseq);
+        return add_write(r, &req.tag, frame, len, client, rseq);
     default:
         if (r->local_reads)
             return gn_dispatch(r->p, frame, len);
@@ -816,10 +876,11 @@ gn_raft *gn_raft_start(uv_loop_t *loop, gn_port *p, const gn_raft_config *c, voi
         raft_set_election_timeout(&r->raft, c->election_ms);
     if (c->heartbeat_ms)
         raft_set_heartbeat_timeout(&r->raft, c->heartbeat_ms);
-    if (c->snapshot_every) {
-        raft_set_snapshot_threshold(&r->raft, c->snapshot_every);
-        raft_set_snapshot_trailing(&r->raft, c->snapshot_every / 4 ? c->snapshot_every / 4 : 1);
-    }
+    /* a snapshot writes every store on the loop: libraft's default (every
+     * 1,024 entries) spent most of a busy group's time on them */
+    unsigned every = c->snapshot_every ? c->snapshot_every : GN_SNAPSHOT_EVERY;
+    raft_set_snapshot_threshold(&r->raft, every);
+    raft_set_snapshot_trailing(&r->raft, every / 4 ? every / 4 : 1);
     raft_set_pre_vote(&r->raft, true);
     if (c->members) {
         struct raft_configuration conf;
@@ -853,6 +914,8 @@ static void on_closed(struct raft *raft)
     gn_buf_free(&r->discard);
     gn_rids_clear(&r->rids);
     gn_buf_free(&r->inner);
+    gn_buf_free(&r->body);
+    free(r->forming);
     free(r->dir);
     free(r);
 }

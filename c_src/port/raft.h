@@ -8,7 +8,8 @@
  * replies, and guides/replication.md for what it promises.
  *
  *   writes    put, put_new, delete_key, take, update_counter, clear,
- *             put_many, delete, open, restore: proposed by the leader;
+ *             put_many, delete, open, restore: proposed by the leader,
+ *             those read from the VM at once in one entry (group commit);
  *             a follower answers {error, {not_leader, Leader}}
  *   reads     every other store op: with linearizable reads (the default)
  *             the leader proposes an empty entry (a tick) and serves the
@@ -64,6 +65,10 @@ typedef struct gn_raft gn_raft;
  * "raft_failed" (err says why). */
 gn_raft *gn_raft_start(uv_loop_t *loop, gn_port *p, const gn_raft_config *c, void (*after)(void),
                        const char **kind, char *err, size_t errlen);
+
+/* Proposes the writes read since the last call, in one entry: call it
+ * after each read from the VM (a write waits for it). */
+void gn_raft_flush(gn_raft *r);
 
 /* The TTL sweep's turn: the leader proposes a tick. */
 void gn_raft_sweep(gn_raft *r);

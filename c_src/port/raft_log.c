@@ -9,8 +9,8 @@
 #include "reply.h"
 
 #define GN_ENTRY_MAGIC "GNR1"
-#define GN_AT_CLIENT 29
-#define GN_AT_FRAME_LEN 45
+#define GN_AT_BODY_LEN 29
+#define GN_ITEM_HEADER 28 /* sequence (8) | client (8) | request (8) | frame length (4) */
 #define GN_SNAP_MAGIC_R "GNI1"
 
 /* ------------------------------------------------------------------------ */
@@ -28,11 +28,9 @@ void gn_entry_write(unsigned char *out, const gn_entry *e)
     gn_be_put(out + 5, (uint64_t)e->clock, 8);
     gn_be_put(out + 13, e->proposer, 8);
     gn_be_put(out + 21, e->seq, 8);
-    gn_be_put(out + GN_AT_CLIENT, e->client, 8);
-    gn_be_put(out + GN_AT_CLIENT + 8, e->request, 8);
-    gn_be_put(out + GN_AT_FRAME_LEN, e->frame_len, 4);
-    size_t end = GN_ENTRY_HEADER + e->frame_len;
-    memset(out + end, 0, gn_entry_size(e->frame_len) - end);
+    gn_be_put(out + GN_AT_BODY_LEN, e->body_len, 4);
+    size_t end = GN_ENTRY_HEADER + e->body_len;
+    memset(out + end, 0, gn_entry_size(e->body_len) - end);
 }
 
 int gn_entry_parse(const unsigned char *data, size_t len, gn_entry *e)
@@ -44,11 +42,35 @@ int gn_entry_parse(const unsigned char *data, size_t len, gn_entry *e)
     e->clock = (int64_t)gn_be_get(data + 5, 8);
     e->proposer = gn_be_get(data + 13, 8);
     e->seq = gn_be_get(data + 21, 8);
-    e->client = gn_be_get(data + GN_AT_CLIENT, 8);
-    e->request = gn_be_get(data + GN_AT_CLIENT + 8, 8);
-    e->frame_len = (size_t)gn_be_get(data + GN_AT_FRAME_LEN, 4);
-    e->frame = data + GN_ENTRY_HEADER;
-    return e->frame_len <= len - GN_ENTRY_HEADER ? 0 : -1;
+    e->body_len = (size_t)gn_be_get(data + GN_AT_BODY_LEN, 4);
+    e->body = data + GN_ENTRY_HEADER;
+    return e->body_len <= len - GN_ENTRY_HEADER ? 0 : -1;
+}
+
+void gn_item_add(gn_buf *body, const gn_item *it)
+{
+    gn_buf_be(body, it->seq, 8);
+    gn_buf_be(body, it->client, 8);
+    gn_buf_be(body, it->request, 8);
+    gn_buf_be(body, it->frame_len, 4);
+    gn_buf_put(body, it->frame, it->frame_len);
+}
+
+int gn_item_next(const gn_entry *e, size_t *at, gn_item *it)
+{
+    if (*at == e->body_len)
+        return 0;
+    size_t left = e->body_len - *at;
+    const unsigned char *p = e->body + *at;
+    if (left < GN_ITEM_HEADER || left - GN_ITEM_HEADER < gn_be_get(p + 24, 4))
+        return -1;
+    it->seq = gn_be_get(p, 8);
+    it->client = gn_be_get(p + 8, 8);
+    it->request = gn_be_get(p + 16, 8);
+    it->frame_len = (size_t)gn_be_get(p + 24, 4);
+    it->frame = p + GN_ITEM_HEADER;
+    *at += GN_ITEM_HEADER + it->frame_len;
+    return 1;
 }
 
 int gn_unwrap_rid(const unsigned char *frame, size_t len, gn_buf *inner, uint64_t *client,

@@ -5,12 +5,13 @@
  * them (fuzz.c).
  *
  * An entry: "GNR1" | kind (1) | clock ms (8) | proposer (8) | sequence (8)
- * | client (8) | request (8) | frame length (4) | frame | zeros to a
- * multiple of 8 bytes (libraft lays entries out 8-byte aligned in the
- * batches it sends and stores: an entry of another length comes back
- * shifted). Kinds: 'Q' a request (the frame, as the VM sent it; client and
- * request: its request id, 0 and 0 for none), 'T' a tick, 'R' the
- * retirement of the member whose id is the sequence.
+ * | body length (4) | body | zeros to a multiple of 8 bytes (libraft lays
+ * entries out 8-byte aligned in the batches it sends and stores: an entry
+ * of another length comes back shifted). Kinds: 'Q' requests (the body:
+ * items, each sequence (8) | client (8) | request (8) | frame length (4) |
+ * the frame as the VM sent it; client and request: its request id, 0 and 0
+ * for none), 'T' a tick (no body), 'R' the retirement of the member whose
+ * id is the sequence (no body).
  *
  * A snapshot: "GNI1" | the group's clock (8) | the request ids (count (8),
  * then client (8) | request (8) | clock (8) | reply length (4) | reply,
@@ -25,24 +26,36 @@
 #include "buf.h"
 #include "etf.h"
 
-#define GN_ENTRY_HEADER 49
+#define GN_ENTRY_HEADER 33
 
 typedef struct gn_entry {
     int kind; /* 'Q', 'T', 'R' */
     int64_t clock;
     uint64_t proposer, seq;
-    uint64_t client, request; /* a request id, or 0, 0 */
-    const unsigned char *frame;
-    size_t frame_len;
+    const unsigned char *body;
+    size_t body_len;
 } gn_entry;
 
-/* The bytes of an entry carrying a frame of `frame_len` bytes. */
-size_t gn_entry_size(size_t frame_len);
-/* Writes e's header and padding into `out` (gn_entry_size(e->frame_len)
- * bytes); the frame goes at out + GN_ENTRY_HEADER. */
+/* One request of a 'Q' entry. */
+typedef struct gn_item {
+    uint64_t seq;             /* its proposer's number for it */
+    uint64_t client, request; /* its request id, or 0, 0 */
+    const unsigned char *frame;
+    size_t frame_len;
+} gn_item;
+
+/* The bytes of an entry with a body of `body_len` bytes. */
+size_t gn_entry_size(size_t body_len);
+/* Writes e's header and padding into `out` (gn_entry_size(e->body_len)
+ * bytes); the body goes at out + GN_ENTRY_HEADER. */
 void gn_entry_write(unsigned char *out, const gn_entry *e);
 /* Parses an entry: 0, or -1 if it is not one of ours. */
 int gn_entry_parse(const unsigned char *data, size_t len, gn_entry *e);
+/* Appends a request to a 'Q' body. */
+void gn_item_add(gn_buf *body, const gn_item *it);
+/* The request at *at of a 'Q' entry's body (start at 0): 1 and *at moved
+ * past it, 0 at the end, -1 if malformed. */
+int gn_item_next(const gn_entry *e, size_t *at, gn_item *it);
 
 /* {Tag, rid, {Client, Seq}, Op, Store, Args...}: writes the request {Tag,
  * Op, Store, Args...} into `inner` (emptied first) and its id into

@@ -48,11 +48,12 @@ for {name, reqs} <- seeds do
 end
 
 # What a replicated program decodes (fuzz.c: inputs behind "GNRF"): a log
-# entry carrying a put under a request id, and a snapshot (request ids,
+# entry carrying two puts, one under a request id, and a snapshot (request ids,
 # then an image: an OPEN and a MANY record, each length | CRC | body).
 request = :erlang.term_to_binary({1, :put, :kv, :k, "v", 0})
-entry = <<"GNR1", ?Q, 1_700_000_000_000::64, 7::64, 1::64, 42::64, 3::64>>
-entry = entry <> <<byte_size(request)::32>> <> request
+body = <<1::64, 42::64, 3::64, byte_size(request)::32>> <> request
+body = body <> <<2::64, 0::64, 0::64, byte_size(request)::32>> <> request
+entry = <<"GNR1", ?Q, 1_700_000_000_000::64, 7::64, 0::64, byte_size(body)::32>> <> body
 entry = entry <> :binary.copy(<<0>>, rem(8 - rem(byte_size(entry), 8), 8))
 File.write!(Path.join(__DIR__, "raft_entry"), "GNRF" <> entry)
 
