@@ -225,9 +225,10 @@ defmodule GenNative.Port do
           value = Keyword.get(opts, key),
           value != nil,
           into: [] do
-        unless is_integer(value) and value > 0 and value <= 600_000 and
-                 (key != :election_timeout or value >= 10) do
-          invalid!(:raft, opts, "#{inspect(key)}, a positive integer")
+        {low, high} = if key == :election_timeout, do: {10, 600_000}, else: {1, 1 <<< 30}
+
+        unless is_integer(value) and value >= low and value <= high do
+          invalid!(:raft, opts, "#{inspect(key)}, an integer from #{low} to #{high}")
         end
 
         [flag, Integer.to_string(value)]

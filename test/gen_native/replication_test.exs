@@ -269,4 +269,24 @@ defmodule GenNative.ReplicationTest do
     assert Store.with_request_id(id2, fn -> Store.update_counter(store(new), :n, 1) end) == 2
     assert Store.get(store(new), :n) == 2
   end
+
+  test "invalid :raft options raise ArgumentError saying what is expected" do
+    a = [id: 1, address: "127.0.0.1:1"]
+    dir = [dir: Path.join(System.tmp_dir!(), "gn_raft_never_made")]
+
+    for {opts, expected} <- [
+          {[raft: [id: 0, address: "127.0.0.1:1"]] ++ dir, "an :id"},
+          {[raft: [id: 1, address: "nope"]] ++ dir, "an :address"},
+          {[raft: a], "a data directory"},
+          {[raft: a ++ [snapshot_every: 0]] ++ dir, "from 1 to 1073741824"},
+          {[raft: a ++ [election_timeout: 5]] ++ dir, "from 10 to 600000"},
+          {[raft: a ++ [reads: :stale]] ++ dir, ":reads"},
+          {[raft: a ++ [members: [{0, "127.0.0.1:2"}]]] ++ dir, "members"},
+          {[raft: a ++ [bogus: 1]] ++ dir, "unknown :raft option"},
+          {[raft: :yes] ++ dir, "a keyword list"}
+        ] do
+      e = assert_raise ArgumentError, fn -> Port.start_link([name: :gn_bad_raft] ++ opts) end
+      assert e.message =~ expected
+    end
+  end
 end
