@@ -262,30 +262,9 @@ defmodule GenNative.Bench.ReplicationBench do
 
   # The member every running member names as leader, once it says it leads.
   defp await_leader(members, timeout \\ 20_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-    await_leader(members, deadline, nil)
-  end
-
-  defp await_leader(members, deadline, last) do
-    statuses = for m <- members, alive?(m), do: {m, status(m)}
-    leaders = for {m, %{state: :leader}} <- statuses, do: m
-
-    agreed =
-      case leaders do
-        [l] -> Enum.all?(statuses, fn {_, st} -> st != nil and st.leader == {l.id, l.address} end)
-        _ -> false
-      end
-
-    cond do
-      agreed ->
-        hd(leaders)
-
-      System.monotonic_time(:millisecond) > deadline ->
-        raise "replication: no agreed leader: #{inspect(statuses || last)}"
-
-      true ->
-        Process.sleep(10)
-        await_leader(members, deadline, statuses)
+    case GenNative.Port.await_leader(for(m <- members, do: m.name), timeout) do
+      {:ok, name} -> Enum.find(members, &(&1.name == name))
+      {:error, :timeout} -> raise "replication: no agreed leader after #{timeout} ms"
     end
   end
 

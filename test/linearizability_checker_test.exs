@@ -25,20 +25,8 @@ defmodule GenNative.Test.LinearizabilityCheckerTest do
   defp ok_or_nil(:ok), do: :ok
   defp ok_or_nil(_), do: nil
 
-  defp op(c, key, f, value, result, invoke, complete, outcome) do
-    complete = if outcome == :unknown, do: :infinity, else: complete
-
-    %{
-      client: c,
-      key: key,
-      f: f,
-      value: value,
-      result: result,
-      invoke: invoke,
-      complete: complete,
-      outcome: outcome
-    }
-  end
+  defp op(c, key, f, value, result, invoke, complete, outcome),
+    do: L.op(c, key, f, value, result, invoke, complete, outcome)
 
   defp on_key(op, key), do: %{op | key: key}
 

@@ -291,6 +291,51 @@ defmodule GenNative.Port do
     do: request(name, {:raft_status, nil}, :single, {__MODULE__, :raft_status, [name]})
 
   @doc """
+  Waits until the running programs among `names` (members of one group,
+  started on this node) agree on a leader among them that says it leads,
+  and returns its name: `{:ok, name}`, or `{:error, :timeout}` after
+  `timeout` ms. A program that is not running, or does not answer, is left
+  out. Polls `raft_status/1` every 10 ms.
+  """
+  @spec await_leader([name()], timeout()) :: {:ok, name()} | {:error, :timeout}
+  def await_leader(names, timeout \\ 10_000) when is_list(names) do
+    deadline = if timeout == :infinity, do: :infinity, else: now_ms() + timeout
+    await_leader_until(names, deadline)
+  end
+
+  defp await_leader_until(names, deadline) do
+    statuses = for n <- names, Process.whereis(n), st = status_or_nil(n), do: {n, st}
+    leaders = for {n, %{state: :leader, id: id}} <- statuses, do: {n, id}
+
+    case leaders do
+      [{name, id}] when statuses != [] ->
+        if Enum.all?(statuses, fn {_, st} -> match?({^id, _}, st.leader) end),
+          do: {:ok, name},
+          else: retry_leader(names, deadline)
+
+      _ ->
+        retry_leader(names, deadline)
+    end
+  end
+
+  defp retry_leader(names, deadline) do
+    if deadline != :infinity and now_ms() > deadline do
+      {:error, :timeout}
+    else
+      Process.sleep(10)
+      await_leader_until(names, deadline)
+    end
+  end
+
+  defp status_or_nil(name) do
+    raft_status(name)
+  catch
+    :exit, _ -> nil
+  end
+
+  defp now_ms, do: System.monotonic_time(:millisecond)
+
+  @doc """
   Asks the leader (the program `name` must run it) to hand leadership to
   member `id`, or to any up-to-date voter with `id` 0. `:ok` once it has
   moved; `{:error, {:not_leader, leader}}`, `{:error, {:transfer_failed,

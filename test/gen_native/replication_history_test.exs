@@ -87,19 +87,9 @@ defmodule GenNative.ReplicationHistoryTest do
 
         invoke = System.monotonic_time()
         {outcome, result} = run(target, f, key, value)
-        complete = if outcome == :unknown, do: :infinity, else: System.monotonic_time()
+        complete = System.monotonic_time()
         if outcome == :ok, do: :counters.add(counter, 1, 1)
-
-        op = %{
-          client: c,
-          key: key,
-          f: f,
-          value: value,
-          result: result,
-          invoke: invoke,
-          complete: complete,
-          outcome: outcome
-        }
+        op = Linearizability.op(c, key, f, value, result, invoke, complete, outcome)
 
         target = if outcome == :ok, do: target, else: find_leader(members, target)
         client(members, c, counter, parent, [op | acc], target)

@@ -97,6 +97,25 @@ defmodule GenNative.Test.Linearizability do
   @type failure :: %{key: term(), ops: [op()], reason: String.t()}
 
   @doc """
+  An operation of a history, as `check/2` takes it; an `:unknown` one's
+  `complete` is taken as `:infinity`.
+  """
+  @spec op(term(), term(), :put | :get | :delete, term(), term(), integer(), integer(), atom()) ::
+          op()
+  def op(client, key, f, value, result, invoke, complete, outcome) do
+    %{
+      client: client,
+      key: key,
+      f: f,
+      value: value,
+      result: result,
+      invoke: invoke,
+      complete: if(outcome == :unknown, do: :infinity, else: complete),
+      outcome: outcome
+    }
+  end
+
+  @doc """
   Returns `:ok` if `history` is linearizable, else
   `{:error, %{key: key, ops: ops, reason: reason}}` for the first key that is
   not: `ops` starts with the operation the search could not get past (at the

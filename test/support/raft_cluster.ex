@@ -80,35 +80,13 @@ defmodule GenNative.Test.RaftCluster do
 
   @doc """
   Waits until the running members among `members` agree on one leader that
-  says it leads; returns that member. Fails after `timeout` ms.
+  says it leads (`GenNative.Port.await_leader/2`); returns that member.
+  Fails after `timeout` ms.
   """
   def await_leader(members, timeout \\ 10_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-    await_leader(members, deadline, nil)
-  end
-
-  defp await_leader(members, deadline, last) do
-    running = Enum.filter(members, &alive?/1)
-    statuses = for m <- running, do: {m, safe_status(m)}
-
-    leaders = for {m, %{state: :leader}} <- statuses, do: m
-
-    agreed =
-      case leaders do
-        [l] -> Enum.all?(statuses, fn {_, st} -> st != nil and st.leader == {l.id, l.address} end)
-        _ -> false
-      end
-
-    cond do
-      agreed ->
-        hd(leaders)
-
-      System.monotonic_time(:millisecond) > deadline ->
-        flunk("no agreed leader: #{inspect(statuses || last)}")
-
-      true ->
-        Process.sleep(20)
-        await_leader(members, deadline, statuses)
+    case Port.await_leader(Enum.map(members, & &1.name), timeout) do
+      {:ok, name} -> Enum.find(members, &(&1.name == name))
+      {:error, :timeout} -> flunk("no agreed leader among #{inspect(Enum.map(members, & &1.id))}")
     end
   end
 
