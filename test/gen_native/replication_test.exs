@@ -289,4 +289,34 @@ defmodule GenNative.ReplicationTest do
       assert e.message =~ expected
     end
   end
+
+  test "TTL expires by the group's clock on every member; clear, put_many, restore and delete replicate" do
+    members = start(3, reads: :local)
+    leader = await_leader(members)
+    s = open!(leader)
+    :ok = Store.put(s, :short, 1, ttl: 300)
+    :ok = Store.put(s, :long, 2)
+    :ok = Store.put_many(s, for(i <- 1..100, do: {i, i}))
+    snap = Store.snapshot(s)
+
+    # the leader's sweep tick (every second) purges :short on every member
+    for m <- members do
+      eventually(
+        fn -> safe_size(store(m)) == 101 and Store.get(store(m), :short) == nil end,
+        5_000
+      )
+
+      assert Store.get(store(m), :long) == 2
+    end
+
+    {:ok, copy} = Store.restore(snap, backend: {:port, leader.name}, name: :copy)
+    assert Store.size(copy) == 102 or Store.size(copy) == 101
+    :ok = Store.clear(s)
+    :ok = Store.delete(copy)
+
+    for m <- members do
+      eventually(fn -> safe_size(store(m)) == 0 end)
+      eventually(fn -> {:copy, :set} not in GenNative.Port.stores(m.name) end)
+    end
+  end
 end
