@@ -54,6 +54,8 @@ static void fuzz_replication(const uint8_t *data, size_t size)
     gn_buf inner = {0};
     uint64_t client, seq;
     gn_unwrap_rid(data, size, &inner, &client, &seq);
+    int local;
+    gn_unwrap_read(data, size, &inner, &local);
     gn_buf_free(&inner);
     gn_rids ids = {0};
     int64_t clock;

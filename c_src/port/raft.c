@@ -87,7 +87,8 @@ struct gn_raft {
     gn_buf body;       /* the writes read since the last gn_raft_flush */
     gn_proposal **forming;
     size_t forming_n, forming_cap;
-    gn_buf inner; /* a request unwrapped from its id */
+    gn_buf inner;      /* a request unwrapped from its id */
+    gn_buf inner_read; /* a request unwrapped from its consistency */
     void (*after)(void);
 };
 
@@ -722,8 +723,19 @@ static void route(void *ctx, const unsigned char *frame, size_t len)
     gn_raft *r = ctx;
     gn_request req;
     uint64_t client = 0, rseq = 0;
+    int local = r->local_reads;
     if (gn_request_decode(&r->p->out, frame, len, &req))
         return;
+    if (!strcmp(req.op, "read")) {
+        if (gn_unwrap_read(frame, len, &r->inner_read, &local))
+            return gn_reply_badarg(
+                &r->p->out, &req.tag,
+                "expected {Tag, read, local | linearizable, Op, Store, Args...}");
+        frame = r->inner_read.data;
+        len = r->inner_read.len;
+        if (gn_request_decode(&r->p->out, frame, len, &req))
+            return;
+    }
     if (!strcmp(req.op, "rid")) {
         if (gn_unwrap_rid(frame, len, &r->inner, &client, &rseq))
             return gn_reply_badarg(&r->p->out, &req.tag,
@@ -749,7 +761,7 @@ static void route(void *ctx, const unsigned char *frame, size_t len)
             return reply_leader(r, &req.tag, "not_leader");
         return add_write(r, &req.tag, frame, len, client, rseq);
     default:
-        if (r->local_reads)
+        if (local)
             return gn_dispatch(r->p, frame, len);
         if (!leader)
             return reply_leader(r, &req.tag, "not_leader");
@@ -914,6 +926,7 @@ static void on_closed(struct raft *raft)
     gn_buf_free(&r->discard);
     gn_rids_clear(&r->rids);
     gn_buf_free(&r->inner);
+    gn_buf_free(&r->inner_read);
     gn_buf_free(&r->body);
     free(r->forming);
     free(r->dir);

@@ -73,25 +73,55 @@ int gn_item_next(const gn_entry *e, size_t *at, gn_item *it)
     return 1;
 }
 
-int gn_unwrap_rid(const unsigned char *frame, size_t len, gn_buf *inner, uint64_t *client,
-                  uint64_t *seq)
+/* {Tag, Wrapper, Arg, Op, Store, Args...}: {Tag, Op, Store, Args...} into
+ * `inner`, Arg's bytes into *arg. 0, or -1 if it is not one. */
+static int unwrap(const unsigned char *frame, size_t len, const char *wrapper, gn_buf *inner,
+                  gn_slice *arg)
 {
     gn_etf e = {frame, len, 1};
-    uint32_t arity, pair;
+    uint32_t arity;
     gn_slice tag;
-    int64_t c, q;
     if (len < 1 || frame[0] != 131 || gn_etf_tuple(&e, &arity) || arity < 4 ||
-        gn_etf_skip(&e, &tag) || !gn_etf_is_atom(&e, "rid") || gn_etf_skip(&e, NULL) ||
-        gn_etf_tuple(&e, &pair) || pair != 2 || gn_etf_int64(&e, &c) || gn_etf_int64(&e, &q) ||
-        c == 0)
+        gn_etf_skip(&e, &tag) || !gn_etf_is_atom(&e, wrapper) || gn_etf_skip(&e, NULL) ||
+        gn_etf_skip(&e, arg))
         return -1;
     inner->len = 0;
     gn_enc_version(inner);
     gn_enc_tuple(inner, arity - 2);
     gn_buf_put(inner, tag.data, tag.len);
     gn_buf_put(inner, frame + e.at, len - e.at);
+    return 0;
+}
+
+int gn_unwrap_rid(const unsigned char *frame, size_t len, gn_buf *inner, uint64_t *client,
+                  uint64_t *seq)
+{
+    gn_slice arg;
+    uint32_t pair;
+    int64_t c, q;
+    if (unwrap(frame, len, "rid", inner, &arg))
+        return -1;
+    gn_etf a = {arg.data, arg.len, 0};
+    if (gn_etf_tuple(&a, &pair) || pair != 2 || gn_etf_int64(&a, &c) || gn_etf_int64(&a, &q) ||
+        c == 0)
+        return -1;
     *client = (uint64_t)c;
     *seq = (uint64_t)q;
+    return 0;
+}
+
+int gn_unwrap_read(const unsigned char *frame, size_t len, gn_buf *inner, int *local)
+{
+    gn_slice arg;
+    if (unwrap(frame, len, "read", inner, &arg))
+        return -1;
+    gn_etf a = {arg.data, arg.len, 0};
+    if (gn_etf_is_atom(&a, "local"))
+        *local = 1;
+    else if (gn_etf_is_atom(&a, "linearizable"))
+        *local = 0;
+    else
+        return -1;
     return 0;
 }
 

@@ -63,6 +63,10 @@ int gn_item_next(const gn_entry *e, size_t *at, gn_item *it);
  * Client not 0). */
 int gn_unwrap_rid(const unsigned char *frame, size_t len, gn_buf *inner, uint64_t *client,
                   uint64_t *seq);
+/* {Tag, read, local | linearizable, Op, Store, Args...}: the request into
+ * `inner` (emptied first), the consistency asked for into *local. 0, or -1
+ * if it is not one. */
+int gn_unwrap_read(const unsigned char *frame, size_t len, gn_buf *inner, int *local);
 
 /* The request ids: each client's last request and its reply (the reply
  * frame's bytes after the tag), kept GN_RID_KEEP_MS of the group's clock. */

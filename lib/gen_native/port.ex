@@ -452,19 +452,23 @@ defmodule GenNative.Port do
     end
   end
 
-  # A replicated program's request under GenNative.Store.with_request_id/2:
-  # {rid, {Client, Seq}, Op, Store, Args...}.
+  # A replicated program's request under GenNative.Store.with_request_id/2
+  # ({rid, {Client, Seq}, Op, Store, Args...}) and with_consistency/2
+  # ({read, local | linearizable, ...}, outermost).
   defp with_request_id(name, request) do
-    case Process.get(:"$gn_request_id") do
-      {client, seq} ->
-        if :persistent_term.get({__MODULE__, name, :raft}, false),
-          do: :erlang.insert_element(1, :erlang.insert_element(1, request, {client, seq}), :rid),
-          else: request
-
-      nil ->
-        request
+    if :persistent_term.get({__MODULE__, name, :raft}, false) do
+      request
+      |> wrap(:rid, Process.get(:"$gn_request_id"))
+      |> wrap(:read, Process.get(:"$gn_consistency"))
+    else
+      request
     end
   end
+
+  defp wrap(request, _wrapper, nil), do: request
+
+  defp wrap(request, wrapper, arg),
+    do: :erlang.insert_element(1, :erlang.insert_element(1, request, arg), wrapper)
 
   defp stream(ref, {:more, part}, parts, kind, timeout, location) do
     receive do

@@ -132,6 +132,29 @@ defmodule GenNative.Store do
     end
   end
 
+  @doc """
+  Runs `fun` with the reads it makes on stores of replicated
+  `GenNative.Port` programs served with `consistency`:
+  `:linearizable` (through the leader, after an entry of its own is
+  committed: sees every acknowledged write) or `:local` (from what the
+  member has applied, at once; may be stale). Without it, a member's
+  `reads:` option decides (`:linearizable` by default). Stores of other
+  programs ignore it. See guides/replication.md.
+  """
+  @spec with_consistency(:linearizable | :local, (() -> result)) :: result when result: var
+  def with_consistency(consistency, fun)
+      when consistency in [:linearizable, :local] and is_function(fun, 0) do
+    previous = Process.put(:"$gn_consistency", consistency)
+
+    try do
+      fun.()
+    after
+      if previous,
+        do: Process.put(:"$gn_consistency", previous),
+        else: Process.delete(:"$gn_consistency")
+    end
+  end
+
   # What a replicated program answers a request it cannot serve (see
   # guides/replication.md): a write returns it; a read raises it.
   @replication_errors [:not_leader, :leadership_lost, :raft]

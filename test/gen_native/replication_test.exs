@@ -319,4 +319,28 @@ defmodule GenNative.ReplicationTest do
       eventually(fn -> {:copy, :set} not in GenNative.Port.stores(m.name) end)
     end
   end
+
+  test "with_consistency/2 picks a read's consistency per call" do
+    members = start(3)
+    leader = await_leader(members)
+    s = open!(leader)
+    :ok = Store.put(s, :a, 1)
+    [f | _] = Enum.reject(members, &(&1.id == leader.id))
+
+    # a follower refuses linearizable reads (the members' default) ...
+    assert_raise ReplicationError, fn -> Store.get(store(f), :a) end
+
+    # ... and serves local ones from what it has applied
+    eventually(fn -> Store.with_consistency(:local, fn -> safe_size(store(f)) end) == 1 end)
+    assert Store.with_consistency(:local, fn -> Store.get(store(f), :a) end) == 1
+    assert Store.with_consistency(:linearizable, fn -> Store.get(s, :a) end) == 1
+
+    assert_raise ReplicationError, fn ->
+      Store.with_consistency(:linearizable, fn -> Store.get(store(f), :a) end)
+    end
+
+    # writes are not affected
+    assert Store.with_consistency(:local, fn -> Store.put(store(f), :b, 2) end) ==
+             {:error, {:not_leader, {leader.id, leader.address}}}
+  end
 end
