@@ -120,17 +120,8 @@ defmodule GenNative.Store do
   @spec with_request_id({pos_integer(), pos_integer()}, (() -> result)) :: result when result: var
   def with_request_id({client, seq} = id, fun)
       when is_integer(client) and client > 0 and client < 1 <<< 63 and is_integer(seq) and
-             seq > 0 and seq < 1 <<< 63 and is_function(fun, 0) do
-    previous = Process.put(:"$gn_request_id", id)
-
-    try do
-      fun.()
-    after
-      if previous,
-        do: Process.put(:"$gn_request_id", previous),
-        else: Process.delete(:"$gn_request_id")
-    end
-  end
+             seq > 0 and seq < 1 <<< 63 and is_function(fun, 0),
+      do: with_process_key(:"$gn_request_id", id, fun)
 
   @doc """
   Runs `fun` with the reads it makes on stores of replicated
@@ -143,15 +134,18 @@ defmodule GenNative.Store do
   """
   @spec with_consistency(:linearizable | :local, (() -> result)) :: result when result: var
   def with_consistency(consistency, fun)
-      when consistency in [:linearizable, :local] and is_function(fun, 0) do
-    previous = Process.put(:"$gn_consistency", consistency)
+      when consistency in [:linearizable, :local] and is_function(fun, 0),
+      do: with_process_key(:"$gn_consistency", consistency, fun)
+
+  # Runs fun with `key` set to `value` in the process dictionary (where
+  # GenNative.Port.request/4 reads it), then puts back what was there.
+  defp with_process_key(key, value, fun) do
+    previous = Process.put(key, value)
 
     try do
       fun.()
     after
-      if previous,
-        do: Process.put(:"$gn_consistency", previous),
-        else: Process.delete(:"$gn_consistency")
+      if previous, do: Process.put(key, previous), else: Process.delete(key)
     end
   end
 
