@@ -97,19 +97,9 @@ defmodule GenNative.Test.RaftCluster do
     :exit, _ -> nil
   end
 
-  @doc "Waits until `fun.()` is truthy (polling), or fails after `timeout` ms."
-  def eventually(fun, timeout \\ 10_000) do
-    deadline = System.monotonic_time(:millisecond) + timeout
-    do_eventually(fun, deadline)
-  end
-
-  defp do_eventually(fun, deadline) do
-    if fun.() do
-      :ok
-    else
-      if System.monotonic_time(:millisecond) > deadline, do: flunk("condition never held")
-      Process.sleep(20)
-      do_eventually(fun, deadline)
-    end
-  end
+  @doc """
+  Waits until `fun.()` is truthy, polling every 20 ms (each poll may be a
+  request to a member), or fails after `timeout` ms.
+  """
+  def eventually(fun, timeout \\ 10_000), do: GenNative.TestHelpers.wait_until(fun, timeout, 20)
 end

@@ -29,16 +29,17 @@ defmodule GenNative.TestHelpers do
   end
 
   @doc """
-  Polls `fun` every millisecond until it returns a truthy value; flunks
-  after `timeout` ms. For waiting on something no message of ours can be
-  ordered against (a monitor firing inside a server, a supervisor restart).
+  Polls `fun` every `every` ms (default 1) until it returns a truthy
+  value; flunks after `timeout` ms. For waiting on something no message of
+  ours can be ordered against (a monitor firing inside a server, a
+  supervisor restart).
   """
-  def wait_until(fun, timeout \\ 5_000) do
+  def wait_until(fun, timeout \\ 5_000, every \\ 1) do
     deadline = System.monotonic_time(:millisecond) + timeout
-    do_wait_until(fun, deadline)
+    do_wait_until(fun, deadline, every)
   end
 
-  defp do_wait_until(fun, deadline) do
+  defp do_wait_until(fun, deadline, every) do
     cond do
       fun.() ->
         :ok
@@ -47,8 +48,8 @@ defmodule GenNative.TestHelpers do
         ExUnit.Assertions.flunk("condition not met in time")
 
       true ->
-        Process.sleep(1)
-        do_wait_until(fun, deadline)
+        Process.sleep(every)
+        do_wait_until(fun, deadline, every)
     end
   end
 
